@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Test-only infrastructure: Azurite (npm, pinned in package.json), Chromium for browser tests,
+# and the local PostgreSQL/Redis the scaled-out tests use (started if this machine has them stopped).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ -f package.json ] && [ ! -x node_modules/.bin/azurite-blob ]; then
+  npm install --no-audit --no-fund --loglevel=error
+fi
+if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 2>/dev/null; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+fi
+if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+fi
+exit 0

@@ -1,0 +1,45 @@
+"""`ModelConfig`: the seed API's `model_config`, plus Veil's documented extensions.
+
+The same object drives the CLI, the HTTP API and the engine; field names are the seed's.
+Unknown keys and out-of-range values are rejected (pydantic raises, the API answers 422).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- the seed's options (names and defaults exactly as documented by the vendor) ---
+    blur_face: bool = Field(True, description="Anonymize faces.")
+    blur_threshold: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Face detection threshold on Veil's calibrated scale: 0 keeps every candidate, "
+        "0.5 is the high-recall default, 1 keeps only certain detections.")
+    lp_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Licence-plate threshold on the same calibrated scale.")
+    enable_lp: bool = Field(False, description="Anonymize vehicle licence plates.")
+    mask_blur: bool = Field(
+        True, description="Blur inside a feathered ellipse (faces) / rounded rectangle (plates); "
+        "false draws the seed's circle blur around each detection.")
+    slicing: bool = Field(False, description="Tiled inference for high-resolution images and videos.")
+    lp_track: bool = Field(False, description="Track plates across video frames (no flashes).")
+
+    # --- Veil extensions (documented in the README) ---
+    face_track: bool = Field(True, description="Track faces across video frames (extension).")
+    style: Literal["blur", "pixelate", "solid"] = Field(
+        "blur", description="How a detected region is made unrecognisable (extension).")
+    video_crf: int = Field(
+        20, ge=0, le=51, description="H.264 constant rate factor for video output; lower is better quality (extension).")
+
+    @property
+    def wants_faces(self) -> bool:
+        return self.blur_face
+
+    @property
+    def wants_plates(self) -> bool:
+        return self.enable_lp
