@@ -123,7 +123,7 @@ def _is_installed(model: _Model, target: Path) -> bool:
         return sha256_file(target) == model.file_sha256
     from .yolo_export import is_valid_export
 
-    return is_valid_export(target)
+    return is_valid_export(target, model.member_sha256)
 
 
 def _install_one(name: str, directory: Path) -> Path:
