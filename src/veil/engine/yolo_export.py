@@ -211,27 +211,27 @@ class _Graph:
         return outs[0] if n_out == 1 else outs
 
 
-def _f32(x: np.ndarray) -> np.ndarray:
+def _f64(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
 def _conv_params(conv: Stub) -> dict[str, Any]:
     kernel = conv.param("weight").shape[2:]
+    if isinstance(conv.padding, str):
+        raise ValueError(f"unsupported conv padding {conv.padding!r}")
     pads = conv.padding if isinstance(conv.padding, (tuple, list)) else (conv.padding,) * 2
-    if isinstance(pads, str):
-        raise ValueError(f"unsupported conv padding {pads!r}")
     return {"kernel_shape": list(kernel), "strides": list(conv.stride), "pads": [*pads, *pads],
             "dilations": list(conv.dilation), "group": int(conv.groups)}
 
 
 def _emit_conv2d(g: _Graph, conv: Stub, x: str, bn: Stub | None = None) -> str:
-    weight = _f32(conv.param("weight"))
+    weight = _f64(conv.param("weight"))
     bias = conv.param("bias")
-    bias = np.zeros(weight.shape[0]) if bias is None else _f32(bias)
+    bias = np.zeros(weight.shape[0]) if bias is None else _f64(bias)
     if bn is not None:  # y = gamma * (conv(x) + b - mean) / sqrt(var + eps) + beta
-        scale = _f32(bn.param("weight")) / np.sqrt(_f32(bn.param("running_var")) + float(bn.eps))
+        scale = _f64(bn.param("weight")) / np.sqrt(_f64(bn.param("running_var")) + float(bn.eps))
         weight = weight * scale[:, None, None, None]
-        bias = (bias - _f32(bn.param("running_mean"))) * scale + _f32(bn.param("bias"))
+        bias = (bias - _f64(bn.param("running_mean"))) * scale + _f64(bn.param("bias"))
     w = g.const(weight.astype(np.float32), "w")
     b = g.const(bias.astype(np.float32), "b")
     return g.op("Conv", [x, w, b], "conv", **_conv_params(conv))
