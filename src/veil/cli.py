@@ -148,5 +148,113 @@ def detect(inputs: tuple[Path, ...], json_out: Path, **kwargs) -> None:
         sys.exit(1)
 
 
+# ----------------------------------------------------------------------------- service
+def _settings(data_dir: Path | None = None, **overrides):
+    """Settings from VEIL_* variables, with the command's explicit options on top."""
+    from .settings import Settings
+
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    return Settings(**values)
+
+
+def _db(data_dir: Path | None):
+    from .db.session import open_database
+
+    settings = _settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return open_database(settings.db_url)[1]
+
+
+_data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+                                help="Data directory (VEIL_DATA_DIR, default ./data).")
+
+
+@main.command()
+@click.option("--host", help="Address to bind (VEIL_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to bind (VEIL_PORT, default 8000).")
+@_data_dir_option
+def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """Run the HTTP service: API under /v1, blob store, worker (all settings: VEIL_* variables, see README)."""
+    import uvicorn
+
+    from .api.app import create_app
+
+    settings = _settings(data_dir, host=host, port=port)
+    app = create_app(settings)
+    data = settings.data_dir.resolve()
+    click.echo(f"Veil on {settings.base_url}  (API {settings.base_url}/v1, docs {settings.base_url}/docs, data {data})")
+    click.echo(f"Get an API key: veil keys create --credits 100 --data-dir {data}")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys (only their hashes are stored)."""
+
+
+@keys.command("create")
+@click.option("--credits", "credits_", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Opening balance.")
+@click.option("--name", default="", help="A label for the key.")
+@_data_dir_option
+def keys_create(credits_: int, name: str, data_dir: Path | None) -> None:
+    """Create a key; the key itself is printed alone on the last line (it is not stored)."""
+    from .jobs.keys import create_key
+
+    key, row = create_key(_db(data_dir), credits_, name)
+    click.echo(f"created key id {row.id} ({row.name or 'no name'}) with {row.credits} credits; keep the key, "
+               "it cannot be shown again:")
+    click.echo(key)
+
+
+@keys.command("list")
+@_data_dir_option
+def keys_list(data_dir: Path | None) -> None:
+    """List keys: id, credits, state, name."""
+    from .jobs.keys import list_keys
+
+    for row in list_keys(_db(data_dir)):
+        state = "revoked" if row.revoked else "active"
+        click.echo(f"{row.id}  {row.credits:>10}  {state:<7}  {row.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_or_id")
+@_data_dir_option
+def keys_revoke(key_or_id: str, data_dir: Path | None) -> None:
+    """Revoke a key (given as the key itself or its id)."""
+    from .jobs.keys import KeyNotFound, revoke_key
+
+    try:
+        row = revoke_key(_db(data_dir), key_or_id)
+    except KeyNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"revoked {row.id}")
+
+
+@main.group()
+def credits() -> None:
+    """Manage credit balances."""
+
+
+@credits.command("add")
+@click.argument("key_or_id")
+@click.argument("amount", type=int)
+@_data_dir_option
+def credits_add(key_or_id: str, amount: int, data_dir: Path | None) -> None:
+    """Add AMOUNT credits to a key (the key itself or its id); negative corrects a balance."""
+    from .jobs.credits import add_credits
+    from .jobs.keys import KeyNotFound, find_key
+
+    db = _db(data_dir)
+    try:
+        balance = add_credits(db, find_key(db, key_or_id).id, amount, reason="veil credits add")
+    except (KeyNotFound, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"balance: {balance}")
+
+
 if __name__ == "__main__":
     main()

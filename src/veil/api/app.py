@@ -1,0 +1,76 @@
+"""`create_app(settings)`: the whole service on one port — public API (/v1), embedded blob endpoint,
+admin API (/admin/api), OpenAPI (/docs) — with the embedded worker started and stopped in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from ..jobs.service import JobService, build_service
+from ..settings import Settings
+
+log = logging.getLogger("veil.api")
+
+
+def create_app(settings: Settings | None = None, service: JobService | None = None) -> FastAPI:
+    settings = settings or Settings()
+    worker = None
+    if service is None:
+        service = build_service(settings)
+    if settings.worker == "embedded":
+        from ..queue.embedded import EmbeddedWorker
+
+        worker = EmbeddedWorker(service, settings.worker_concurrency, settings.worker_poll_seconds)
+        service.dispatch = worker.wake
+    elif settings.worker == "celery":
+        from ..queue.celery_app import dispatch
+
+        service.dispatch = dispatch
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if worker is not None:
+            worker.start()
+        else:
+            service.price_pending()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+            service.close()
+
+    app = FastAPI(title="Veil", version=_version(), lifespan=lifespan,
+                  description="Anonymization of faces and licence plates; the Cloud Public API under /v1.")
+    app.state.service = service
+    app.state.settings = settings
+
+    from ..api.blob import create_blob_router
+    from . import admin, public
+
+    app.include_router(public.router)
+    app.include_router(admin.router)
+    app.include_router(create_blob_router(service.store, service.on_blob_created, settings.max_upload_bytes))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = uuid.uuid4().hex
+        log.error("request %s %s failed (request id %s)", request.method, request.url.path, request_id,
+                  exc_info=exc)
+        return JSONResponse({"detail": "internal error; quote this request id when reporting it",
+                             "request_id": request_id}, status_code=500)
+
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("veil")
+    except PackageNotFoundError:  # pragma: no cover
+        return "0"

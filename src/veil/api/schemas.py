@@ -1,0 +1,132 @@
+"""Request and response bodies of the public API, with the seed's field names (they make the OpenAPI at /docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..engine.config import ModelConfig
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), populate_by_name=True)
+
+
+class CreateUploadSessionRequest(_Body):
+    file_name: str = Field(..., min_length=1, max_length=1000, description="Name of the file to upload "
+                           "(only its last path component is kept).")
+    file_size: int | None = Field(None, ge=0, description="Size in bytes; at most 4 GiB (413 above). The upload "
+                                  "must match it.")
+    content_type: str = Field("octet-stream", description="The upload method you will use (informational).")
+    model: Literal["blur"] = Field("blur", description="Processing model; `blur` is the only one.")
+    config: ModelConfig = Field(default_factory=ModelConfig, alias="model_config",
+                                description="Detection/redaction options; unknown keys are rejected.")
+
+
+class CreateUploadSessionResponse(_Body):
+    session_uri: str = Field(..., description="Blob URL with a write SAS: Put Block (`&comp=block&blockid=...`) "
+                             "then Put Block List (`&comp=blocklist`), or a single Put Blob.")
+    job_id: str
+
+
+class StartUploadResponse(CreateUploadSessionResponse):
+    sas_token: str = Field(..., description="The SAS query string (without `?`), valid for 7 days.")
+    account_url: str = Field(..., description="`BlobServiceClient(account_url, credential=sas_token)`.")
+    container: str
+    blob: str
+    expires_at: datetime
+
+
+class DirectUploadResponse(_Body):
+    job_id: str
+    session_uri: str = Field(..., description="Where the body is redirected to (307, same as `Location`).")
+
+
+class ApproveResponse(_Body):
+    job_id: str
+    detail: str
+    job_total_credit_cost: int | None = None
+
+
+class TaskReport(_Body):
+    task_id: int
+    input_file: str = Field(..., description="Name of the input file (inside the archive, for archives).")
+    output_file: str = Field(..., description="Safe bare file name to save the output under.")
+    download_link: str | None = Field(None, description="Signed, expiring URL of the output (Get Blob, "
+                                      "Range supported); null until the task completed or after deletion.")
+    status: Literal["pending", "running", "completed", "failed"]
+    error: str | None = Field(None, description="Why this file failed.")
+    detections: int | None = Field(None, description="Regions redacted in this file.")
+
+
+class JobReport(_Body):
+    job_id: str
+    job_status: int = Field(..., description="0 waiting (upload, approval or queue), 1–99 progress percent, "
+                            "100 completed, 200 failed or cancelled.")
+    job_status_description: str
+    job_total_credit_cost: int | None = Field(None, description="Credits approval reserves; known once the "
+                                              "upload is complete.")
+    state: Literal["created", "uploaded", "awaiting_approval", "queued", "running", "completed", "failed",
+                   "cancelled"] = Field(..., description="Veil's state name behind job_status.")
+    file_name: str
+    file_size: int | None
+    model: str
+    model_config_: dict = Field(..., alias="model_config")
+    credits_charged: int
+    credits_refunded: int
+    files_deleted: bool
+    created_at: datetime
+    uploaded_at: datetime | None
+    approved_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    tasks: list[TaskReport]
+
+
+class JobList(_Body):
+    jobs: list[JobReport]
+    total: int
+    limit: int
+    offset: int
+
+
+class NotifyRequest(_Body):
+    callback_url: str = Field(..., pattern=r"^https?://", max_length=2000,
+                              description="Where Veil POSTs the JobReport (JSON, HMAC-signed).")
+    job_id: str | None = Field(None, description="Only this job; omit for every job of the key.")
+
+
+class NotifyResponse(_Body):
+    callback_url: str
+    job_id: str | None
+    detail: str
+
+
+class Error(_Body):
+    detail: str | list
+
+
+# ------------------------------------------------------------------------------ admin
+class KeyCreate(_Body):
+    credits: int = Field(0, ge=0)
+    name: str = Field("", max_length=200)
+
+
+class KeyInfo(_Body):
+    id: str
+    name: str
+    credits: int
+    revoked: bool
+    created_at: datetime
+
+
+class KeyCreated(KeyInfo):
+    key: str = Field(..., description="The API key itself; shown only now.")
+
+
+class CreditsAdd(_Body):
+    amount: int = Field(..., description="Credits to add (negative to correct a balance).")
+    reason: str = Field("admin", max_length=500)

@@ -1,0 +1,117 @@
+"""SQLAlchemy 2 models: API keys, credit ledger, jobs, their tasks, callback registrations.
+
+Job.status is the state machine (see `veil.jobs.service`):
+created → uploaded → awaiting_approval → queued → running → completed | failed | cancelled
+(created/uploaded may also go straight to failed when the upload is unusable).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)  # sha256 hex of the key
+    name: Mapped[str] = mapped_column(String(200), default="")
+    credits: Mapped[int] = mapped_column(BigInteger, default=0)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CreditEntry(Base):
+    """One change of a key's balance: admin_add (+), reserve (−) at approval, refund (+)."""
+
+    __tablename__ = "credit_ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    amount: Mapped[int] = mapped_column(BigInteger)  # signed change of the balance
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    file_name: Mapped[str] = mapped_column(String(255))
+    file_size: Mapped[int | None] = mapped_column(BigInteger)  # declared by the client
+    uploaded_size: Mapped[int | None] = mapped_column(BigInteger)
+    content_type: Mapped[str] = mapped_column(String(100), default="")
+    model: Mapped[str] = mapped_column(String(50), default="blur")
+    model_config_json: Mapped[dict] = mapped_column("model_config", JSON, default=dict)
+    input_blob: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(20), default="created", index=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1 while running
+    description: Mapped[str] = mapped_column(Text, default="")
+    total_cost: Mapped[int | None] = mapped_column(BigInteger)
+    reserved_credits: Mapped[int] = mapped_column(BigInteger, default=0)
+    refunded_credits: Mapped[int] = mapped_column(BigInteger, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    files_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    uploaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    approved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    tasks: Mapped[list[Task]] = relationship(
+        back_populates="job", order_by="Task.index", cascade="all, delete-orphan")
+
+    @property
+    def charged_credits(self) -> int:
+        return self.reserved_credits - self.refunded_credits
+
+
+class Task(Base):
+    """One file of a job (the input itself, or one file of the archive)."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    input_name: Mapped[str] = mapped_column(String(255))
+    output_file: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|running|completed|failed
+    error: Mapped[str | None] = mapped_column(Text)
+    system_fault: Mapped[bool] = mapped_column(Boolean, default=False)  # failed through no fault of the input
+    output_blob: Mapped[str | None] = mapped_column(String(300))
+    detections: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    job: Mapped[Job] = relationship(back_populates="tasks")
+
+
+class CallbackRegistration(Base):
+    __tablename__ = "callbacks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(36), index=True)  # None: every job of the key
+    url: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

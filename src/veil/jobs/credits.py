@@ -1,0 +1,65 @@
+"""Credit balances. Every change is one conditional UPDATE plus a ledger row in the same transaction,
+so concurrent approvals can never overdraw a key and every reservation and refund is on record."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..db.models import ApiKey, CreditEntry
+
+
+class InsufficientCredits(Exception):
+    def __init__(self, needed: int, balance: int):
+        super().__init__(f"this job costs {needed} credits but the key's balance is {balance}; "
+                         f"add credits and approve again")
+        self.needed, self.balance = needed, balance
+
+
+def reserve(session: Session, key_id: str, job_id: str, amount: int) -> None:
+    """Take `amount` from the key inside the caller's transaction, or raise InsufficientCredits.
+
+    The balance check and the debit are one statement, so two transactions can't both pass the check.
+    """
+    if amount > 0:
+        result = session.execute(
+            update(ApiKey).where(ApiKey.id == key_id, ApiKey.credits >= amount)
+            .values(credits=ApiKey.credits - amount).execution_options(synchronize_session=False))
+        if result.rowcount != 1:
+            balance = session.scalar(select(ApiKey.credits).where(ApiKey.id == key_id)) or 0
+            raise InsufficientCredits(amount, balance)
+    session.add(CreditEntry(key_id=key_id, job_id=job_id, kind="reserve", amount=-amount,
+                            reason="job approved"))
+
+
+def refund(session: Session, key_id: str, job_id: str, amount: int, reason: str) -> None:
+    """Give `amount` back inside the caller's transaction and record why."""
+    if amount <= 0:
+        return
+    session.execute(update(ApiKey).where(ApiKey.id == key_id)
+                    .values(credits=ApiKey.credits + amount).execution_options(synchronize_session=False))
+    session.add(CreditEntry(key_id=key_id, job_id=job_id, kind="refund", amount=amount, reason=reason))
+
+
+def add_credits(db: sessionmaker[Session], key_id: str, amount: int, reason: str = "admin") -> int:
+    """Admin top-up (amount may be negative to correct a balance, never below zero). Returns the new balance."""
+    with db.begin() as session:
+        condition = [ApiKey.id == key_id]
+        if amount < 0:
+            condition.append(ApiKey.credits >= -amount)
+        result = session.execute(update(ApiKey).where(*condition).values(credits=ApiKey.credits + amount)
+                                 .execution_options(synchronize_session=False))
+        if result.rowcount != 1:
+            raise ValueError("unknown key, or the balance would go below zero")
+        session.add(CreditEntry(key_id=key_id, kind="admin_add", amount=amount, reason=reason))
+        return session.scalar(select(ApiKey.credits).where(ApiKey.id == key_id))
+
+
+def ledger(db: sessionmaker[Session], key_id: str | None = None, job_id: str | None = None) -> list[CreditEntry]:
+    query = select(CreditEntry).order_by(CreditEntry.id)
+    if key_id:
+        query = query.where(CreditEntry.key_id == key_id)
+    if job_id:
+        query = query.where(CreditEntry.job_id == job_id)
+    with db() as session:
+        return list(session.scalars(query))

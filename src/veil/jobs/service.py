@@ -1,0 +1,441 @@
+"""Jobs: the state machine and the use cases behind the public API.
+
+States (`Job.status`) and the seed's `job_status` number each maps to:
+
+    created ──upload committed──▶ uploaded ──priced──▶ awaiting_approval ──approve──▶ queued
+      0                              0                       0                        0
+    queued ──worker claims──▶ running (1–99 = progress) ──▶ completed (100) | failed (200)
+    any state before running ──cancel──▶ cancelled (200);  running ──cancel──▶ cancelled at the next file
+
+Rules:
+- Cost is computed (H7's pricing) as soon as the upload is committed, so the JobReport shows
+  `job_total_credit_cost` before approval. An unusable upload (not an image/video/archive, nested
+  archive, unsafe names, bombs, size ≠ declared) fails the job there, before anything is charged.
+- Approval reserves the cost atomically (`veil.jobs.credits.reserve`).
+- A job is completed when at least one of its files was anonymized; it fails (200) only when none was.
+- The reservation is refunded (and recorded in the ledger) when the job fails through no fault of its
+  input (engine/storage/internal error on every file) or is cancelled before a worker started it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Literal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..db.models import CallbackRegistration, Job, Task, utcnow
+from ..engine.config import ModelConfig
+from ..settings import Settings
+from . import credits
+
+log = logging.getLogger(__name__)
+
+INPUT_CONTAINER = "uploads"
+OUTPUT_CONTAINER = "outputs"
+MODELS = ("blur",)
+WAITING = ("created", "uploaded", "awaiting_approval", "queued")
+FINAL = ("completed", "failed", "cancelled")
+
+
+class JobNotFound(LookupError):
+    """No such job for this key (another key's job is reported the same way)."""
+
+
+class JobConflict(Exception):
+    """The job is in a state that does not allow the request."""
+
+
+class UploadTooLarge(ValueError):
+    pass
+
+
+@dataclass
+class UploadSession:
+    job: Job
+    session_uri: str
+    sas_parts: dict[str, str]
+
+
+def safe_name(name: str, default: str = "file") -> str:
+    """A bare file name: no directories (either separator), no control characters, no leading dots."""
+    base = PureWindowsPath(PurePosixPath(name or "").name).name
+    base = "".join(c for c in base if c.isprintable() and c not in '<>:"/\\|?*').strip().lstrip(".")
+    return base[:200] or default
+
+
+def output_name(input_name: str) -> str:
+    """`photo.jpg` → `photo_anonymized.jpg`: the seed's client saves outputs under this name in its working
+    directory, so it must not be the input's own name."""
+    path = PurePosixPath(safe_name(input_name))
+    return f"{path.stem}_anonymized{path.suffix}"
+
+
+def job_status_number(job: Job) -> int:
+    if job.status == "completed":
+        return 100
+    if job.status in ("failed", "cancelled"):
+        return 200
+    if job.status == "running":
+        return max(1, min(99, int(job.progress * 100)))
+    return 0
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:  # SQLite hands back naive UTC
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+class JobService:
+    def __init__(self, settings: Settings, db: sessionmaker[Session], store,
+                 dispatch: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.dispatch = dispatch or (lambda job_id: None)  # called with a job id once it is queued
+        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veil-jobs")
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._background.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------------ creating jobs
+    def create_job(self, key_id: str, file_name: str, file_size: int | None, content_type: str = "",
+                   model: str = "blur", model_config: dict | None = None) -> UploadSession:
+        """Validate the request, create the job and an upload URL. Raises ValueError / UploadTooLarge."""
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
+        config = ModelConfig(**(model_config or {}))  # pydantic ValidationError names bad keys
+        if file_size is not None and file_size > self.settings.max_upload_bytes:
+            raise UploadTooLarge(f"file_size {file_size} exceeds the {self.settings.max_upload_bytes}-byte limit")
+        if file_size is not None and file_size < 0:
+            raise ValueError("file_size must not be negative")
+        with self.db.begin() as session:
+            job = Job(key_id=key_id, file_name=safe_name(file_name, "upload"), file_size=file_size,
+                      content_type=content_type or "", model=model,
+                      model_config_json=config.model_dump(exclude_unset=True), input_blob="")
+            session.add(job)
+            session.flush()
+            job.input_blob = job.id
+        expires = timedelta(seconds=self.settings.upload_sas_seconds)
+        uri = self.store.signed_upload_url(INPUT_CONTAINER, job.input_blob, expires)
+        parts = self.store.upload_sas_parts(INPUT_CONTAINER, job.input_blob, expires)
+        return UploadSession(job=job, session_uri=uri, sas_parts=parts)
+
+    # ------------------------------------------------------------------ upload finished
+    def on_blob_created(self, container: str, name: str, size: int) -> None:
+        """The embedded store's "Blob Created" event: mark the job uploaded at once, price it in the background."""
+        if container != INPUT_CONTAINER:
+            return
+        with self.db.begin() as session:  # a re-upload before approval is priced again
+            result = session.execute(
+                update(Job).where(Job.input_blob == name, Job.status.in_(("created", "uploaded", "awaiting_approval")))
+                .values(status="uploaded", uploaded_size=size, uploaded_at=utcnow(), total_cost=None))
+        if result.rowcount == 1 and not self._closed.is_set():
+            self._background.submit(self._price_quietly, name)
+
+    def _price_quietly(self, job_id: str) -> None:
+        try:
+            self.price_job(job_id)
+        except Exception:  # noqa: BLE001 - logged; the job stays `uploaded` and is priced again at start-up
+            log.exception("pricing job %s failed", job_id)
+
+    def price_job(self, job_id: str) -> None:
+        """uploaded → awaiting_approval with its cost, or → failed when the upload is unusable."""
+        from .pricing import cost_of
+
+        job = self.get_job(job_id)
+        if job.status != "uploaded":
+            return
+        problem, cost = None, None
+        if job.file_size is not None and job.uploaded_size != job.file_size:
+            problem = f"uploaded {job.uploaded_size} bytes but file_size declared {job.file_size}"
+        else:
+            with tempfile.TemporaryDirectory(dir=self._work_root()) as tmp:
+                path = self.fetch_input(job, Path(tmp))
+                try:
+                    cost = int(cost_of(path, self.settings.prices()))
+                except Exception as exc:  # noqa: BLE001 - input errors (ArchiveError, MediaError) name the problem
+                    if not _is_input_error(exc):
+                        raise
+                    problem = f"{job.file_name}: {exc}"
+        with self.db.begin() as session:
+            values: dict[str, Any] = ({"status": "failed", "description": problem, "finished_at": utcnow()}
+                                      if problem else {"status": "awaiting_approval", "total_cost": cost})
+            session.execute(update(Job).where(Job.id == job_id, Job.status == "uploaded").values(**values))
+        self.notify(job_id)
+
+    def price_pending(self) -> None:
+        """Price uploads whose pricing was interrupted (start-up)."""
+        with self.db() as session:
+            ids = list(session.scalars(select(Job.id).where(Job.status == "uploaded")))
+        for job_id in ids:
+            self._background.submit(self._price_quietly, job_id)
+
+    def fetch_input(self, job: Job, directory: Path) -> Path:
+        """Copy the job's input blob into `directory` under the client's (sanitized) file name."""
+        size = self.store.size(INPUT_CONTAINER, job.input_blob)
+        if job.uploaded_size is not None and size != job.uploaded_size:
+            raise ValueError(f"the upload changed after it was priced ({size} bytes, priced {job.uploaded_size})")
+        path = directory / safe_name(job.file_name, "upload")
+        with self.store.open_read(INPUT_CONTAINER, job.input_blob) as src, path.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1024 * 1024)
+        return path
+
+    # ------------------------------------------------------------------ approval
+    def approve(self, key_id: str, job_id: str) -> Literal["approved", "already", "waiting"]:
+        """Reserve the cost and queue the job. Raises JobNotFound, credits.InsufficientCredits."""
+        job = self.get_job(job_id, key_id)
+        if job.status == "uploaded":
+            self.price_job(job_id)  # normally done already in the background; idempotent
+            job = self.get_job(job_id, key_id)
+        if job.status in ("created", "uploaded"):
+            return "waiting"
+        if job.status != "awaiting_approval":
+            return "already"
+        cost = job.total_cost or 0
+        with self.db.begin() as session:
+            claimed = session.execute(
+                update(Job).where(Job.id == job_id, Job.status == "awaiting_approval")
+                .values(status="queued", approved_at=utcnow(), reserved_credits=cost))
+            if claimed.rowcount != 1:
+                return "already"
+            credits.reserve(session, key_id, job_id, cost)  # raises → the whole transaction rolls back
+        self.dispatch(job_id)
+        return "approved"
+
+    # ------------------------------------------------------------------ worker side
+    def claim(self, job_id: str) -> bool:
+        """queued → running for exactly one worker."""
+        with self.db.begin() as session:
+            result = session.execute(
+                update(Job).where(Job.id == job_id, Job.status == "queued")
+                .values(status="running", started_at=func.coalesce(Job.started_at, utcnow()),
+                        attempts=Job.attempts + 1))
+        return result.rowcount == 1
+
+    def queued_ids(self, limit: int = 10) -> list[str]:
+        with self.db() as session:
+            return list(session.scalars(select(Job.id).where(Job.status == "queued")
+                                        .order_by(Job.approved_at).limit(limit)))
+
+    def requeue_interrupted(self, job_id: str | None = None) -> int:
+        """Jobs left `running` by a crashed worker go back to the queue (all of them at the start-up of a
+        single-process deployment, or one redelivered by Celery); finished files stay finished and the
+        interrupted one restarts from its beginning."""
+        query = select(Job.id).where(Job.status == "running")
+        with self.db.begin() as session:
+            ids = list(session.scalars(query.where(Job.id == job_id) if job_id else query))
+            if ids:
+                session.execute(update(Task).where(Task.job_id.in_(ids), Task.status == "running")
+                                .values(status="pending"))
+                session.execute(update(Job).where(Job.id.in_(ids), Job.status == "running")
+                                .values(status="queued"))
+        return len(ids)
+
+    def finish(self, job_id: str, status: str, description: str, refund_reason: str | None = None) -> None:
+        """Record a job's final state; refund its reservation when `refund_reason` is given."""
+        with self.db.begin() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is None or job.status in FINAL:
+                return
+            job.status, job.description, job.finished_at = status, description, utcnow()
+            if status == "completed":
+                job.progress = 1.0
+            if refund_reason:
+                self._refund(session, job, refund_reason)
+        self.notify(job_id)
+
+    @staticmethod
+    def _refund(session: Session, job: Job, reason: str) -> None:
+        amount = job.reserved_credits - job.refunded_credits
+        if amount > 0:
+            credits.refund(session, job.key_id, job.id, amount, reason)
+            job.refunded_credits += amount
+
+    # ------------------------------------------------------------------ client extensions
+    def cancel(self, key_id: str, job_id: str) -> Job:
+        """Cancel a job. Before a worker started it: cancelled at once and refunded. Running: the worker
+        stops before its next file (credits for a started job are kept). Finished: JobConflict."""
+        job = self.get_job(job_id, key_id)
+        if job.status in FINAL:
+            raise JobConflict(f"job is already {job.status}")
+        with self.db.begin() as session:
+            row = session.get(Job, job_id, with_for_update=True)
+            if row.status in WAITING:
+                row.status, row.description, row.finished_at = "cancelled", "cancelled by the client", utcnow()
+                self._refund(session, row, "job cancelled before processing")
+            elif row.status == "running":
+                row.cancel_requested = True
+        if job.status in WAITING:
+            self.store.delete(INPUT_CONTAINER, job.input_blob)
+        return self.get_job(job_id, key_id)
+
+    def delete_files(self, key_id: str, job_id: str) -> Job:
+        """Delete the job's input and outputs from the store (the job record and its ledger stay)."""
+        job = self.get_job(job_id, key_id)
+        if job.status not in FINAL:
+            raise JobConflict(f"job is {job.status}; cancel it or wait until it finishes before deleting its files")
+        self.store.delete(INPUT_CONTAINER, job.input_blob)
+        for task in job.tasks:
+            if task.output_blob:
+                self.store.delete(OUTPUT_CONTAINER, task.output_blob)
+        with self.db.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(files_deleted=True))
+        return self.get_job(job_id, key_id)
+
+    def list_jobs(self, key_id: str | None, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
+        """Newest first; `key_id=None` lists every key's jobs (admin)."""
+        query = select(Job)
+        count = select(func.count(Job.id))
+        if key_id is not None:
+            query, count = query.where(Job.key_id == key_id), count.where(Job.key_id == key_id)
+        with self.db() as session:
+            jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)))
+            total = session.scalar(count) or 0
+        return jobs, total
+
+    # ------------------------------------------------------------------ reading
+    def get_job(self, job_id: str, key_id: str | None = None) -> Job:
+        """The job with its tasks loaded; JobNotFound when absent or owned by another key."""
+        from sqlalchemy.orm import selectinload
+
+        with self.db() as session:
+            job = session.scalar(select(Job).where(Job.id == str(job_id)).options(selectinload(Job.tasks)))
+        if job is None or (key_id is not None and job.key_id != key_id):
+            raise JobNotFound(f"no job {job_id} for this key")
+        return job
+
+    def report(self, job: Job) -> dict[str, Any]:
+        """The seed's JobReport (plus Veil's extra fields), download links freshly signed."""
+        expires = timedelta(seconds=self.settings.download_sas_seconds)
+        tasks = []
+        for task in job.tasks:
+            link = None
+            if task.status == "completed" and task.output_blob and not job.files_deleted:
+                link = self.store.signed_download_url(OUTPUT_CONTAINER, task.output_blob, expires,
+                                                      filename=task.output_file)
+            tasks.append({"task_id": task.index, "input_file": task.input_name, "output_file": task.output_file,
+                          "download_link": link, "status": task.status, "error": task.error,
+                          "detections": task.detections})
+        return {
+            "job_id": job.id,
+            "job_status": job_status_number(job),
+            "job_status_description": self.describe(job),
+            "job_total_credit_cost": job.total_cost,
+            "state": job.status,
+            "file_name": job.file_name,
+            "file_size": job.uploaded_size if job.uploaded_size is not None else job.file_size,
+            "model": job.model,
+            "model_config": job.model_config_json,
+            "credits_charged": job.charged_credits,
+            "credits_refunded": job.refunded_credits,
+            "files_deleted": job.files_deleted,
+            "created_at": _aware(job.created_at),
+            "uploaded_at": _aware(job.uploaded_at),
+            "approved_at": _aware(job.approved_at),
+            "started_at": _aware(job.started_at),
+            "finished_at": _aware(job.finished_at),
+            "updated_at": _aware(job.updated_at),
+            "tasks": tasks,
+        }
+
+    @staticmethod
+    def describe(job: Job) -> str:
+        if job.status == "created":
+            return "waiting for the upload"
+        if job.status == "uploaded":
+            return "upload received; computing the cost"
+        if job.status == "awaiting_approval":
+            return f"uploaded; awaiting approval (cost {job.total_cost} credits)"
+        if job.status == "queued":
+            return "waiting in queue"
+        if job.status == "running":
+            done = sum(t.status in ("completed", "failed") for t in job.tasks)
+            return f"processing: {done} of {len(job.tasks) or 1} files done"
+        return job.description or job.status
+
+    # ------------------------------------------------------------------ callbacks
+    def register_callback(self, key_id: str, url: str, job_id: str | None = None) -> CallbackRegistration:
+        if job_id is not None:
+            self.get_job(job_id, key_id)
+        with self.db.begin() as session:
+            row = CallbackRegistration(key_id=key_id, job_id=job_id, url=url)
+            session.add(row)
+        return row
+
+    def notify(self, job_id: str) -> None:
+        """POST the JobReport to the callbacks registered for the job (or its key), in the background."""
+        job = self.get_job(job_id)
+        with self.db() as session:
+            urls = list(session.scalars(select(CallbackRegistration.url).where(
+                CallbackRegistration.key_id == job.key_id,
+                (CallbackRegistration.job_id == job.id) | (CallbackRegistration.job_id.is_(None)))).unique())
+        if not urls or self._closed.is_set():
+            return
+        payload = _jsonable(self.report(job))
+        for url in dict.fromkeys(urls):
+            self._background.submit(self._deliver, url, payload)
+
+    def _deliver(self, url: str, payload: dict) -> None:
+        from . import callbacks
+
+        try:
+            callbacks.deliver(url, payload, secret=self.settings.signing_secret,
+                              attempts=self.settings.callback_attempts,
+                              timeout=self.settings.callback_timeout_seconds)
+        except Exception:  # noqa: BLE001 - a receiver that never answers must not break the job
+            log.warning("callback to %s failed", url, exc_info=True)
+
+    def _work_root(self) -> Path:
+        root = self.settings.data_dir / "work"
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+
+def _is_input_error(exc: Exception) -> bool:
+    from ..engine.errors import MediaError
+
+    try:
+        from .archive import ArchiveError
+    except ImportError:  # pragma: no cover - H7's module not there yet
+        ArchiveError = MediaError  # noqa: N806
+    return isinstance(exc, (MediaError, ArchiveError, ValueError))
+
+
+def _jsonable(report: dict) -> dict:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in report.items()}
+
+
+def build_store(settings: Settings):
+    """The BlobStore the settings name: the embedded local store, or an Azure account."""
+    if settings.storage_backend == "azure":
+        from ..storage.azure import AzureBlobStore
+
+        if not settings.azure_blob_url:
+            raise ValueError("VEIL_AZURE_BLOB_URL must be set for the azure storage backend")
+        return AzureBlobStore(settings.azure_blob_url, settings.storage_account, settings.account_key)
+    from ..storage.local import LocalBlobStore
+
+    return LocalBlobStore(settings.data_dir / "blobs", settings.storage_account, settings.account_key,
+                          settings.base_url)
+
+
+def build_service(settings: Settings, dispatch: Callable[[str], None] | None = None, store=None) -> JobService:
+    """Database (migrated to head) + store + service, as configured."""
+    from ..db.session import open_database
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _, db = open_database(settings.db_url)
+    return JobService(settings, db, store if store is not None else build_store(settings), dispatch)

@@ -1,0 +1,63 @@
+"""The embedded worker: threads inside `veil serve` running `process_job`, polling the database.
+
+The queue is the jobs table itself (status `queued`), so queued jobs survive a restart, and on
+start-up jobs a crash left `running` are put back in the queue (single-process deployments only:
+with several servers on one database use Celery workers instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..jobs.service import JobService
+from .tasks import process_job
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedWorker:
+    def __init__(self, service: JobService, concurrency: int = 1, poll_seconds: float = 1.0) -> None:
+        self.service = service
+        self.concurrency = concurrency
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        requeued = self.service.requeue_interrupted()
+        if requeued:
+            log.info("requeued %d job(s) interrupted by a restart", requeued)
+        self.service.price_pending()
+        for n in range(self.concurrency):
+            thread = threading.Thread(target=self._loop, name=f"veil-worker-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self, job_id: str | None = None) -> None:
+        """Called when a job is queued, so an idle worker starts it without waiting for the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking jobs; a job still running after `timeout` stays `running` and is requeued at the next start."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            worked = False
+            try:
+                for job_id in self.service.queued_ids():
+                    if self._stop.is_set():
+                        break
+                    process_job(job_id, self.service)
+                    worked = True
+            except Exception:  # noqa: BLE001 - e.g. the database briefly unavailable; try again later
+                log.exception("embedded worker loop")
+            if not worked:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()

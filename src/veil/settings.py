@@ -1,0 +1,100 @@
+"""Service settings: every field is a `VEIL_<NAME>` environment variable (listed in the README).
+
+Secrets that must survive a restart but need no human (the embedded store's account key, the
+callback signing secret) are generated once and kept in `<data_dir>/secrets.json`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 1024**3
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VEIL_", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Where the database, blobs and secrets live.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default SQLite at <data_dir>/veil.db. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db.")
+    host: str = Field("127.0.0.1", description="Address `veil serve` binds.")
+    port: int = Field(8000, description="Port `veil serve` binds.")
+    public_url: str | None = Field(
+        None, description="Base URL clients reach the service at (signed URLs point here); "
+        "default http://<host>:<port>.")
+    storage_backend: Literal["local", "azure"] = Field(
+        "local", description="`local`: blobs on disk under <data_dir>/blobs, served by Veil itself; "
+        "`azure`: an Azure Storage account (or Azurite).")
+    storage_account: str = Field("veil", description="Storage account name (signed into every SAS).")
+    storage_key: str | None = Field(
+        None, description="Storage account key (base64); generated and persisted for the local store.")
+    azure_blob_url: str | None = Field(
+        None, description="Blob endpoint of the Azure account, e.g. https://acct.blob.core.windows.net "
+        "or http://127.0.0.1:10000/devstoreaccount1 (azure backend only).")
+    admin_token: str | None = Field(None, description="Bearer token for the /admin API; unset disables it.")
+    worker: Literal["embedded", "celery", "none"] = Field(
+        "embedded", description="`embedded`: worker threads inside `veil serve`; `celery`: send jobs to "
+        "Celery workers (`celery -A veil.queue.celery_app worker`); `none`: API only.")
+    worker_concurrency: int = Field(1, ge=1, description="Jobs processed at once by the embedded worker.")
+    worker_poll_seconds: float = Field(1.0, gt=0, description="How often idle embedded workers look for jobs.")
+    celery_broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (celery worker only).")
+    max_upload_bytes: int = Field(4 * GiB, description="Largest accepted upload (413 above it).")
+    upload_sas_seconds: int = Field(7 * 24 * 3600, description="Lifetime of upload URLs (7 days).")
+    download_sas_seconds: int = Field(24 * 3600, description="Lifetime of download links (24 h).")
+    price_per_image: int = Field(1, ge=0, description="Credits per image.")
+    price_per_video_minute: int = Field(5, ge=0, description="Credits per started minute of video.")
+    price_per_archive_file: int = Field(
+        0, ge=0, description="Extra credits per file inside an archive (on top of its image/video price).")
+    callback_secret: str | None = Field(
+        None, description="HMAC key signing callback bodies; generated and persisted if unset.")
+    callback_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one callback POST.")
+    callback_attempts: int = Field(5, ge=1, description="Delivery attempts per callback (exponential backoff).")
+
+    # ----------------------------------------------------------------- derived values
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'veil.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def account_key(self) -> bytes:
+        return base64.b64decode(self.storage_key or self._secret("storage_key", _new_b64_key))
+
+    @property
+    def signing_secret(self) -> str:
+        return self.callback_secret or self._secret("callback_secret", lambda: secrets.token_hex(32))
+
+    def prices(self):
+        """H7's `Prices` built from the price_* settings."""
+        from .jobs.pricing import Prices
+
+        return Prices(per_image=self.price_per_image, per_video_minute=self.price_per_video_minute,
+                      per_archive_file=self.price_per_archive_file)
+
+    def _secret(self, name: str, make) -> str:
+        path = self.data_dir / "secrets.json"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        if name not in stored:
+            stored[name] = make()
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(stored, indent=1))
+            os.chmod(tmp, 0o600)
+            tmp.replace(path)
+        return stored[name]
+
+
+def _new_b64_key() -> str:
+    return base64.b64encode(secrets.token_bytes(64)).decode()
