@@ -28,6 +28,7 @@ from __future__ import annotations
 import lzma
 import stat
 import tarfile
+import tempfile
 import unicodedata
 import zipfile
 import zlib
@@ -103,25 +104,15 @@ def expand_archive(path: Path, dest: Path, limits: ArchiveLimits | None = None) 
     """
     limits = limits or ArchiveLimits()
     dest.mkdir(parents=True, exist_ok=True)
-    archive_bytes = max(path.stat().st_size, 1)
+    copy = _CheckedCopy(path, limits)
     written: list[Path] = []
-    total = 0
     try:
         with closing(iter_members(path, limits)) as members:
             for member in members:
                 target = dest / member.name
-                member_bytes = 0
-                with _open_member(member) as src, _create(target) as out:
+                with _create(target) as out:
                     written.append(target)
-                    first = True
-                    while chunk := _read(src, member.name):
-                        if first:
-                            _refuse_nested(member.name, chunk)
-                            first = False
-                        member_bytes += len(chunk)
-                        total += len(chunk)
-                        _check_written(member, member_bytes, total, archive_bytes, limits)
-                        out.write(chunk)
+                    copy(member, out)
         return written
     except BaseException:
         for file in written:
@@ -129,12 +120,28 @@ def expand_archive(path: Path, dest: Path, limits: ArchiveLimits | None = None) 
         raise
 
 
+def iter_member_files(path: Path, limits: ArchiveLimits | None = None,
+                      work_dir: Path | None = None) -> Iterator[tuple[str, IO[bytes]]]:
+    """Yield `(name, file)` for each accepted member, one at a time, with every check of
+    `expand_archive`. Each member is copied into an anonymous temporary file (in `work_dir`,
+    rewound and seekable) that is gone once the next member is read: at most one member is on
+    disk at any time, and nothing is ever named in a folder."""
+    limits = limits or ArchiveLimits()
+    copy = _CheckedCopy(path, limits)
+    with closing(iter_members(path, limits)) as members:
+        for member in members:
+            with tempfile.TemporaryFile(dir=work_dir) as tmp:
+                copy(member, tmp)
+                tmp.seek(0)
+                yield member.name, tmp
+
+
 def iter_members(path: Path, limits: ArchiveLimits | None = None) -> Iterator[Member]:
     """Yield the archive's accepted members, validating every entry as it goes.
 
-    Raises `ArchiveError` for a refused entry. Headers are checked here (names, types, sizes,
-    ratios); content checks (nested archives, bytes actually produced) are up to the reader:
-    `expand_archive` does both. `check_nested` helps other readers do the nested check.
+    Raises `ArchiveError` for a refused entry. Only headers are checked here (names, types,
+    sizes, ratios); the content checks (nested archives, bytes actually produced) are done while
+    copying, by `expand_archive` and `iter_member_files`.
     """
     limits = limits or ArchiveLimits()
     with open(path, "rb") as f:
@@ -147,11 +154,6 @@ def iter_members(path: Path, limits: ArchiveLimits | None = None) -> Iterator[Me
         yield from _tar_members(path, fmt, limits)
     else:
         raise ArchiveError("not an archive (expected zip or tar)")
-
-
-def check_nested(name: str, head: bytes) -> None:
-    """Raise `ArchiveError` if a member's first bytes show that it is itself an archive."""
-    _refuse_nested(name, head)
 
 
 # ----------------------------------------------------------------------------- zip
@@ -276,6 +278,26 @@ def _refuse_nested(name: str, head: bytes) -> None:
     fmt = archive_format(head)
     if fmt is not None:
         raise ArchiveError(f"{name!r}: is itself an archive ({fmt}); nested archives are not supported")
+
+
+class _CheckedCopy:
+    """Copies members out of one archive, enforcing the limits on the bytes actually produced."""
+
+    def __init__(self, path: Path, limits: ArchiveLimits) -> None:
+        self.limits = limits
+        self.archive_bytes = max(path.stat().st_size, 1)
+        self.total = 0
+
+    def __call__(self, member: Member, out: IO[bytes]) -> None:
+        member_bytes = 0
+        with _open_member(member) as src:
+            while chunk := _read(src, member.name):
+                if member_bytes == 0:
+                    _refuse_nested(member.name, chunk)
+                member_bytes += len(chunk)
+                self.total += len(chunk)
+                _check_written(member, member_bytes, self.total, self.archive_bytes, self.limits)
+                out.write(chunk)
 
 
 def _check_written(member: Member, member_bytes: int, total: int, archive_bytes: int,
