@@ -1,0 +1,617 @@
+"""Video anonymization: faithful re-encoding with tracked, flicker-free redaction.
+
+Pipeline (three threads, bounded queues, so memory does not grow with the video's length):
+
+    read: demux + decode ──▶ detect + track (look-ahead) ──▶ redact + encode + mux
+
+* **Faithful output.** Same resolution, frame count and timestamps (variable frame rate kept: each
+  frame keeps its pts in the source's time base), rotation (the display matrix is copied), audio
+  streams copied packet for packet (re-encoded only when the output container cannot hold the
+  codec, and then the report says so). Subtitle, data and attachment streams are dropped, as is
+  all container and stream metadata except the language tag: they may hold identifying text or a
+  GPS location. Video is H.264 (libx264, yuv420p, CRF `config.video_crf`); WebM cannot hold H.264,
+  so `.webm` outputs get VP9. 10-bit and HEVC sources are decoded and written as 8-bit H.264.
+* **No flashes.** Faces (`face_track`, a Veil extension, default on) and plates (`lp_track`) are
+  tracked (`veil.engine.tracking`): a track stays blurred through short gaps, a little before its
+  first and after its last detection, and while it leaves the frame; boxes are smoothed.
+* **Speed.** Detection runs on a downscaled copy of the frame (full resolution with `slicing`) and,
+  for tracked kinds, only on every `stride`-th frame: the tracker interpolates in between. Frames
+  stay in YUV; only the region around each detection is converted to RGB, redacted and written
+  back, so pixels outside the redaction mask are bit-identical to the decoded source.
+* **Errors.** Unreadable, corrupt or truncated input raises `MediaError` with a plain message; the
+  output is written to a temporary file in the destination folder and renamed only on success.
+
+Boxes in reports are in pixels of the stored (coded) frame, before any display rotation; the
+report's `figures["rotation"]` gives the display rotation in degrees counter-clockwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from .config import ModelConfig
+from .detections import FACE, PLATE, Detections
+from .errors import MediaError
+from .report import FrameDetections, Report
+from .tracking import TrackingParams, VideoTracker
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float], None]
+# Detects on one decoded frame: (frame as RGB, kinds to look for) -> Detections in that image's pixels.
+DetectFn = Callable[[np.ndarray, frozenset[int]], Detections]
+
+_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
+_PRESET = os.environ.get("VEIL_X264_PRESET", "veryfast")
+# Detection runs on a copy whose longest side is at most this (unless slicing asks for full size).
+_DETECT_MAX_SIDE = int(os.environ.get("VEIL_VIDEO_DETECT_SIDE", "960"))
+# Tracked kinds are detected on every `stride`-th frame at most; see `_stride`.
+_MAX_STRIDE = int(os.environ.get("VEIL_VIDEO_STRIDE", "3"))
+# Detection thresholds are lowered by this for tracking: weaker detections may continue a track.
+_LOW_SCORE_MARGIN = 0.2
+_QUEUE = 8
+_END = object()
+_EMPTY = Detections(track_ids=np.zeros(0, np.int64))
+
+
+def anonymize_video(src: Path, dst: Path, config: ModelConfig, progress: Progress | None = None) -> Report:
+    """Anonymize the video `src` into `dst` (container chosen by dst's suffix, else the source's)."""
+    return _Job(Path(src), config, progress).run(Path(dst))
+
+
+def detect_video(src: Path, config: ModelConfig, progress: Progress | None = None) -> Report:
+    """Detections of every frame of `src` (tracked, with track ids), without writing a video."""
+    return _Job(Path(src), config, progress).run(None)
+
+
+# ----------------------------------------------------------------------------- detection
+def _default_detect(config: ModelConfig) -> DetectFn:
+    """Run H2's detector with thresholds lowered by `_LOW_SCORE_MARGIN` (the tracker re-applies them)."""
+    from .detect import Detector
+
+    low = config.model_copy(update={"blur_threshold": max(0.0, config.blur_threshold - _LOW_SCORE_MARGIN),
+                                    "lp_threshold": max(0.0, config.lp_threshold - _LOW_SCORE_MARGIN)})
+    detectors: dict[frozenset[int], Detector] = {}
+
+    def detect(image: np.ndarray, kinds: frozenset[int]) -> Detections:
+        if kinds not in detectors:
+            detectors[kinds] = Detector(low.model_copy(update={"blur_face": FACE in kinds,
+                                                                 "enable_lp": PLATE in kinds}))
+        return detectors[kinds].detect(image)
+
+    return detect
+
+
+def _stride(config: ModelConfig, fps: float) -> int:
+    """Run the detector on every k-th frame for tracked kinds: about 10 detections per second at most."""
+    if fps <= 0:
+        return 1
+    return max(1, min(_MAX_STRIDE, round(fps / 10)))
+
+
+# ----------------------------------------------------------------------------- the job
+@dataclass
+class _Source:
+    container: av.container.InputContainer
+    video: av.video.stream.VideoStream
+    audio: list[av.audio.stream.AudioStream]
+    width: int
+    height: int
+    fps: float
+    expected_frames: int  # from the container index, 0 if unknown
+    duration: float | None  # seconds, None if unknown
+    dropped: list[str] = field(default_factory=list)  # streams not carried over
+
+
+class _Job:
+    def __init__(self, src: Path, config: ModelConfig, progress: Progress | None,
+                 detect: DetectFn | None = None) -> None:
+        self.src, self.config, self.progress = src, config, progress
+        self._detect = detect
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+
+    # -- public entry
+    def run(self, dst: Path | None) -> Report:
+        source = _open_source(self.src)
+        if dst is None:
+            source.audio = []  # detection only: audio is not needed
+        try:
+            return self._run(source, dst)
+        finally:
+            source.container.close()
+
+    def _run(self, source: _Source, dst: Path | None) -> Report:
+        config = self.config
+        kinds = frozenset(k for k, on in ((FACE, config.wants_faces), (PLATE, config.wants_plates)) if on)
+        tracked = {k for k in kinds if (k == FACE and config.face_track) or (k == PLATE and config.lp_track)}
+        stride = _stride(config, source.fps) if tracked else 1
+        detect = self._detect or (_default_detect(config) if kinds else None)
+        params = TrackingParams.for_rate(source.fps, stride)
+        tracker = VideoTracker(params, (source.width, source.height),
+                               {FACE: config.blur_threshold, PLATE: config.lp_threshold}, tracked)
+        report = Report("video", source.width, source.height)
+        writer = _Writer(dst, source, config, report) if dst is not None else None
+        q_read: queue.Queue = queue.Queue(_QUEUE)
+        q_out: queue.Queue = queue.Queue(_QUEUE)
+        threads = [
+            threading.Thread(target=self._guard, args=(self._read, source, q_read), daemon=True),
+            threading.Thread(target=self._guard, args=(self._analyse, q_read, q_out, source, detect, kinds,
+                                                       tracked, stride, tracker), daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            self._consume(q_out, source, report, writer)
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            self._stop.set()
+            for t in threads:
+                t.join()
+        if self._error is not None:
+            if writer is not None:
+                writer.abort()
+            if isinstance(self._error, MediaError):
+                raise self._error
+            if isinstance(self._error, av.error.FFmpegError):
+                raise MediaError(f"{self.src.name}: cannot process this video: {self._error}") from self._error
+            raise self._error
+        if writer is not None:
+            writer.finish()
+        report.figures.update({"frame_count": len(report.frames), "fps": round(source.fps, 3),
+                               "seconds": round(source.duration or 0.0, 3), "detect_stride": stride})
+        if self.progress:
+            self.progress(1.0)
+        return report
+
+    # -- thread helpers
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # handed to the main thread, which raises it
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        self._stop.set()
+
+    def _put(self, q: queue.Queue, item) -> None:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def _get(self, q: queue.Queue):
+        while True:
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise _Stopped from None
+
+    # -- stage 1: demux and decode
+    def _read(self, source: _Source, q: queue.Queue) -> None:
+        try:
+            for kind, item in _decode(source, self.src):
+                self._put(q, (kind, item))
+        except _Stopped:
+            return
+        self._put(q, _END)
+
+    # -- stage 2: detect and track
+    def _analyse(self, q_in: queue.Queue, q_out: queue.Queue, source: _Source, detect: DetectFn | None,
+                 kinds: frozenset[int], tracked: set[int], stride: int, tracker: VideoTracker) -> None:
+        pending: deque = deque()  # frames and audio packets waiting for their boxes, in stream order
+        finals: dict[int, Detections] = {}
+        index = 0
+        try:
+            while True:
+                item = self._get(q_in)
+                if item is _END:
+                    break
+                kind, payload = item
+                if kind != "frame":
+                    pending.append((kind, payload))
+                    continue
+                due = frozenset(k for k in kinds if k not in tracked or index % stride == 0)
+                dets = None
+                if detect is not None and due:
+                    dets = self._detect_frame(detect, payload, due)
+                pending.append(("frame", (index, payload)))
+                finals.update(tracker.push(index, dets))
+                self._drain(pending, finals, q_out)
+                index += 1
+            finals.update(tracker.flush())
+            self._drain(pending, finals, q_out)
+            self._put(q_out, _END)
+        except _Stopped:
+            return
+
+    def _detect_frame(self, detect: DetectFn, frame: av.VideoFrame, kinds: frozenset[int]) -> Detections:
+        full = self.config.slicing
+        w, h = frame.width, frame.height
+        scale = 1.0 if full else min(1.0, _DETECT_MAX_SIDE / max(w, h))
+        image = _to_rgb(frame, round(w * scale), round(h * scale))
+        dets = detect(image, kinds)
+        if len(dets) and image.shape[:2] != (h, w):
+            xyxy = dets.xyxy.copy()
+            xyxy[:, [0, 2]] *= w / image.shape[1]
+            xyxy[:, [1, 3]] *= h / image.shape[0]
+            dets = Detections(xyxy, dets.scores, dets.kinds)
+        return dets
+
+    def _drain(self, pending: deque, finals: dict[int, Detections], q_out: queue.Queue) -> None:
+        while pending:
+            kind, payload = pending[0]
+            if kind == "frame":
+                index, frame = payload
+                if index not in finals:
+                    return
+                payload = (index, frame, finals.pop(index))
+            pending.popleft()
+            self._put(q_out, (kind, payload))
+
+    # -- stage 3: redact, encode, mux (main thread)
+    def _consume(self, q: queue.Queue, source: _Source, report: Report, writer: "_Writer | None") -> None:
+        total = source.expected_frames or (round(source.duration * source.fps) if source.duration else 0)
+        while True:
+            item = self._get(q)
+            if item is _END:
+                break
+            kind, payload = item
+            if writer is None:
+                if kind != "frame":
+                    continue
+            elif kind != "frame":
+                writer.audio(payload)
+                continue
+            index, frame, dets = payload
+            report.frames.append(FrameDetections(index, None if frame.time is None else round(frame.time, 6),
+                                                 dets if len(dets) else _EMPTY))
+            if writer is not None:
+                writer.video(frame, dets)
+            if self.progress and total:
+                self.progress(min(0.99, (index + 1) / total))
+        _check_complete(source, report, self.src)
+
+
+class _Stopped(Exception):
+    """A stage noticed that another one failed."""
+
+
+# ----------------------------------------------------------------------------- input
+def _open_source(src: Path) -> _Source:
+    try:
+        container = av.open(str(src), metadata_errors="replace")
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise MediaError(f"{src.name}: not a readable video ({_reason(exc)})") from None
+    try:
+        videos = [s for s in container.streams.video if s.codec_context is not None]
+        if not videos:
+            raise MediaError(f"{src.name}: no video stream")
+        video = videos[0]
+        if video.codec_context.width <= 0 or video.codec_context.height <= 0:
+            raise MediaError(f"{src.name}: the video stream has no picture size (corrupt header?)")
+        video.thread_type = "AUTO"
+        audio = [s for s in container.streams.audio if s.codec_context is not None]
+        dropped = [f"{s.type} stream #{s.index}" for s in container.streams
+                   if s is not video and s not in audio]
+        rate = video.average_rate or video.guessed_rate or video.base_rate
+        duration = None
+        if video.duration is not None and video.time_base:
+            duration = float(video.duration * video.time_base)
+        elif container.duration:
+            duration = container.duration / av.time_base
+        return _Source(container, video, audio, video.codec_context.width, video.codec_context.height,
+                       float(rate) if rate else 0.0, int(video.frames or 0), duration, dropped)
+    except MediaError:
+        container.close()
+        raise
+
+
+def _decode(source: _Source, src: Path) -> Iterator[tuple[str, object]]:
+    """Video frames and audio packets in stream order: ("frame", VideoFrame) / ("packet", Packet)."""
+    streams = [source.video, *source.audio]
+    last_pts = None
+    try:
+        for packet in source.container.demux(streams):
+            if packet.stream is source.video:
+                for frame in packet.decode():
+                    last_pts = _fix_pts(frame, last_pts, source)
+                    yield "frame", frame
+            elif packet.dts is not None and packet.size:
+                yield "packet", packet
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"{src.name}: corrupt or truncated video ({_reason(exc)})") from None
+
+
+def _fix_pts(frame: av.VideoFrame, last_pts: int | None, source: _Source) -> int:
+    """Give every frame a strictly increasing pts (a few files lack some); returns it."""
+    step = 1
+    if source.fps and source.video.time_base:
+        step = max(1, round(1 / (source.fps * source.video.time_base)))
+    pts = frame.pts
+    if pts is None:
+        pts = 0 if last_pts is None else last_pts + step
+    elif last_pts is not None and pts <= last_pts:
+        pts = last_pts + 1
+    frame.pts = pts
+    frame.time_base = source.video.time_base
+    return pts
+
+
+def _check_complete(source: _Source, report: Report, src: Path) -> None:
+    """Fail rather than silently write a short video when the input ends early."""
+    got = len(report.frames)
+    if got == 0:
+        raise MediaError(f"{src.name}: no video frame could be decoded (corrupt or truncated file)")
+    if source.expected_frames and got < source.expected_frames:
+        raise MediaError(f"{src.name}: truncated or corrupt video: decoded {got} of "
+                         f"{source.expected_frames} frames")
+    last = report.frames[-1].pts
+    if not source.expected_frames and source.duration and last is not None and source.fps:
+        missing = source.duration - (last + 1 / source.fps)
+        if missing > max(1.0, 5 / source.fps):
+            raise MediaError(f"{src.name}: truncated or corrupt video: frames end at {last:.2f} s "
+                             f"of {source.duration:.2f} s")
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.split(":")[0].strip() if ": '" in text else text
+
+
+# ----------------------------------------------------------------------------- pixels
+def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+    """RGB copy of the frame at (width, height): resized in YUV (cheaper) when the frame is yuv420p."""
+    if frame.format.name in ("yuv420p", "yuvj420p") and frame.width % 2 == 0 and frame.height % 2 == 0:
+        y, u, v = _planes(frame.to_ndarray(), frame.height, frame.width)
+        width, height = width + width % 2, height + height % 2
+        if (width, height) != (frame.width, frame.height):
+            y = cv2.resize(y, (width, height), interpolation=cv2.INTER_AREA)
+            u = cv2.resize(u, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+            v = cv2.resize(v, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+        return cv2.cvtColor(_i420(y, u, v), cv2.COLOR_YUV2RGB_I420)
+    rgb = frame.to_ndarray(format="rgb24")
+    if (width, height) != (frame.width, frame.height):
+        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+    return rgb
+
+
+def _planes(yuv: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the Y, U, V planes of a packed I420 array (as PyAV's yuv420p `to_ndarray` gives)."""
+    q = height * width // 4
+    flat = yuv.reshape(-1)
+    y = flat[:height * width].reshape(height, width)
+    u = flat[height * width:height * width + q].reshape(height // 2, width // 2)
+    v = flat[height * width + q:height * width + 2 * q].reshape(height // 2, width // 2)
+    return y, u, v
+
+
+def _i420(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    h, w = y.shape
+    return np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(h * 3 // 2, w)
+
+
+def _redact_yuv(frame: av.VideoFrame, dets: Detections, config: ModelConfig) -> av.VideoFrame:
+    """A new yuv420p frame with the detections redacted; pixels outside the mask are left exact.
+
+    Only a window around the detections is converted to RGB (where `redact` works) and back.
+    """
+    from .redact import redact, redaction_mask
+
+    h, w = frame.height, frame.width
+    yuv = frame.to_ndarray()  # a copy: decoder buffers may still be referenced by the decoder
+    y, u, v = _planes(yuv, h, w)
+    for x0, y0, x1, y1 in _windows(dets, w, h):
+        local = Detections(dets.xyxy - np.array([x0, y0, x0, y0], np.float32), dets.scores, dets.kinds)
+        crop = cv2.cvtColor(_i420(y[y0:y1, x0:x1], u[y0 // 2:y1 // 2, x0 // 2:x1 // 2],
+                                  v[y0 // 2:y1 // 2, x0 // 2:x1 // 2]), cv2.COLOR_YUV2RGB_I420)
+        mask = redaction_mask(crop.shape[:2], local, config)
+        if not mask.any():
+            continue
+        redact(crop, local, config)
+        ny, nu, nv = _planes(cv2.cvtColor(crop, cv2.COLOR_RGB2YUV_I420), y1 - y0, x1 - x0)
+        y[y0:y1, x0:x1][mask] = ny[mask]
+        cmask = mask.reshape((y1 - y0) // 2, 2, (x1 - x0) // 2, 2).any(axis=(1, 3))
+        u[y0 // 2:y1 // 2, x0 // 2:x1 // 2][cmask] = nu[cmask]
+        v[y0 // 2:y1 // 2, x0 // 2:x1 // 2][cmask] = nv[cmask]
+    out = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+    _copy_frame_props(frame, out)
+    return out
+
+
+def _windows(dets: Detections, width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """One window (x0, y0, x1, y1; multiples of 4) around all detections, with room for the mask
+    shape (which grows beyond the box) and the blur's context."""
+    xyxy = dets.xyxy.astype(np.float64)
+    size = np.maximum(xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1])
+    pad = 1.2 * size + 8
+    x0 = max(0, int(np.min(xyxy[:, 0] - pad)) // 4 * 4)
+    y0 = max(0, int(np.min(xyxy[:, 1] - pad)) // 4 * 4)
+    x1 = min(width // 4 * 4, -(-int(np.max(xyxy[:, 2] + pad)) // 4) * 4)
+    y1 = min(height // 4 * 4, -(-int(np.max(xyxy[:, 3] + pad)) // 4) * 4)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return []
+    return [(x0, y0, x1, y1)]
+
+
+def _redact_any(frame: av.VideoFrame, dets: Detections, config: ModelConfig) -> av.VideoFrame:
+    """Redaction for frames that are not even-sized yuv420p (odd sizes): through a full RGB copy."""
+    from .redact import redact
+
+    rgb = redact(frame.to_ndarray(format="rgb24"), dets, config)
+    out = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    _copy_frame_props(frame, out)
+    return out
+
+
+def _copy_frame_props(src: av.VideoFrame, dst: av.VideoFrame) -> None:
+    dst.pts, dst.time_base = src.pts, src.time_base
+    if src.duration:
+        dst.duration = src.duration
+
+
+# ----------------------------------------------------------------------------- output
+class _Writer:
+    """Encodes and muxes into a temporary file next to `dst`; `finish` renames it, `abort` removes it."""
+
+    def __init__(self, dst: Path, source: _Source, config: ModelConfig, report: Report) -> None:
+        self.dst, self.source, self.config, self.report = dst, source, config, report
+        fmt = _FORMATS.get(dst.suffix.lower()) or _output_format(source)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.fmt = fmt
+        self.video_stream: av.video.stream.VideoStream | None = None
+        self.audio_map: dict[int, tuple[av.stream.Stream, object]] = {}
+        self._early_audio: list[av.Packet] = []  # muxing starts once the video stream exists
+        self.even = source.width % 2 == 0 and source.height % 2 == 0
+        try:
+            self.out = av.open(str(self.tmp), "w", format=fmt)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        if source.dropped:
+            report.notes.append("dropped (may hold identifying text): " + ", ".join(source.dropped))
+
+    def _setup_audio(self) -> None:
+        supported = self.out.supported_codecs
+        for a in self.source.audio:
+            name = a.codec_context.name
+            if name in supported:
+                stream = self.out.add_stream_from_template(a)
+                self.audio_map[a.index] = (stream, None)
+            else:
+                codec = "libopus" if self.fmt == "webm" else "aac"
+                stream = self.out.add_stream(codec, rate=a.codec_context.sample_rate or 48000)
+                if a.codec_context.layout:
+                    stream.layout = a.codec_context.layout
+                a.codec_context.thread_type = "AUTO"
+                self.audio_map[a.index] = (stream, a)
+                self.report.notes.append(f"audio stream #{a.index} ({name}) cannot be stored in "
+                                         f"{self.fmt}; re-encoded to {codec}")
+            stream.metadata.clear()
+            if a.language:
+                stream.metadata["language"] = a.language
+
+    def _setup_video(self, first: av.VideoFrame) -> None:
+        src = self.source.video
+        codec = "libvpx-vp9" if self.fmt == "webm" else "libx264"
+        rate = src.average_rate or src.guessed_rate or Fraction(30)
+        stream = self.out.add_stream(codec, rate=rate)
+        stream.width, stream.height = self.source.width, self.source.height
+        stream.pix_fmt = "yuv420p" if self.even else "yuv444p"
+        stream.time_base = src.time_base
+        stream.codec_context.time_base = src.time_base
+        cc = stream.codec_context
+        for attr in ("color_range", "colorspace", "color_primaries", "color_trc"):
+            try:
+                setattr(cc, attr, getattr(src.codec_context, attr))
+            except (AttributeError, ValueError, TypeError):
+                pass
+        if src.sample_aspect_ratio:
+            cc.sample_aspect_ratio = src.sample_aspect_ratio
+        crf = str(self.config.video_crf)
+        if codec == "libx264":
+            cc.options = {"crf": crf, "preset": _PRESET}
+        else:
+            cc.options = {"crf": crf, "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
+            self.report.notes.append("WebM cannot hold H.264: video encoded as VP9")
+        if not self.even:
+            self.report.notes.append("odd picture size: video encoded as H.264 4:4:4")
+        matrix = _display_matrix(first)
+        if matrix is not None:
+            stream.set_display_matrix(matrix)
+            self.report.figures["rotation"] = first.rotation
+        if src.language:
+            stream.metadata["language"] = src.language
+        self.video_stream = stream
+        self._setup_audio()
+        self.report.figures["audio"] = ", ".join(
+            "copied" if enc is None else f"re-encoded to {stream.codec_context.name}"
+            for stream, enc in self.audio_map.values()) or "none"
+
+    def video(self, frame: av.VideoFrame, dets: Detections) -> None:
+        if self.video_stream is None:
+            self._setup_video(frame)
+            for packet in self._early_audio:
+                self.audio(packet)
+            self._early_audio.clear()
+        if frame.format.name not in ("yuv420p", "yuvj420p") and self.even:
+            converted = frame.reformat(format="yuv420p")
+            _copy_frame_props(frame, converted)
+            frame = converted
+        if len(dets):
+            frame = _redact_yuv(frame, dets, self.config) if self.even else _redact_any(frame, dets, self.config)
+        self.out.mux(self.video_stream.encode(frame))
+
+    def audio(self, packet: av.Packet) -> None:
+        if self.video_stream is None:
+            self._early_audio.append(packet)
+            return
+        stream, decoder = self.audio_map[packet.stream.index]
+        if decoder is None:
+            packet.stream = stream
+            self.out.mux(packet)
+            return
+        for frame in packet.decode():
+            frame.pts = None
+            self.out.mux(stream.encode(frame))
+
+    def finish(self) -> None:
+        try:
+            if self.video_stream is not None:
+                self.out.mux(self.video_stream.encode(None))
+            for stream, decoder in self.audio_map.values():
+                if decoder is not None:
+                    self.out.mux(stream.encode(None))
+            self.out.close()
+        except BaseException:
+            self.abort()
+            raise
+        os.replace(self.tmp, self.dst)
+
+    def abort(self) -> None:
+        try:
+            self.out.close()
+        except Exception:  # noqa: BLE001 - already failing; the temp file goes anyway
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
+def _output_format(source: _Source) -> str:
+    names = source.container.format.name.split(",")
+    for name in ("mp4", "mov", "matroska", "webm", "avi"):
+        if name in names:
+            return name
+    return "mp4"
+
+
+def _display_matrix(frame: av.VideoFrame) -> list[int] | None:
+    from av.sidedata.sidedata import Type
+
+    try:
+        data = bytes(frame.side_data[Type.DISPLAYMATRIX])
+    except (KeyError, TypeError, IndexError):
+        return None
+    return np.frombuffer(data[:36], np.int32).tolist() if len(data) >= 36 else None
