@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     price_per_video_minute: int = Field(5, ge=0, description="Credits per started minute of video.")
     price_per_archive_file: int = Field(
         0, ge=0, description="Extra credits per file inside an archive (on top of its image/video price).")
+    price_minimum_per_job: int = Field(1, ge=0, description="The least any job costs.")
     callback_secret: str | None = Field(
         None, description="HMAC key signing callback bodies; generated and persisted if unset.")
     callback_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one callback POST.")
@@ -81,7 +82,7 @@ class Settings(BaseSettings):
         from .jobs.pricing import Prices
 
         return Prices(per_image=self.price_per_image, per_video_minute=self.price_per_video_minute,
-                      per_archive_file=self.price_per_archive_file)
+                      per_archive_file=self.price_per_archive_file, minimum_per_job=self.price_minimum_per_job)
 
     def _secret(self, name: str, make) -> str:
         path = self.data_dir / "secrets.json"

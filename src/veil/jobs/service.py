@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..db.models import CallbackRegistration, Job, Task, utcnow
 from ..engine.config import ModelConfig
@@ -302,15 +302,14 @@ class JobService:
         if key_id is not None:
             query, count = query.where(Job.key_id == key_id), count.where(Job.key_id == key_id)
         with self.db() as session:
-            jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)))
+            jobs = list(session.scalars(query.options(selectinload(Job.tasks))
+                                        .order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)))
             total = session.scalar(count) or 0
         return jobs, total
 
     # ------------------------------------------------------------------ reading
     def get_job(self, job_id: str, key_id: str | None = None) -> Job:
         """The job with its tasks loaded; JobNotFound when absent or owned by another key."""
-        from sqlalchemy.orm import selectinload
-
         with self.db() as session:
             job = session.scalar(select(Job).where(Job.id == str(job_id)).options(selectinload(Job.tasks)))
         if job is None or (key_id is not None and job.key_id != key_id):

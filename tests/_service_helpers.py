@@ -1,0 +1,44 @@
+"""Helpers shared by the service tests (H6): an app on a temp data dir, keys, seed-style uploads."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from veil.jobs.keys import create_key
+from veil.settings import Settings
+
+
+def settings_for(tmp: Path, **overrides) -> Settings:
+    values = dict(data_dir=tmp, worker="none", port=8000, storage_key=base64.b64encode(b"k" * 32).decode(),
+                  callback_secret="test-secret")
+    values.update(overrides)
+    return Settings(**values)
+
+
+def new_key(service, credits: int = 100, name: str = "") -> str:
+    return create_key(service.db, credits, name)[0]
+
+
+def jpeg_bytes(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def seed_upload(http, session_uri: str, data: bytes, chunk: int = 4 * 1024 * 1024) -> None:
+    """The seed client's upload: Put Block with urlsafe 4-byte ids, then Put Block List of <Latest>."""
+    ids = []
+    for n, start in enumerate(range(0, len(data), chunk)):
+        block_id = base64.urlsafe_b64encode(n.to_bytes(4, "big")).decode()
+        r = http.put(session_uri + "&comp=block&blockid=" + block_id, content=data[start:start + chunk])
+        assert r.status_code == 201, r.text
+        ids.append(block_id)
+    xml = "<BlockList>" + "".join(f"<Latest>{i}</Latest>" for i in ids) + "</BlockList>"
+    r = http.put(session_uri + "&comp=blocklist", content=xml)
+    assert r.status_code == 201, r.text

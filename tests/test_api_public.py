@@ -1,0 +1,220 @@
+"""Public API (/v1) status codes and rules, through FastAPI's TestClient (worker off: no engine needed)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from fastapi.testclient import TestClient
+
+from _service_helpers import jpeg_bytes, new_key, seed_upload, settings_for
+from veil.api.app import create_app
+from veil.jobs import callbacks
+from veil.jobs.credits import ledger
+
+
+@pytest.fixture()
+def client(tmp_path):
+    app = create_app(settings_for(tmp_path, admin_token="admin-secret"))
+    with TestClient(app, raise_server_exceptions=False) as http:
+        http.svc = app.state.service
+        yield http
+
+
+def _create(http, key, **body):
+    payload = {"file_name": "dir/photo.jpg", "file_size": 100, "content_type": "octet-stream", "model": "blur",
+               "model_config": {"blur_face": True}} | body
+    headers = {"access_token": key} if key else {}
+    return http.post("/v1/create_upload_session", headers=headers, json=payload)
+
+
+def _uploaded_job(http, key, data: bytes | None = None) -> str:
+    data = data or jpeg_bytes()
+    r = _create(http, key, file_size=len(data))
+    assert r.status_code == 200, r.text
+    seed_upload(http, r.json()["session_uri"], data)
+    return r.json()["job_id"]
+
+
+def test_bad_or_missing_key_is_401(client):
+    assert _create(client, None).status_code == 401
+    assert _create(client, "not-a-key").status_code == 401
+    assert _create(client, "00000000-0000-0000-0000-000000000000").status_code == 401
+    assert client.get("/v1/jobs").status_code == 401
+
+
+def test_invalid_requests_are_422_naming_the_problem(client):
+    key = new_key(client.svc)
+    r = _create(client, key, model_config={"blur_face": True, "colour": "red"})
+    assert r.status_code == 422 and "colour" in r.text
+    r = _create(client, key, model_config={"blur_threshold": 1.5})
+    assert r.status_code == 422 and "blur_threshold" in r.text
+    r = _create(client, key, model="swap")
+    assert r.status_code == 422 and "blur" in r.text
+
+
+def test_oversized_file_is_413(client):
+    r = _create(client, new_key(client.svc), file_size=4 * 1024**3 + 1)
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+
+def test_session_upload_approve_flow(client):
+    key = new_key(client.svc, credits=10)
+    r = _create(client, key)
+    job_id = r.json()["job_id"]
+    assert r.status_code == 200 and "&" not in r.json()["session_uri"].split("?")[0]
+    waiting = client.post(f"/v1/approve_job/{job_id}", headers={"access_token": key}, follow_redirects=False)
+    assert waiting.status_code == 302 and "location" not in waiting.headers
+
+    data = jpeg_bytes()
+    r = _create(client, key, file_size=len(data))
+    job_id = r.json()["job_id"]
+    seed_upload(client, r.json()["session_uri"], data)
+    approve = client.post(f"/v1/approve_job/{job_id}", headers={"access_token": key})
+    assert approve.status_code == 200, approve.text
+    assert client.post(f"/v1/approve_job/{job_id}", headers={"access_token": key}).status_code == 202
+    report = client.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()
+    assert report["job_status"] == 0 and report["state"] == "queued"
+    assert report["file_name"] == "photo.jpg" and report["file_size"] == len(data)
+    cost = report["job_total_credit_cost"]
+    assert cost >= 1 and report["credits_charged"] == cost
+    alias = client.get(f"/v1/get_job_result/{job_id}", headers={"access_token": key}).json()
+    assert alias["job_id"] == job_id
+    balance = client.get("/admin/api/keys", headers={"Authorization": "Bearer admin-secret"}).json()
+    assert balance[-1]["credits"] == 10 - cost
+
+
+def test_not_enough_credits_is_402(client):
+    key = new_key(client.svc, credits=0)
+    job_id = _uploaded_job(client, key)
+    r = client.post(f"/v1/approve_job/{job_id}", headers={"access_token": key})
+    assert r.status_code == 402 and "credits" in r.json()["detail"]
+    assert client.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()["state"] == \
+        "awaiting_approval"
+
+
+def test_size_different_from_declared_fails_the_job_before_approval(client):
+    key = new_key(client.svc)
+    r = _create(client, key, file_size=10)
+    seed_upload(client, r.json()["session_uri"], jpeg_bytes())
+    job_id = r.json()["job_id"]
+    assert client.post(f"/v1/approve_job/{job_id}", headers={"access_token": key}).status_code == 202
+    report = client.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()
+    assert report["job_status"] == 200 and "declared 10" in report["job_status_description"]
+    assert report["credits_charged"] == 0
+
+
+def test_another_keys_job_is_404_everywhere(client):
+    owner, other = new_key(client.svc), new_key(client.svc)
+    job_id = _uploaded_job(client, owner)
+    for method, path in [("GET", f"/v1/job_result/{job_id}"), ("GET", f"/v1/get_job_result/{job_id}"),
+                         ("POST", f"/v1/approve_job/{job_id}"), ("POST", f"/v1/jobs/{job_id}/cancel"),
+                         ("DELETE", f"/v1/jobs/{job_id}/files")]:
+        assert client.request(method, path, headers={"access_token": other}).status_code == 404, path
+    r = client.post("/v1/notify_on_job_status", headers={"access_token": other},
+                    json={"callback_url": "http://127.0.0.1:9/cb", "job_id": job_id})
+    assert r.status_code == 404
+    assert client.get("/v1/jobs", headers={"access_token": other}).json()["total"] == 0
+    assert client.get("/v1/job_result/nonsense", headers={"access_token": owner}).status_code == 404
+
+
+def test_list_jobs_is_paginated(client):
+    key = new_key(client.svc)
+    ids = [_create(client, key).json()["job_id"] for _ in range(3)]
+    page = client.get("/v1/jobs?limit=2&offset=0", headers={"access_token": key}).json()
+    rest = client.get("/v1/jobs?limit=2&offset=2", headers={"access_token": key}).json()
+    assert page["total"] == 3 and len(page["jobs"]) == 2 and len(rest["jobs"]) == 1
+    assert {j["job_id"] for j in page["jobs"] + rest["jobs"]} == set(ids)
+
+
+def test_cancel_queued_job_refunds_and_delete_needs_a_final_job(client):
+    key = new_key(client.svc, credits=10)
+    job_id = _uploaded_job(client, key)
+    assert client.post(f"/v1/approve_job/{job_id}", headers={"access_token": key}).status_code == 200
+    assert client.delete(f"/v1/jobs/{job_id}/files", headers={"access_token": key}).status_code == 409
+    r = client.post(f"/v1/jobs/{job_id}/cancel", headers={"access_token": key})
+    assert r.status_code == 200 and r.json()["job_status"] == 200 and r.json()["state"] == "cancelled"
+    assert r.json()["credits_refunded"] == r.json()["job_total_credit_cost"] > 0
+    kinds = [e.kind for e in ledger(client.svc.db, job_id=job_id)]
+    assert kinds == ["reserve", "refund"]
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers={"access_token": key}).status_code == 409
+    r = client.delete(f"/v1/jobs/{job_id}/files", headers={"access_token": key})
+    assert r.status_code == 200 and r.json()["files_deleted"] is True
+
+
+def test_direct_upload_redirects_with_307_and_names_the_job(client):
+    key = new_key(client.svc)
+    data = jpeg_bytes()
+    r = client.put("/v1/direct_upload?file_name=a.jpg", content=data, follow_redirects=False,
+                   headers={"access_token": key, "x-ms-blob-type": "BlockBlob"})
+    assert r.status_code == 307
+    job_id = r.headers["x-veil-job-id"]
+    assert r.json()["job_id"] == job_id and r.headers["location"] == r.json()["session_uri"]
+    put = client.put(r.headers["location"], content=data, headers={"x-ms-blob-type": "BlockBlob"})
+    assert put.status_code == 201
+    assert client.post(f"/v1/approve_job/{job_id}", headers={"access_token": key}).status_code == 200
+    r = client.put("/v1/direct_upload", content=data, headers={"access_token": key})
+    assert r.status_code == 400 and "x-ms-blob-type" in r.text
+
+
+def test_unexpected_error_is_a_json_500_with_request_id(client, monkeypatch):
+    key = new_key(client.svc)
+    job_id = _create(client, key).json()["job_id"]
+    monkeypatch.setattr(client.svc, "report", lambda job: 1 / 0)
+    r = client.get(f"/v1/job_result/{job_id}", headers={"access_token": key})
+    assert r.status_code == 500 and r.json()["request_id"] and "Traceback" not in r.text
+
+
+def test_callback_is_signed_when_upload_awaits_approval(client):
+    received, secret = [], "test-secret"
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            ok = callbacks.verify(body, secret, self.headers.get(callbacks.SIGNATURE_HEADER),
+                                  self.headers.get(callbacks.TIMESTAMP_HEADER))
+            received.append((ok, json.loads(body)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        key = new_key(client.svc)
+        r = client.post("/v1/notify_on_job_status", headers={"access_token": key},
+                        json={"callback_url": f"http://127.0.0.1:{server.server_port}/hook"})
+        assert r.status_code == 200
+        job_id = _uploaded_job(client, key)
+        deadline = time.monotonic() + 20
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert received, "no callback arrived"
+        ok, report = received[0]
+        assert ok and report["job_id"] == job_id and report["state"] == "awaiting_approval"
+        assert report["job_total_credit_cost"] >= 1
+    finally:
+        server.shutdown()
+
+
+def test_admin_api_needs_the_token_and_manages_keys(client, tmp_path):
+    assert client.get("/admin/api/keys").status_code == 401
+    assert client.get("/admin/api/keys", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    auth = {"Authorization": "Bearer admin-secret"}
+    created = client.post("/admin/api/keys", headers=auth, json={"credits": 3, "name": "ci"})
+    assert created.status_code == 201 and len(created.json()["key"]) == 36
+    key, key_id = created.json()["key"], created.json()["id"]
+    r = client.post(f"/admin/api/keys/{key_id}/credits", headers=auth, json={"amount": 4})
+    assert r.json()["credits"] == 7
+    assert client.get("/v1/jobs", headers={"access_token": key}).status_code == 200
+    assert client.post(f"/admin/api/keys/{key_id}/revoke", headers=auth).json()["revoked"] is True
+    assert client.get("/v1/jobs", headers={"access_token": key}).status_code == 401
+    assert client.get("/admin/api/jobs", headers=auth).status_code == 200
+    disabled = create_app(settings_for(tmp_path / "other"))
+    with TestClient(disabled) as http:
+        assert http.get("/admin/api/keys", headers=auth).status_code == 403
