@@ -154,8 +154,7 @@ def _save_options(im: Image.Image, out_format: str, path: Path) -> tuple[dict[st
         qtables = getattr(im, "quantization", None)
         if qtables:
             options["qtables"] = {k: list(v) for k, v in qtables.items()}
-            quality = estimate_jpeg_quality(qtables)
-            options["quality"] = quality  # used by Pillow only where the tables do not apply
+            quality = estimate_jpeg_quality(qtables)  # informational: no `quality` option, it would rescale the tables
         sampling = JpegImagePlugin.get_sampling(im) if isinstance(im, JpegImagePlugin.JpegImageFile) else -1
         if sampling != -1:
             options["subsampling"] = sampling
