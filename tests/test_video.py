@@ -1,0 +1,285 @@
+"""Video path: faithful output (frames, timestamps, rotation, audio, metadata), errors, tracking, memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from veil.engine.config import ModelConfig
+from veil.engine.detections import FACE, Detections
+from veil.engine.errors import MediaError
+from veil.engine.video import _Job, anonymize_video, detect_video
+
+NO_MODELS = ModelConfig(blur_face=False)  # I/O tests need no detector
+
+
+# ----------------------------------------------------------------------------- clip makers
+def make_clip(path: Path, *, frames: int = 45, size: tuple[int, int] = (160, 120), vfr: bool = False,
+              rotation: int = 0, audio: bool = False, subtitle: bool = False, gps: bool = False,
+              codec: str = "libx264", pix_fmt: str = "yuv420p", rate: int = 30, faststart: bool = False) -> Path:
+    """A small synthetic clip: a moving gradient, optionally VFR, rotated, with audio/subtitles/GPS."""
+    w, h = size
+    options = {"movflags": "+faststart"} if faststart else {}
+    out = av.open(str(path), "w", container_options=options)
+    if gps:
+        out.metadata["location"] = "+48.8584+002.2945/"
+        out.metadata["title"] = "private"
+    vs = out.add_stream(codec, rate=rate)
+    vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+    vs.time_base = vs.codec_context.time_base = Fraction(1, 1000)
+    if codec == "libx265":
+        vs.codec_context.options = {"log-level": "error"}
+    if rotation:
+        vs.set_display_rotation(rotation)
+    a = out.add_stream("aac", rate=48000) if audio else None
+    sub_stream = sub_in = None
+    if subtitle:
+        srt = path.with_suffix(".srt")
+        srt.write_text("1\n00:00:00,000 --> 00:00:01,000\nJohn Smith, 12 Main St\n\n")
+        sub_in = av.open(str(srt))
+        sub_stream = out.add_stream_from_template(sub_in.streams[0])
+    rng = np.random.default_rng(0)
+    pts = apts = 0
+    xs = np.arange(w)[None, :]
+    for i in range(frames):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[..., 0] = (xs + 3 * i) % 256
+        img[..., 1] = np.arange(h)[:, None] * 2 % 256
+        img[..., 2] = 40 * (i % 5)
+        f = av.VideoFrame.from_ndarray(img, format="rgb24")
+        f.pts = pts
+        pts += (1000 // rate) if not vfr else (20, 33, 70)[i % 3]
+        out.mux(vs.encode(f))
+        while a is not None and apts < pts * 48:
+            af = av.AudioFrame.from_ndarray(rng.standard_normal((1, 1024)).astype(np.float32) * 0.1,
+                                            format="fltp", layout="mono")
+            af.sample_rate, af.pts = 48000, apts
+            apts += 1024
+            out.mux(a.encode(af))
+    out.mux(vs.encode(None))
+    if a is not None:
+        out.mux(a.encode(None))
+    if sub_in is not None:
+        for p in sub_in.demux():
+            if p.dts is not None:
+                p.stream = sub_stream
+                out.mux(p)
+        sub_in.close()
+    out.close()
+    return path
+
+
+def cut_clip(src: Path, dst: Path, seconds: float) -> Path:
+    """The first `seconds` of a real clip, packets copied (video + audio)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        streams = [s for s in inp.streams if s.type in ("video", "audio")]
+        mapping = {s.index: out.add_stream_from_template(s) for s in streams}
+        for packet in inp.demux(streams):
+            if packet.dts is None:
+                continue
+            if packet.pts is not None and packet.pts * packet.time_base >= seconds:
+                continue
+            packet.stream = mapping[packet.stream.index]
+            out.mux(packet)
+    return dst
+
+
+def video_frames(path: Path) -> list[tuple[float, int]]:
+    with av.open(str(path)) as c:
+        return [(f.time, f.rotation) for f in c.decode(c.streams.video[0])]
+
+
+def audio_packets(path: Path) -> list[tuple[float, bytes]]:
+    with av.open(str(path)) as c:
+        s = c.streams.audio[0]
+        return [(float(p.pts * p.time_base), bytes(p)) for p in c.demux(s) if p.dts is not None and p.size]
+
+
+def needs_models() -> None:
+    from veil.engine import weights
+    from veil.engine.errors import ModelsMissing
+
+    try:
+        weights.model_path("centerface")
+    except ModelsMissing as exc:
+        pytest.skip(f"models not installed: {exc}")
+
+
+# ----------------------------------------------------------------------------- faithful output
+def test_vfr_rotation_audio_metadata_subtitles(tmp_path):
+    src = make_clip(tmp_path / "in.mkv", vfr=True, rotation=90, audio=True, subtitle=True, gps=True)
+    dst = tmp_path / "out" / "in.mkv"
+    report = anonymize_video(src, dst, NO_MODELS)
+
+    before, after = video_frames(src), video_frames(dst)
+    assert len(after) == len(before) == 45
+    assert [round(t, 3) for t, _ in after] == [round(t, 3) for t, _ in before]  # VFR timestamps kept
+    assert {r for _, r in after} == {90}  # display rotation copied
+    assert audio_packets(dst) == audio_packets(src)  # audio copied packet for packet
+    with av.open(str(dst)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]  # subtitle stream dropped
+        assert c.streams.video[0].codec_context.name == "h264"
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+        assert not {k.lower() for k in c.metadata} & {"location", "title"}
+    assert report.figures["frame_count"] == 45 and report.figures["audio"] == "copied"
+    assert any("subtitle" in n for n in report.notes)
+    assert not list(dst.parent.glob(".*part"))  # no temp file left
+
+
+def test_mp4_duration_and_gps_atom(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", frames=30, audio=True, gps=True)
+    dst = tmp_path / "out.mp4"
+    anonymize_video(src, dst, NO_MODELS)
+    with av.open(str(src)) as a, av.open(str(dst)) as b:
+        va, vb = a.streams.video[0], b.streams.video[0]
+        frame = 1 / 30
+        assert abs(float(va.duration * va.time_base) - float(vb.duration * vb.time_base)) <= frame
+        assert "location" not in {k.lower() for k in b.metadata}
+    assert audio_packets(dst) == audio_packets(src)
+
+
+def test_crf_changes_quality(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", frames=20, size=(320, 240))
+    lo, hi = tmp_path / "lo.mp4", tmp_path / "hi.mp4"
+    anonymize_video(src, lo, NO_MODELS.model_copy(update={"video_crf": 40}))
+    anonymize_video(src, hi, NO_MODELS.model_copy(update={"video_crf": 10}))
+    assert hi.stat().st_size > lo.stat().st_size
+
+
+def test_hevc_10bit_source(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", frames=20, codec="libx265", pix_fmt="yuv420p10le")
+    dst = tmp_path / "out.mp4"
+    anonymize_video(src, dst, NO_MODELS)
+    assert len(video_frames(dst)) == 20
+    with av.open(str(dst)) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+
+
+def test_webm_output_is_vp9(tmp_path):
+    src = make_clip(tmp_path / "in.mkv", frames=15)
+    dst = tmp_path / "out.webm"
+    report = anonymize_video(src, dst, NO_MODELS)
+    with av.open(str(dst)) as c:
+        assert c.streams.video[0].codec_context.name == "vp9"
+    assert len(video_frames(dst)) == 15 and any("VP9" in n for n in report.notes)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_truncated_file_clear_error_and_no_output(tmp_path):
+    good = make_clip(tmp_path / "good.mp4", frames=60, size=(320, 240), faststart=True)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    dst = tmp_path / "out" / "cut.mp4"
+    with pytest.raises(MediaError, match="truncated"):
+        anonymize_video(cut, dst, NO_MODELS)
+    assert not dst.exists() and not list((tmp_path / "out").glob("*"))
+
+
+def test_not_a_video_clear_error(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    with pytest.raises(MediaError, match="bad.mp4"):
+        anonymize_video(bad, tmp_path / "o.mp4", NO_MODELS)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+# ----------------------------------------------------------------------------- real clips, tracking
+def test_real_clip_faces_and_plates(shared_data, tmp_path):
+    needs_models()
+    src = cut_clip(shared_data / "videos" / "intel_car-detection.mp4", tmp_path / "cars.mp4", 2.0)
+    dst = tmp_path / "out.mp4"
+    config = ModelConfig(enable_lp=True, lp_track=True)
+    report = anonymize_video(src, dst, config)
+    assert len(video_frames(dst)) == len(video_frames(src)) == report.figures["frame_count"]
+    assert audio_packets(dst) == audio_packets(src)
+    item = json.loads(json.dumps(report.to_json("cars.mp4")))
+    assert len(item["frames"]) == len(report.frames)
+    assert sum(len(f["plates"]) for f in item["frames"]) > 0  # the parking lot has readable plates
+    assert all(len(f["plates"]) == len(f["plate_tracks"]) for f in item["frames"])
+
+
+def test_missed_detections_are_still_blurred(shared_data, tmp_path):
+    """Drop the detector's output on several frames: the tracker must keep the face blurred there."""
+    needs_models()
+    from veil.engine.video import _default_detect
+
+    src = cut_clip(shared_data / "videos" / "egoblur_gen1_test_video.mp4", tmp_path / "face.mp4", 1.5)
+    config = ModelConfig()
+    real = _default_detect(config)
+    dropped = {9, 10, 11, 12}
+    calls: list[int] = []
+
+    def flaky(image, kinds):
+        calls.append(0)
+        dets = real(image, kinds)
+        return Detections() if len(calls) - 1 in dropped else dets
+
+    job = _Job(src, config, None, detect=flaky)
+    report = job.run(tmp_path / "out.mp4")
+    stride = report.figures["detect_stride"]
+    missing = {i for i in range(len(report.frames)) if i // stride in dropped}
+    assert missing, "the test must drop at least one frame"
+    for frame in report.frames:
+        faces = frame.detections.kind(FACE)
+        assert len(faces) >= 1, f"frame {frame.index} has no face box (flash)"
+    # The pixels of a bridged frame are really blurred: compare with the source around the face.
+    index = sorted(missing)[len(missing) // 2]
+    x1, y1, x2, y2 = report.frames[index].detections.kind(FACE).xyxy[0].astype(int)
+    with av.open(str(src)) as a, av.open(str(tmp_path / "out.mp4")) as b:
+        fa = [f.to_ndarray(format="rgb24") for f in a.decode(video=0)][index]
+        fb = [f.to_ndarray(format="rgb24") for f in b.decode(video=0)][index]
+    orig, out = fa[y1:y2, x1:x2].astype(float), fb[y1:y2, x1:x2].astype(float)
+    detail = lambda img: np.abs(np.diff(img, axis=0)).mean() + np.abs(np.diff(img, axis=1)).mean()  # noqa: E731
+    assert detail(out) < 0.5 * detail(orig)
+
+
+def test_detect_video_json(shared_data, tmp_path):
+    needs_models()
+    src = cut_clip(shared_data / "videos" / "egoblur_gen1_test_video.mp4", tmp_path / "face.mp4", 0.7)
+    report = detect_video(src, ModelConfig())
+    item = report.to_json("face.mp4")
+    assert [f["index"] for f in item["frames"]] == list(range(len(video_frames(src))))
+    assert all(f["pts"] is not None for f in item["frames"])
+    ids = {t for f in item["frames"] for t in f["face_tracks"]}
+    assert len(ids) >= 1 and -1 not in ids
+
+
+# ----------------------------------------------------------------------------- memory
+_RSS_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from veil.engine.config import ModelConfig
+from veil.engine.video import anonymize_video
+src, dst, faces = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
+anonymize_video(src, dst, ModelConfig(blur_face=faces))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_rss_kb(src: Path, dst: Path, faces: bool) -> int:
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(src), str(dst), "1" if faces else "0"],
+                         capture_output=True, text=True, timeout=300, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def test_memory_stays_flat_on_a_long_clip(tmp_path):
+    """A 10-minute clip must not need more memory than a 1-minute one (bounded queues, pruned tracks)."""
+    try:
+        needs_models()
+        faces = True
+    except pytest.skip.Exception:
+        faces = False
+    short = make_clip(tmp_path / "short.mp4", frames=60 * 5, size=(160, 90), rate=5, audio=True)
+    long = make_clip(tmp_path / "long.mp4", frames=600 * 5, size=(160, 90), rate=5, audio=True)
+    rss_short = _peak_rss_kb(short, tmp_path / "o1.mp4", faces)
+    rss_long = _peak_rss_kb(long, tmp_path / "o2.mp4", faces)
+    assert len(video_frames(tmp_path / "o2.mp4")) == 3000
+    assert rss_long - rss_short < 25_000, (rss_short, rss_long)
