@@ -130,6 +130,9 @@ def create_blob_router(
         except Exception:  # a bug or a disk error: an Azure 500, never a traceback to the client
             log.exception("blob endpoint failed: %s %s", request.method, request.url.path)
             response = _error_response(BlobError(500, "InternalError"), request_id, head=head)
+        if response.status_code >= 400 and request.method == "PUT":
+            # The body may be unread (errors are decided first): close instead of draining it.
+            response.headers["Connection"] = "close"
         response.headers["x-ms-request-id"] = request_id
         response.headers["x-ms-version"] = API_VERSION
         if client_request_id := request.headers.get("x-ms-client-request-id"):
