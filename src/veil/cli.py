@@ -97,11 +97,11 @@ def anonymize(inputs: tuple[Path, ...], output_dir: Path, **kwargs) -> None:
     from tqdm import tqdm
 
     from .engine.anonymize import anonymize as anonymize_file
-    from .engine.errors import MediaError
+    from .engine.errors import MediaError, ModelsMissing
 
     config, _ = _split_config(kwargs)
     output_dir.mkdir(parents=True, exist_ok=True)
-    failures = 0
+    failures, written = 0, set()
     with tqdm(total=len(inputs), unit="file", disable=len(inputs) < 2) as files_bar:
         for src in inputs:
             dst = output_dir / src.name
@@ -110,11 +110,19 @@ def anonymize(inputs: tuple[Path, ...], output_dir: Path, **kwargs) -> None:
                     bar.n = round(100 * fraction)
                     bar.refresh()
                 try:
+                    if dst.resolve() == src.resolve():
+                        raise MediaError("the output would overwrite the input; choose another --output-dir")
+                    if dst in written:
+                        raise MediaError(f"another input named {src.name} was already written to {dst}")
                     report = anonymize_file(src, dst, config, progress=progress)
+                except ModelsMissing as exc:
+                    raise click.ClickException(str(exc)) from None
                 except MediaError as exc:
                     failures += 1
+                    files_bar.update()
                     tqdm.write(f"error: {src}: {exc}", file=sys.stderr)
                     continue
+            written.add(dst)
             tqdm.write(f"{src} -> {dst} ({report.detection_count} regions redacted)")
             for note in report.notes:
                 tqdm.write(f"  note: {note}")
@@ -133,13 +141,15 @@ def detect(inputs: tuple[Path, ...], json_out: Path, **kwargs) -> None:
     from tqdm import tqdm
 
     from .engine.anonymize import detect_file
-    from .engine.errors import MediaError
+    from .engine.errors import MediaError, ModelsMissing
 
     config, _ = _split_config(kwargs)
     items, failures = [], 0
     for src in tqdm(inputs, unit="file", disable=len(inputs) < 2):
         try:
             report = detect_file(src, config)
+        except ModelsMissing as exc:
+            raise click.ClickException(str(exc)) from None
         except MediaError as exc:
             failures += 1
             tqdm.write(f"error: {src}: {exc}", file=sys.stderr)
