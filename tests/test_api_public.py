@@ -169,12 +169,12 @@ def test_unexpected_error_is_a_json_500_with_request_id(client, monkeypatch):
 
 
 def test_callback_is_signed_when_upload_awaits_approval(client):
-    received, secret = [], "test-secret"
+    received, secret = [], []
 
     class Receiver(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            ok = callbacks.verify(body, secret, self.headers.get(callbacks.SIGNATURE_HEADER),
+            ok = callbacks.verify(body, secret[0], self.headers.get(callbacks.SIGNATURE_HEADER),
                                   self.headers.get(callbacks.TIMESTAMP_HEADER))
             received.append((ok, json.loads(body)))
             self.send_response(200)
@@ -190,6 +190,10 @@ def test_callback_is_signed_when_upload_awaits_approval(client):
         r = client.post("/v1/notify_on_job_status", headers={"access_token": key},
                         json={"callback_url": f"http://127.0.0.1:{server.server_port}/hook"})
         assert r.status_code == 200
+        secret.append(r.json()["signing_secret"])
+        bad = client.post("/v1/notify_on_job_status", headers={"access_token": key},
+                          json={"callback_url": "ftp://example.org/x"})
+        assert bad.status_code == 422 and "http" in bad.text
         job_id = _uploaded_job(client, key)
         deadline = time.monotonic() + 20
         while not received and time.monotonic() < deadline:

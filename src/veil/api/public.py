@@ -133,12 +133,17 @@ router.add_api_route("/get_job_result/{job_id}", job_result, methods=["GET"], re
 def notify_on_job_status(body: schemas.NotifyRequest, key: ApiKey = Depends(api_key),
                          svc: JobService = Depends(service)):
     """Register a callback URL. Veil POSTs the JobReport there when an upload is complete and awaits approval,
-    and when the job completes or fails; bodies are HMAC-SHA256 signed, deliveries retried with backoff."""
+    and when the job completes or fails; bodies are HMAC-SHA256 signed with this key's `signing_secret`
+    (headers `X-Veil-Timestamp`, `X-Veil-Signature: sha256=<hex HMAC of "<timestamp>." + body>`),
+    deliveries retried with backoff."""
     try:
         svc.register_callback(key.id, body.callback_url, body.job_id)
     except JobNotFound as exc:
         raise HTTPException(404, str(exc)) from None
-    return {"callback_url": body.callback_url, "job_id": body.job_id, "detail": "callback registered"}
+    except ValueError as exc:  # InvalidCallbackURL
+        raise HTTPException(422, str(exc)) from None
+    return {"callback_url": body.callback_url, "job_id": body.job_id, "detail": "callback registered",
+            "signing_secret": svc.callback_secret(key.id)}
 
 
 @router.get("/jobs", response_model=schemas.JobList)

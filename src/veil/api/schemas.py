@@ -94,7 +94,7 @@ class JobList(_Body):
 
 
 class NotifyRequest(_Body):
-    callback_url: str = Field(..., pattern=r"^https?://", max_length=2000,
+    callback_url: str = Field(..., max_length=2048,
                               description="Where Veil POSTs the JobReport (JSON, HMAC-signed).")
     job_id: str | None = Field(None, description="Only this job; omit for every job of the key.")
 
@@ -103,6 +103,8 @@ class NotifyResponse(_Body):
     callback_url: str
     job_id: str | None
     detail: str
+    signing_secret: str = Field(..., description="This key's HMAC-SHA256 secret: verify `X-Veil-Signature` "
+                                "against HMAC(secret, \"<X-Veil-Timestamp>.\" + raw body).")
 
 
 class Error(_Body):

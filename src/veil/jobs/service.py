@@ -19,6 +19,8 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import shutil
 import tempfile
@@ -169,7 +171,7 @@ class JobService:
                 except Exception as exc:  # noqa: BLE001 - input errors (ArchiveError, MediaError) name the problem
                     if not _is_input_error(exc):
                         raise
-                    problem = f"{job.file_name}: {exc}"
+                    problem = f"{job.file_name}: {str(exc).replace(str(path), job.file_name)}"
         with self.db.begin() as session:
             values: dict[str, Any] = ({"status": "failed", "description": problem, "finished_at": utcnow()}
                                       if problem else {"status": "awaiting_approval", "total_cost": cost})
@@ -367,12 +369,20 @@ class JobService:
 
     # ------------------------------------------------------------------ callbacks
     def register_callback(self, key_id: str, url: str, job_id: str | None = None) -> CallbackRegistration:
+        """Raises JobNotFound, or callbacks.InvalidCallbackURL (a ValueError naming the problem)."""
+        from .callbacks import validate_callback_url
+
+        validate_callback_url(url)
         if job_id is not None:
             self.get_job(job_id, key_id)
         with self.db.begin() as session:
             row = CallbackRegistration(key_id=key_id, job_id=job_id, url=url)
             session.add(row)
         return row
+
+    def callback_secret(self, key_id: str) -> str:
+        """The key's own HMAC secret for callback signatures (derived, so one key can't forge another's)."""
+        return hmac.new(self.settings.signing_secret.encode(), key_id.encode(), hashlib.sha256).hexdigest()
 
     def notify(self, job_id: str) -> None:
         """POST the JobReport to the callbacks registered for the job (or its key), in the background."""
@@ -385,15 +395,14 @@ class JobService:
             return
         payload = _jsonable(self.report(job))
         for url in dict.fromkeys(urls):
-            self._background.submit(self._deliver, url, payload)
+            self._background.submit(self._deliver, url, payload, self.callback_secret(job.key_id))
 
-    def _deliver(self, url: str, payload: dict) -> None:
+    def _deliver(self, url: str, payload: dict, secret: str) -> None:
         from . import callbacks
 
         try:
-            callbacks.deliver(url, payload, secret=self.settings.signing_secret,
-                              attempts=self.settings.callback_attempts,
-                              timeout=self.settings.callback_timeout_seconds)
+            callbacks.deliver(url, payload, secret=secret, attempts=self.settings.callback_attempts,
+                              timeout=self.settings.callback_timeout_seconds, stop=self._closed)
         except Exception:  # noqa: BLE001 - a receiver that never answers must not break the job
             log.warning("callback to %s failed", url, exc_info=True)
 
