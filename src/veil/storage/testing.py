@@ -47,12 +47,18 @@ def serve_app(app, port: int | None = None) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def azurite_binary() -> Path | None:
-    """`node_modules/.bin/azurite-blob` of the repository (installed by scripts/test-services.sh),
-    or None when it or node is missing."""
+def azurite_binary(install: bool = True) -> Path | None:
+    """`node_modules/.bin/azurite-blob` of the repository, or None when node is missing. When
+    node is there but Azurite is not, runs `npm install` (the version pinned in package.json),
+    as scripts/test-services.sh does."""
     binary = REPO / "node_modules" / ".bin" / "azurite-blob"
-    if shutil.which("node") is None or not binary.exists():
+    if shutil.which("node") is None:
         return None
+    if not binary.exists() and install and shutil.which("npm"):
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=REPO,
+                       check=True, timeout=600)
+    if not binary.exists():
+        raise RuntimeError(f"Azurite is not installed at {binary}: run `npm install` in {REPO}")
     return binary
 
 
@@ -62,7 +68,7 @@ def azurite(binary: Path | None = None) -> Iterator[str]:
     check off: the SDK is newer than Azurite, notes §0); yields the connection string."""
     binary = binary or azurite_binary()
     if binary is None:
-        raise RuntimeError("Azurite is not installed: run `npm install` in the repository root")
+        raise RuntimeError("Azurite needs node, which is not installed")
     port = free_port()
     process = subprocess.Popen(
         [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
