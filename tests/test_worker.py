@@ -175,3 +175,20 @@ def _png() -> bytes:
     out = io.BytesIO()
     Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(out, format="PNG")
     return out.getvalue()
+
+
+def test_housekeeping_expires_stale_upload_sessions(svc):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from veil.db.models import Job, utcnow
+
+    _, key = create_key(svc.db, 5)
+    stale = svc.create_job(key.id, "old.jpg", 10).job
+    fresh = svc.create_job(key.id, "new.jpg", 10).job
+    with svc.db.begin() as session:
+        session.execute(update(Job).where(Job.id == stale.id).values(created_at=utcnow() - timedelta(days=8)))
+    svc.housekeeping()
+    assert svc.get_job(stale.id).status == "failed" and "expired" in svc.get_job(stale.id).description
+    assert svc.get_job(fresh.id).status == "created"

@@ -266,6 +266,18 @@ class JobService:
             credits.refund(session, job.key_id, job.id, amount, reason)
             job.refunded_credits += amount
 
+    def housekeeping(self) -> None:
+        """Expire upload sessions whose SAS has run out (job → failed, nothing was charged) and let the
+        store drop uncommitted blocks and unfinished bodies older than a day."""
+        cutoff = utcnow() - timedelta(seconds=self.settings.upload_sas_seconds)
+        with self.db.begin() as session:
+            session.execute(update(Job).where(Job.status == "created", Job.created_at < cutoff).values(
+                status="failed", description="the upload session expired before the upload was complete",
+                finished_at=utcnow()))
+        cleanup = getattr(self.store, "cleanup", None)
+        if cleanup is not None:
+            cleanup(timedelta(days=1))
+
     # ------------------------------------------------------------------ client extensions
     def cancel(self, key_id: str, job_id: str) -> Job:
         """Cancel a job. Before a worker started it: cancelled at once and refunded. Running: the worker
