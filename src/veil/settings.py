@@ -37,9 +37,14 @@ class Settings(BaseSettings):
     storage_account: str = Field("veil", description="Storage account name (signed into every SAS).")
     storage_key: str | None = Field(
         None, description="Storage account key (base64); generated and persisted for the local store.")
+    azure_connection_string: str | None = Field(
+        None, description="Azure Storage connection string (azure backend; or use VEIL_AZURE_BLOB_URL + "
+        "VEIL_STORAGE_KEY).")
     azure_blob_url: str | None = Field(
         None, description="Blob endpoint of the Azure account, e.g. https://acct.blob.core.windows.net "
         "or http://127.0.0.1:10000/devstoreaccount1 (azure backend only).")
+    azure_api_version: str | None = Field(
+        None, description="Pin the Blob REST version (Azurite lags behind the SDK, e.g. 2026-06-06).")
     admin_token: str | None = Field(None, description="Bearer token for the /admin API; unset disables it.")
     worker: Literal["embedded", "celery", "none"] = Field(
         "embedded", description="`embedded`: worker threads inside `veil serve`; `celery`: send jobs to "

@@ -147,6 +147,28 @@ class JobService:
         if result.rowcount == 1 and not self._closed.is_set():
             self._background.submit(self._price_quietly, name)
 
+    @property
+    def store_publishes_events(self) -> bool:
+        """True for the embedded store (its endpoint calls on_blob_created); an Azure account without an
+        Event Grid subscription must be polled (notes §5): a blob appears atomically when committed."""
+        from ..storage.local import LocalBlobStore
+
+        return isinstance(self.store, LocalBlobStore)
+
+    def check_upload(self, job: Job) -> None:
+        """Poll the store for a committed upload (HEAD); marks the job uploaded if it is there."""
+        if self.store.exists(INPUT_CONTAINER, job.input_blob):
+            self.on_blob_created(INPUT_CONTAINER, job.input_blob, self.store.size(INPUT_CONTAINER, job.input_blob))
+
+    def poll_uploads(self) -> None:
+        """check_upload for every job still waiting for its upload (stores that publish no events)."""
+        if self.store_publishes_events:
+            return
+        with self.db() as session:
+            jobs = list(session.scalars(select(Job).where(Job.status == "created")))
+        for job in jobs:
+            self.check_upload(job)
+
     def _price_quietly(self, job_id: str) -> None:
         try:
             self.price_job(job_id)
@@ -199,6 +221,9 @@ class JobService:
     def approve(self, key_id: str, job_id: str) -> Literal["approved", "already", "waiting"]:
         """Reserve the cost and queue the job. Raises JobNotFound, credits.InsufficientCredits."""
         job = self.get_job(job_id, key_id)
+        if job.status == "created" and not self.store_publishes_events:
+            self.check_upload(job)
+            job = self.get_job(job_id, key_id)
         if job.status == "uploaded":
             self.price_job(job_id)  # normally done already in the background; idempotent
             job = self.get_job(job_id, key_id)
@@ -443,9 +468,13 @@ def build_store(settings: Settings):
     if settings.storage_backend == "azure":
         from ..storage.azure import AzureBlobStore
 
-        if not settings.azure_blob_url:
-            raise ValueError("VEIL_AZURE_BLOB_URL must be set for the azure storage backend")
-        return AzureBlobStore(settings.azure_blob_url, settings.storage_account, settings.account_key)
+        if settings.azure_connection_string:
+            return AzureBlobStore(settings.azure_connection_string, api_version=settings.azure_api_version)
+        if not (settings.azure_blob_url and settings.storage_key):
+            raise ValueError("the azure storage backend needs VEIL_AZURE_CONNECTION_STRING, or "
+                             "VEIL_AZURE_BLOB_URL and VEIL_STORAGE_KEY")
+        return AzureBlobStore(account_url=settings.azure_blob_url, account_key=settings.storage_key,
+                              api_version=settings.azure_api_version)
     from ..storage.local import LocalBlobStore
 
     return LocalBlobStore(settings.data_dir / "blobs", settings.storage_account, settings.account_key,

@@ -16,6 +16,7 @@ from .tasks import process_job
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 600
+UPLOAD_POLL_SECONDS = 10  # stores without upload events (Azure without Event Grid)
 
 
 class EmbeddedWorker:
@@ -50,13 +51,16 @@ class EmbeddedWorker:
         self._threads.clear()
 
     def _loop(self, housekeeper: bool) -> None:
-        next_housekeeping = 0.0
+        next_housekeeping = next_upload_poll = 0.0
         while not self._stop.is_set():
             worked = False
             try:
                 if housekeeper and time.monotonic() >= next_housekeeping:
                     next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
                     self.service.housekeeping()
+                if housekeeper and time.monotonic() >= next_upload_poll:
+                    next_upload_poll = time.monotonic() + UPLOAD_POLL_SECONDS
+                    self.service.poll_uploads()
                 for job_id in self.service.queued_ids():
                     if self._stop.is_set():
                         break
