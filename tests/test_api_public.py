@@ -222,3 +222,33 @@ def test_admin_api_needs_the_token_and_manages_keys(client, tmp_path):
     disabled = create_app(settings_for(tmp_path / "other"))
     with TestClient(disabled) as http:
         assert http.get("/admin/api/keys", headers=auth).status_code == 403
+
+
+def test_start_upload_gives_sdk_parts_valid_for_seven_days(client):
+    from datetime import datetime, timedelta, timezone
+    from urllib.parse import parse_qs
+
+    r = client.post("/v1/start_upload", headers={"access_token": new_key(client.svc)},
+                    json={"file_name": "a.jpg", "file_size": 10})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["blob"] == body["job_id"] and body["container"] and body["account_url"]
+    expiry = parse_qs(body["sas_token"])["se"][0]
+    expected = datetime.now(timezone.utc) + timedelta(days=7)
+    assert abs(datetime.fromisoformat(expiry.replace("Z", "+00:00")) - expected) < timedelta(minutes=10)
+    assert parse_qs(body["sas_token"])["sp"][0] == "cw"
+
+
+def test_openapi_documents_the_seed_routes_and_fields(client):
+    spec = client.get("/openapi.json").json()
+    for route in ["/v1/create_upload_session", "/v1/start_upload", "/v1/direct_upload", "/v1/approve_job/{job_id}",
+                  "/v1/job_result/{job_id}", "/v1/get_job_result/{job_id}", "/v1/notify_on_job_status"]:
+        assert route in spec["paths"], route
+    report = spec["components"]["schemas"]["JobReport"]["properties"]
+    assert {"job_id", "job_status", "job_status_description", "job_total_credit_cost", "tasks",
+            "model_config"} <= set(report)
+    assert client.get("/docs").status_code == 200
+    key = new_key(client.svc)
+    job_id = _create(client, key, model_config={"enable_lp": True}).json()["job_id"]
+    report = client.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()
+    assert report["model_config"]["enable_lp"] is True and report["tasks"] == []

@@ -192,3 +192,24 @@ def test_housekeeping_expires_stale_upload_sessions(svc):
     svc.housekeeping()
     assert svc.get_job(stale.id).status == "failed" and "expired" in svc.get_job(stale.id).description
     assert svc.get_job(fresh.id).status == "created"
+
+
+def test_celery_task_runs_the_same_task_function(tmp_path, monkeypatch):
+    """The Celery wrapper, executed locally (`apply`, no broker): it builds the service from VEIL_* and
+    processes the job with the same `process_job`."""
+    import base64
+
+    from veil.queue import celery_app, tasks
+
+    monkeypatch.setenv("VEIL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("VEIL_STORAGE_KEY", base64.b64encode(b"k" * 32).decode())
+    monkeypatch.setattr(tasks, "_default_service", None)
+    monkeypatch.setattr("veil.engine.anonymize.anonymize",
+                        lambda src, dst, config, progress=None: Path(dst).write_bytes(Path(src).read_bytes()))
+    svc = tasks.default_service()
+    try:
+        _, job_id = _submit(svc, jpeg_bytes(), "x.jpg")
+        celery_app.process_job_task.apply(args=[job_id]).get()
+        assert svc.get_job(job_id).status == "completed"
+    finally:
+        svc.close()
