@@ -197,8 +197,11 @@ class JobService:
         with self.db.begin() as session:
             values: dict[str, Any] = ({"status": "failed", "description": problem, "finished_at": utcnow()}
                                       if problem else {"status": "awaiting_approval", "total_cost": cost})
-            session.execute(update(Job).where(Job.id == job_id, Job.status == "uploaded").values(**values))
-        self.notify(job_id)
+            # the size condition drops a result made stale by a re-upload while this one was priced
+            result = session.execute(update(Job).where(Job.id == job_id, Job.status == "uploaded",
+                                                       Job.uploaded_size == job.uploaded_size).values(**values))
+        if result.rowcount == 1:
+            self.notify(job_id)
 
     def price_pending(self) -> None:
         """Price uploads whose pricing was interrupted (start-up)."""
