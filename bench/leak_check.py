@@ -1,0 +1,153 @@
+"""Leak measure: objects a dense reference detector sees that Veil's blur mask does not cover.
+
+    python bench/leak_check.py CLIP [--config JSON] [--every 1] [--cache DIR]
+
+The reference runs the detector on *every* frame at full resolution with slicing on and low
+thresholds (0.3), and keeps its detections with score >= 0.6 as real objects. Veil runs as
+`detect_video(CLIP, config)` (the same boxes `anonymize_video` blurs); its blur mask per frame is
+`redact.redaction_mask`. A reference box counts as a **leaked object-frame** when less than 70% of
+it lies inside Veil's mask in that frame. Reference boxes are linked into tracks (IoU tracker), and
+for each track the longest run of consecutive leaked frames is reported.
+
+`--every N` checks only every N-th frame (the reference is slow: several seconds per 1080p frame on
+two cores); `--cache` keeps the reference detections, so Veil can be re-checked quickly after a
+change. Exit status 1 when anything leaked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+SCORE = 0.6
+COVER = 0.7
+REFERENCE_THRESHOLD = 0.3
+
+
+def reference_detections(clip: Path, config, every: int, cache: Path | None) -> dict[int, list]:
+    """{frame index: [[x1, y1, x2, y2, score, kind], ...]} for the checked frames."""
+    from veil.engine.detect import get_detector
+
+    ref_config = config.model_copy(update={"slicing": True, "blur_threshold": REFERENCE_THRESHOLD,
+                                           "lp_threshold": REFERENCE_THRESHOLD})
+    key = hashlib.sha256(f"{clip.resolve()}|{clip.stat().st_size}|{clip.stat().st_mtime}|{every}|"
+                         f"{ref_config.model_dump_json()}".encode()).hexdigest()[:16]
+    cached = cache / f"reference-{clip.stem}-{key}.json" if cache else None
+    if cached and cached.is_file():
+        return {int(k): v for k, v in json.loads(cached.read_text()).items()}
+    detector = get_detector(ref_config)
+    out: dict[int, list] = {}
+    started = time.perf_counter()
+    with av.open(str(clip)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        total = stream.frames or 0
+        for index, frame in enumerate(c.decode(stream)):
+            if index % every:
+                continue
+            dets = detector.detect(frame.to_ndarray(format="rgb24"))
+            out[index] = [[*map(float, b), float(s), int(k)] for b, s, k in zip(dets.xyxy, dets.scores, dets.kinds)]
+            if index % (every * 20) == 0:
+                print(f"  reference: frame {index}/{total} ({time.perf_counter() - started:.0f} s)",
+                      file=sys.stderr, flush=True)
+    if cached:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(out))
+    return out
+
+
+def coverage(mask: np.ndarray, box) -> float:
+    h, w = mask.shape
+    x1, y1 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    x2, y2 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
+    if x2 <= x1 or y2 <= y1:
+        return 1.0
+    return float(mask[y1:y2, x1:x2].mean())
+
+
+def link_tracks(reference: dict[int, list], every: int) -> dict[tuple[int, int], int]:
+    """(frame, detection position) -> track id, by IoU association across checked frames."""
+    from veil.engine.detections import Detections
+    from veil.engine.tracking import Tracker, TrackingParams
+
+    tracker = Tracker(TrackingParams(max_gap=3 * every), {0: 0.0, 1: 0.0})
+    ids: dict[tuple[int, int], int] = {}
+    for index in sorted(reference):
+        rows = reference[index]
+        boxes = np.array([r[:4] for r in rows], np.float32).reshape(-1, 4)
+        tracker.update(index, Detections(boxes, [r[4] for r in rows], [r[5] for r in rows]))
+        seen = {(t.kind, tuple(np.round(t.boxes[-1], 2))): t.id for t in tracker.active if t.last == index}
+        for pos, row in enumerate(rows):
+            ids[(index, pos)] = seen.get((int(row[5]), tuple(np.round(boxes[pos].astype(np.float64), 2))), -1)
+    return ids
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("clip", type=Path)
+    ap.add_argument("--config", default="{}", help="Veil model_config JSON (default: seed defaults)")
+    ap.add_argument("--every", type=int, default=1, help="check every N-th frame")
+    ap.add_argument("--cache", type=Path, default=None, help="folder to keep reference detections in")
+    args = ap.parse_args()
+
+    from veil.engine.config import ModelConfig
+    from veil.engine.detections import KIND_NAMES
+    from veil.engine.redact import redaction_mask
+    from veil.engine.video import detect_video
+
+    config = ModelConfig(**json.loads(args.config))
+    print(f"clip {args.clip}; config {config.model_dump_json()}", flush=True)
+    reference = reference_detections(args.clip, config, args.every, args.cache)
+    report = detect_video(args.clip, config)
+    veil = {f.index: f.detections for f in report.frames}
+    track_of = link_tracks(reference, args.every)
+
+    shape = (report.height, report.width)
+    checked = {0: 0, 1: 0}
+    leaked = {0: 0, 1: 0}
+    leaked_frames: dict[int, list[int]] = {}
+    worst: list[tuple[float, int, int]] = []
+    for index, rows in sorted(reference.items()):
+        real = [(pos, r) for pos, r in enumerate(rows) if r[4] >= SCORE]
+        if not real:
+            continue
+        mask = redaction_mask(shape, veil[index], config) if index in veil else np.zeros(shape, bool)
+        for pos, row in real:
+            kind = int(row[5])
+            checked[kind] += 1
+            cov = coverage(mask, row[:4])
+            if cov < COVER:
+                leaked[kind] += 1
+                leaked_frames.setdefault(track_of.get((index, pos), -1), []).append(index)
+                worst.append((cov, index, kind))
+
+    runs = {}
+    for track, frames in leaked_frames.items():
+        longest = run = 1
+        for a, b in zip(frames, frames[1:]):
+            run = run + 1 if b - a == args.every else 1
+            longest = max(longest, run)
+        runs[track] = longest
+    print(f"veil frames {len(report.frames)}, checked frames {len(reference)} (every {args.every})")
+    for kind in (0, 1):
+        if checked[kind]:
+            print(f"  {KIND_NAMES[kind]:<7} reference object-frames {checked[kind]:5d}   leaked {leaked[kind]:4d}")
+    total = sum(leaked.values())
+    print(f"leaked object-frames: {total}")
+    if runs:
+        print("longest run of consecutive leaked (checked) frames per track: "
+              + ", ".join(f"track {t}: {n}" for t, n in sorted(runs.items(), key=lambda kv: -kv[1])[:10]))
+        for cov, index, kind in sorted(worst)[:10]:
+            print(f"    frame {index} {KIND_NAMES[kind]} covered {cov:.0%}")
+    sys.exit(1 if total else 0)
+
+
+if __name__ == "__main__":
+    main()
