@@ -67,12 +67,10 @@ def test_cleanup_removes_stale_uncommitted_blocks(store: LocalBlobStore) -> None
     leftover = store.new_temp("uploads", "done.bin")
     leftover.write_bytes(b"half a body")
     old = time.time() - 7200
-    for path in (store.root / "uploads").rglob("*"):
-        if path.is_file() and "fresh" not in str(path) and path.name != "meta.json":
-            os.utime(path, (old, old))
     fresh_dir = store.new_temp("uploads", "fresh.bin").parent
-    for path in fresh_dir.rglob("*"):
-        os.utime(path)
+    for path in (store.root / "uploads").rglob("*"):  # everything but the fresh upload is 2 h old
+        if fresh_dir not in (path, *path.parents):
+            os.utime(path, (old, old))
     removed = store.cleanup(older_than=timedelta(hours=1))
     assert removed == 2  # the abandoned block and the half-received body
     assert store.staged_blocks("uploads", "abandoned.bin") == {}

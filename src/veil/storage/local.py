@@ -387,16 +387,20 @@ class LocalBlobStore:
         return _props(meta)
 
     def _cleanup_blob_dir(self, directory: Path, cutoff: float) -> int:
+        # Directory mtimes are taken before we delete anything: an empty directory is removed only
+        # if nothing was added to it since the cutoff (a concurrent upload may be starting there).
+        idle = directory.stat().st_mtime < cutoff
         removed = 0
         meta = _read_meta(directory)
         blocks = directory / "blocks"
         if blocks.is_dir():
+            blocks_idle = blocks.stat().st_mtime < cutoff
             for block in blocks.iterdir():
                 if block.stat().st_mtime < cutoff:
                     block.unlink(missing_ok=True)
                     removed += 1
-            if not any(blocks.iterdir()):
-                blocks.rmdir()
+            if blocks_idle:
+                _remove_if_empty(blocks)
         for entry in directory.iterdir():
             stale = entry.name.startswith("tmp-") or (
                 entry.name.startswith("data-") and (meta is None or entry.name != meta["data"])
@@ -404,9 +408,16 @@ class LocalBlobStore:
             if stale and entry.stat().st_mtime < cutoff:
                 entry.unlink(missing_ok=True)
                 removed += 1
-        if not any(directory.iterdir()):
-            directory.rmdir()
+        if idle:
+            _remove_if_empty(directory)
         return removed
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:  # not empty (or gone): leave it
+        pass
 
 
 def _check_container(container: str) -> None:
