@@ -291,7 +291,7 @@ class VideoTracker:
         parts = []
         if nxt is not None and t.frames[nxt] - f <= p.lead:
             parts.append((self._extrapolate(t, nxt, f), t.scores[nxt]))
-        if prev is not None and f - t.frames[prev] <= self._trail(t.boxes[prev]):
+        if prev is not None and f - t.frames[prev] <= self._trail(t, prev):
             parts.append((self._extrapolate(t, prev, f), t.scores[prev]))
         if not parts:
             return None
@@ -300,8 +300,10 @@ class VideoTracker:
             box = np.r_[np.minimum(box[:2], other[:2]), np.maximum(box[2:], other[2:])]
         return box, max(s for _, s in parts)
 
-    def _trail(self, box: np.ndarray) -> int:
-        x1, y1, x2, y2 = box
+    def _trail(self, t: Track, i: int) -> int:
+        """Frames to keep blurring after observation `i`: longer when the object is heading out of
+        the frame (it reaches the border within the normal trail), where detectors lose it first."""
+        x1, y1, x2, y2 = self._extrapolate(t, i, t.frames[i] + self.params.trail)
         margin = 0.02 * max(self.width, self.height)
         at_edge = x1 <= margin or y1 <= margin or x2 >= self.width - margin or y2 >= self.height - margin
         return self.params.edge_trail if at_edge else self.params.trail
