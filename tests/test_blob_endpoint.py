@@ -328,6 +328,9 @@ def test_download_filename_override(server: Server) -> None:
     name, _ = server.put_blob(b"jpeg bytes")
     r = requests.get(server.download_url(name, filename="photo_blurred.jpg"))
     assert r.headers["Content-Disposition"] == 'attachment; filename="photo_blurred.jpg"'
+    r = requests.get(server.download_url(name, filename='café "1".jpg'))  # quotes dropped, RFC 6266 filename*
+    assert r.headers["Content-Disposition"] == \
+        'attachment; filename="caf_ 1.jpg"; filename*=UTF-8\'\'caf%C3%A9%201.jpg'
 
 
 def _raw_put(server: Server, url: str, headers: str, body: bytes = b"") -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
+from urllib.parse import quote
 
 UPLOAD_PERMISSION = "cw"  # `c` alone cannot Put Block (notes §2, pitfall 13)
 DOWNLOAD_PERMISSION = "r"
@@ -72,8 +73,6 @@ class BlobStore(Protocol):
 def attachment_disposition(filename: str) -> str:
     """`Content-Disposition: attachment` naming `filename` safely (RFC 6266: an ASCII `filename`
     plus `filename*` when the name is not plain ASCII)."""
-    from urllib.parse import quote
-
     cleaned = "".join(ch for ch in filename if ch.isprintable() and ch not in '"\\/') or "download"
     ascii_name = cleaned.encode("ascii", "replace").decode().replace("?", "_")
     value = f'attachment; filename="{ascii_name}"'

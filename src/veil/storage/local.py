@@ -17,6 +17,8 @@ fixed-size chunks: memory use does not grow with blob size.
 
 from __future__ import annotations
 
+import base64
+import errno
 import hashlib
 import json
 import os
@@ -454,8 +456,6 @@ def _props(meta: dict) -> BlobProperties:
 
 
 def _b64(data: bytes) -> str:
-    import base64
-
     return base64.b64encode(data).decode()
 
 
@@ -484,8 +484,6 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int, length: int) -> None:
 
 
 def _copy_unsupported(exc: Exception) -> bool:
-    import errno
-
     return isinstance(exc, AttributeError) or getattr(exc, "errno", None) in (
         errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF,
     )
