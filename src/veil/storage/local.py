@@ -216,10 +216,11 @@ class LocalBlobStore:
 
     def staged_blocks(self, container: str, name: str) -> dict[bytes, int]:
         """Uncommitted blocks: decoded id -> size."""
-        blocks = self._blob_dir(container, name) / "blocks"
-        if not blocks.is_dir():
+        try:
+            with os.scandir(self._blob_dir(container, name) / "blocks") as entries:
+                return {bytes.fromhex(e.name): e.stat().st_size for e in entries}
+        except FileNotFoundError:
             return {}
-        return {bytes.fromhex(p.name): p.stat().st_size for p in blocks.iterdir() if not p.name.startswith(".")}
 
     def stage_block(self, container: str, name: str, block_id: bytes, temp: Path) -> None:
         """Put Block: `temp` (from `new_temp`) becomes the uncommitted block `block_id`, replacing
