@@ -97,80 +97,83 @@ def _shapes(shape_hw: tuple[int, int], detections: Detections, config: ModelConf
     return shapes
 
 
-def _grid(shape_hw, cx, cy, rx, ry, feather):
-    """ROI bounds around (cx, cy) with half-extents rx, ry plus feather, and pixel-centre offsets."""
+def _feather_width(radius: float) -> float:
+    return max(_MIN_FEATHER, _FEATHER * radius)
+
+
+def _soft_shape(shape_hw, cx, cy, rx, ry, feather, signed_distance):
+    """ROI bounds and alpha of a shape centred at (cx, cy) with half-extents rx, ry.
+
+    `signed_distance(dx, dy)` gives the distance in pixels to the shape's edge (<= 0 inside) for
+    offsets from the centre; alpha is 1 inside and falls off linearly over `feather` pixels outside.
+    Large shapes are evaluated on a coarse grid (step ~1/32 of the radius) and upsampled
+    bilinearly: alpha is smooth, and this keeps the cost per face small at any size.
+    """
     height, width = shape_hw
     x0, x1 = max(int(np.floor(cx - rx - feather)), 0), min(int(np.ceil(cx + rx + feather)) + 1, width)
     y0, y1 = max(int(np.floor(cy - ry - feather)), 0), min(int(np.ceil(cy + ry + feather)) + 1, height)
     if x0 >= x1 or y0 >= y1:
         return None
-    dx = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)[None, :]
-    dy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None]
-    return y0, y1, x0, x1, dx, dy
-
-
-def _feather(distance_outside: np.ndarray, feather: float) -> np.ndarray:
-    """alpha from a signed distance (<= 0 inside the shape): 1 inside, linear fall-off over `feather` px."""
-    return np.clip(1.0 - distance_outside / feather, 0.0, 1.0).astype(np.float32)
-
-
-def _feather_width(radius: float) -> float:
-    return max(_MIN_FEATHER, _FEATHER * radius)
+    step = max(1, int(min(rx, ry) / 32))
+    nx, ny = -(-(x1 - x0) // step), -(-(y1 - y0) // step)
+    # Sample j of the coarse grid sits where cv2.resize puts it: at pixel centre x0 + (j + 0.5) * step.
+    dx = ((np.arange(nx, dtype=np.float32) + np.float32(0.5)) * np.float32(step) + np.float32(x0 - cx))[None, :]
+    dy = ((np.arange(ny, dtype=np.float32) + np.float32(0.5)) * np.float32(step) + np.float32(y0 - cy))[:, None]
+    alpha = signed_distance(dx, dy)
+    alpha *= np.float32(-1.0 / feather)
+    alpha += np.float32(1.0)
+    np.clip(alpha, 0.0, 1.0, out=alpha)
+    if step > 1:
+        alpha = cv2.resize(alpha, (nx * step, ny * step), interpolation=cv2.INTER_LINEAR)[:y1 - y0, :x1 - x0]
+    return y0, y1, x0, x1, np.ascontiguousarray(alpha)
 
 
 def _ellipse(shape_hw, cx, cy, a, b):
-    feather = _feather_width(min(a, b))
-    grid = _grid(shape_hw, cx, cy, a, b, feather)
-    if grid is None:
-        return None
-    y0, y1, x0, x1, dx, dy = grid
-    # Normalised radius; (rho - 1) * geometric-mean radius approximates the distance to the edge.
-    rho = np.sqrt((dx / a) ** 2 + (dy / b) ** 2)
-    return y0, y1, x0, x1, _feather((rho - 1.0) * np.sqrt(a * b), feather)
+    def distance(dx, dy):
+        # (normalised radius - 1) * geometric-mean radius approximates the distance to the edge.
+        rho = np.sqrt(np.square(dx / np.float32(a)) + np.square(dy / np.float32(b)))
+        rho -= np.float32(1.0)
+        rho *= np.float32(np.sqrt(a * b))
+        return rho
+
+    return _soft_shape(shape_hw, cx, cy, a, b, _feather_width(min(a, b)), distance)
 
 
 def _circle(shape_hw, cx, cy, r):
-    feather = _MIN_FEATHER  # just anti-aliasing: the seed's circle is a filled disc
-    grid = _grid(shape_hw, cx, cy, r, r, feather)
-    if grid is None:
-        return None
-    y0, y1, x0, x1, dx, dy = grid
-    return y0, y1, x0, x1, _feather(np.sqrt(dx ** 2 + dy ** 2) - r, feather)
+    def distance(dx, dy):
+        d = np.sqrt(np.square(dx) + np.square(dy))
+        d -= np.float32(r)
+        return d
+
+    # The seed's circle is a filled disc: the feather is just anti-aliasing.
+    return _soft_shape(shape_hw, cx, cy, r, r, _MIN_FEATHER, distance)
 
 
 def _rounded_rect(shape_hw, cx, cy, hx, hy, radius):
-    feather = _feather_width(min(hx, hy))
-    grid = _grid(shape_hw, cx, cy, hx, hy, feather)
-    if grid is None:
-        return None
-    y0, y1, x0, x1, dx, dy = grid
-    # Signed distance to a rounded box (Inigo Quilez's formula), vectorised.
-    qx, qy = np.abs(dx) - (hx - radius), np.abs(dy) - (hy - radius)
-    outside = np.sqrt(np.maximum(qx, 0) ** 2 + np.maximum(qy, 0) ** 2)
-    inside = np.minimum(np.maximum(qx, qy), 0)
-    return y0, y1, x0, x1, _feather(outside + inside - radius, feather)
+    def distance(dx, dy):
+        # Signed distance to a rounded box (Inigo Quilez's formula), vectorised.
+        qx, qy = np.abs(dx) - np.float32(hx - radius), np.abs(dy) - np.float32(hy - radius)
+        d = np.sqrt(np.square(np.maximum(qx, 0)) + np.square(np.maximum(qy, 0)))
+        d += np.minimum(np.maximum(qx, qy), 0)
+        d -= np.float32(radius)
+        return d
+
+    return _soft_shape(shape_hw, cx, cy, hx, hy, _feather_width(min(hx, hy)), distance)
 
 
 # ----------------------------------------------------------------------------- styles
 def _apply(image: np.ndarray, shape: _Shape, style: str) -> None:
     if style == "solid":
-        fill = np.empty((shape.y1 - shape.y0, shape.x1 - shape.x0, 3), np.float32)
-        fill[:] = _SOLID_RGB
-        _blend(image, shape, fill)
-        return
-    if style == "pixelate":
-        _blend(image, shape, _pixelated(image, shape))
-        return
-    _blend(image, shape, _blurred(image, shape))
-
-
-def _blend(image: np.ndarray, shape: _Shape, replacement: np.ndarray) -> None:
+        replacement = np.empty((shape.y1 - shape.y0, shape.x1 - shape.x0, 3), np.uint8)
+        replacement[:] = _SOLID_RGB
+    elif style == "pixelate":
+        replacement = _pixelated(image, shape)
+    else:
+        replacement = _blurred(image, shape)
     roi = image[shape.y0:shape.y1, shape.x0:shape.x1]
-    alpha = shape.alpha[..., None]
-    mixed = roi.astype(np.float32) * (1.0 - alpha) + replacement * alpha
-    # Only write where alpha > 0, so that pixels outside the mask keep their exact values.
-    inside = shape.alpha > 0
-    roi[inside] = np.clip(mixed[inside] + 0.5, 0, 255).astype(np.uint8)
+    # Per-pixel roi * (1 - alpha) + replacement * alpha; where alpha is 0 the source value comes
+    # back exactly (weight 1.0), so nothing outside the mask changes.
+    roi[:] = cv2.blendLinear(roi, replacement, 1.0 - shape.alpha, shape.alpha)
 
 
 def _blurred(image: np.ndarray, shape: _Shape) -> np.ndarray:
@@ -184,17 +187,28 @@ def _blurred(image: np.ndarray, shape: _Shape) -> np.ndarray:
     pad = int(np.ceil(2 * sigma))
     y0, y1 = max(shape.y0 - pad, 0), min(shape.y1 + pad, height)
     x0, x1 = max(shape.x0 - pad, 0), min(shape.x1 + pad, width)
-    src = image[y0:y1, x0:x1]
-    scale = max(1.0, sigma / 2.0)  # in the small image the remaining sigma is about 2 px
-    if scale > 1.0:
-        small_w, small_h = max(1, round((x1 - x0) / scale)), max(1, round((y1 - y0) / scale))
-        small = cv2.resize(src, (small_w, small_h), interpolation=cv2.INTER_AREA)
-        small = cv2.GaussianBlur(small, (0, 0), sigma / scale, borderType=cv2.BORDER_REPLICATE)
-        blurred = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    factor = max(1, int(sigma / 2))  # in the small image the remaining sigma is about 2 px
+    if factor == 1:
+        blurred = cv2.GaussianBlur(image[y0:y1, x0:x1], (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
     else:
-        blurred = cv2.GaussianBlur(src, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
-    inner = blurred[shape.y0 - y0:shape.y1 - y0, shape.x0 - x0:shape.x1 - x0]
-    return inner.astype(np.float32)
+        # INTER_AREA is several times faster for an exact integer factor: trim the padding to a multiple.
+        x0, x1 = _trim_to_multiple(x0, x1, shape.x0, shape.x1, factor)
+        y0, y1 = _trim_to_multiple(y0, y1, shape.y0, shape.y1, factor)
+        small_size = (max(1, (x1 - x0) // factor), max(1, (y1 - y0) // factor))
+        small = cv2.resize(image[y0:y1, x0:x1], small_size, interpolation=cv2.INTER_AREA)
+        small = cv2.GaussianBlur(small, (0, 0), sigma / factor, borderType=cv2.BORDER_REPLICATE)
+        blurred = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(blurred[shape.y0 - y0:shape.y1 - y0, shape.x0 - x0:shape.x1 - x0])
+
+
+def _trim_to_multiple(lo: int, hi: int, inner_lo: int, inner_hi: int, factor: int) -> tuple[int, int]:
+    """Shrink [lo, hi) to a multiple of `factor` without cutting into [inner_lo, inner_hi), if possible."""
+    excess = (hi - lo) % factor
+    from_hi = min(excess, hi - inner_hi)
+    from_lo = excess - from_hi
+    if from_lo > inner_lo - lo:
+        return lo, hi
+    return lo + from_lo, hi - from_hi
 
 
 def _pixelated(image: np.ndarray, shape: _Shape) -> np.ndarray:
@@ -203,4 +217,4 @@ def _pixelated(image: np.ndarray, shape: _Shape) -> np.ndarray:
     block = max(4.0, shape.size / _PIXEL_BLOCKS)
     h, w = roi.shape[:2]
     small = cv2.resize(roi, (max(1, round(w / block)), max(1, round(h / block))), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
