@@ -293,3 +293,23 @@ def test_write_rejects_a_wrong_shape(tmp_path):
     image = read_image(src)
     with pytest.raises(ValueError):
         write_image(tmp_path / "out.png", image, image.rgb[:10])
+
+
+def test_cmyk_jpeg_stays_cmyk(tmp_path):
+    src, dst = tmp_path / "print.jpg", tmp_path / "out.jpg"
+    Image.fromarray(_photo()).convert("CMYK").save(src, "JPEG", quality=90)
+    image = read_image(src)
+    redacted = image.rgb.copy()
+    redacted[40:80, 60:100] = 0
+    write_image(dst, image, redacted)
+    with Image.open(dst) as im:
+        assert im.mode == "CMYK"
+        assert np.asarray(im.convert("RGB"))[45:75, 65:95].max() < 40
+
+
+def test_oversized_image_is_a_clear_error(tmp_path, monkeypatch):
+    src = tmp_path / "huge.png"
+    Image.fromarray(_photo()).save(src)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 160x120 is > 2x the limit
+    with pytest.raises(MediaError, match="too large"):
+        read_image(src)

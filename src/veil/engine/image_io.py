@@ -47,7 +47,8 @@ class ImageFile:
 
     rgb: np.ndarray  # HxWx3 uint8, EXIF orientation applied: what detection and redaction work on
     format: str  # Pillow format to write: JPEG, PNG, WEBP, BMP, TIFF or HEIF
-    native: Image.Image = field(repr=False)  # the oriented pixels in their own mode (alpha, L, I;16, CMYK, ...)
+    # The oriented pixels in their own mode (alpha, L, I;16, CMYK, ...); None for plain RGB (it is `rgb`).
+    native: Image.Image | None = field(default=None, repr=False)
     icc_profile: bytes | None = field(default=None, repr=False)
     save_options: dict[str, Any] = field(default_factory=dict)
     jpeg_quality: int | None = None  # estimated from the quantization tables (JPEG input only)
@@ -89,12 +90,16 @@ def read_image(path: Path) -> ImageFile:
             native = ImageOps.exif_transpose(im)
     except MediaError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise MediaError(f"image too large to process safely ({exc})") from None
     except UnidentifiedImageError:
         raise MediaError(f"not a supported image (unrecognised content; supported: {FORMAT_NAMES})") from None
     except _DECODE_ERRORS as exc:
         raise MediaError(f"cannot decode image, the file is corrupt or truncated ({exc})") from None
     native = _normalise_mode(native)
-    return ImageFile(_rgb_of(native), FORMATS[source_format], native, icc, save_options, quality)
+    rgb = _rgb_of(native)
+    return ImageFile(rgb, FORMATS[source_format], None if native.mode == "RGB" else native, icc, save_options,
+                     quality)
 
 
 def write_image(dst: Path | IO[bytes], image: ImageFile, rgb: np.ndarray) -> None:
@@ -218,7 +223,7 @@ def _rgb_of(native: Image.Image) -> np.ndarray:
 def _native_of(image: ImageFile, rgb: np.ndarray) -> Image.Image:
     """`rgb` back in the source's mode; pixels redaction did not touch keep their source values."""
     native = image.native
-    if native.mode == "RGB":
+    if native is None:
         return Image.fromarray(rgb)
     if native.mode == "RGBA":
         return Image.fromarray(np.dstack([rgb, np.asarray(native)[..., 3]]))
