@@ -22,3 +22,19 @@ def shared_data() -> Path:
             pytest.fail(f"evaluation data missing under CI: {SHARED_DATA}")
         pytest.skip(f"evaluation data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def detection_models() -> None:
+    """Skip when the face/plate models (or the detector) are not available; fail under CI."""
+    from veil.engine.errors import ModelsMissing
+
+    try:
+        from veil.engine.weights import model_path
+
+        model_path("centerface"), model_path("plates")
+        import veil.engine.detect  # noqa: F401
+    except (ModelsMissing, ImportError) as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"detection models unavailable under CI: {exc}")
+        pytest.skip(f"detection models unavailable: {exc}")

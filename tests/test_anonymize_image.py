@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -13,25 +12,11 @@ from PIL import Image
 from veil.engine.anonymize import anonymize, detect_file, media_kind
 from veil.engine.config import ModelConfig
 from veil.engine.detections import FACE, PLATE
-from veil.engine.errors import MediaError, ModelsMissing
+from veil.engine.errors import MediaError
 
 FACES = "dlib_faces/images/dlib_2008_001322.jpg"  # three frontal faces, 63-90 px
 CROWD = "facemask_faces/images/test_pb-140116-chinasmog-01_f0be38db4f1769172f4a0fa2e888d565.fit-2000w.jpg"
 PLATE_PHOTO = "openalpr_plates/images/br_JOG9221.jpg"
-
-
-@pytest.fixture(scope="module")
-def models() -> None:
-    """Skip (fail under CI) when the detection models are not installed."""
-    try:
-        from veil.engine.weights import model_path
-
-        model_path("centerface"), model_path("plates")
-        import veil.engine.detect  # noqa: F401
-    except (ModelsMissing, ImportError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"detection models unavailable under CI: {exc}")
-        pytest.skip(f"detection models unavailable: {exc}")
 
 
 def _iou(a, b) -> float:
@@ -52,7 +37,7 @@ def _assert_gone(before: np.ndarray, after: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("config", [ModelConfig(), ModelConfig(mask_blur=False)], ids=["mask", "circle"])
-def test_faces_are_not_detected_after_anonymization(models, shared_data, tmp_path, config):
+def test_faces_are_not_detected_after_anonymization(detection_models, shared_data, tmp_path, config):
     src, dst = shared_data / FACES, tmp_path / "out.jpg"
     before = _boxes(detect_file(src, config), FACE)
     assert len(before) == 3
@@ -66,7 +51,7 @@ def test_faces_are_not_detected_after_anonymization(models, shared_data, tmp_pat
         assert im.format == "JPEG" and im.size == (report.width, report.height)
 
 
-def test_large_faces_are_as_unrecognisable_as_small_ones(models, shared_data, tmp_path):
+def test_large_faces_are_as_unrecognisable_as_small_ones(detection_models, shared_data, tmp_path):
     # The same group photo upscaled 4x: faces of 250-360 px need a proportionally stronger blur.
     rgb = cv2.cvtColor(cv2.imread(str(shared_data / FACES)), cv2.COLOR_BGR2RGB)
     big = cv2.resize(rgb, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
@@ -78,7 +63,7 @@ def test_large_faces_are_as_unrecognisable_as_small_ones(models, shared_data, tm
     _assert_gone(before, _boxes(detect_file(dst, ModelConfig(blur_threshold=0.1)), FACE))
 
 
-def test_crowd_faces_are_not_detected_after_anonymization(models, shared_data, tmp_path):
+def test_crowd_faces_are_not_detected_after_anonymization(detection_models, shared_data, tmp_path):
     src, dst = shared_data / CROWD, tmp_path / "crowd.jpg"
     before = _boxes(detect_file(src, ModelConfig()), FACE)
     assert len(before) >= 3
@@ -87,7 +72,7 @@ def test_crowd_faces_are_not_detected_after_anonymization(models, shared_data, t
 
 
 @pytest.mark.parametrize("mask_blur", [True, False], ids=["mask", "circle"])
-def test_plate_is_not_detected_after_anonymization(models, shared_data, tmp_path, mask_blur):
+def test_plate_is_not_detected_after_anonymization(detection_models, shared_data, tmp_path, mask_blur):
     config = ModelConfig(enable_lp=True, mask_blur=mask_blur)
     src, dst = shared_data / PLATE_PHOTO, tmp_path / "car.jpg"
     before = _boxes(detect_file(src, config), PLATE)
@@ -96,7 +81,7 @@ def test_plate_is_not_detected_after_anonymization(models, shared_data, tmp_path
     _assert_gone(before, _boxes(detect_file(dst, ModelConfig(enable_lp=True, lp_threshold=0.1)), PLATE))
 
 
-def test_plates_are_left_alone_unless_enabled(models, shared_data, tmp_path):
+def test_plates_are_left_alone_unless_enabled(detection_models, shared_data, tmp_path):
     report = detect_file(shared_data / PLATE_PHOTO, ModelConfig())
     assert len(_boxes(report, PLATE)) == 0
 

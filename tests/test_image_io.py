@@ -313,3 +313,22 @@ def test_oversized_image_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 160x120 is > 2x the limit
     with pytest.raises(MediaError, match="too large"):
         read_image(src)
+
+
+def test_detections_are_in_exif_oriented_pixels(detection_models, shared_data, tmp_path):
+    from veil.engine.anonymize import detect_file
+    from veil.engine.config import ModelConfig
+
+    upright = np.asarray(Image.open(shared_data / "dlib_faces/images/dlib_2008_001322.jpg").convert("RGB"))
+    reference, rotated = tmp_path / "upright.jpg", tmp_path / "rotated.jpg"
+    Image.fromarray(upright).save(reference, "JPEG", quality=95)
+    # Stored turned 90 degrees counter-clockwise; orientation 6 tells viewers to turn it back.
+    Image.fromarray(np.rot90(upright)).save(rotated, "JPEG", quality=95, exif=_exif_with_thumbnail(orientation=6)[0])
+
+    expected, report = detect_file(reference, ModelConfig()), detect_file(rotated, ModelConfig())
+    assert (report.width, report.height) == (500, 375)
+    want = expected.frames[0].detections.xyxy
+    got = report.frames[0].detections.xyxy
+    assert len(want) == len(got) == 3
+    order = lambda boxes: boxes[np.argsort(boxes[:, 0])]  # noqa: E731
+    assert np.abs(order(want) - order(got)).max() < 4
