@@ -10,7 +10,6 @@ with little change elsewhere.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -59,17 +58,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[tuple[str, str]]:
+def server(tmp_path_factory, detection_models, shared_data) -> Iterator[tuple[str, str]]:
     """(API_URL, key) of a fresh `veil serve` on 127.0.0.1."""
-    from veil.engine.errors import ModelsMissing
-    from veil.engine.weights import model_path
-
-    try:
-        model_path("centerface"), model_path("plates")
-    except ModelsMissing as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"detection models not installed: {exc}")
     data = tmp_path_factory.mktemp("veil-data")
     created = subprocess.run([*_veil(), "keys", "create", "--credits", "1000", "--data-dir", str(data)],
                              capture_output=True, text=True, timeout=120)
