@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from .config import ModelConfig
-from .detections import FACE, Detections
+from .detections import FACE, PLATE, Detections
 
 # Face ellipse: semi-axes as a fraction of the box size and the centre's upward shift (fraction of
 # the box height). CenterFace boxes run from the brows to the chin; growing by 1.5 x 1.6 and moving
@@ -38,7 +38,7 @@ _FEATHER = 0.12
 _MIN_FEATHER = 1.5
 # Blur strength: Gaussian sigma as a fraction of the object's size (sqrt of box area), at least
 # _MIN_SIGMA pixels. 1/5 of the size leaves no recognisable feature and no readable character.
-_SIGMA_PER_SIZE = {FACE: 0.20, 1: 0.25}
+_SIGMA_PER_SIZE = {FACE: 0.20, PLATE: 0.25}
 _MIN_SIGMA = 3.0
 # Pixelate: number of blocks across the object's size.
 _PIXEL_BLOCKS = 5.0
@@ -183,7 +183,7 @@ def _blurred(image: np.ndarray, shape: _Shape) -> np.ndarray:
     O(ROI) whatever the sigma. The ROI is padded by ~2 sigma so the blur sees real context.
     """
     height, width = image.shape[:2]
-    sigma = max(_MIN_SIGMA, _SIGMA_PER_SIZE.get(shape.kind, 0.25) * shape.size)
+    sigma = max(_MIN_SIGMA, _SIGMA_PER_SIZE[shape.kind] * shape.size)
     pad = int(np.ceil(2 * sigma))
     y0, y1 = max(shape.y0 - pad, 0), min(shape.y1 + pad, height)
     x0, x1 = max(shape.x0 - pad, 0), min(shape.x1 + pad, width)
