@@ -9,7 +9,8 @@ chroma subsampling (so the output's quality matches the input's).
 pixels only, so identifying metadata never reaches it: no EXIF (GPS, camera serial, maker notes,
 the EXIF thumbnail that would show the unblurred face), no XMP, no IPTC, no comments or text
 chunks, no extra MPO/HEIF images. Only the ICC profile and the resolution are carried over. Pixels
-that redaction did not change keep their exact source values in lossless formats, whatever the mode.
+that redaction did not change keep their exact source values in lossless formats, whatever the mode
+(16-bit grayscale included; 16-bit colour is decoded by Pillow as 8-bit and written so).
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def sniff_image_format(path: Path) -> str | None:
 def read_image(path: Path) -> ImageFile:
     """Decode `path` into an `ImageFile`; raise MediaError naming the problem for bad input."""
     path = Path(path)
+    if not path.is_file():
+        raise MediaError("no such file")
     try:
         if path.stat().st_size == 0:
             raise MediaError("empty file")
