@@ -416,40 +416,74 @@ def _redact_yuv(frame: av.VideoFrame, dets: Detections, config: ModelConfig) -> 
 
     Only a window around the detections is converted to RGB (where `redact` works) and back.
     """
-    from .redact import redact, redaction_mask
+    from .redact import redaction_mask
 
     h, w = frame.height, frame.width
     yuv = frame.to_ndarray()  # a copy: decoder buffers may still be referenced by the decoder
     y, u, v = _planes(yuv, h, w)
     for x0, y0, x1, y1 in _windows(dets, w, h):
         local = Detections(dets.xyxy - np.array([x0, y0, x0, y0], np.float32), dets.scores, dets.kinds)
-        crop = cv2.cvtColor(_i420(y[y0:y1, x0:x1], u[y0 // 2:y1 // 2, x0 // 2:x1 // 2],
-                                  v[y0 // 2:y1 // 2, x0 // 2:x1 // 2]), cv2.COLOR_YUV2RGB_I420)
-        mask = redaction_mask(crop.shape[:2], local, config)
+        mask = redaction_mask((y1 - y0, x1 - x0), local, config)
         if not mask.any():
             continue
-        redact(crop, local, config)
-        ny, nu, nv = _planes(cv2.cvtColor(crop, cv2.COLOR_RGB2YUV_I420), y1 - y0, x1 - x0)
-        y[y0:y1, x0:x1][mask] = ny[mask]
-        cmask = mask.reshape((y1 - y0) // 2, 2, (x1 - x0) // 2, 2).any(axis=(1, 3))
-        u[y0 // 2:y1 // 2, x0 // 2:x1 // 2][cmask] = nu[cmask]
-        v[y0 // 2:y1 // 2, x0 // 2:x1 // 2][cmask] = nv[cmask]
+        if _touches_inner_border(mask, (x0, y0, x1, y1), w, h):
+            return _redact_yuv_window(frame, yuv, dets, config, (0, 0, w, h))
+        _redact_window(y, u, v, local, config, (x0, y0, x1, y1), mask)
+    return _frame_from(frame, yuv)
+
+
+def _redact_yuv_window(frame: av.VideoFrame, yuv: np.ndarray, dets: Detections, config: ModelConfig,
+                       window: tuple[int, int, int, int]) -> av.VideoFrame:
+    """Fallback when a mask reaches beyond its window: redact through one large window."""
+    from .redact import redaction_mask
+
+    y, u, v = _planes(yuv, frame.height, frame.width)
+    x0, y0, x1, y1 = window
+    local = Detections(dets.xyxy - np.array([x0, y0, x0, y0], np.float32), dets.scores, dets.kinds)
+    _redact_window(y, u, v, local, config, window, redaction_mask((y1 - y0, x1 - x0), local, config))
+    return _frame_from(frame, yuv)
+
+
+def _redact_window(y: np.ndarray, u: np.ndarray, v: np.ndarray, local: Detections, config: ModelConfig,
+                   window: tuple[int, int, int, int], mask: np.ndarray) -> None:
+    """Convert one window to RGB, redact it, and write back the pixels under the mask (in place)."""
+    from .redact import redact
+
+    x0, y0, x1, y1 = window
+    wy, wu, wv = y[y0:y1, x0:x1], u[y0 // 2:y1 // 2, x0 // 2:x1 // 2], v[y0 // 2:y1 // 2, x0 // 2:x1 // 2]
+    crop = cv2.cvtColor(_i420(wy, wu, wv), cv2.COLOR_YUV2RGB_I420)
+    redact(crop, local, config)
+    ny, nu, nv = _planes(cv2.cvtColor(crop, cv2.COLOR_RGB2YUV_I420), y1 - y0, x1 - x0)
+    np.copyto(wy, ny, where=mask)
+    cmask = mask.reshape((y1 - y0) // 2, 2, (x1 - x0) // 2, 2).any(axis=(1, 3))
+    np.copyto(wu, nu, where=cmask)
+    np.copyto(wv, nv, where=cmask)
+
+
+def _touches_inner_border(mask: np.ndarray, window: tuple[int, int, int, int], width: int, height: int) -> bool:
+    """True when the mask reaches a window edge that is not the frame's edge (window too small)."""
+    x0, y0, x1, y1 = window
+    return bool((x0 > 0 and mask[:, 0].any()) or (y0 > 0 and mask[0].any())
+                or (x1 < width and mask[:, -1].any()) or (y1 < height and mask[-1].any()))
+
+
+def _frame_from(template: av.VideoFrame, yuv: np.ndarray) -> av.VideoFrame:
     out = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-    _copy_frame_props(frame, out)
+    _copy_frame_props(template, out)
     return out
 
 
 def _windows(dets: Detections, width: int, height: int) -> list[tuple[int, int, int, int]]:
-    """One window (x0, y0, x1, y1; multiples of 4) around all detections, with room for the mask
-    shape (which grows beyond the box) and the blur's context."""
+    """One window (x0, y0, x1, y1; even, as 4:2:0 needs) around all detections, with room for the
+    mask shape (which grows beyond the box) and some context for the blur."""
     xyxy = dets.xyxy.astype(np.float64)
     size = np.maximum(xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1])
-    pad = 1.2 * size + 8
-    x0 = max(0, int(np.min(xyxy[:, 0] - pad)) // 4 * 4)
-    y0 = max(0, int(np.min(xyxy[:, 1] - pad)) // 4 * 4)
-    x1 = min(width // 4 * 4, -(-int(np.max(xyxy[:, 2] + pad)) // 4) * 4)
-    y1 = min(height // 4 * 4, -(-int(np.max(xyxy[:, 3] + pad)) // 4) * 4)
-    if x1 - x0 < 4 or y1 - y0 < 4:
+    pad = 0.8 * size + 8  # the face ellipse reaches ~0.6 box sizes out; checked by the caller
+    x0 = max(0, int(np.min(xyxy[:, 0] - pad)) // 2 * 2)
+    y0 = max(0, int(np.min(xyxy[:, 1] - pad)) // 2 * 2)
+    x1 = min(width, -(-int(np.max(xyxy[:, 2] + pad)) // 2) * 2)
+    y1 = min(height, -(-int(np.max(xyxy[:, 3] + pad)) // 2) * 2)
+    if x1 - x0 < 2 or y1 - y0 < 2:
         return []
     return [(x0, y0, x1, y1)]
 
@@ -465,7 +499,9 @@ def _redact_any(frame: av.VideoFrame, dets: Detections, config: ModelConfig) -> 
 
 
 def _copy_frame_props(src: av.VideoFrame, dst: av.VideoFrame) -> None:
-    dst.pts, dst.time_base = src.pts, src.time_base
+    dst.pts = src.pts
+    if src.time_base is not None:
+        dst.time_base = src.time_base
     if src.duration:
         dst.duration = src.duration
 
