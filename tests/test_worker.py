@@ -49,7 +49,7 @@ def _face_photo(shared_data: Path) -> bytes:
     return next(iter(sorted((shared_data / "dlib_faces" / "images").glob("*.jpg")))).read_bytes()
 
 
-def test_archive_with_a_corrupt_video_fails_only_that_task(svc, shared_data):
+def test_archive_with_a_corrupt_video_fails_only_that_task(svc, shared_data, detection_models):
     photo = _face_photo(shared_data)
     corrupt = (shared_data / "videos" / "intel_car-detection.mp4").read_bytes()[:20000]
     key_id, job_id = _submit(svc, _zip({"a.jpg": photo, "b.png": _png(), "broken.mp4": corrupt}), "set.zip")

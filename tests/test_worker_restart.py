@@ -68,13 +68,7 @@ def _report(api: str, key: str, job_id: str) -> dict:
     return r.json()
 
 
-def test_kill_mid_video_then_restart_completes_the_job(tmp_path, shared_data):
-    from veil.engine.weights import model_path
-
-    try:
-        model_path("centerface")
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"detection models not installed: {exc}")
+def test_kill_mid_video_then_restart_completes_the_job(tmp_path, shared_data, detection_models):
     data, log, port = tmp_path / "data", tmp_path / "serve.log", _free_port()
     created = subprocess.run(_veil("keys", "create", "--credits", "100", "--data-dir", str(data)),
                              capture_output=True, text=True, check=True)
