@@ -118,3 +118,17 @@ def test_concurrent_approvals_of_one_job_charge_once(service):
     results = _race([lambda: service.approve(row.id, job_id) for _ in range(5)])
     assert sorted(results) == ["already"] * 4 + ["approved"], results
     assert get_key(service.db, row.id).credits == 15
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout_and_migrations_are_idempotent(tmp_path):
+    from veil.db.session import open_database
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    engine, _ = open_database(url)
+    engine2, _ = open_database(url)  # a second start-up: `upgrade head` again is a no-op
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+    engine.dispose()
+    engine2.dispose()
