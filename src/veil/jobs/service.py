@@ -320,9 +320,11 @@ class JobService:
                 self._refund(session, row, "job cancelled before processing")
             elif row.status == "running":
                 row.cancel_requested = True
-        if job.status in WAITING:
+        job = self.get_job(job_id, key_id)
+        if job.status == "cancelled":
             self.store.delete(INPUT_CONTAINER, job.input_blob)
-        return self.get_job(job_id, key_id)
+            self.notify(job_id)
+        return job
 
     def delete_files(self, key_id: str, job_id: str) -> Job:
         """Delete the job's input and outputs from the store (the job record and its ledger stay)."""
