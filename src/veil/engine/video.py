@@ -80,18 +80,22 @@ def detect_video(src: Path, config: ModelConfig, progress: Progress | None = Non
 
 # ----------------------------------------------------------------------------- detection
 def _default_detect(config: ModelConfig) -> DetectFn:
-    """Run H2's detector with thresholds lowered by `_LOW_SCORE_MARGIN` (the tracker re-applies them)."""
-    from .detect import Detector
+    """H2's detector, one pass per kind on the (already downscaled) image, thresholds lowered by
+    `_LOW_SCORE_MARGIN`: weaker detections may continue a track; the tracker re-applies the user's."""
+    from .detect import get_detector
 
-    low = config.model_copy(update={"blur_threshold": max(0.0, config.blur_threshold - _LOW_SCORE_MARGIN),
-                                    "lp_threshold": max(0.0, config.lp_threshold - _LOW_SCORE_MARGIN)})
-    detectors: dict[frozenset[int], Detector] = {}
+    detector = get_detector(config)
+    face_t = max(0.0, config.blur_threshold - _LOW_SCORE_MARGIN)
+    plate_t = max(0.0, config.lp_threshold - _LOW_SCORE_MARGIN)
 
     def detect(image: np.ndarray, kinds: frozenset[int]) -> Detections:
-        if kinds not in detectors:
-            detectors[kinds] = Detector(low.model_copy(update={"blur_face": FACE in kinds,
-                                                                 "enable_lp": PLATE in kinds}))
-        return detectors[kinds].detect(image)
+        side = None if config.slicing else max(image.shape[:2])
+        parts = []
+        if FACE in kinds:
+            parts.append(detector.detect_faces(image, side=side, threshold=face_t))
+        if PLATE in kinds:
+            parts.append(detector.detect_plates(image, side=side, threshold=plate_t))
+        return Detections.concat(parts)
 
     return detect
 
