@@ -296,7 +296,7 @@ class JobService:
 
     def housekeeping(self) -> None:
         """Expire upload sessions whose SAS has run out (job → failed, nothing was charged) and let the
-        store drop uncommitted blocks and unfinished bodies older than a day."""
+        store drop uncommitted blocks older than an upload SAS lifetime (a slow upload may still commit them)."""
         cutoff = utcnow() - timedelta(seconds=self.settings.upload_sas_seconds)
         with self.db.begin() as session:
             session.execute(update(Job).where(Job.status == "created", Job.created_at < cutoff).values(
@@ -304,7 +304,7 @@ class JobService:
                 finished_at=utcnow()))
         cleanup = getattr(self.store, "cleanup", None)
         if cleanup is not None:
-            cleanup(timedelta(days=1))
+            cleanup(timedelta(seconds=self.settings.upload_sas_seconds))
 
     # ------------------------------------------------------------------ client extensions
     def cancel(self, key_id: str, job_id: str) -> Job:
