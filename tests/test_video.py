@@ -296,3 +296,42 @@ def test_memory_stays_flat_on_a_long_clip(tmp_path):
     assert len(video_frames(tmp_path / "o2.mkv")) == 600
     assert audio_packets(tmp_path / "o2.mkv") == audio_packets(clips["long"])
     assert rss_long - rss_short < 15_000, (rss_short, rss_long)
+
+
+# ----------------------------------------------------------------------------- redaction in YUV
+def test_redact_yuv_changes_only_the_mask():
+    from veil.engine.redact import redaction_mask
+    from veil.engine.video import _redact_yuv
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 255, (240, 322, 3), np.uint8)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    frame.pts = 7
+    dets = Detections.of_kind([[41.3, 33.7, 101.9, 111.2], [290, 200, 322, 240]], [0.9, 0.8], FACE)
+    config = ModelConfig()
+    out = _redact_yuv(frame, dets, config)
+    assert out.pts == 7
+    before, after = frame.to_ndarray()[:240], out.to_ndarray()[:240]  # the Y plane
+    mask = redaction_mask((240, 322), dets, config)
+    assert np.array_equal(before[~mask], after[~mask])  # bit-exact outside the mask
+    inside = np.abs(before[mask].astype(int) - after[mask].astype(int)).mean()
+    assert inside > 20  # random texture blurred to its mean
+
+
+def test_injected_detections_are_blurred_in_the_output(tmp_path):
+    """Odd picture size (4:4:4 path) and a detector stub: the region is blurred, the rest kept."""
+    src = make_clip(tmp_path / "odd.mkv", frames=12, size=(161, 121), pix_fmt="yuv444p")
+    box = [40, 30, 100, 100]
+
+    def stub(image, kinds):
+        return Detections.of_kind([[v * image.shape[1] / 161 for v in box]], [0.9], FACE)
+
+    report = _Job(src, ModelConfig(), None, detect=stub).run(tmp_path / "out.mkv")
+    assert all(len(f.detections) == 1 for f in report.frames)
+    with av.open(str(src)) as a, av.open(str(tmp_path / "out.mkv")) as b:
+        fa = next(a.decode(video=0)).to_ndarray(format="rgb24").astype(float)
+        fb = next(b.decode(video=0)).to_ndarray(format="rgb24").astype(float)
+    assert fb.shape == fa.shape == (121, 161, 3)
+    inside = np.abs(fa[45:85, 50:90] - fb[45:85, 50:90]).mean()
+    outside = np.abs(fa[:, 130:] - fb[:, 130:]).mean()  # only coding noise there
+    assert inside > 5 * outside, (inside, outside)
