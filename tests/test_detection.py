@@ -1,0 +1,88 @@
+"""Detection on real dev images: labelled faces and plates are found where they are, thresholds behave."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from veil.engine.config import ModelConfig
+from veil.engine.detections import FACE, PLATE
+from veil.engine.slicing import iou_matrix
+
+pytestmark = pytest.mark.usefixtures("detection_models")
+
+
+def _item(shared_data, set_name: str, index: int):
+    item = json.loads((shared_data / set_name / "labels.json").read_text())["items"][index]
+    image = cv2.cvtColor(cv2.imread(str(shared_data / set_name / item["file"])), cv2.COLOR_BGR2RGB)
+    return image, item
+
+
+def _recalled(found: np.ndarray, truth: list) -> float:
+    truth = np.asarray(truth, np.float32).reshape(-1, 4)
+    if not len(found):
+        return 0.0
+    return float((iou_matrix(found, truth).max(axis=0) >= 0.5).mean())
+
+
+@pytest.mark.parametrize("set_name, kind, key", [
+    ("dlib_faces", FACE, "faces"),
+    ("facemask_faces", FACE, "faces"),
+    ("openalpr_plates", PLATE, "plates"),
+    ("ro_dashcam_plates", PLATE, "plates"),
+])
+def test_labelled_objects_are_found(shared_data, set_name, kind, key):
+    from veil.engine.detect import get_detector
+
+    image, item = _item(shared_data, set_name, 0)
+    dets = get_detector(ModelConfig(enable_lp=True)).detect(image)
+    found = dets.kind(kind)
+    assert _recalled(found.xyxy, item[key]) >= 0.8, (found.xyxy, item[key])
+    assert ((dets.scores >= 0.5) & (dets.scores <= 1.0)).all()  # calibrated, default threshold applied
+    h, w = image.shape[:2]
+    assert (dets.xyxy[:, [0, 2]] <= w).all() and (dets.xyxy[:, [1, 3]] <= h).all()  # original pixels
+
+
+def test_thresholds_behave(shared_data):
+    from veil.engine.detect import Detector
+
+    image, item = _item(shared_data, "facemask_faces", 1)
+    detector = Detector(ModelConfig())
+    counts = {}
+    for t in (0.0, 0.5, 0.8, 1.0):
+        dets = detector.detect_faces(image, threshold=t)
+        assert (dets.scores >= t - 1e-6).all()
+        counts[t] = len(dets)
+    assert counts[0.0] > counts[0.5] >= counts[0.8] >= counts[1.0]
+    assert counts[0.5] >= 0.8 * len(item["faces"])
+    assert (detector.detect_faces(image, threshold=1.0).scores == 1.0).all()
+    # the config's threshold is the default
+    assert len(Detector(ModelConfig(blur_threshold=0.8)).detect_faces(image)) == counts[0.8]
+
+
+def test_kinds_follow_the_config(shared_data):
+    from veil.engine.detect import Detector
+
+    image, _ = _item(shared_data, "ro_dashcam_plates", 0)
+    assert len(Detector(ModelConfig(blur_face=False, enable_lp=False)).detect(image)) == 0
+    plates_only = Detector(ModelConfig(blur_face=False, enable_lp=True)).detect(image)
+    assert len(plates_only) and (plates_only.kinds == PLATE).all()
+
+
+def test_fast_single_pass_side_for_video(shared_data):
+    from veil.engine.detect import Detector
+
+    image, item = _item(shared_data, "dlib_faces", 0)
+    detector = Detector(ModelConfig(enable_lp=True))
+    fast = detector.detect(image, face_side=640, plate_side=640)
+    assert _recalled(fast.kind(FACE).xyxy, item["faces"]) >= 0.8  # boxes still in original pixels
+
+
+def test_bad_image_is_a_clear_error():
+    from veil.engine.detect import Detector
+
+    with pytest.raises(ValueError, match="RGB uint8"):
+        Detector(ModelConfig()).detect(np.zeros((10, 10), np.uint8))

@@ -1,0 +1,74 @@
+"""Slicing: tiles cover the image, merging leaves no duplicates, and tiles find a small real face
+that the whole-image pass misses (a face crop from the dev data placed small in a large canvas)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from veil.engine.slicing import intersections, iou_matrix, merge, tile_grid
+
+
+def test_tile_grid_covers_the_image_with_overlap():
+    tiles = tile_grid(2400, 3200, 1280, overlap=0.25)
+    covered = np.zeros((2400, 3200), bool)
+    for t in tiles:
+        assert t.x1 - t.x0 == 1280 and t.y1 - t.y0 == 1280
+        covered[t.y0:t.y1, t.x0:t.x1] = True
+    assert covered.all()
+    xs = sorted({t.x0 for t in tiles})
+    assert all(b - a <= 1280 * 0.75 for a, b in zip(xs, xs[1:]))  # neighbours overlap >= 25 %
+    assert tile_grid(300, 500, 640) == [tile_grid(300, 500, 640)[0]]  # small image: one tile
+
+
+def test_merge_removes_duplicates_and_absorbs_cut_boxes():
+    boxes = np.array([
+        [100, 100, 150, 160],   # a face seen by the whole-image pass
+        [102, 101, 151, 158],   # the same face seen again by a tile
+        [96, 98, 124, 160],     # its left part, cut by a tile edge (x=124), reaching a bit further out
+        [400, 400, 440, 450],   # another face
+        [300, 100, 324, 150],   # a cut box with no whole counterpart: kept as it is
+    ], np.float32)
+    scores = np.array([0.9, 0.8, 0.95, 0.7, 0.6], np.float32)
+    cut = np.array([False, False, True, False, True])
+    out, out_scores = merge(boxes, scores, cut)
+    assert len(out) == 3
+    assert out_scores[0] == pytest.approx(0.95)  # the merged face keeps the best score of its group
+    np.testing.assert_allclose(out[0], [96, 98, 150, 160])  # grown by the cut part; the duplicate dropped
+    assert any(np.allclose(b, [400, 400, 440, 450]) for b in out)
+    assert any(np.allclose(b, [300, 100, 324, 150]) for b in out)
+    ious = iou_matrix(out, out)
+    assert (ious[~np.eye(len(out), dtype=bool)] < 0.5).all()
+
+
+def _face_crop(shared_data) -> np.ndarray:
+    item = json.loads((shared_data / "dlib_faces" / "labels.json").read_text())["items"][0]
+    image = cv2.cvtColor(cv2.imread(str(shared_data / "dlib_faces" / item["file"])), cv2.COLOR_BGR2RGB)
+    x1, y1, x2, y2 = item["faces"][0]
+    cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * 1.8  # the face with its head around it
+    return image[int(cy - side / 2):int(cy + side / 2), int(cx - side / 2):int(cx + side / 2)]
+
+
+def test_slicing_finds_a_small_face_the_whole_image_pass_misses(shared_data, detection_models):
+    from veil.engine.config import ModelConfig
+    from veil.engine.detect import Detector
+
+    face = cv2.resize(_face_crop(shared_data), (24, 24), interpolation=cv2.INTER_AREA)
+    canvas = np.full((2400, 3200, 3), 120, np.uint8)
+    placed = [(1900, 1500), (1268, 600)]  # the second straddles the edge x=1280 of the first tile column
+    for x, y in placed:
+        canvas[y:y + 24, x:x + 24] = face
+    truth = np.array([[x, y, x + 24, y + 24] for x, y in placed], np.float32)
+
+    whole = Detector(ModelConfig(slicing=False)).detect_faces(canvas)
+    assert len(whole) == 0, "precondition: the whole-image pass (downscaled to 2048 px) misses 24 px faces"
+
+    sliced = Detector(ModelConfig(slicing=True)).detect_faces(canvas)
+    assert len(sliced) == 2, sliced.xyxy  # both faces, once each
+    inside = intersections(sliced.xyxy, truth) / np.maximum(
+        (sliced.xyxy[:, 2] - sliced.xyxy[:, 0]) * (sliced.xyxy[:, 3] - sliced.xyxy[:, 1]), 1e-6)[:, None]
+    assert (inside.max(axis=0) > 0.8).all(), sliced.xyxy  # each placed face has a box on it
+    assert ((sliced.scores >= 0.5) & (sliced.scores <= 1)).all()
