@@ -460,7 +460,7 @@ def _redact_window(y: np.ndarray, u: np.ndarray, v: np.ndarray, local: Detection
     redact(crop, local, config)
     ny, nu, nv = _planes(cv2.cvtColor(crop, cv2.COLOR_RGB2YUV_I420), y1 - y0, x1 - x0)
     np.copyto(wy, ny, where=mask)
-    cmask = mask.reshape((y1 - y0) // 2, 2, (x1 - x0) // 2, 2).any(axis=(1, 3))
+    cmask = mask[0::2, 0::2] | mask[1::2, 0::2] | mask[0::2, 1::2] | mask[1::2, 1::2]
     np.copyto(wu, nu, where=cmask)
     np.copyto(wv, nv, where=cmask)
 
