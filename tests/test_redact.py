@@ -37,7 +37,7 @@ def test_face_mask_is_a_grown_ellipse_containing_the_box():
     x, y = _coords()
     cx, cy, w, h = 200.0, 125.0, 40.0, 50.0
     # Ellipse grown beyond the box and lifted towards the hairline.
-    rho = np.hypot((x - cx) / (0.75 * w), (y - (cy - 0.08 * h)) / (0.8 * h))
+    rho = np.hypot((x - cx) / (0.85 * w), (y - (cy - 0.08 * h)) / (0.9 * h))
     assert changed[rho < 0.97].mean() > 0.99  # inside: redacted
     assert not changed[rho > 1.4].any()  # beyond the feather band: untouched
     assert changed[100:150, 180:220].all()  # the whole detection box is covered
