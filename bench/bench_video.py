@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -63,21 +64,33 @@ def ensure_deface(venv: Path) -> Path:
     return exe
 
 
-def timed(cmd: list[str], env: dict | None = None) -> float:
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command and its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
 
 
-def median_fps(name: str, frames: int, runs: int, make_cmd) -> float:
-    times = []
-    for _ in range(runs):
-        times.append(timed(make_cmd()))
-        print(f"  {name}: {frames / times[-1]:.2f} fps ({times[-1]:.1f} s)", flush=True)
-    return frames / statistics.median(times)
+def measure(tools: dict[str, list[str]], frames: int, runs: int) -> dict[str, tuple[float, float]]:
+    """{name: (frames per second, CPU ms per frame)}, medians; tools run round-robin so that a
+    change in the machine's other load does not favour one of them."""
+    walls: dict[str, list[float]] = {name: [] for name in tools}
+    cpus: dict[str, list[float]] = {name: [] for name in tools}
+    for run in range(runs):
+        for name, cmd in tools.items():
+            wall, cpu = timed(cmd)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+            print(f"  run {run + 1} {name:<12} {frames / wall:6.2f} fps ({wall:.1f} s, "
+                  f"{1000 * cpu / frames:.0f} CPU ms/frame, load {os.getloadavg()[0]:.1f})", flush=True)
+    return {name: (frames / statistics.median(walls[name]), 1000 * statistics.median(cpus[name]) / frames)
+            for name in tools}
 
 
 def main() -> None:
@@ -98,29 +111,30 @@ def main() -> None:
     veil = shutil.which("veil", path=str(Path(sys.executable).parent)) or "veil"
     print(f"clip {args.clip} ({frames} frames), {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
           f"median of {args.runs} runs", flush=True)
-    results: dict[str, float] = {}
+    tools = {
+        "veil": [veil, "anonymize", str(args.clip), "-o", str(work / "veil"), "--config", config.model_dump_json()],
+        "floor": [sys.executable, "-c", _FLOOR, str(args.clip), str(work / "floor.mp4"), _PRESET,
+                  str(config.video_crf)],
+    }
+    if not args.skip_deface:
+        deface = str(ensure_deface(args.deface_venv))
+        tools["deface"] = [deface, str(args.clip), "-o", str(work / "deface.mp4")]
+        tools["deface_640"] = [deface, str(args.clip), "-o", str(work / "deface640.mp4"), "--scale", "640x360"]
+    print(f"floor = decode + libx264 preset {_PRESET}, CRF {config.video_crf}; veil config {config.model_dump_json()}")
     try:
-        results["veil"] = median_fps("veil", frames, args.runs, lambda: [
-            veil, "anonymize", str(args.clip), "-o", str(work / "veil"), "--config", config.model_dump_json()])
-        results["floor"] = median_fps(f"floor (decode + x264 {_PRESET})", frames, args.runs, lambda: [
-            sys.executable, "-c", _FLOOR, str(args.clip), str(work / "floor.mp4"), _PRESET, str(config.video_crf)])
-        if not args.skip_deface:
-            deface = ensure_deface(args.deface_venv)
-            results["deface"] = median_fps("deface (defaults)", frames, args.runs, lambda: [
-                str(deface), str(args.clip), "-o", str(work / "deface.mp4")])
-            results["deface_640"] = median_fps("deface --scale 640x360", frames, args.runs, lambda: [
-                str(deface), str(args.clip), "-o", str(work / "deface640.mp4"), "--scale", "640x360"])
+        results = measure(tools, frames, args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print("\nresults (frames/s, median):")
-    for name, fps in results.items():
-        print(f"  {name:<12} {fps:7.2f}")
-    v = results["veil"]
-    print(f"  veil / floor       {v / results['floor']:.2f}x")
+    print(f"\nresults (median of {args.runs}; CPU ms/frame is less sensitive to other load than fps):")
+    for name, (fps, cpu) in results.items():
+        print(f"  {name:<12} {fps:7.2f} fps  {cpu:6.0f} CPU ms/frame")
+    v, v_cpu = results["veil"]
+    print(f"  veil / floor       {v / results['floor'][0]:.2f}x fps   {results['floor'][1] / v_cpu:.2f}x by CPU time")
     if "deface" in results:
-        print(f"  veil / deface      {v / results['deface']:.2f}x")
-        print(f"  veil / deface 640  {v / results['deface_640']:.2f}x")
+        print(f"  veil / deface      {v / results['deface'][0]:.2f}x fps   {results['deface'][1] / v_cpu:.2f}x by CPU time")
+        print(f"  veil / deface 640  {v / results['deface_640'][0]:.2f}x fps   "
+              f"{results['deface_640'][1] / v_cpu:.2f}x by CPU time")
 
 
 if __name__ == "__main__":
