@@ -102,10 +102,9 @@ def atomic_output(dst: Path) -> Iterator[Path]:
 def _detect(image: image_io.ImageFile, config: ModelConfig) -> Detections:
     if not (config.wants_faces or config.wants_plates):
         return Detections.empty()
-    from . import detect
+    from .detect import get_detector  # one shared Detector per config: models load once per process
 
-    factory = getattr(detect, "get_detector", detect.Detector)  # a per-config cache where detect offers one
-    return factory(config).detect(image.rgb)
+    return get_detector(config).detect(image.rgb)
 
 
 def _image_report(image: image_io.ImageFile, detections: Detections, started: float) -> Report:
