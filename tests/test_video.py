@@ -309,9 +309,10 @@ def test_redact_yuv_changes_only_the_mask():
     frame.pts = 7
     dets = Detections.of_kind([[41.3, 33.7, 101.9, 111.2], [290, 200, 322, 240]], [0.9, 0.8], FACE)
     config = ModelConfig()
+    before = frame.to_ndarray()[:240]  # the Y plane
     out = _redact_yuv(frame, dets, config)
     assert out.pts == 7
-    before, after = frame.to_ndarray()[:240], out.to_ndarray()[:240]  # the Y plane
+    after = out.to_ndarray()[:240]
     mask = redaction_mask((240, 322), dets, config)
     assert np.array_equal(before[~mask], after[~mask])  # bit-exact outside the mask
     inside = np.abs(before[mask].astype(int) - after[mask].astype(int)).mean()

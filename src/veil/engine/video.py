@@ -417,36 +417,36 @@ def _i420(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _redact_yuv(frame: av.VideoFrame, dets: Detections, config: ModelConfig) -> av.VideoFrame:
-    """A new yuv420p frame with the detections redacted; pixels outside the mask are left exact.
+    """Redact the detections in a yuv420p frame, in place; pixels outside the mask are left exact.
 
     Only a window around the detections is converted to RGB (where `redact` works) and back.
     """
     from .redact import redaction_mask
 
     h, w = frame.height, frame.width
-    yuv = frame.to_ndarray()  # a copy: decoder buffers may still be referenced by the decoder
-    y, u, v = _planes(yuv, h, w)
+    frame.make_writable()  # copies the picture if the decoder still references it
+    y, u, v = _plane_views(frame)
     for x0, y0, x1, y1 in _windows(dets, w, h):
-        local = Detections(dets.xyxy - np.array([x0, y0, x0, y0], np.float32), dets.scores, dets.kinds)
-        mask = redaction_mask((y1 - y0, x1 - x0), local, config)
-        if not mask.any():
-            continue
-        if _touches_inner_border(mask, (x0, y0, x1, y1), w, h):
-            return _redact_yuv_window(frame, yuv, dets, config, (0, 0, w, h))
-        _redact_window(y, u, v, local, config, (x0, y0, x1, y1), mask)
-    return _frame_from(frame, yuv)
+        if _touches_inner_border(mask := redaction_mask((y1 - y0, x1 - x0), _shift(dets, x0, y0), config),
+                                 (x0, y0, x1, y1), w, h):
+            x0, y0, x1, y1 = 0, 0, w, h  # the window was too small for a mask: use the whole frame
+            mask = redaction_mask((h, w), dets, config)
+        if mask.any():
+            _redact_window(y, u, v, _shift(dets, x0, y0), config, (x0, y0, x1, y1), mask)
+    return frame
 
 
-def _redact_yuv_window(frame: av.VideoFrame, yuv: np.ndarray, dets: Detections, config: ModelConfig,
-                       window: tuple[int, int, int, int]) -> av.VideoFrame:
-    """Fallback when a mask reaches beyond its window: redact through one large window."""
-    from .redact import redaction_mask
+def _shift(dets: Detections, x0: int, y0: int) -> Detections:
+    return Detections(dets.xyxy - np.array([x0, y0, x0, y0], np.float32), dets.scores, dets.kinds)
 
-    y, u, v = _planes(yuv, frame.height, frame.width)
-    x0, y0, x1, y1 = window
-    local = Detections(dets.xyxy - np.array([x0, y0, x0, y0], np.float32), dets.scores, dets.kinds)
-    _redact_window(y, u, v, local, config, window, redaction_mask((y1 - y0, x1 - x0), local, config))
-    return _frame_from(frame, yuv)
+
+def _plane_views(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Writable numpy views of a yuv420p frame's Y, U, V planes (rows may be padded: line_size)."""
+    views = []
+    for i, plane in enumerate(frame.planes[:3]):
+        rows, cols = (frame.height, frame.width) if i == 0 else (frame.height // 2, frame.width // 2)
+        views.append(np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, :cols])
+    return views[0], views[1], views[2]
 
 
 def _redact_window(y: np.ndarray, u: np.ndarray, v: np.ndarray, local: Detections, config: ModelConfig,
@@ -470,12 +470,6 @@ def _touches_inner_border(mask: np.ndarray, window: tuple[int, int, int, int], w
     x0, y0, x1, y1 = window
     return bool((x0 > 0 and mask[:, 0].any()) or (y0 > 0 and mask[0].any())
                 or (x1 < width and mask[:, -1].any()) or (y1 < height and mask[-1].any()))
-
-
-def _frame_from(template: av.VideoFrame, yuv: np.ndarray) -> av.VideoFrame:
-    out = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-    _copy_frame_props(template, out)
-    return out
 
 
 def _windows(dets: Detections, width: int, height: int) -> list[tuple[int, int, int, int]]:
