@@ -18,6 +18,9 @@ Pipeline (three threads, bounded queues, so memory does not grow with the video'
   for tracked kinds, only on every `stride`-th frame: the tracker interpolates in between. Frames
   stay in YUV; only the region around each detection is converted to RGB, redacted and written
   back, so pixels outside the redaction mask are bit-identical to the decoded source.
+  Tuning (environment, defaults measured with `bench/bench_video.py` and `bench/leak_check.py`):
+  `VEIL_VIDEO_FACE_SIDE` / `VEIL_VIDEO_PLATE_SIDE` (640: longest side of the detector's input),
+  `VEIL_VIDEO_DETECT_FPS` (5 detector runs per second of video), `VEIL_X264_PRESET` (veryfast).
 * **Errors.** Unreadable, corrupt or truncated input raises `MediaError` with a plain message; the
   output is written to a temporary file in the destination folder and renamed only on success.
 
@@ -56,8 +59,9 @@ DetectFn = Callable[[np.ndarray, frozenset[int]], Detections]
 
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
 _PRESET = os.environ.get("VEIL_X264_PRESET", "veryfast")
-# Detection runs on a copy whose longest side is at most this (unless slicing asks for full size).
-_DETECT_MAX_SIDE = int(os.environ.get("VEIL_VIDEO_DETECT_SIDE", "640"))
+# Detection runs on a copy whose longest side is at most this, per kind (slicing: full size, tiled).
+_DETECT_SIDE = {FACE: int(os.environ.get("VEIL_VIDEO_FACE_SIDE", "640")),
+                PLATE: int(os.environ.get("VEIL_VIDEO_PLATE_SIDE", "640"))}
 # Tracked kinds are detected this many times per second of video; the tracker bridges the frames
 # in between (and `bench/leak_check.py` measures that nothing leaks there).
 _DETECT_FPS = float(os.environ.get("VEIL_VIDEO_DETECT_FPS", "5"))
@@ -251,17 +255,24 @@ class _Job:
             return
 
     def _detect_frame(self, detect: DetectFn, frame: av.VideoFrame, kinds: frozenset[int]) -> Detections:
-        full = self.config.slicing
+        """Detect `kinds` on downscaled copies of the frame (one per input side); boxes in frame pixels."""
         w, h = frame.width, frame.height
-        scale = 1.0 if full else min(1.0, _DETECT_MAX_SIDE / max(w, h))
-        image = _to_rgb(frame, round(w * scale), round(h * scale))
-        dets = detect(image, kinds)
-        if len(dets) and image.shape[:2] != (h, w):
-            xyxy = dets.xyxy.copy()
-            xyxy[:, [0, 2]] *= w / image.shape[1]
-            xyxy[:, [1, 3]] *= h / image.shape[0]
-            dets = Detections(xyxy, dets.scores, dets.kinds)
-        return dets
+        by_side: dict[int, set[int]] = {}
+        for kind in kinds:
+            side = max(w, h) if self.config.slicing else min(max(w, h), _DETECT_SIDE[kind])
+            by_side.setdefault(side, set()).add(kind)
+        parts = []
+        for side, group in sorted(by_side.items()):
+            scale = side / max(w, h)
+            image = _to_rgb(frame, round(w * scale), round(h * scale))
+            dets = detect(image, frozenset(group))
+            if len(dets) and image.shape[:2] != (h, w):
+                xyxy = dets.xyxy.copy()
+                xyxy[:, [0, 2]] *= w / image.shape[1]
+                xyxy[:, [1, 3]] *= h / image.shape[0]
+                dets = Detections(xyxy, dets.scores, dets.kinds)
+            parts.append(dets)
+        return Detections.concat(parts)
 
     def _drain(self, pending: deque, finals: dict[int, Detections], q_out: queue.Queue) -> None:
         while pending:
