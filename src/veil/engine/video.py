@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import tempfile
+import secrets
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -524,9 +524,7 @@ class _Writer:
         self.dst, self.source, self.config, self.report = dst, source, config, report
         fmt = _FORMATS.get(dst.suffix.lower()) or _output_format(source)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(6)}.part")
         self.fmt = fmt
         self.video_stream: av.video.stream.VideoStream | None = None
         self.audio_map: dict[int, tuple[av.stream.Stream, object]] = {}
