@@ -320,7 +320,8 @@ def _open_source(src: Path) -> _Source:
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise MediaError(f"{src.name}: not a readable video ({_reason(exc)})") from None
     try:
-        videos = [s for s in container.streams.video if s.codec_context is not None]
+        videos = [s for s in container.streams.video if s.codec_context is not None
+                  and not s.disposition & av.stream.Disposition.attached_pic]  # not cover art
         if not videos:
             raise MediaError(f"{src.name}: no video stream")
         video = videos[0]
