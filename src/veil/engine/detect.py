@@ -32,7 +32,7 @@ FACE_MAX_SIDE = 2048  # whole-image face pass: native resolution up to this long
 FACE_UPSCALE = 2.0  # small-face pass: at most this factor ...
 FACE_UPSCALE_MIN = 1.5  # ... and only when at least this factor fits under FACE_MAX_SIDE
 PLATE_SIDE = 1280  # whole-image plate pass: longest input side
-FACE_TILE, PLATE_TILE = 640, 640  # slicing: tile side in original pixels (grows for large images)
+FACE_TILE = 640  # slicing: face tile side in original pixels (doubled for large images)
 TILE_OVERLAP = 0.25
 
 _lock = threading.Lock()
@@ -99,7 +99,7 @@ class Detector:
                 image, lambda crop: net(crop, scale=scale, floor=floor), tile_grid(h, w, tile, TILE_OVERLAP))
             passes.append((boxes, scores))
             cut.append(tile_cut)
-        return self._finish("faces", FACE, passes, cut, floor)
+        return self._finish("faces", FACE, passes, cut, floor, int(self.config.slicing))
 
     def detect_plates(self, image_rgb: np.ndarray, *, side: int | None = None,
                       threshold: float | None = None) -> Detections:
@@ -111,23 +111,27 @@ class Detector:
         h, w = image.shape[:2]
         passes = [net(image, size=_mult32(side or PLATE_SIDE), floor=floor)]
         cut = [np.zeros(len(passes[0][0]), bool)]
-        if self.config.slicing:
-            tile, scale = _tile_plan(max(h, w), PLATE_TILE, 2 * PLATE_SIDE)
-            size = _mult32(tile * scale)
+        if self.config.slicing and max(h, w) > PLATE_SIDE:
+            # Plate tiles run at native resolution, and only where the whole-image pass downscales:
+            # upscaled or smaller plate tiles added false positives and looser boxes on the dev sets
+            # without finding more plates.
+            tile = size = PLATE_SIDE
             boxes, scores, tile_cut = detect_tiles(
                 image, lambda crop: net(crop, size=size, floor=floor), tile_grid(h, w, tile, TILE_OVERLAP))
             passes.append((boxes, scores))
             cut.append(tile_cut)
-        return self._finish("plates", PLATE, passes, cut, floor)
+        return self._finish("plates", PLATE, passes, cut, floor, len(passes) - 1)
 
     # ------------------------------------------------------------------ private
     @staticmethod
-    def _finish(name: str, kind: int, passes, cut, floor: float) -> Detections:
+    def _finish(name: str, kind: int, passes, cut, floor: float, tiled_passes: int) -> Detections:
+        """Merge the passes (the last ``tiled_passes`` of them come from tiles), map scores."""
         boxes = np.concatenate([b for b, _ in passes]).reshape(-1, 4)
         scores = np.concatenate([s for _, s in passes]).reshape(-1)
         cut_flags = np.concatenate(cut).reshape(-1)
+        tiled = np.concatenate([np.full(len(s), i >= len(passes) - tiled_passes) for i, (_, s) in enumerate(passes)])
         keep = scores >= floor - 1e-6
-        boxes, scores = merge(boxes[keep], scores[keep], cut_flags[keep])
+        boxes, scores = merge(boxes[keep], scores[keep], cut_flags[keep], tiled[keep].astype(bool))
         return Detections.of_kind(boxes, calibrate(name, scores), kind)
 
 

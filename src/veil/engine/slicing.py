@@ -4,8 +4,9 @@ Slicing runs a detector on overlapping tiles (each resized so its longest side i
 input size, which enlarges small objects) and merges the tiles' boxes with the whole-image pass.
 Merging, per kind:
 
-* boxes are visited by descending score; a box suppresses every later box whose IoU with it is at
-  least ``iou`` (ordinary NMS), and
+* boxes are visited whole-image boxes first, then whole tile boxes, then cut ones, each group by
+  descending score (the whole-image pass sees an object's full context, so its box wins a tie);
+  a box suppresses every later box whose IoU with it is at least ``iou`` (ordinary NMS), and
 * a box that a tile edge cut off (it touches a tile edge that is not an image edge) is absorbed into
   the box that mostly contains it (``ios``: intersection over the cut box's own area) — the kept box
   grows to the union, so the part of an object seen by a neighbouring tile is never lost.
@@ -52,20 +53,21 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return order[alive]
 
 
-def merge(boxes: np.ndarray, scores: np.ndarray, cut: np.ndarray | None = None, *,
-          iou: float = 0.5, ios: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+def merge(boxes: np.ndarray, scores: np.ndarray, cut: np.ndarray | None = None,
+          tiled: np.ndarray | None = None, *, iou: float = 0.5, ios: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
     """Merge boxes from several passes into one set without duplicates (see the module docstring).
 
-    ``cut[i]`` marks boxes clipped by a tile edge. Returns the kept boxes (grown by absorbed cut
-    boxes) and their scores, best first.
+    ``cut[i]`` marks boxes clipped by a tile edge, ``tiled[i]`` boxes from tiles. Returns the kept
+    boxes (grown by absorbed cut boxes) and their scores, best first.
     """
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     scores = np.asarray(scores, np.float32).reshape(-1)
     cut = np.zeros(len(boxes), bool) if cut is None else np.asarray(cut, bool)
+    tiled = cut if tiled is None else np.asarray(tiled, bool) | cut
     if len(boxes) < 2:
         return boxes.copy(), scores.copy()
-    # Whole boxes are visited before cut ones so that a cut box never stands in for the full object.
-    order = np.lexsort((-scores, cut))
+    # A cut box never stands in for the full object; a tile's box never replaces the whole image's.
+    order = np.lexsort((-scores, tiled.astype(int) + cut))
     boxes, scores, cut = boxes[order], scores[order], cut[order]
     ious = iou_matrix(boxes, boxes)
     inter = intersections(boxes, boxes)
