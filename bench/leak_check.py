@@ -73,19 +73,32 @@ def coverage(mask: np.ndarray, box) -> float:
 
 
 def link_tracks(reference: dict[int, list], every: int) -> dict[tuple[int, int], int]:
-    """(frame, detection position) -> track id, by IoU association across checked frames."""
-    from veil.engine.detections import Detections
-    from veil.engine.tracking import Tracker, TrackingParams
-
-    tracker = Tracker(TrackingParams(max_gap=3 * every), {0: 0.0, 1: 0.0})
+    """(frame, detection position) -> track id: each box continues the nearest box of its kind in
+    the previous checked frame when their centres are within (1 + every) box diagonals (small fast
+    plates need not overlap between checked frames)."""
     ids: dict[tuple[int, int], int] = {}
+    previous: list[tuple[np.ndarray, int, int]] = []  # (box, kind, id)
+    next_id = 1
+    last_index = None
     for index in sorted(reference):
-        rows = reference[index]
-        boxes = np.array([r[:4] for r in rows], np.float32).reshape(-1, 4)
-        tracker.update(index, Detections(boxes, [r[4] for r in rows], [r[5] for r in rows]))
-        seen = {(t.kind, tuple(np.round(t.boxes[-1], 2))): t.id for t in tracker.active if t.last == index}
-        for pos, row in enumerate(rows):
-            ids[(index, pos)] = seen.get((int(row[5]), tuple(np.round(boxes[pos].astype(np.float64), 2))), -1)
+        current = []
+        taken: set[int] = set()
+        for pos, row in enumerate(reference[index]):
+            box, kind = np.array(row[:4]), int(row[5])
+            centre, diag = (box[:2] + box[2:]) / 2, float(np.hypot(*(box[2:] - box[:2])))
+            best, best_d = None, (1 + every) * diag
+            if last_index is not None and index - last_index <= 3 * every:
+                for other, okind, oid in previous:
+                    d = float(np.hypot(*((other[:2] + other[2:]) / 2 - centre)))
+                    if okind == kind and oid not in taken and d <= best_d:
+                        best, best_d = oid, d
+            if best is None:
+                best, next_id = next_id, next_id + 1
+            taken.add(best)
+            ids[(index, pos)] = best
+            current.append((box, kind, best))
+        if current:
+            previous, last_index = current, index
     return ids
 
 

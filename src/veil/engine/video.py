@@ -19,7 +19,7 @@ Pipeline (three threads, bounded queues, so memory does not grow with the video'
   stay in YUV; only the region around each detection is converted to RGB, redacted and written
   back, so pixels outside the redaction mask are bit-identical to the decoded source.
   Tuning (environment, defaults measured with `bench/bench_video.py` and `bench/leak_check.py`):
-  `VEIL_VIDEO_FACE_SIDE` / `VEIL_VIDEO_PLATE_SIDE` (640: longest side of the detector's input),
+  `VEIL_VIDEO_FACE_SIDE` (640) / `VEIL_VIDEO_PLATE_SIDE` (960): longest side of the detector input,
   `VEIL_VIDEO_DETECT_FPS` (5 detector runs per second of video), `VEIL_X264_PRESET` (veryfast).
 * **Errors.** Unreadable, corrupt or truncated input raises `MediaError` with a plain message; the
   output is written to a temporary file in the destination folder and renamed only on success.
@@ -61,7 +61,7 @@ _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".a
 _PRESET = os.environ.get("VEIL_X264_PRESET", "veryfast")
 # Detection runs on a copy whose longest side is at most this, per kind (slicing: full size, tiled).
 _DETECT_SIDE = {FACE: int(os.environ.get("VEIL_VIDEO_FACE_SIDE", "640")),
-                PLATE: int(os.environ.get("VEIL_VIDEO_PLATE_SIDE", "640"))}
+                PLATE: int(os.environ.get("VEIL_VIDEO_PLATE_SIDE", "960"))}
 # Tracked kinds are detected this many times per second of video; the tracker bridges the frames
 # in between (and `bench/leak_check.py` measures that nothing leaks there).
 _DETECT_FPS = float(os.environ.get("VEIL_VIDEO_DETECT_FPS", "5"))
@@ -259,7 +259,7 @@ class _Job:
         w, h = frame.width, frame.height
         by_side: dict[int, set[int]] = {}
         for kind in kinds:
-            side = max(w, h) if self.config.slicing else min(max(w, h), _DETECT_SIDE[kind])
+            side = max(w, h) if self.config.slicing else _DETECT_SIDE[kind]  # small videos: upscaled
             by_side.setdefault(side, set()).add(kind)
         parts = []
         for side, group in sorted(by_side.items()):
