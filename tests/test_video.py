@@ -221,7 +221,7 @@ def test_missed_detections_are_still_blurred(shared_data, detection_models, tmp_
     src = cut_clip(shared_data / "videos" / "egoblur_gen1_test_video.mp4", tmp_path / "face.mp4", 1.5)
     config = ModelConfig()
     real = _default_detect(config)
-    dropped = {2, 3}  # two detector runs in a row (with stride 6: 12 frames)
+    dropped = {2, 3}  # two detector runs in a row (16 frames at 30 fps)
     calls: list[int] = []
 
     def flaky(image, kinds):

@@ -20,7 +20,7 @@ Pipeline (three threads, bounded queues, so memory does not grow with the video'
   back, so pixels outside the redaction mask are bit-identical to the decoded source.
   Tuning (environment, defaults measured with `bench/bench_video.py` and `bench/leak_check.py`):
   `VEIL_VIDEO_FACE_SIDE` (640) / `VEIL_VIDEO_PLATE_SIDE` (960): longest side of the detector input,
-  `VEIL_VIDEO_DETECT_FPS` (5 detector runs per second of video), `VEIL_X264_PRESET` (veryfast).
+  `VEIL_VIDEO_DETECT_FPS` (4 detector runs per second of video), `VEIL_X264_PRESET` (veryfast).
 * **Errors.** Unreadable, corrupt or truncated input raises `MediaError` with a plain message; the
   output is written to a temporary file in the destination folder and renamed only on success.
 
@@ -64,7 +64,7 @@ _DETECT_SIDE = {FACE: int(os.environ.get("VEIL_VIDEO_FACE_SIDE", "640")),
                 PLATE: int(os.environ.get("VEIL_VIDEO_PLATE_SIDE", "960"))}
 # Tracked kinds are detected this many times per second of video; the tracker bridges the frames
 # in between (and `bench/leak_check.py` measures that nothing leaks there).
-_DETECT_FPS = float(os.environ.get("VEIL_VIDEO_DETECT_FPS", "5"))
+_DETECT_FPS = float(os.environ.get("VEIL_VIDEO_DETECT_FPS", "4"))
 # Detection thresholds are lowered by this for tracking: weaker detections may continue a track.
 _LOW_SCORE_MARGIN = 0.2
 _QUEUE = 8
