@@ -20,7 +20,8 @@ Pipeline (three threads, bounded queues, so memory does not grow with the video'
   back, so pixels outside the redaction mask are bit-identical to the decoded source.
   Tuning (environment, defaults measured with `bench/bench_video.py` and `bench/leak_check.py`):
   `VEIL_VIDEO_FACE_SIDE` (640) / `VEIL_VIDEO_PLATE_SIDE` (960): longest side of the detector input,
-  `VEIL_VIDEO_DETECT_FPS` (4 detector runs per second of video), `VEIL_X264_PRESET` (veryfast).
+  `VEIL_VIDEO_DETECT_FPS` (4 face detector runs per second of video), `VEIL_VIDEO_PLATE_DETECT_FPS` (8),
+  `VEIL_X264_PRESET` (veryfast).
 * **Errors.** Unreadable, corrupt or truncated input raises `MediaError` with a plain message; the
   output is written to a temporary file in the destination folder and renamed only on success.
 
@@ -63,8 +64,11 @@ _PRESET = os.environ.get("VEIL_X264_PRESET", "veryfast")
 _DETECT_SIDE = {FACE: int(os.environ.get("VEIL_VIDEO_FACE_SIDE", "640")),
                 PLATE: int(os.environ.get("VEIL_VIDEO_PLATE_SIDE", "960"))}
 # Tracked kinds are detected this many times per second of video; the tracker bridges the frames
-# in between (and `bench/leak_check.py` measures that nothing leaks there).
-_DETECT_FPS = float(os.environ.get("VEIL_VIDEO_DETECT_FPS", "4"))
+# in between (and `bench/leak_check.py` measures that nothing leaks there). Plates need more: small
+# plates on moving cars drifted out of the bridged box at 4 runs/s (10 of 35 plate-frames leaked on
+# the parking-lot clip, 0 at 8 runs/s).
+_DETECT_FPS = {FACE: float(os.environ.get("VEIL_VIDEO_DETECT_FPS", "4")),
+               PLATE: float(os.environ.get("VEIL_VIDEO_PLATE_DETECT_FPS", "8"))}
 # Detection thresholds are lowered by this for tracking: weaker detections may continue a track.
 _LOW_SCORE_MARGIN = 0.2
 _QUEUE = 8
@@ -104,11 +108,11 @@ def _default_detect(config: ModelConfig) -> DetectFn:
     return detect
 
 
-def _stride(fps: float) -> int:
-    """Run the detector on every k-th frame for tracked kinds: about `_DETECT_FPS` times a second."""
-    if fps <= 0 or _DETECT_FPS <= 0:
+def _stride(fps: float, kind: int) -> int:
+    """Run the detector on every k-th frame for a tracked kind: about `_DETECT_FPS[kind]` times a second."""
+    if fps <= 0 or _DETECT_FPS[kind] <= 0:
         return 1
-    return max(1, round(fps / _DETECT_FPS))
+    return max(1, round(fps / _DETECT_FPS[kind]))
 
 
 # ----------------------------------------------------------------------------- the job
@@ -147,7 +151,8 @@ class _Job:
         config = self.config
         kinds = frozenset(k for k, on in ((FACE, config.wants_faces), (PLATE, config.wants_plates)) if on)
         tracked = {k for k in kinds if (k == FACE and config.face_track) or (k == PLATE and config.lp_track)}
-        stride = _stride(source.fps) if tracked else 1
+        strides = {k: _stride(source.fps, k) if k in tracked else 1 for k in kinds}
+        stride = max(strides.values(), default=1)  # the longest gap the tracker must bridge
         detect = self._detect or (_default_detect(config) if kinds else None)
         params = TrackingParams.for_rate(source.fps, stride)
         tracker = VideoTracker(params, (source.width, source.height),
@@ -159,7 +164,7 @@ class _Job:
         threads = [
             threading.Thread(target=self._guard, args=(self._read, source, q_read), daemon=True),
             threading.Thread(target=self._guard, args=(self._analyse, q_read, q_out, source, detect, kinds,
-                                                       tracked, stride, tracker), daemon=True),
+                                                       strides, tracker), daemon=True),
         ]
         for t in threads:
             t.start()
@@ -227,7 +232,7 @@ class _Job:
 
     # -- stage 2: detect and track
     def _analyse(self, q_in: queue.Queue, q_out: queue.Queue, source: _Source, detect: DetectFn | None,
-                 kinds: frozenset[int], tracked: set[int], stride: int, tracker: VideoTracker) -> None:
+                 kinds: frozenset[int], strides: dict[int, int], tracker: VideoTracker) -> None:
         pending: deque = deque()  # frames and audio packets waiting for their boxes, in stream order
         finals: dict[int, Detections] = {}
         index = 0
@@ -240,7 +245,7 @@ class _Job:
                 if kind != "frame":
                     pending.append((kind, payload))
                     continue
-                due = frozenset(k for k in kinds if k not in tracked or index % stride == 0)
+                due = frozenset(k for k in kinds if index % strides[k] == 0)
                 dets = None
                 if detect is not None and due:
                     dets = self._detect_frame(detect, payload, due)
