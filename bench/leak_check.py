@@ -3,7 +3,8 @@
     python bench/leak_check.py CLIP [--config JSON] [--every 1] [--cache DIR]
 
 The reference runs the detector on *every* frame at full resolution with slicing on and low
-thresholds (0.3), and keeps its detections with score >= 0.6 as real objects. Veil runs as
+thresholds (0.3), for faces and plates whatever the config, and keeps its detections with score
+>= 0.6 as real objects; only the kinds the config asks Veil to redact are counted. Veil runs as
 `detect_video(CLIP, config)` (the same boxes `anonymize_video` blurs); its blur mask per frame is
 `redact.redaction_mask`. A reference box counts as a **leaked object-frame** when less than 70% of
 it lies inside Veil's mask in that frame. Reference boxes are linked into tracks (IoU tracker), and
@@ -31,12 +32,13 @@ COVER = 0.7
 REFERENCE_THRESHOLD = 0.3
 
 
-def reference_detections(clip: Path, config, every: int, cache: Path | None) -> dict[int, list]:
-    """{frame index: [[x1, y1, x2, y2, score, kind], ...]} for the checked frames."""
+def reference_detections(clip: Path, every: int, cache: Path | None) -> dict[int, list]:
+    """{frame index: [[x1, y1, x2, y2, score, kind], ...]} for the checked frames (faces and plates)."""
+    from veil.engine.config import ModelConfig
     from veil.engine.detect import get_detector
 
-    ref_config = config.model_copy(update={"slicing": True, "blur_threshold": REFERENCE_THRESHOLD,
-                                           "lp_threshold": REFERENCE_THRESHOLD})
+    ref_config = ModelConfig(blur_face=True, enable_lp=True, slicing=True,
+                             blur_threshold=REFERENCE_THRESHOLD, lp_threshold=REFERENCE_THRESHOLD)
     key = hashlib.sha256(f"{clip.resolve()}|{clip.stat().st_size}|{clip.stat().st_mtime}|{every}|"
                          f"{ref_config.model_dump_json()}".encode()).hexdigest()[:16]
     cached = cache / f"reference-{clip.stem}-{key}.json" if cache else None
@@ -117,18 +119,19 @@ def main() -> None:
 
     config = ModelConfig(**json.loads(args.config))
     print(f"clip {args.clip}; config {config.model_dump_json()}", flush=True)
-    reference = reference_detections(args.clip, config, args.every, args.cache)
+    reference = reference_detections(args.clip, args.every, args.cache)
     report = detect_video(args.clip, config)
     veil = {f.index: f.detections for f in report.frames}
     track_of = link_tracks(reference, args.every)
 
+    redacted = {k for k, on in ((0, config.wants_faces), (1, config.wants_plates)) if on}
     shape = (report.height, report.width)
     checked = {0: 0, 1: 0}
     leaked = {0: 0, 1: 0}
     leaked_frames: dict[int, list[int]] = {}
     worst: list[tuple[float, int, int]] = []
     for index, rows in sorted(reference.items()):
-        real = [(pos, r) for pos, r in enumerate(rows) if r[4] >= SCORE]
+        real = [(pos, r) for pos, r in enumerate(rows) if r[4] >= SCORE and int(r[5]) in redacted]
         if not real:
             continue
         mask = redaction_mask(shape, veil[index], config) if index in veil else np.zeros(shape, bool)
@@ -149,9 +152,8 @@ def main() -> None:
             longest = max(longest, run)
         runs[track] = longest
     print(f"veil frames {len(report.frames)}, checked frames {len(reference)} (every {args.every})")
-    for kind in (0, 1):
-        if checked[kind]:
-            print(f"  {KIND_NAMES[kind]:<7} reference object-frames {checked[kind]:5d}   leaked {leaked[kind]:4d}")
+    for kind in sorted(redacted):
+        print(f"  {KIND_NAMES[kind]:<7} reference object-frames {checked[kind]:5d}   leaked {leaked[kind]:4d}")
     total = sum(leaked.values())
     print(f"leaked object-frames: {total}")
     if runs:

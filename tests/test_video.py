@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from veil.engine.config import ModelConfig
-from veil.engine.detections import FACE, Detections
+from veil.engine.detections import FACE, PLATE, Detections
 from veil.engine.errors import MediaError
 from veil.engine.video import _Job, anonymize_video, detect_video
 
@@ -263,7 +263,7 @@ _RSS_SCRIPT = """
 import resource, sys
 from pathlib import Path
 from veil.engine.config import ModelConfig
-from veil.engine.detections import FACE, Detections
+from veil.engine.detections import FACE, PLATE, Detections
 from veil.engine.video import _Job
 
 def stub(image, kinds):  # a face in every frame: exercises tracking, redaction and the report
@@ -336,3 +336,20 @@ def test_injected_detections_are_blurred_in_the_output(tmp_path):
     inside = np.abs(fa[45:85, 50:90] - fb[45:85, 50:90]).mean()
     outside = np.abs(fa[:, 130:] - fb[:, 130:]).mean()  # only coding noise there
     assert inside > 5 * outside, (inside, outside)
+
+
+def test_detector_input_grows_with_the_resolution(tmp_path):
+    """1440p: faces searched at a third of the frame's side, plates at half (not a fixed 640 / 960
+    px, which would miss faces twice as large in 4K as in 1080p); small videos are upscaled."""
+    sides: dict[str, set[tuple[int, int]]] = {}
+
+    def recorder(image, kinds):
+        sides.setdefault(clip, set()).add((max(image.shape[:2]), *sorted(kinds)))
+        return Detections()
+
+    config = ModelConfig(enable_lp=True)
+    for clip, size in (("qhd", (2560, 1440)), ("small", (320, 180))):
+        src = make_clip(tmp_path / f"{clip}.mp4", frames=2, size=size)
+        _Job(src, config, None, detect=recorder).run(None)
+    assert sides["qhd"] == {(854, FACE), (1280, PLATE)}  # 2560 / 3, rounded to even (4:2:0)
+    assert sides["small"] == {(640, FACE), (960, PLATE)}

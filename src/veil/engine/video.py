@@ -19,7 +19,8 @@ Pipeline (three threads, bounded queues, so memory does not grow with the video'
   stay in YUV; only the region around each detection is converted to RGB, redacted and written
   back, so pixels outside the redaction mask are bit-identical to the decoded source.
   Tuning (environment, defaults measured with `bench/bench_video.py` and `bench/leak_check.py`):
-  `VEIL_VIDEO_FACE_SIDE` (640) / `VEIL_VIDEO_PLATE_SIDE` (960): longest side of the detector input,
+  `VEIL_VIDEO_FACE_SIDE` (640) / `VEIL_VIDEO_PLATE_SIDE` (960): longest side of the detector input
+  (at least a third / half of the frame's, so 4K video is searched at 1280 / 1920 px),
   `VEIL_VIDEO_DETECT_FPS` (4 face detector runs per second of video), `VEIL_VIDEO_PLATE_DETECT_FPS` (8),
   `VEIL_X264_PRESET` (veryfast).
 * **Errors.** Unreadable, corrupt or truncated input raises `MediaError` with a plain message; the
@@ -60,9 +61,13 @@ DetectFn = Callable[[np.ndarray, frozenset[int]], Detections]
 
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
 _PRESET = os.environ.get("VEIL_X264_PRESET", "veryfast")
-# Detection runs on a copy whose longest side is at most this, per kind (slicing: full size, tiled).
+# Detection runs on a copy whose longest side is this, per kind (slicing: full size, tiled) ...
 _DETECT_SIDE = {FACE: int(os.environ.get("VEIL_VIDEO_FACE_SIDE", "640")),
                 PLATE: int(os.environ.get("VEIL_VIDEO_PLATE_SIDE", "960"))}
+# ... and at least this fraction of the frame's longest side, so the smallest object found (in source
+# pixels) does not grow with the resolution: at a fixed 640 px a 4K face would need to be twice
+# as large as a 1080p one to be seen.
+_MIN_DETECT_FRACTION = {FACE: 1 / 3, PLATE: 1 / 2}
 # Tracked kinds are detected this many times per second of video; the tracker bridges the frames
 # in between (and `bench/leak_check.py` measures that nothing leaks there). Plates need more: small
 # plates on moving cars drifted out of the bridged box at 4 runs/s (10 of 35 plate-frames leaked on
@@ -106,6 +111,12 @@ def _default_detect(config: ModelConfig) -> DetectFn:
         return Detections.concat(parts)
 
     return detect
+
+
+def _detect_side(kind: int, longest: int) -> int:
+    """Longest side of the detector input for a frame whose longest side is `longest` (small videos
+    are upscaled to `_DETECT_SIDE`)."""
+    return max(_DETECT_SIDE[kind], round(longest * _MIN_DETECT_FRACTION[kind]))
 
 
 def _stride(fps: float, kind: int) -> int:
@@ -264,7 +275,7 @@ class _Job:
         w, h = frame.width, frame.height
         by_side: dict[int, set[int]] = {}
         for kind in kinds:
-            side = max(w, h) if self.config.slicing else _DETECT_SIDE[kind]  # small videos: upscaled
+            side = max(w, h) if self.config.slicing else _detect_side(kind, max(w, h))
             by_side.setdefault(side, set()).add(kind)
         parts = []
         for side, group in sorted(by_side.items()):
