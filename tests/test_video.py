@@ -339,7 +339,7 @@ def test_injected_detections_are_blurred_in_the_output(tmp_path):
 
 
 def test_detector_input_grows_with_the_resolution(tmp_path):
-    """1440p: faces searched at a third of the frame's side, plates at half (not a fixed 640 / 960
+    """1440p: faces searched at a third of the frame's side, plates at 2/3 (not a fixed 640 / 960
     px, which would miss faces twice as large in 4K as in 1080p); small videos are upscaled."""
     sides: dict[str, set[tuple[int, int]]] = {}
 
@@ -351,5 +351,5 @@ def test_detector_input_grows_with_the_resolution(tmp_path):
     for clip, size in (("qhd", (2560, 1440)), ("small", (320, 180))):
         src = make_clip(tmp_path / f"{clip}.mp4", frames=2, size=size)
         _Job(src, config, None, detect=recorder).run(None)
-    assert sides["qhd"] == {(854, FACE), (1280, PLATE)}  # 2560 / 3, rounded to even (4:2:0)
+    assert sides["qhd"] == {(854, FACE), (1708, PLATE)}  # 2560 / 3 and 2560 * 2 / 3, even (4:2:0)
     assert sides["small"] == {(640, FACE), (960, PLATE)}

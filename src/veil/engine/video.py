@@ -20,7 +20,7 @@ Pipeline (three threads, bounded queues, so memory does not grow with the video'
   back, so pixels outside the redaction mask are bit-identical to the decoded source.
   Tuning (environment, defaults measured with `bench/bench_video.py` and `bench/leak_check.py`):
   `VEIL_VIDEO_FACE_SIDE` (640) / `VEIL_VIDEO_PLATE_SIDE` (960): longest side of the detector input
-  (at least a third / half of the frame's, so 4K video is searched at 1280 / 1920 px),
+  (at least 1/3 / 2/3 of the frame's: 1080p plates at 1280 px, 4K at 1280 / 2560 px),
   `VEIL_VIDEO_DETECT_FPS` (4 face detector runs per second of video), `VEIL_VIDEO_PLATE_DETECT_FPS` (8),
   `VEIL_X264_PRESET` (veryfast).
 * **Errors.** Unreadable, corrupt or truncated input raises `MediaError` with a plain message; the
@@ -66,8 +66,9 @@ _DETECT_SIDE = {FACE: int(os.environ.get("VEIL_VIDEO_FACE_SIDE", "640")),
                 PLATE: int(os.environ.get("VEIL_VIDEO_PLATE_SIDE", "960"))}
 # ... and at least this fraction of the frame's longest side, so the smallest object found (in source
 # pixels) does not grow with the resolution: at a fixed 640 px a 4K face would need to be twice
-# as large as a 1080p one to be seen.
-_MIN_DETECT_FRACTION = {FACE: 1 / 3, PLATE: 1 / 2}
+# as large as a 1080p one to be seen. Plates at 2/3 (1280 px for 1080p): at 1/2, 91 of the 184
+# reference plate-frames of the 1080p bench clip leaked, at 2/3 47 (bench/leak_check.py).
+_MIN_DETECT_FRACTION = {FACE: 1 / 3, PLATE: 2 / 3}
 # Tracked kinds are detected this many times per second of video; the tracker bridges the frames
 # in between (and `bench/leak_check.py` measures that nothing leaks there). Plates need more: small
 # plates on moving cars drifted out of the bridged box at 4 runs/s (10 of 35 plate-frames leaked on
