@@ -86,3 +86,31 @@ def test_bad_image_is_a_clear_error():
 
     with pytest.raises(ValueError, match="RGB uint8"):
         Detector(ModelConfig()).detect(np.zeros((10, 10), np.uint8))
+
+
+@pytest.mark.parametrize("set_name, kind", [("facemask_faces", FACE), ("openalpr_plates", PLATE)])
+def test_openvino_finds_what_onnx_runtime_finds(shared_data, set_name, kind):
+    """The default runtime on x86-64 (OpenVINO, bfloat16 where the CPU has it) against ONNX Runtime's
+    float32 CPU provider on real images: every object one finds clearly (score >= 0.55) the other
+    finds too, boxes within IoU 0.9 and scores within 0.05 (scores at the threshold may fall either side)."""
+    from veil.engine import runtime
+    from veil.engine.detect import Detector
+
+    if "openvino" not in runtime.available_providers():
+        pytest.skip("openvino is installed on x86-64 only")
+    config = ModelConfig(enable_lp=True, blur_threshold=0.3, lp_threshold=0.3)
+    clear = 0
+    for index in range(3):
+        image, _ = _item(shared_data, set_name, index)
+        found = {p: Detector(config, p).detect(image).kind(kind) for p in ("cpu", "openvino")}
+        for a, b in (("cpu", "openvino"), ("openvino", "cpu")):
+            sure = found[a][found[a].scores >= 0.55]
+            clear += len(sure)
+            if not len(sure):
+                continue
+            assert len(found[b]), (index, a, b)
+            iou = iou_matrix(sure.xyxy, found[b].xyxy)
+            match = iou.argmax(axis=1)
+            assert (iou.max(axis=1) >= 0.9).all(), (index, a, b, iou)
+            assert np.abs(sure.scores - found[b].scores[match]).max() < 0.05, (index, a, b)
+    assert clear > 0

@@ -167,6 +167,10 @@ def test_runtime_provider_selection(monkeypatch):
     if "openvino" not in runtime.available_providers():
         with pytest.raises(ValueError, match="not installed here"):
             runtime.create_session(Path("unused.onnx"), "openvino")
+    monkeypatch.setenv("VEIL_OPENVINO_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="VEIL_OPENVINO_PRECISION"):
+        runtime._openvino_precision()
+    monkeypatch.delenv("VEIL_OPENVINO_PRECISION")
     monkeypatch.setenv("VEIL_ORT_THREADS", "3")
     assert runtime._session_options().intra_op_num_threads == 3
     monkeypatch.setenv("VEIL_ORT_THREADS", "many")
