@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,7 @@ def _openvino_installed() -> bool:
     return True
 
 
+@lru_cache(maxsize=1)
 def _native_bf16() -> bool:
     """OpenVINO is installed and this CPU computes bfloat16 natively."""
     if not _openvino_installed():
@@ -92,13 +94,11 @@ class OpenVinoSession:
         import openvino as ov
 
         core = ov.Core()
-        precision = _openvino_precision()
         self._compiled = core.compile_model(core.read_model(model, b""), "CPU", {
-            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_PRECISION_HINT": _openvino_precision(),
             "INFERENCE_NUM_THREADS": _thread_count(),
             "PERFORMANCE_HINT": "LATENCY",
         })
-        self.precision = precision
         self._inputs = [_Input(port.any_name) for port in self._compiled.inputs]
         self._outputs = {port.any_name: port for port in self._compiled.outputs}
         self._local = threading.local()
