@@ -4,14 +4,17 @@ Two parts, both working on the engine's one box currency (`Detections`):
 
 * `Tracker` associates each frame's detections with existing tracks, ByteTrack-style: a constant
   velocity Kalman filter predicts every track's box, confident detections are matched first by IoU
-  (optimal assignment with `lap`), then low-score detections may only *continue* a track (a face
-  whose score dips below the threshold for a few frames stays blurred), never start one.
+  (optimal assignment with `lap`), those left over again with boxes grown by half their size (C-BIoU:
+  a small plate moving more than its own height between detector runs), then low-score detections
+  may only *continue* a track (a face whose score dips below the threshold for a few frames stays
+  blurred), never start one.
 * `VideoTracker` adds a short look-ahead (a bounded number of frames) and decides the boxes that are
   finally redacted in each frame: observed boxes, linear interpolation through gaps of up to
   `max_gap` frames (missed detections, frames the detector skipped), extrapolation `lead` frames
   before a track's first and `trail` frames after its last detection (longer when it was last seen
-  at the frame edge: it is probably leaving), and a centred moving average so the blur does not
-  jitter. A smoothed box is never smaller than the raw one.
+  at the frame edge: it is probably leaving; the box spans from where the object was seen towards
+  where its velocity takes it, growing with distance), and a centred moving average so the blur does
+  not jitter. A smoothed box is never smaller than the raw one.
 
 Frames are identified by their decode index; detections of frames the detector did not run on are
 pushed as `None`. Memory is bounded: tracks and observations older than the look-ahead are dropped.
@@ -40,6 +43,8 @@ class TrackingParams:
     low_match_iou: float = 0.4  # ... with a low-score detection (second ByteTrack stage)
     grow: float = 0.04  # extrapolated boxes grow by this fraction of their size per frame (each side)
     max_grow: float = 0.5
+    max_shift: float = 1.0  # an extrapolated box moves at most this many box sizes from where it was seen
+    match_buffer: float = 0.5  # second association pass with boxes grown by this much (C-BIoU)
 
     @classmethod
     def for_rate(cls, fps: float, stride: int = 1) -> "TrackingParams":
@@ -163,20 +168,25 @@ class Tracker:
         return started
 
     def _update_kind(self, index: int, dets: Detections, kind: int) -> list[Track]:
+        p = self.params
         pool = [t for t in self.active if t.kind == kind]
         high = dets.scores >= self.high.get(kind, 0.0)
-        new = np.zeros(0, np.int64)
-        for confident, min_iou in ((True, self.params.match_iou), (False, self.params.low_match_iou)):
-            idx = np.flatnonzero(high if confident else ~high)
+        new = np.flatnonzero(high)
+        # (detections, minimum IoU, box buffer): confident ones; confident ones left over, again with
+        # boxes grown by `match_buffer` (C-BIoU: a plate moving more than its own height between
+        # detector runs does not overlap its prediction); low scores, which only continue tracks.
+        for stage, min_iou, buffer in ((0, p.match_iou, 0.0), (1, p.match_iou, p.match_buffer),
+                                       (2, p.low_match_iou, 0.0)):
+            idx = new if stage < 2 else np.flatnonzero(~high)
             track_boxes = np.array([t.kalman.box for t in pool]).reshape(-1, 4)
-            pairs, unmatched = _associate(track_boxes, dets.xyxy[idx], min_iou)
+            pairs, unmatched = _associate(_buffered(track_boxes, buffer), _buffered(dets.xyxy[idx], buffer), min_iou)
             for ti, di in pairs:
                 d = idx[di]
                 pool[ti].kalman.update(dets.xyxy[d])
                 pool[ti].observe(index, dets.xyxy[d], dets.scores[d])
             taken = {ti for ti, _ in pairs}
             pool = [t for i, t in enumerate(pool) if i not in taken]
-            if confident:
+            if stage < 2:
                 new = idx[unmatched]  # only confident detections may start a track
         started = []
         for d in new:
@@ -185,6 +195,15 @@ class Tracker:
             track.observe(index, dets.xyxy[d], dets.scores[d])
             started.append(track)
         return started
+
+
+def _buffered(boxes: np.ndarray, buffer: float) -> np.ndarray:
+    """xyxy boxes grown on each side by `buffer` times their width / height."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if not buffer:
+        return boxes
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return boxes + buffer * np.stack([-w, -h, w, h], axis=1)
 
 
 def _associate(tracks: np.ndarray, dets: np.ndarray, min_iou: float) -> tuple[list[tuple[int, int]], np.ndarray]:
@@ -317,7 +336,12 @@ class VideoTracker:
             j += step
         velocity = (box - t.boxes[j]) / (fi - t.frames[j]) if j != i else np.zeros(4)
         dt = f - fi
-        moved = box + velocity * dt
+        # The box spans from where the object was seen to where its velocity takes it (at most
+        # `max_shift` sizes): objects often move in steps (held frames, detector jitter), so a box
+        # moved all the way left the object behind, and one moved further grew into tall strips.
+        limit = self.params.max_shift * np.r_[box[2] - box[0], box[3] - box[1], box[2] - box[0], box[3] - box[1]]
+        near = box + np.clip(velocity * dt, -limit, limit)
+        moved = np.r_[np.minimum(box[:2], near[:2]), np.maximum(box[2:], near[2:])]
         w, h = max(moved[2] - moved[0], box[2] - box[0]), max(moved[3] - moved[1], box[3] - box[1])
         cx, cy = (moved[0] + moved[2]) / 2, (moved[1] + moved[3]) / 2
         g = 1 + 2 * min(self.params.max_grow, self.params.grow * abs(dt))

@@ -72,8 +72,8 @@ _MIN_DETECT_FRACTION = {FACE: 1 / 3, PLATE: 2 / 3}
 # Tracked kinds are detected this many times per second of video; the tracker bridges the frames
 # in between (and `bench/leak_check.py` measures that nothing leaks there). Plates need more: small
 # plates on moving cars drift out of a bridged box, and a plate often scores high in one frame and
-# low in the next. Leaked plate-frames on the 1080p bench clip (184 in the reference): 58 at 8 runs/s,
-# 1 at 15 (covered 65 %, not 70); on the parking-lot dev clip 10 of 35 at 4 runs/s, 0 from 8.
+# low in the next. Leaked plate-frames on the 1080p bench clip (184 in the reference): 22 at 8 runs/s,
+# 4 at 10, 0 at 15; on the parking-lot dev clip 10 of 35 at 4 runs/s, 0 from 8.
 _DETECT_FPS = {FACE: float(os.environ.get("VEIL_VIDEO_DETECT_FPS", "4")),
                PLATE: float(os.environ.get("VEIL_VIDEO_PLATE_DETECT_FPS", "15"))}
 # Detection thresholds are lowered by this for tracking: weaker detections may continue a track.
