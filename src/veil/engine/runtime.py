@@ -6,6 +6,7 @@ which both `onnxruntime.InferenceSession` and `OpenVinoSession` provide.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from functools import lru_cache
@@ -60,11 +61,7 @@ def create_session(path: Path, provider: str | None = None):
 
 
 def _openvino_installed() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("openvino") is not None
 
 
 @lru_cache(maxsize=1)
