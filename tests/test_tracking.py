@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from veil.engine.config import ModelConfig
 from veil.engine.detections import FACE, PLATE, Detections
+from veil.engine.redact import redaction_mask
 from veil.engine.tracking import Tracker, TrackingParams, VideoTracker, iou_matrix
 
 SIZE = (640, 480)
@@ -72,9 +74,6 @@ def test_fast_small_plate_keeps_one_track_and_stays_covered():
     def plate(i: int) -> list[float]:
         y = 100 + 9 * (i // 2 * 2)  # moves in steps: held for two frames
         return [300, y, 350, y + 24]
-
-    from veil.engine.config import ModelConfig
-    from veil.engine.redact import redaction_mask
 
     dets = {i: Detections.of_kind([plate(i)], [0.9], PLATE) for i in range(10, 30, 2)}
     out = run(dets, 40, TrackingParams.for_rate(30, stride=2))

@@ -172,9 +172,9 @@ class Tracker:
         pool = [t for t in self.active if t.kind == kind]
         high = dets.scores >= self.high.get(kind, 0.0)
         new = np.flatnonzero(high)
-        # (detections, minimum IoU, box buffer): confident ones; confident ones left over, again with
-        # boxes grown by `match_buffer` (C-BIoU: a plate moving more than its own height between
-        # detector runs does not overlap its prediction); low scores, which only continue tracks.
+        # Stages (minimum IoU, box buffer): 0 confident detections; 1 confident ones left over, again
+        # with boxes grown by `match_buffer` (C-BIoU: a plate moving more than its own height between
+        # detector runs does not overlap its prediction); 2 low scores, which only continue tracks.
         for stage, min_iou, buffer in ((0, p.match_iou, 0.0), (1, p.match_iou, p.match_buffer),
                                        (2, p.low_match_iou, 0.0)):
             idx = new if stage < 2 else np.flatnonzero(~high)
@@ -339,11 +339,12 @@ class VideoTracker:
         # The box spans from where the object was seen to where its velocity takes it (at most
         # `max_shift` sizes): objects often move in steps (held frames, detector jitter), so a box
         # moved all the way left the object behind, and one moved further grew into tall strips.
-        limit = self.params.max_shift * np.r_[box[2] - box[0], box[3] - box[1], box[2] - box[0], box[3] - box[1]]
+        size = box[2:] - box[:2]
+        limit = self.params.max_shift * np.r_[size, size]
         near = box + np.clip(velocity * dt, -limit, limit)
-        moved = np.r_[np.minimum(box[:2], near[:2]), np.maximum(box[2:], near[2:])]
-        w, h = max(moved[2] - moved[0], box[2] - box[0]), max(moved[3] - moved[1], box[3] - box[1])
-        cx, cy = (moved[0] + moved[2]) / 2, (moved[1] + moved[3]) / 2
+        span = np.r_[np.minimum(box[:2], near[:2]), np.maximum(box[2:], near[2:])]  # never smaller than box
+        w, h = span[2:] - span[:2]
+        cx, cy = (span[:2] + span[2:]) / 2
         g = 1 + 2 * min(self.params.max_grow, self.params.grow * abs(dt))
         return np.array([cx - g * w / 2, cy - g * h / 2, cx + g * w / 2, cy + g * h / 2])
 

@@ -66,8 +66,8 @@ _DETECT_SIDE = {FACE: int(os.environ.get("VEIL_VIDEO_FACE_SIDE", "640")),
                 PLATE: int(os.environ.get("VEIL_VIDEO_PLATE_SIDE", "960"))}
 # ... and at least this fraction of the frame's longest side, so the smallest object found (in source
 # pixels) does not grow with the resolution: at a fixed 640 px a 4K face would need to be twice
-# as large as a 1080p one to be seen. Plates at 2/3 (1280 px for 1080p): at 1/2, 91 of the 184
-# reference plate-frames of the 1080p bench clip leaked, at 2/3 47 (bench/leak_check.py).
+# as large as a 1080p one to be seen. Plates at 2/3 (1280 px for 1080p): with 8 detector runs/s,
+# 91 of the 184 reference plate-frames of the 1080p bench clip leaked at 1/2, 47 at 2/3 (bench/leak_check.py).
 _MIN_DETECT_FRACTION = {FACE: 1 / 3, PLATE: 2 / 3}
 # Tracked kinds are detected this many times per second of video; the tracker bridges the frames
 # in between (and `bench/leak_check.py` measures that nothing leaks there). Plates need more: small
