@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models: API keys, credit ledger, jobs, their tasks, callback registrations.
+"""SQLAlchemy 2 models: API keys, credit ledger, jobs, their tasks, callback registrations and deliveries.
 
 Job.status is the state machine (see `veil.jobs.service`):
 created → uploaded → awaiting_approval → queued → running → completed | failed | cancelled
@@ -115,3 +115,26 @@ class CallbackRegistration(Base):
     job_id: Mapped[str | None] = mapped_column(String(36), index=True)  # None: every job of the key
     url: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CallbackDelivery(Base):
+    """One notification to one callback URL, with how its delivery went (the admin's "Deliveries").
+
+    `id` is the `X-Veil-Delivery` header the receiver sees (the same for every retry).
+    status: queued → delivered (2xx) | refused (3xx/4xx, not retried) | failed (every attempt failed,
+    or the address was not allowed) | dropped (the key's queue was full, or the service shut down first).
+    """
+
+    __tablename__ = "callback_deliveries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(20))  # the job's state reported: awaiting_approval, completed, ...
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    status_code: Mapped[int | None] = mapped_column(Integer)  # the last HTTP answer, if any
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
