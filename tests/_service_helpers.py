@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,19 @@ def settings_for(tmp: Path, **overrides) -> Settings:
                   callback_secret="test-secret")
     values.update(overrides)
     return Settings(**values)
+
+
+@contextmanager
+def app_client(tmp: Path, **overrides) -> Iterator:
+    """A TestClient on a fresh app (worker off, admin token `admin-secret`); `.svc` is its JobService."""
+    from fastapi.testclient import TestClient
+
+    from veil.api.app import create_app
+
+    app = create_app(settings_for(tmp, **{"admin_token": "admin-secret", **overrides}))
+    with TestClient(app, raise_server_exceptions=False) as http:
+        http.svc = app.state.service
+        yield http
 
 
 def new_key(service, credits: int = 100, name: str = "") -> str:

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from fastapi.testclient import TestClient
 
-from _service_helpers import jpeg_bytes, new_key, seed_upload, settings_for
+from _service_helpers import app_client, jpeg_bytes, new_key, seed_upload, settings_for
 from veil.api.app import create_app
 from veil.jobs import callbacks
 from veil.jobs.credits import ledger
@@ -18,9 +18,7 @@ from veil.jobs.credits import ledger
 
 @pytest.fixture()
 def client(tmp_path):
-    app = create_app(settings_for(tmp_path, admin_token="admin-secret"))
-    with TestClient(app, raise_server_exceptions=False) as http:
-        http.svc = app.state.service
+    with app_client(tmp_path) as http:
         yield http
 
 

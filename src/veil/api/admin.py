@@ -69,7 +69,7 @@ def add_credits(key_or_id: str, body: schemas.CreditsAdd, svc: JobService = Depe
 
 @router.get("/jobs", response_model=schemas.JobList)
 def list_jobs(svc: JobService = Depends(service), key_id: str | None = None,
-              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=schemas.BIGINT_MAX)):
     """Every key's jobs (or one key's), newest first."""
     jobs, total = svc.list_jobs(key_id, limit, offset)
     return {"jobs": [svc.report(job) for job in jobs], "total": total, "limit": limit, "offset": offset}

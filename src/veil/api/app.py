@@ -8,6 +8,7 @@ import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ..jobs.service import JobService, build_service
@@ -55,6 +56,12 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     app.include_router(public.router)
     app.include_router(admin.router)
     app.include_router(create_blob_router(service.store, service.on_blob_created, settings.max_upload_bytes))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        from .schemas import validation_detail
+
+        return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -75,14 +75,15 @@ async def direct_upload(request: Request, key: ApiKey = Depends(api_key), svc: J
     if request.headers.get("x-ms-blob-type") != "BlockBlob":
         raise HTTPException(400, "the x-ms-blob-type header must be BlockBlob")
     length = request.headers.get("content-length")
-    if length is None or not length.isdigit():
+    if length is None or not (length.isascii() and length.isdigit()):
         raise HTTPException(411, "Content-Length is required (send the file as bytes or a file object)")
     try:
         config = json.loads(model_config) if model_config else {}
         body = schemas.CreateUploadSessionRequest(file_name=file_name, file_size=int(length), model=model,
                                                   model_config=config)
     except (ValueError, ValidationError) as exc:
-        detail = exc.errors(include_url=False) if isinstance(exc, ValidationError) else f"model_config: {exc}"
+        detail = (schemas.validation_detail(exc.errors()) if isinstance(exc, ValidationError)
+                  else f"model_config: {exc}")
         raise HTTPException(422, detail) from None
     upload = _create(svc, key, body)
     async for _ in request.stream():  # the client sends the body before it reads our answer; let it finish
@@ -148,7 +149,7 @@ def notify_on_job_status(body: schemas.NotifyRequest, key: ApiKey = Depends(api_
 
 @router.get("/jobs", response_model=schemas.JobList)
 def list_jobs(key: ApiKey = Depends(api_key), svc: JobService = Depends(service),
-              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=schemas.BIGINT_MAX)):
     """This key's jobs, newest first."""
     jobs, total = svc.list_jobs(key.id, limit, offset)
     return {"jobs": [svc.report(job) for job in jobs], "total": total, "limit": limit, "offset": offset}

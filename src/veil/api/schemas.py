@@ -5,20 +5,48 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..engine.config import ModelConfig
+
+BIGINT_MAX = 2**63 - 1  # the database's BIGINT: every integer a request stores or compares stays inside it
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(protected_namespaces=(), populate_by_name=True)
 
 
-class CreateUploadSessionRequest(_Body):
+class _Request(_Body):
+    """A request body: JSON types exactly (no "10" for 10, no "yes" for true), finite numbers, valid Unicode."""
+
+    model_config = ConfigDict(protected_namespaces=(), populate_by_name=True, strict=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _encodable(cls, value):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+        return value
+
+
+def validation_detail(errors: list[dict]) -> list[dict]:
+    """Pydantic's errors without the input echoed back (it may be NaN, a lone surrogate or megabytes long),
+    every string made JSON- and UTF-8-safe: the field (`loc`) and the problem (`msg`) name what is wrong."""
+    def text(value) -> str | int:
+        return value if isinstance(value, int) else str(value).encode("utf-8", "backslashreplace").decode()[:200]
+
+    return [{"loc": [text(part) for part in error.get("loc", ())], "msg": text(error.get("msg", "")),
+             "type": text(error.get("type", ""))} for error in errors]
+
+
+class CreateUploadSessionRequest(_Request):
     file_name: str = Field(..., min_length=1, max_length=1000, description="Name of the file to upload "
-                           "(only its last path component is kept).")
-    file_size: int | None = Field(None, ge=0, description="Size in bytes; at most 4 GiB (413 above). The upload "
-                                  "must match it.")
+                           "(only its last path component is kept, at most 200 bytes of it in UTF-8).")
+    file_size: int | None = Field(None, ge=0, le=BIGINT_MAX, description="Size in bytes; at most 4 GiB (413 "
+                                  "above). The upload must match it.")
     content_type: str = Field("octet-stream", description="The upload method you will use (informational).")
     model: Literal["blur"] = Field("blur", description="Processing model; `blur` is the only one.")
     config: ModelConfig = Field(default_factory=ModelConfig, alias="model_config",
@@ -93,7 +121,7 @@ class JobList(_Body):
     offset: int
 
 
-class NotifyRequest(_Body):
+class NotifyRequest(_Request):
     callback_url: str = Field(..., max_length=2048,
                               description="Where Veil POSTs the JobReport (JSON, HMAC-signed).")
     job_id: str | None = Field(None, description="Only this job; omit for every job of the key.")
@@ -112,8 +140,8 @@ class Error(_Body):
 
 
 # ------------------------------------------------------------------------------ admin
-class KeyCreate(_Body):
-    credits: int = Field(0, ge=0)
+class KeyCreate(_Request):
+    credits: int = Field(0, ge=0, le=BIGINT_MAX)
     name: str = Field("", max_length=200)
 
 
@@ -129,6 +157,7 @@ class KeyCreated(KeyInfo):
     key: str = Field(..., description="The API key itself; shown only now.")
 
 
-class CreditsAdd(_Body):
-    amount: int = Field(..., description="Credits to add (negative to correct a balance).")
+class CreditsAdd(_Request):
+    amount: int = Field(..., ge=-BIGINT_MAX, le=BIGINT_MAX,
+                        description="Credits to add (negative to correct a balance).")
     reason: str = Field("admin", max_length=500)

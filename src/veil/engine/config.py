@@ -1,7 +1,9 @@
 """`ModelConfig`: the seed API's `model_config`, plus Veil's documented extensions.
 
 The same object drives the CLI, the HTTP API and the engine; field names are the seed's.
-Unknown keys and out-of-range values are rejected (pydantic raises, the API answers 422).
+Unknown keys, out-of-range values, NaN/Infinity and values of the wrong JSON type (`"yes"` for a bool,
+`false` for an int, `"0.5"` for a float) are rejected: pydantic raises, the API answers 422. The CLI
+passes typed values (click converts its options), so strict mode costs it nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     # --- the seed's options (names and defaults exactly as documented by the vendor) ---
     blur_face: bool = Field(True, description="Anonymize faces.")

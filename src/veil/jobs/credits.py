@@ -8,6 +8,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..db.models import ApiKey, CreditEntry
 
+BALANCE_MAX = 2**63 - 1  # the BIGINT column; SQLite would silently turn an overflow into a float
+
 
 class InsufficientCredits(Exception):
     def __init__(self, needed: int, balance: int):
@@ -44,15 +46,26 @@ def refund(session: Session, key_id: str, job_id: str, amount: int, reason: str)
 def add_credits(db: sessionmaker[Session], key_id: str, amount: int, reason: str = "admin") -> int:
     """Admin top-up (amount may be negative to correct a balance, never below zero). Returns the new balance."""
     with db.begin() as session:
-        condition = [ApiKey.id == key_id]
-        if amount < 0:
-            condition.append(ApiKey.credits >= -amount)
-        result = session.execute(update(ApiKey).where(*condition).values(credits=ApiKey.credits + amount)
-                                 .execution_options(synchronize_session=False))
-        if result.rowcount != 1:
-            raise ValueError("unknown key, or the balance would go below zero")
-        session.add(CreditEntry(key_id=key_id, kind="admin_add", amount=amount, reason=reason))
-        return session.scalar(select(ApiKey.credits).where(ApiKey.id == key_id))
+        return change_balance(session, key_id, amount, reason)
+
+
+def change_balance(session: Session, key_id: str, amount: int, reason: str) -> int:
+    """Add `amount` inside the caller's transaction, keeping the balance within 0..BALANCE_MAX; the check
+    and the change are one statement. Raises ValueError naming the problem (nothing is changed then)."""
+    if not -BALANCE_MAX <= amount <= BALANCE_MAX:
+        raise ValueError(f"amount must be between {-BALANCE_MAX} and {BALANCE_MAX}")
+    condition = [ApiKey.id == key_id]
+    condition.append(ApiKey.credits >= -amount if amount < 0 else ApiKey.credits <= BALANCE_MAX - amount)
+    result = session.execute(update(ApiKey).where(*condition).values(credits=ApiKey.credits + amount)
+                             .execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        balance = session.scalar(select(ApiKey.credits).where(ApiKey.id == key_id))
+        if balance is None:
+            raise ValueError("unknown key")
+        raise ValueError(f"the balance ({balance}) would go below zero" if amount < 0 else
+                         f"the balance ({balance}) would exceed the largest balance, {BALANCE_MAX}")
+    session.add(CreditEntry(key_id=key_id, kind="admin_add", amount=amount, reason=reason))
+    return session.scalar(select(ApiKey.credits).where(ApiKey.id == key_id))
 
 
 def ledger(db: sessionmaker[Session], key_id: str | None = None, job_id: str | None = None) -> list[CreditEntry]:

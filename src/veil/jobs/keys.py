@@ -9,7 +9,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..db.models import ApiKey
-from .credits import add_credits
+from .credits import change_balance
 
 
 class KeyNotFound(LookupError):
@@ -21,13 +21,15 @@ def hash_key(key: str) -> str:
 
 
 def create_key(db: sessionmaker[Session], credits: int = 0, name: str = "") -> tuple[str, ApiKey]:
-    """Create a key with an opening balance; returns (the key itself, its row). The key is not stored."""
+    """Create a key with an opening balance; returns (the key itself, its row). The key is not stored.
+    One transaction: a refused balance leaves no key behind."""
     key = str(uuid.uuid4())
     with db.begin() as session:
         row = ApiKey(key_hash=hash_key(key), name=name, credits=0)
         session.add(row)
-    if credits:
-        add_credits(db, row.id, credits, reason="opening balance")
+        session.flush()
+        if credits:
+            change_balance(session, row.id, credits, reason="opening balance")
     return key, get_key(db, row.id)
 
 
