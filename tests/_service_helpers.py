@@ -46,6 +46,21 @@ def jpeg_bytes(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
     return out.getvalue()
 
 
+def padded_jpeg(size: int, seed: int = 0) -> bytes:
+    """A valid JPEG of exactly `size` bytes: a small image with comment (COM) segments after SOI."""
+    image = jpeg_bytes(seed=seed)
+    pad = size - len(image)
+    assert pad >= 4, f"{size} bytes is too small for a padded JPEG"
+    segments = []
+    while pad > 0:
+        body = min(pad - 4, 65533)
+        if 0 < pad - 4 - body < 4:  # leave room for a whole last segment
+            body -= 4
+        segments.append(b"\xff\xfe" + (body + 2).to_bytes(2, "big") + b"\0" * body)
+        pad -= body + 4
+    return image[:2] + b"".join(segments) + image[2:]
+
+
 def seed_upload(http, session_uri: str, data: bytes, chunk: int = 4 * 1024 * 1024) -> None:
     """The seed client's upload: Put Block with urlsafe 4-byte ids, then Put Block List of <Latest>."""
     ids = []

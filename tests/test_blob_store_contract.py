@@ -161,3 +161,21 @@ def test_upload_sas_parts_for_sdk_clients(store: BlobStore) -> None:
     data = os.urandom(5000)
     client.upload_blob(data)  # staged blocks
     assert store.open_read("uploads", name).read() == data
+
+
+def test_a_frozen_blob_refuses_every_sas_write_with_the_lease_error(store: BlobStore) -> None:
+    name = _name()
+    url = store.signed_upload_url("uploads", name, HOUR)
+    assert requests.put(url, data=b"priced", headers={"x-ms-blob-type": "BlockBlob"}).status_code == 201
+    assert not store.frozen("uploads", name)
+    store.freeze("uploads", name)
+    store.freeze("uploads", name)  # idempotent
+    assert store.frozen("uploads", name)
+    writes = [requests.put(url, data=b"swapped", headers={"x-ms-blob-type": "BlockBlob"}),
+              requests.put(url + "&comp=block&blockid=AAAAAA==", data=b"swapped"),
+              requests.put(url + "&comp=blocklist", data="<BlockList></BlockList>")]
+    for answer in writes:
+        assert answer.status_code == 412 and answer.headers["x-ms-error-code"] == "LeaseIdMissing", answer.text
+    assert store.open_read("uploads", name).read() == b"priced"
+    assert store.delete("uploads", name) is True  # the service can still delete it
+    assert not store.exists("uploads", name)

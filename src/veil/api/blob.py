@@ -35,6 +35,7 @@ from veil.storage.local import (
     BLOB_PATH_PREFIX,
     CHUNK,
     BlobExistsError,
+    BlobLeasedError,
     BlobProperties,
     BlobTooLargeError,
     ConditionNotMetError,
@@ -77,6 +78,7 @@ _MESSAGES = {
     "InvalidRange": "The range specified is invalid for the current size of the resource.",
     "InvalidResourceName": "The specified resource name contains invalid characters.",
     "InvalidXmlDocument": "XML specified is not syntactically valid.",
+    "LeaseIdMissing": "There is currently a lease on the blob and no lease ID was specified in the request.",
     "Md5Mismatch": "The MD5 value specified in the request did not match with the MD5 value calculated by the server.",
     "MissingContentLengthHeader": "The Content-Length header was not specified.",
     "MissingRequiredHeader": "An HTTP header that's mandatory for this request is not specified.",
@@ -125,6 +127,9 @@ def create_blob_router(
             response = _error_response(exc, request_id, head=head)
         except SasError as exc:
             response = _error_response(BlobError(403, exc.code, exc.detail), request_id, head=head)
+        except BlobLeasedError:  # Azure's answer for a write to a leased blob without the lease id
+            response = _error_response(BlobError(412, "LeaseIdMissing", "the upload is committed and can no "
+                                                 "longer change"), request_id, head=head)
         except ClientDisconnect:
             response = _error_response(BlobError(400, "InvalidBlobOrBlock", "client disconnected"), request_id)
         except Exception:  # a bug or a disk error: an Azure 500, never a traceback to the client
@@ -200,6 +205,12 @@ class _Operation:
 
     def header(self, name: str) -> str | None:
         return self.request.headers.get(name)
+
+    async def refuse_if_leased(self) -> None:
+        """412 LeaseIdMissing for a frozen blob (a committed job input), decided before the body is
+        read; the store checks again at commit time."""
+        if await run_in_threadpool(self.store.frozen, self.container, self.blob):
+            raise BlobLeasedError(self.blob)
 
     def content_length(self, limit: int) -> int:
         """Content-Length, required (411) and bounded (413) before any byte of the body is read."""
@@ -290,6 +301,7 @@ async def _put_block(op: _Operation) -> Response:
         raise BlobError(400, "MissingRequiredQueryParameter", QueryParameterName="blockid")
     block_id = _decode_block_id(raw_id)
     length = op.content_length(op.max_upload_bytes)
+    await op.refuse_if_leased()
     staged = await run_in_threadpool(op.store.staged_blocks, op.container, op.blob)
     if any(len(other) != len(block_id) for other in staged):
         raise BlobError(400, "InvalidBlobOrBlock", "all block ids of a blob must have the same length")
@@ -343,6 +355,7 @@ async def _put_block_list(op: _Operation) -> Response:
         raise BlobError(400, "Md5Mismatch")
     blocks = _parse_block_list(body)
     blob_md5 = op.header("x-ms-blob-content-md5")
+    await op.refuse_if_leased()
     try:
         props = await run_in_threadpool(
             lambda: op.store.commit_block_list(
@@ -403,6 +416,7 @@ async def _put_blob(op: _Operation) -> Response:
                         HeaderName="x-ms-blob-type", HeaderValue=blob_type)
     op.content_length(op.max_upload_bytes)
     expected_md5 = op.content_md5()
+    await op.refuse_if_leased()
     exists = await run_in_threadpool(op.store.exists, op.container, op.blob)
     if exists and op.if_none_match_any():
         raise BlobError(409, "BlobAlreadyExists")  # decided before reading the body
@@ -540,6 +554,7 @@ async def _get_blob_properties(op: _Operation) -> Response:
 
 async def _delete_blob(op: _Operation) -> Response:
     op.authorize("d")
+    await op.refuse_if_leased()
     if not await run_in_threadpool(op.store.delete, op.container, op.blob):
         raise BlobError(404, "BlobNotFound")
     return Response(status_code=202, headers={"x-ms-delete-type-permanent": "true"})
@@ -564,8 +579,8 @@ def _properties_headers(props: BlobProperties, overrides: dict[str, str]) -> dic
         "Last-Modified": formatdate(props.modified, usegmt=True),
         "x-ms-creation-time": formatdate(props.created, usegmt=True),
         "x-ms-blob-type": "BlockBlob",
-        "x-ms-lease-state": "available",
-        "x-ms-lease-status": "unlocked",
+        **({"x-ms-lease-state": "leased", "x-ms-lease-status": "locked", "x-ms-lease-duration": "infinite"}
+           if props.leased else {"x-ms-lease-state": "available", "x-ms-lease-status": "unlocked"}),
         "x-ms-server-encrypted": "false",
         "Accept-Ranges": "bytes",
         **props.headers,

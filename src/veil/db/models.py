@@ -59,6 +59,7 @@ class Job(Base):
     file_name: Mapped[str] = mapped_column(String(255))
     file_size: Mapped[int | None] = mapped_column(BigInteger)  # declared by the client
     uploaded_size: Mapped[int | None] = mapped_column(BigInteger)
+    input_sha256: Mapped[str | None] = mapped_column(String(64))  # of the input as priced (worker checks it)
     content_type: Mapped[str] = mapped_column(String(100), default="")
     model: Mapped[str] = mapped_column(String(50), default="blur")
     model_config_json: Mapped[dict] = mapped_column("model_config", JSON, default=dict)

@@ -8,6 +8,8 @@ States (`Job.status`) and the seed's `job_status` number each maps to:
     any state before running ──cancel──▶ cancelled (200);  running ──cancel──▶ cancelled at the next file
 
 Rules:
+- The input is frozen once committed (the store's infinite lease: the upload URL can no longer write it),
+  and the SHA-256 of what was priced is kept; the worker refuses (and refunds) any other content.
 - Cost is computed (H7's pricing) as soon as the upload is committed, so the JobReport shows
   `job_total_credit_cost` before approval. An unusable upload (not an image/video/archive, nested
   archive, unsafe names, bombs, size ≠ declared) fails the job there, before anything is charged.
@@ -22,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -59,6 +60,10 @@ class JobConflict(Exception):
 
 class UploadTooLarge(ValueError):
     pass
+
+
+class InputChanged(Exception):
+    """The input blob is not the content that was priced (it must never be processed)."""
 
 
 @dataclass
@@ -137,14 +142,21 @@ class JobService:
 
     # ------------------------------------------------------------------ upload finished
     def on_blob_created(self, container: str, name: str, size: int) -> None:
-        """The embedded store's "Blob Created" event: mark the job uploaded at once, price it in the background."""
+        """The "Blob Created" event: mark the job uploaded, freeze the input, price it in the background."""
         if container != INPUT_CONTAINER:
             return
-        with self.db.begin() as session:  # a re-upload before approval is priced again
+        with self.db.begin() as session:  # a commit that slipped in before the freeze is priced again
             result = session.execute(
                 update(Job).where(Job.input_blob == name, Job.status.in_(("created", "uploaded", "awaiting_approval")))
-                .values(status="uploaded", uploaded_size=size, uploaded_at=utcnow(), total_cost=None))
-        if result.rowcount == 1 and not self._closed.is_set():
+                .values(status="uploaded", uploaded_size=size, uploaded_at=utcnow(), total_cost=None,
+                        input_sha256=None))
+        if result.rowcount != 1:
+            return
+        try:
+            self.store.freeze(INPUT_CONTAINER, name)
+        except Exception:  # noqa: BLE001 - the worker's SHA-256 check still refuses swapped content
+            log.exception("could not freeze the input of job %s", name)
+        if not self._closed.is_set():
             self._background.submit(self._price_quietly, name)
 
     @property
@@ -182,12 +194,12 @@ class JobService:
         job = self.get_job(job_id)
         if job.status != "uploaded":
             return
-        problem, cost = None, None
+        problem, cost, digest = None, None, None
         if job.file_size is not None and job.uploaded_size != job.file_size:
             problem = f"uploaded {job.uploaded_size} bytes but file_size declared {job.file_size}"
         else:
             with tempfile.TemporaryDirectory(dir=self._work_root()) as tmp:
-                path = self.fetch_input(job, Path(tmp))
+                path, digest = self._copy_input(job, Path(tmp))
                 try:
                     cost = int(cost_of(path, self.settings.prices()))
                 except Exception as exc:  # noqa: BLE001 - input errors (ArchiveError, MediaError) name the problem
@@ -196,7 +208,8 @@ class JobService:
                     problem = f"{job.file_name}: {str(exc).replace(str(path), job.file_name)}"
         with self.db.begin() as session:
             values: dict[str, Any] = ({"status": "failed", "description": problem, "finished_at": utcnow()}
-                                      if problem else {"status": "awaiting_approval", "total_cost": cost})
+                                      if problem else {"status": "awaiting_approval", "total_cost": cost,
+                                                       "input_sha256": digest})
             # the size condition drops a result made stale by a re-upload while this one was priced
             result = session.execute(update(Job).where(Job.id == job_id, Job.status == "uploaded",
                                                        Job.uploaded_size == job.uploaded_size).values(**values))
@@ -211,14 +224,26 @@ class JobService:
             self._background.submit(self._price_quietly, job_id)
 
     def fetch_input(self, job: Job, directory: Path) -> Path:
-        """Copy the job's input blob into `directory` under the client's (sanitized) file name."""
+        """Copy the job's input blob into `directory` under the client's (sanitized) file name; raises
+        InputChanged (leaving no copy) unless it is the content that was priced."""
         size = self.store.size(INPUT_CONTAINER, job.input_blob)
         if job.uploaded_size is not None and size != job.uploaded_size:
-            raise ValueError(f"the upload changed after it was priced ({size} bytes, priced {job.uploaded_size})")
-        path = directory / safe_name(job.file_name, "upload")
-        with self.store.open_read(INPUT_CONTAINER, job.input_blob) as src, path.open("wb") as dst:
-            shutil.copyfileobj(src, dst, 1024 * 1024)
+            raise InputChanged(f"the upload changed after it was priced ({size} bytes, priced {job.uploaded_size})")
+        path, digest = self._copy_input(job, directory)
+        if job.input_sha256 is not None and digest != job.input_sha256:  # None: priced before this check existed
+            path.unlink()
+            raise InputChanged("the upload changed after it was priced (its SHA-256 differs)")
         return path
+
+    def _copy_input(self, job: Job, directory: Path) -> tuple[Path, str]:
+        """The input blob copied into `directory`, and its SHA-256 (hex)."""
+        path = directory / safe_name(job.file_name, "upload")
+        digest = hashlib.sha256()
+        with self.store.open_read(INPUT_CONTAINER, job.input_blob) as src, path.open("wb") as dst:
+            while chunk := src.read(1024 * 1024):
+                digest.update(chunk)
+                dst.write(chunk)
+        return path, digest.hexdigest()
 
     # ------------------------------------------------------------------ approval
     def approve(self, key_id: str, job_id: str) -> Literal["approved", "already", "waiting"]:
@@ -322,6 +347,7 @@ class JobService:
                 row.cancel_requested = True
         job = self.get_job(job_id, key_id)
         if job.status == "cancelled":
+            self.store.freeze(INPUT_CONTAINER, job.input_blob)  # the upload URL must not re-create it
             self.store.delete(INPUT_CONTAINER, job.input_blob)
             self.notify(job_id)
         return job

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 
 from ..db.models import Job, Task, utcnow
 from ..engine.config import ModelConfig
-from ..jobs.service import OUTPUT_CONTAINER, JobService, output_name, safe_name
+from ..jobs.service import OUTPUT_CONTAINER, InputChanged, JobService, output_name, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ def process_job(job_id: str, service: JobService | None = None) -> None:
         _run(svc, job_id, work)
     except _Cancelled:
         svc.finish(job_id, "cancelled", "cancelled by the client")
+    except InputChanged as exc:
+        log.warning("job %s: %s", job_id, exc)
+        svc.finish(job_id, "failed", f"{exc}; nothing was processed and the credits were refunded",
+                   refund_reason="input changed after it was priced")
     except Exception as exc:  # noqa: BLE001 - never leave a job running because of a bug or an outage
         log.exception("job %s failed", job_id)
         svc.finish(job_id, "failed", f"internal error: {type(exc).__name__}: {exc}",

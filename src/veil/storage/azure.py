@@ -5,7 +5,10 @@ by the SDK's `generate_blob_sas` (notes §2); clients upload and download straig
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO
@@ -114,11 +117,32 @@ class AzureBlobStore:
     def delete(self, container: str, name: str) -> bool:
         from azure.core.exceptions import ResourceNotFoundError
 
+        client = self._blob(container, name)
         try:
-            self._blob(container, name).delete_blob(delete_snapshots="include")
+            leased = client.get_blob_properties().lease.state == "leased"
+            client.delete_blob(delete_snapshots="include", lease=self._lease_id(container, name) if leased else None)
         except ResourceNotFoundError:
             return False
         return True
+
+    def freeze(self, container: str, name: str) -> None:
+        """An infinite lease whose id only this store can derive: every write through a SAS is then
+        refused by Azure with 412 LeaseIdMissing. Unlike the local store, a deleted blob is not kept
+        frozen (Azure has no lease without a blob): see the README on a lifecycle rule for `uploads`."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self._blob(container, name).acquire_lease(lease_duration=-1, lease_id=self._lease_id(container, name))
+        except ResourceNotFoundError:
+            pass
+
+    def frozen(self, container: str, name: str) -> bool:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self._blob(container, name).get_blob_properties().lease.state == "leased"
+        except ResourceNotFoundError:
+            return False
 
     def list(self, container: str, prefix: str = "") -> list[str]:
         from azure.core.exceptions import ResourceNotFoundError
@@ -141,6 +165,11 @@ class AzureBlobStore:
         return generate_blob_sas(
             self.account, container, name, account_key=self._key, permission=permission, expiry=expiry, **overrides
         )
+
+    def _lease_id(self, container: str, name: str) -> str:
+        """A GUID derived from the account key: a SAS holder cannot guess it to write anyway."""
+        digest = hmac.new(self._key.encode(), f"lease/{container}/{name}".encode(), hashlib.sha256).digest()
+        return str(uuid.UUID(bytes=digest[:16]))
 
     def _ensure_container(self, container: str) -> None:
         if container in self._ready:

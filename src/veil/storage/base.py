@@ -69,6 +69,13 @@ class BlobStore(Protocol):
         """Names of committed blobs in `container` starting with `prefix`, sorted."""
         ...
 
+    def freeze(self, container: str, name: str) -> None:
+        """Take an infinite lease on the committed blob: writes through any SAS are refused from now on
+        (412 LeaseIdMissing); `delete` still works."""
+        ...
+
+    def frozen(self, container: str, name: str) -> bool: ...
+
 
 def attachment_disposition(filename: str) -> str:
     """`Content-Disposition: attachment` naming `filename` safely (RFC 6266: an ASCII `filename`

@@ -8,11 +8,16 @@ blob name maps to one safe path):
                                      /data-<etag>    the committed bytes meta.json points at
                                      /blocks/<hex id> staged (uncommitted) blocks (Put Block)
                                      /tmp-<uuid>     bodies being received
+                                     /lease          present once the blob is frozen (`freeze`)
 
 A commit (Put Blob, Put Block List, `write`) builds a new `data-<etag>` file, fsyncs it, then
 replaces `meta.json` atomically, so readers see either the old blob or the new one, never a mix;
 a reader holding the old data file open keeps reading the old bytes. Everything streams in
 fixed-size chunks: memory use does not grow with blob size.
+
+A frozen blob (an infinite lease held by the service) refuses every write; its `lease` file
+outlives `delete`, so an upload URL still within its lifetime cannot re-create the blob, until
+`cleanup` drops the leftover lease once that lifetime is over.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 CHUNK = 1024 * 1024
 _CONTAINER_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 _LOCK_STRIPES = 64
+_LEASE = "lease"
 
 
 class BlobExistsError(Exception):
@@ -66,6 +72,10 @@ class BlobTooLargeError(ValueError):
     """A block list would commit more than the allowed size (413 RequestBodyTooLarge)."""
 
 
+class BlobLeasedError(Exception):
+    """A write to a frozen blob (412 LeaseIdMissing)."""
+
+
 @dataclass(frozen=True)
 class BlobProperties:
     name: str
@@ -76,6 +86,7 @@ class BlobProperties:
     content_md5: str | None  # base64 MD5 of the whole blob, when known
     headers: dict[str, str] = field(default_factory=dict)  # Content-Type, Content-Disposition, ...
     blocks: tuple[tuple[str, int], ...] = ()  # committed block list: (hex id, size)
+    leased: bool = False  # frozen: an infinite lease held by the service
 
     @property
     def content_type(self) -> str:
@@ -166,8 +177,22 @@ class LocalBlobStore:
                 trash.mkdir(exist_ok=True)
                 moved = trash / uuid.uuid4().hex
                 os.replace(directory, moved)
+                if (moved / _LEASE).exists():  # a frozen name stays frozen (module docstring)
+                    directory.mkdir(exist_ok=True)
+                    os.replace(moved / _LEASE, directory / _LEASE)
                 shutil.rmtree(moved, ignore_errors=True)
         return existed
+
+    def freeze(self, container: str, name: str) -> None:
+        """Refuse every later write to the blob (Put Block, Put Block List, Put Blob: 412
+        LeaseIdMissing), also after `delete`, as long as an upload URL for it may be valid."""
+        directory = self._blob_dir(container, name)
+        with self._lock(container, name):
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / _LEASE).touch()
+
+    def frozen(self, container: str, name: str) -> bool:
+        return (self._blob_dir(container, name) / _LEASE).exists()
 
     def list(self, container: str, prefix: str = "") -> list[str]:
         _check_container(container)
@@ -184,10 +209,11 @@ class LocalBlobStore:
     # --- what the HTTP endpoint needs --------------------------------------------------------
 
     def properties(self, container: str, name: str) -> BlobProperties:
-        meta = _read_meta(self._blob_dir(container, name))
+        directory = self._blob_dir(container, name)
+        meta = _read_meta(directory)
         if meta is None:
             raise BlobNotFoundError(container, name)
-        return _props(meta)
+        return _props(meta, directory)
 
     def container_exists(self, container: str) -> bool:
         _check_container(container)
@@ -202,7 +228,7 @@ class LocalBlobStore:
             if meta is None:
                 break
             try:
-                return _props(meta), open(directory / meta["data"], "rb")
+                return _props(meta, directory), open(directory / meta["data"], "rb")
             except FileNotFoundError:
                 continue
         raise BlobNotFoundError(container, name)
@@ -225,6 +251,8 @@ class LocalBlobStore:
     def stage_block(self, container: str, name: str, block_id: bytes, temp: Path) -> None:
         """Put Block: `temp` (from `new_temp`) becomes the uncommitted block `block_id`, replacing
         a block staged earlier under the same id."""
+        if self.frozen(container, name):
+            raise BlobLeasedError(f"{container}/{name}")
         blocks = self._blob_dir(container, name) / "blocks"
         blocks.mkdir(parents=True, exist_ok=True)
         os.replace(temp, blocks / block_id.hex())
@@ -353,6 +381,8 @@ class LocalBlobStore:
             return f"0x{self._last_etag:X}"
 
     def _check_conditions(self, container: str, name: str, if_none_match_any: bool, if_match: str | None) -> None:
+        if self.frozen(container, name):
+            raise BlobLeasedError(f"{container}/{name}")
         meta = _read_meta(self._blob_dir(container, name))
         if if_none_match_any and meta is not None:
             raise BlobExistsError(f"{container}/{name}")
@@ -407,7 +437,7 @@ class LocalBlobStore:
         for entry in directory.iterdir():
             stale = entry.name.startswith("tmp-") or (
                 entry.name.startswith("data-") and (meta is None or entry.name != meta["data"])
-            )
+            ) or (entry.name == _LEASE and meta is None)  # a deleted blob's lease: its upload URLs have expired
             if stale and entry.stat().st_mtime < cutoff:
                 entry.unlink(missing_ok=True)
                 removed += 1
@@ -443,7 +473,7 @@ def _read_meta(directory: Path) -> dict | None:
         return None
 
 
-def _props(meta: dict) -> BlobProperties:
+def _props(meta: dict, directory: Path | None = None) -> BlobProperties:
     return BlobProperties(
         name=meta["name"],
         size=meta["size"],
@@ -453,6 +483,7 @@ def _props(meta: dict) -> BlobProperties:
         content_md5=meta.get("md5"),
         headers=dict(meta.get("headers", {})),
         blocks=tuple((h, s) for h, s in meta.get("blocks", [])),
+        leased=directory is not None and (directory / _LEASE).exists(),
     )
 
 
