@@ -135,3 +135,4 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout_and_migrations_are_idempote
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == head
     engine.dispose()
     engine2.dispose()
+

@@ -135,8 +135,10 @@ def test_restart_requeues_running_jobs_and_keeps_finished_files(svc, monkeypatch
     monkeypatch.setattr("veil.engine.anonymize.anonymize", engine)
     _, job_id = _submit(svc, _zip({"a.jpg": jpeg_bytes(seed=1), "b.jpg": jpeg_bytes(seed=2)}), "two.zip")
     # Simulate a crash after a.jpg: the job is `running`, a.jpg done, b.jpg interrupted.
-    assert svc.claim(job_id)
     from veil.queue import tasks as task_module
+
+    owner = task_module.new_owner()
+    assert svc.claim(job_id, owner)
 
     original = task_module._finish
     monkeypatch.setattr(task_module, "_finish", lambda s, j: None)
@@ -150,7 +152,7 @@ def test_restart_requeues_running_jobs_and_keeps_finished_files(svc, monkeypatch
 
     monkeypatch.setattr("veil.engine.anonymize.anonymize", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
-        task_module._run(svc, job_id, svc.settings.data_dir / "work" / job_id)
+        task_module._run(svc, job_id, svc.settings.data_dir / "work" / job_id, task_module._Lease(svc, job_id, owner))
     assert svc.get_job(job_id).status == "running"
     monkeypatch.setattr(task_module, "_finish", original)
     monkeypatch.setattr("veil.engine.anonymize.anonymize", engine)

@@ -195,12 +195,74 @@ def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
 
     from .api.app import create_app
 
+    from .logs import configure
+
     settings = _settings(data_dir, host=host, port=port)
+    configure(settings.log_http)
     app = create_app(settings)
     data = settings.data_dir.resolve()
     click.echo(f"Veil on {settings.base_url}  (API {settings.base_url}/v1, docs {settings.base_url}/docs, data {data})")
     click.echo(f"Get an API key: veil keys create --credits 100 --data-dir {data}")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", log_config=None)
+
+
+@main.command()
+@click.option("--concurrency", type=click.IntRange(min=1),
+              help="Jobs run at once by this process (VEIL_WORKER_CONCURRENCY, default 1).")
+@_data_dir_option
+def worker(concurrency: int | None, data_dir: Path | None) -> None:
+    """Run a worker for `veil serve` with VEIL_WORKER=celery: Celery's worker on VEIL_CELERY_BROKER_URL, with
+    the same VEIL_* settings (database, store, callback secret) as the API servers, plus the sweeper that
+    retakes jobs of dead workers."""
+    import os
+
+    from .jobs.service import build_service
+    from .logs import configure
+    from .queue import tasks
+    from .queue.celery_app import app, dispatch
+    from .queue.sweeper import Sweeper
+
+    settings = _settings(data_dir, worker_concurrency=concurrency)
+    configure(settings.log_http)
+    service = build_service(settings, dispatch=dispatch)
+    tasks.use_service(service)
+    sweeper = Sweeper(service, api=False)
+    sweeper.start()
+    try:
+        app.worker_main(["worker", "--pool=threads", f"--concurrency={settings.worker_concurrency}",
+                         "--loglevel=INFO", f"--hostname=veil-{os.getpid()}@%h", "--without-gossip",
+                         "--without-mingle", "--queues=veil"])
+    finally:
+        sweeper.stop()
+        service.close()
+
+
+@main.command()
+@_data_dir_option
+def events(data_dir: Path | None) -> None:
+    """Consume Blob Created events from the Service Bus queue (VEIL_SERVICEBUS_CONNECTION_STRING,
+    VEIL_SERVICEBUS_QUEUE) until interrupted; `veil serve` does the same on a thread unless
+    VEIL_SERVICEBUS_IN_SERVE=false."""
+    import signal
+    import threading
+
+    from .events.servicebus import consume
+    from .jobs.service import build_service
+    from .logs import configure
+
+    settings = _settings(data_dir)
+    if not settings.servicebus_connection_string:
+        raise click.ClickException("set VEIL_SERVICEBUS_CONNECTION_STRING (and VEIL_SERVICEBUS_QUEUE)")
+    configure(settings.log_http)
+    service = build_service(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        consume(service, settings.servicebus_connection_string, settings.servicebus_queue, stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.close()
 
 
 @main.group()

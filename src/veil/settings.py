@@ -1,7 +1,8 @@
 """Service settings: every field is a `VEIL_<NAME>` environment variable (listed in the README).
 
-Secrets that must survive a restart but need no human (the embedded store's account key, the
-callback signing secret) are generated once and kept in `<data_dir>/secrets.json`.
+The embedded store's account key, when not set, is generated once and kept in
+`<data_dir>/secrets.json`; the callback signing secret, when not set, is generated once and kept in the
+database, so every process of a deployment signs with the same one.
 """
 
 from __future__ import annotations
@@ -48,10 +49,41 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(None, description="Bearer token for the /admin API; unset disables it.")
     worker: Literal["embedded", "celery", "none"] = Field(
         "embedded", description="`embedded`: worker threads inside `veil serve`; `celery`: send jobs to "
-        "Celery workers (`celery -A veil.queue.celery_app worker`); `none`: API only.")
-    worker_concurrency: int = Field(1, ge=1, description="Jobs processed at once by the embedded worker.")
+        "`veil worker` processes; `none`: API only.")
+    worker_concurrency: int = Field(1, ge=1, description="Jobs processed at once by one worker process "
+                                    "(embedded worker or `veil worker`).")
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often idle embedded workers look for jobs.")
-    celery_broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (celery worker only).")
+    celery_broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (API and workers, "
+                                   "VEIL_WORKER=celery).")
+    celery_visibility_timeout: int = Field(
+        12 * 3600, ge=60, description="Seconds before the broker redelivers a message no worker acknowledged "
+        "(acknowledged when the job ends); longer than any job. Dead workers' jobs are retaken through "
+        "the job lease, not this.")
+    celery_transport_options: dict = Field(
+        {}, description="Extra Celery broker transport options (JSON), over the visibility timeout.")
+    job_lease_seconds: float = Field(
+        30.0, ge=3, description="A running job's lease; its worker renews it every third of this. A job whose "
+        "lease ran out (dead worker) is queued again.")
+    sweep_seconds: float = Field(
+        5.0, gt=0, description="How often every API and worker process looks for expired leases and "
+        "unsent jobs.")
+    redispatch_seconds: float = Field(
+        300.0, gt=0, description="A queued job no worker took for this long is sent to the queue again "
+        "(a job whose send failed is re-sent at the next sweep).")
+    upload_poll_seconds: float = Field(
+        2.0, ge=0, description="How often the API checks the store for committed uploads when the store "
+        "sends no events (Azure without Event Grid, Azurite); 0 turns polling off.")
+    housekeeping_seconds: float = Field(600.0, gt=0, description="How often stale upload sessions expire.")
+    log_http: bool = Field(False, description="Log every Azure SDK / HTTP client request (noisy).")
+    events_secret: str | None = Field(
+        None, description="Secret of the Event Grid webhook (/events/blob-created?secret=...); unset "
+        "disables the route.")
+    servicebus_connection_string: str | None = Field(
+        None, description="Service Bus namespace receiving the storage account's Blob Created events "
+        "(`veil events`, or a thread of `veil serve`).")
+    servicebus_queue: str = Field("veil-uploads", description="Service Bus queue of Blob Created events.")
+    servicebus_in_serve: bool = Field(
+        True, description="`veil serve` consumes the Service Bus queue itself when a connection string is set.")
     max_upload_bytes: int = Field(4 * GiB, description="Largest accepted upload (413 above it).")
     upload_sas_seconds: int = Field(7 * 24 * 3600, description="Lifetime of upload URLs (7 days).")
     download_sas_seconds: int = Field(24 * 3600, description="Lifetime of download links (24 h).")
@@ -61,7 +93,8 @@ class Settings(BaseSettings):
         0, ge=0, description="Extra credits per file inside an archive (on top of its image/video price).")
     price_minimum_per_job: int = Field(1, ge=0, description="The least any job costs.")
     callback_secret: str | None = Field(
-        None, description="HMAC key signing callback bodies; generated and persisted if unset.")
+        None, description="HMAC key signing callback bodies; when unset, generated once and kept in the "
+        "database (the same for every process).")
     callback_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one callback POST.")
     callback_attempts: int = Field(5, ge=1, description="Delivery attempts per callback (exponential backoff).")
 
@@ -77,10 +110,6 @@ class Settings(BaseSettings):
     @property
     def account_key(self) -> bytes:
         return base64.b64decode(self.storage_key or self._secret("storage_key", _new_b64_key))
-
-    @property
-    def signing_secret(self) -> str:
-        return self.callback_secret or self._secret("callback_secret", lambda: secrets.token_hex(32))
 
     def prices(self):
         """H7's `Prices` built from the price_* settings."""

@@ -5,6 +5,7 @@ States (`Job.status`) and the seed's `job_status` number each maps to:
     created ──upload committed──▶ uploaded ──priced──▶ awaiting_approval ──approve──▶ queued
       0                              0                       0                        0
     queued ──worker claims──▶ running (1–99 = progress) ──▶ completed (100) | failed (200)
+    running ──lease ran out (worker died)──▶ queued (swept, sent again; finished files stay finished)
     any state before running ──cancel──▶ cancelled (200);  running ──cancel──▶ cancelled at the next file
 
 Rules:
@@ -14,6 +15,9 @@ Rules:
   `job_total_credit_cost` before approval. An unusable upload (not an image/video/archive, nested
   archive, unsafe names, bombs, size ≠ declared) fails the job there, before anything is charged.
 - Approval reserves the cost atomically (`veil.jobs.credits.reserve`).
+- A worker runs a job only while it holds the job's lease (owner + expiry on the row, taken by one
+  conditional UPDATE and renewed by a heartbeat); everything it writes is conditional on still holding
+  it, so a worker that lost its lease (stalled past the expiry, its job retaken) changes nothing.
 - A job is completed when at least one of its files was anonymized; it fails (200) only when none was.
 - The reservation is refunded (and recorded in the ledger) when the job fails through no fault of its
   input (engine/storage/internal error on every file) or is cancelled before a worker started it.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import secrets
 import tempfile
 import threading
 from collections.abc import Callable
@@ -33,10 +38,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from ..db.models import CallbackRegistration, Job, Task, utcnow
+from ..db.models import CallbackRegistration, DeploymentSecret, Job, Task, utcnow
 from ..engine.config import ModelConfig
 from ..settings import Settings
 from . import credits
@@ -112,6 +118,7 @@ class JobService:
         self.dispatch = dispatch or (lambda job_id: None)  # called with a job id once it is queued
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veil-jobs")
         self._closed = threading.Event()
+        self._callback_secret: str | None = None
 
     def close(self) -> None:
         self._closed.set()
@@ -141,23 +148,29 @@ class JobService:
         return UploadSession(job=job, session_uri=uri, sas_parts=parts)
 
     # ------------------------------------------------------------------ upload finished
-    def on_blob_created(self, container: str, name: str, size: int) -> None:
-        """The "Blob Created" event: mark the job uploaded, freeze the input, price it in the background."""
+    def on_blob_created(self, container: str, name: str, size: int, etag: str | None = None) -> bool:
+        """A committed upload (the embedded store's endpoint, an Event Grid event, or polling): mark the
+        job uploaded, freeze the input, price it in the background. An event for the ETag already handled
+        (an at-least-once redelivery) changes nothing. True when the job was marked uploaded."""
         if container != INPUT_CONTAINER:
-            return
+            return False
+        etag = etag.strip('"') if etag else None
+        query = update(Job).where(Job.input_blob == name, Job.status.in_(("created", "uploaded", "awaiting_approval")))
+        if etag:
+            query = query.where(or_(Job.upload_etag.is_(None), Job.upload_etag != etag))
         with self.db.begin() as session:  # a commit that slipped in before the freeze is priced again
-            result = session.execute(
-                update(Job).where(Job.input_blob == name, Job.status.in_(("created", "uploaded", "awaiting_approval")))
-                .values(status="uploaded", uploaded_size=size, uploaded_at=utcnow(), total_cost=None,
-                        input_sha256=None))
+            result = session.execute(query.values(status="uploaded", uploaded_size=size, uploaded_at=utcnow(),
+                                                  total_cost=None, input_sha256=None, upload_etag=etag))
         if result.rowcount != 1:
-            return
+            return False
+        log.info("job %s: upload committed (%d bytes)", name, size)
         try:
             self.store.freeze(INPUT_CONTAINER, name)
         except Exception:  # noqa: BLE001 - the worker's SHA-256 check still refuses swapped content
             log.exception("could not freeze the input of job %s", name)
         if not self._closed.is_set():
             self._background.submit(self._price_quietly, name)
+        return True
 
     @property
     def store_publishes_events(self) -> bool:
@@ -169,7 +182,14 @@ class JobService:
 
     def check_upload(self, job: Job) -> None:
         """Poll the store for a committed upload (HEAD); marks the job uploaded if it is there."""
-        if self.store.exists(INPUT_CONTAINER, job.input_blob):
+        props = getattr(self.store, "properties", None)
+        if props is not None:  # one request: size and ETag (so a later event for this commit is a duplicate)
+            try:
+                found = props(INPUT_CONTAINER, job.input_blob)
+            except FileNotFoundError:
+                return
+            self.on_blob_created(INPUT_CONTAINER, job.input_blob, found.size, found.etag)
+        elif self.store.exists(INPUT_CONTAINER, job.input_blob):
             self.on_blob_created(INPUT_CONTAINER, job.input_blob, self.store.size(INPUT_CONTAINER, job.input_blob))
 
     def poll_uploads(self) -> None:
@@ -179,6 +199,8 @@ class JobService:
         with self.db() as session:
             jobs = list(session.scalars(select(Job).where(Job.status == "created")))
         for job in jobs:
+            if self._closed.is_set():
+                return
             self.check_upload(job)
 
     def _price_quietly(self, job_id: str) -> None:
@@ -267,50 +289,121 @@ class JobService:
             if claimed.rowcount != 1:
                 return "already"
             credits.reserve(session, key_id, job_id, cost)  # raises → the whole transaction rolls back
-        self.dispatch(job_id)
+        self.send(job_id)
         return "approved"
 
+    def send(self, job_id: str) -> bool:
+        """Hand a queued job to the queue; a failed send is logged and retried by `sweep`."""
+        try:
+            self.dispatch(job_id)
+        except Exception:  # noqa: BLE001 - the broker is down: the job stays queued, unsent
+            log.warning("job %s: sending to the queue failed; it is re-sent at the next sweep", job_id,
+                        exc_info=True)
+            with self.db.begin() as session:
+                session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=None))
+            return False
+        with self.db.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(dispatched_at=utcnow()))
+        return True
+
     # ------------------------------------------------------------------ worker side
-    def claim(self, job_id: str) -> bool:
-        """queued → running for exactly one worker."""
+    def claim(self, job_id: str, owner: str) -> bool:
+        """queued (or running under a lease that ran out) → running, leased to `owner`: true for exactly
+        one caller. A message delivered again while the job's lease is alive claims nothing."""
+        now = utcnow()
         with self.db.begin() as session:
             result = session.execute(
-                update(Job).where(Job.id == job_id, Job.status == "queued")
-                .values(status="running", started_at=func.coalesce(Job.started_at, utcnow()),
-                        attempts=Job.attempts + 1))
+                update(Job).where(Job.id == job_id, or_(
+                    Job.status == "queued", (Job.status == "running") & (Job.lease_expires_at < now)))
+                .values(status="running", started_at=func.coalesce(Job.started_at, now), attempts=Job.attempts + 1,
+                        lease_owner=owner, lease_expires_at=now + self._lease))
         return result.rowcount == 1
+
+    def renew_lease(self, job_id: str, owner: str) -> bool:
+        """Extend `owner`'s lease (the heartbeat); False when it no longer holds it."""
+        with self.db.begin() as session:
+            result = session.execute(update(Job).where(self.holds(job_id, owner))
+                                     .values(lease_expires_at=utcnow() + self._lease))
+        return result.rowcount == 1
+
+    @staticmethod
+    def holds(job_id: str, owner: str):
+        """The condition "`owner` still runs `job_id`", for worker-side conditional writes."""
+        return (Job.id == job_id) & (Job.status == "running") & (Job.lease_owner == owner)
+
+    @property
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.job_lease_seconds)
+
+    def sweep(self) -> tuple[list[str], list[str]]:
+        """Requeue running jobs whose lease ran out (their worker died) and send queued jobs that were
+        never sent (the broker was down) or not taken for `redispatch_seconds`. Returns (requeued, sent)."""
+        now = utcnow()
+        with self.db.begin() as session:
+            expired = list(session.scalars(select(Job.id).where(Job.status == "running", Job.lease_expires_at < now)))
+            if expired:
+                session.execute(update(Task).where(Task.job_id.in_(expired), Task.status == "running")
+                                .values(status="pending"))
+                session.execute(update(Job).where(Job.id.in_(expired), Job.status == "running",
+                                                  Job.lease_expires_at < now)
+                                .values(status="queued", lease_owner=None, lease_expires_at=None, dispatched_at=None))
+        sent = []
+        for job_id in expired:
+            log.warning("job %s: its worker stopped renewing the lease; queued again", job_id)
+            if self.send(job_id):
+                sent.append(job_id)
+        grace = now - timedelta(seconds=min(10.0, self.settings.redispatch_seconds))  # approve is still sending
+        stale = now - timedelta(seconds=self.settings.redispatch_seconds)
+        due = ((Job.dispatched_at.is_(None) & (func.coalesce(Job.approved_at, now) < grace))
+               | (Job.dispatched_at < stale))
+        with self.db() as session:
+            unsent = list(session.scalars(select(Job.id).where(Job.status == "queued", due).order_by(Job.approved_at)))
+        for job_id in unsent:
+            with self.db.begin() as session:  # one process sends it: the one whose update matched
+                taken = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued", due)
+                                        .values(dispatched_at=now)).rowcount
+            if taken and self.send(job_id):
+                sent.append(job_id)
+        return expired, sent
 
     def queued_ids(self, limit: int = 10) -> list[str]:
         with self.db() as session:
             return list(session.scalars(select(Job.id).where(Job.status == "queued")
                                         .order_by(Job.approved_at).limit(limit)))
 
-    def requeue_interrupted(self, job_id: str | None = None) -> int:
-        """Jobs left `running` by a crashed worker go back to the queue (all of them at the start-up of a
-        single-process deployment, or one redelivered by Celery); finished files stay finished and the
-        interrupted one restarts from its beginning."""
-        query = select(Job.id).where(Job.status == "running")
+    def requeue_interrupted(self) -> int:
+        """At the start-up of a single-process deployment (embedded worker), every job left `running` by the
+        crash goes back to the queue at once, without waiting for its lease to run out; finished files stay
+        finished and the interrupted one restarts from its beginning."""
         with self.db.begin() as session:
-            ids = list(session.scalars(query.where(Job.id == job_id) if job_id else query))
+            ids = list(session.scalars(select(Job.id).where(Job.status == "running")))
             if ids:
                 session.execute(update(Task).where(Task.job_id.in_(ids), Task.status == "running")
                                 .values(status="pending"))
                 session.execute(update(Job).where(Job.id.in_(ids), Job.status == "running")
-                                .values(status="queued"))
+                                .values(status="queued", lease_owner=None, lease_expires_at=None))
         return len(ids)
 
-    def finish(self, job_id: str, status: str, description: str, refund_reason: str | None = None) -> None:
-        """Record a job's final state; refund its reservation when `refund_reason` is given."""
+    def finish(self, job_id: str, status: str, description: str, refund_reason: str | None = None,
+               owner: str | None = None) -> bool:
+        """Record a job's final state; refund its reservation when `refund_reason` is given. A worker
+        passes its lease `owner`: nothing is written unless it still holds the lease."""
         with self.db.begin() as session:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None or job.status in FINAL:
-                return
+                return False
+            if owner is not None and (job.status != "running" or job.lease_owner != owner):
+                log.warning("job %s: lease lost; this worker's result is dropped", job_id)
+                return False
             job.status, job.description, job.finished_at = status, description, utcnow()
+            job.lease_owner = job.lease_expires_at = None
             if status == "completed":
                 job.progress = 1.0
             if refund_reason:
                 self._refund(session, job, refund_reason)
+        log.info("job %s: %s (%s)", job_id, status, description)
         self.notify(job_id)
+        return True
 
     @staticmethod
     def _refund(session: Session, job: Job, reason: str) -> None:
@@ -450,7 +543,23 @@ class JobService:
 
     def callback_secret(self, key_id: str) -> str:
         """The key's own HMAC secret for callback signatures (derived, so one key can't forge another's)."""
-        return hmac.new(self.settings.signing_secret.encode(), key_id.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self.deployment_secret().encode(), key_id.encode(), hashlib.sha256).hexdigest()
+
+    def deployment_secret(self) -> str:
+        """VEIL_CALLBACK_SECRET, or the one generated by the first process that needed it and kept in the
+        database, so callbacks sent by any API server or worker verify with the same secret."""
+        if self.settings.callback_secret:
+            return self.settings.callback_secret
+        if self._callback_secret is None:
+            try:
+                with self.db.begin() as session:
+                    if session.get(DeploymentSecret, "callback_secret") is None:
+                        session.add(DeploymentSecret(name="callback_secret", value=secrets.token_hex(32)))
+            except IntegrityError:  # another process inserted it first; theirs is the one
+                pass
+            with self.db() as session:
+                self._callback_secret = session.get(DeploymentSecret, "callback_secret").value
+        return self._callback_secret
 
     def notify(self, job_id: str) -> None:
         """POST the JobReport to the callbacks registered for the job (or its key), in the background."""

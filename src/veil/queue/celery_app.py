@@ -1,7 +1,14 @@
 """The same `process_job` behind Celery, for scaled-out deployments (optional: needs `veil[celery]`).
 
-Run workers with `celery -A veil.queue.celery_app worker`; set `VEIL_WORKER=celery` on the API
-servers so approved jobs are sent here. Both sides read the same `VEIL_*` settings.
+Run workers with `veil worker` (Celery's worker with Veil's settings and its sweeper); set
+`VEIL_WORKER=celery` on the API servers so approved jobs are sent here. Both sides read the same
+`VEIL_*` settings.
+
+The broker only delivers; the database decides who runs a job (its lease). Messages are acknowledged
+when the job ends (`acks_late`), with a visibility timeout longer than any job, so a message is never
+handed to a second worker while the first still runs it. A worker that dies is noticed through its
+expired lease by the sweeper of any process, which queues the job and sends it again; the dead worker's
+own message, redelivered much later, finds the job finished (or leased) and is dropped.
 """
 
 from __future__ import annotations
@@ -10,19 +17,27 @@ from celery import Celery
 
 from ..settings import Settings
 
-app = Celery("veil", broker=Settings().celery_broker_url)
-app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, task_reject_on_worker_lost=True)
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("veil", broker=settings.celery_broker_url)
+    app.conf.update(
+        task_acks_late=True, worker_prefetch_multiplier=1, task_reject_on_worker_lost=True,
+        broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout,
+                                  **settings.celery_transport_options},
+        broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
+        task_default_queue="veil", task_ignore_result=True)
+    return app
 
 
-@app.task(name="veil.process_job", bind=True)
-def process_job_task(self, job_id: str) -> None:
+app = make_app(Settings())
+
+
+@app.task(name="veil.process_job")
+def process_job_task(job_id: str) -> None:
     from .tasks import default_service, process_job
 
-    service = default_service()
-    if (self.request.delivery_info or {}).get("redelivered"):
-        service.requeue_interrupted(job_id)  # the worker that had it died; resume from the interrupted file
-    process_job(job_id, service)
+    process_job(job_id, default_service())
 
 
 def dispatch(job_id: str) -> None:
-    process_job_task.delay(job_id)
+    process_job_task.apply_async(args=[job_id], retry=False)

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from ..jobs.service import JobService
 from .tasks import process_job
 
 log = logging.getLogger(__name__)
-HOUSEKEEPING_SECONDS = 600
-UPLOAD_POLL_SECONDS = 10  # stores without upload events (Azure without Event Grid)
 
 
 class EmbeddedWorker:
@@ -34,7 +31,7 @@ class EmbeddedWorker:
             log.info("requeued %d job(s) interrupted by a restart", requeued)
         self.service.price_pending()
         for n in range(self.concurrency):
-            thread = threading.Thread(target=self._loop, args=(n == 0,), name=f"veil-worker-{n}", daemon=True)
+            thread = threading.Thread(target=self._loop, name=f"veil-worker-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -50,17 +47,10 @@ class EmbeddedWorker:
             thread.join(timeout)
         self._threads.clear()
 
-    def _loop(self, housekeeper: bool) -> None:
-        next_housekeeping = next_upload_poll = 0.0
+    def _loop(self) -> None:
         while not self._stop.is_set():
             worked = False
             try:
-                if housekeeper and time.monotonic() >= next_housekeeping:
-                    next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
-                    self.service.housekeeping()
-                if housekeeper and time.monotonic() >= next_upload_poll:
-                    next_upload_poll = time.monotonic() + UPLOAD_POLL_SECONDS
-                    self.service.poll_uploads()
                 for job_id in self.service.queued_ids():
                     if self._stop.is_set():
                         break

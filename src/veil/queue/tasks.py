@@ -5,13 +5,22 @@ by the engine with the job's ModelConfig and its output stored as a blob. A file
 (MediaError: corrupt, unsupported) fails only its own task. The job completes when at least one file
 succeeded and fails (job_status 200) only when none did. Finished tasks are never redone: a job
 interrupted by a crash resumes at the start of the file it was working on.
+
+A worker runs a job only under its lease (`JobService.claim`), renewed by a heartbeat thread. Every row it
+writes (tasks, progress, the final state) is conditional on still holding the lease, and each run writes
+its outputs under blob names of its own, so a worker that lost its lease stops at its next write having
+changed nothing another worker relies on.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
+import threading
 import time
+import uuid
 from pathlib import Path, PurePosixPath
 
 from sqlalchemy import select, update
@@ -19,6 +28,7 @@ from sqlalchemy import select, update
 from ..db.models import Job, Task, utcnow
 from ..engine.config import ModelConfig
 from ..jobs.service import OUTPUT_CONTAINER, InputChanged, JobService, output_name, safe_name
+from ..logs import current_job
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +37,52 @@ _default_service: JobService | None = None
 
 class _Cancelled(Exception):
     pass
+
+
+class _LeaseLost(Exception):
+    """Another worker has the job now (this one stalled past its lease): stop, write nothing more."""
+
+
+class _Lease:
+    """The job's lease while this worker runs it: a heartbeat thread renews it every third of its length;
+    `check()` raises _LeaseLost once a renewal found it taken."""
+
+    def __init__(self, svc: JobService, job_id: str, owner: str) -> None:
+        self.svc, self.job_id, self.owner = svc, job_id, owner
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"veil-lease-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise _LeaseLost()
+
+    def _beat(self) -> None:
+        current_job.set(self.job_id)
+        while not self._stop.wait(self.svc.settings.job_lease_seconds / 3):
+            try:
+                held = self.svc.renew_lease(self.job_id, self.owner)
+            except Exception:  # noqa: BLE001 - a database blip: try again; the lease outlives two misses
+                log.warning("job %s: renewing the lease failed", self.job_id, exc_info=True)
+                continue
+            if not held:
+                log.warning("job %s: lease lost to another worker; stopping", self.job_id)
+                self.lost.set()
+                return
+
+
+def use_service(service: JobService) -> None:
+    """The service Celery tasks in this process use (`veil worker` builds it from its settings)."""
+    global _default_service
+    _default_service = service
 
 
 def default_service() -> JobService:
@@ -40,29 +96,44 @@ def default_service() -> JobService:
     return _default_service
 
 
-def process_job(job_id: str, service: JobService | None = None) -> None:
-    """Claim a queued job and run it to a final state; does nothing if another worker has it."""
+def new_owner() -> str:
+    """A lease owner naming this run: host, process and a token of its own."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def process_job(job_id: str, service: JobService | None = None) -> bool:
+    """Claim a job and run it to a final state; does nothing (False) when it is finished or another
+    worker holds its lease (a message delivered twice)."""
     svc = service or default_service()
-    if not svc.claim(job_id):
-        return
-    work = svc.settings.data_dir / "work" / job_id
+    owner = new_owner()
+    if not svc.claim(job_id, owner):
+        log.info("job %s: not taken (finished, or running under another worker's lease)", job_id)
+        return False
+    token = current_job.set(job_id)
+    work = svc.settings.data_dir / "work" / f"{job_id}.{owner.rsplit(':', 1)[1]}"
+    log.info("job %s: started by %s", job_id, owner)
     try:
-        _run(svc, job_id, work)
+        with _Lease(svc, job_id, owner) as lease:
+            _run(svc, job_id, work, lease)
     except _Cancelled:
-        svc.finish(job_id, "cancelled", "cancelled by the client")
+        svc.finish(job_id, "cancelled", "cancelled by the client", owner=owner)
     except InputChanged as exc:
         log.warning("job %s: %s", job_id, exc)
         svc.finish(job_id, "failed", f"{exc}; nothing was processed and the credits were refunded",
-                   refund_reason="input changed after it was priced")
+                   refund_reason="input changed after it was priced", owner=owner)
+    except _LeaseLost:
+        log.warning("job %s: stopped; another worker holds its lease", job_id)
     except Exception as exc:  # noqa: BLE001 - never leave a job running because of a bug or an outage
         log.exception("job %s failed", job_id)
         svc.finish(job_id, "failed", f"internal error: {type(exc).__name__}: {exc}",
-                   refund_reason="job failed through no fault of its input")
+                   refund_reason="job failed through no fault of its input", owner=owner)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        current_job.reset(token)
+    return True
 
 
-def _run(svc: JobService, job_id: str, work: Path) -> None:
+def _run(svc: JobService, job_id: str, work: Path, lease: _Lease) -> None:
     from ..engine.anonymize import anonymize
     from ..jobs.archive import ArchiveError, expand_archive, is_archive
 
@@ -76,60 +147,66 @@ def _run(svc: JobService, job_id: str, work: Path) -> None:
         try:
             files = expand_archive(src, work / "files")
         except ArchiveError as exc:
-            svc.finish(job_id, "failed", f"{job.file_name}: {exc}")
+            svc.finish(job_id, "failed", f"{job.file_name}: {exc}", owner=lease.owner)
             return
     else:
         files = [src]
-    tasks = _ensure_tasks(svc, job_id, files)
-    progress = _Progress(svc, job_id, len(tasks))
+    tasks = _ensure_tasks(svc, job_id, files, lease)
+    progress = _Progress(svc, job_id, len(tasks), lease)
+    run_tag = lease.owner.rsplit(":", 1)[1]
     for index, (task_id, path) in enumerate(tasks):
         task = _task(svc, task_id)
         if task.status in ("completed", "failed"):
             continue
         progress.check_cancel(force=True)
-        _set_task(svc, task_id, status="running")
+        _set_task(svc, lease, task_id, status="running")
         dst = work / "out" / safe_name(path.name)
         try:
             report = anonymize(path, dst, config, progress=progress.for_file(index))
-            blob = f"{job_id}/{task.index}{_suffix(path.name)}"
+            lease.check()
+            blob = f"{job_id}/{task.index}.{run_tag}{_suffix(path.name)}"  # this run's own name
             svc.store.write(OUTPUT_CONTAINER, blob, dst)
-        except _Cancelled:
-            _set_task(svc, task_id, status="pending")
+        except (_Cancelled, _LeaseLost):
+            if not lease.lost.is_set():
+                _set_task(svc, lease, task_id, status="pending")
             raise
         except Exception as exc:  # noqa: BLE001 - one bad file fails only its own task
             input_fault = _is_media_error(exc)
             if not input_fault:
                 log.exception("job %s: file %s failed", job_id, path.name)
             error = str(exc) if input_fault else f"internal error: {type(exc).__name__}: {exc}"
-            _set_task(svc, task_id, status="failed", error=error, system_fault=not input_fault,
+            _set_task(svc, lease, task_id, status="failed", error=error, system_fault=not input_fault,
                       finished_at=utcnow())
         else:
-            _set_task(svc, task_id, status="completed", output_blob=blob, finished_at=utcnow(),
+            _set_task(svc, lease, task_id, status="completed", output_blob=blob, finished_at=utcnow(),
                       detections=getattr(report, "detection_count", None))
+            log.info("job %s: file %s done (output %s)", job_id, task.index, blob)
         finally:
             dst.unlink(missing_ok=True)
         progress.file_done(index)
-    _finish(svc, job_id)
+    _finish(svc, job_id, lease.owner)
 
 
-def _finish(svc: JobService, job_id: str) -> None:
+def _finish(svc: JobService, job_id: str, owner: str) -> None:
     tasks = svc.get_job(job_id).tasks
     done = [t for t in tasks if t.status == "completed"]
     failed = [t for t in tasks if t.status == "failed"]
     errors = "; ".join(f"{t.input_name}: {t.error}" for t in failed)
     if done:
         text = f"completed: {len(done)} of {len(tasks)} files anonymized"
-        svc.finish(job_id, "completed", f"{text}; failed: {errors}" if failed else text)
+        svc.finish(job_id, "completed", f"{text}; failed: {errors}" if failed else text, owner=owner)
     elif any(t.system_fault for t in failed):
         svc.finish(job_id, "failed", f"no file could be processed: {errors}",
-                   refund_reason="job failed through no fault of its input")
+                   refund_reason="job failed through no fault of its input", owner=owner)
     else:
-        svc.finish(job_id, "failed", f"no file could be processed: {errors}")
+        svc.finish(job_id, "failed", f"no file could be processed: {errors}", owner=owner)
 
 
-def _ensure_tasks(svc: JobService, job_id: str, files: list[Path]) -> list[tuple[int, Path]]:
+def _ensure_tasks(svc: JobService, job_id: str, files: list[Path], lease: _Lease) -> list[tuple[int, Path]]:
     """One Task per file, created on the first run and matched by name on a resumed run."""
     with svc.db.begin() as session:
+        if session.scalar(select(Job.id).where(svc.holds(job_id, lease.owner)).with_for_update()) is None:
+            raise _LeaseLost()
         existing = {t.input_name: t for t in session.scalars(select(Task).where(Task.job_id == job_id))}
         pairs = []
         for index, path in enumerate(files):
@@ -147,9 +224,14 @@ def _task(svc: JobService, task_id: int) -> Task:
         return session.get(Task, task_id)
 
 
-def _set_task(svc: JobService, task_id: int, **values) -> None:
+def _set_task(svc: JobService, lease: _Lease, task_id: int, **values) -> None:
+    """Update a task, only while this worker holds the job's lease."""
     with svc.db.begin() as session:
-        session.execute(update(Task).where(Task.id == task_id).values(**values))
+        held = select(Job.id).where(svc.holds(lease.job_id, lease.owner)).scalar_subquery()
+        result = session.execute(update(Task).where(Task.id == task_id, Task.job_id == held).values(**values))
+    if result.rowcount != 1:
+        lease.lost.set()
+        raise _LeaseLost()
 
 
 def _suffix(name: str) -> str:
@@ -167,8 +249,8 @@ class _Progress:
     """Maps per-file progress to the job's 0..1 progress; writes it at most twice a second and
     checks for a cancel request every few seconds (raising _Cancelled inside the engine's callback)."""
 
-    def __init__(self, svc: JobService, job_id: str, files: int) -> None:
-        self.svc, self.job_id, self.files = svc, job_id, max(files, 1)
+    def __init__(self, svc: JobService, job_id: str, files: int, lease: _Lease) -> None:
+        self.svc, self.job_id, self.files, self.lease = svc, job_id, max(files, 1), lease
         self._written = -1.0
         self._last_write = self._last_check = 0.0
 
@@ -182,13 +264,17 @@ class _Progress:
         self._write((index + 1) / self.files, force=True)
 
     def _write(self, value: float, force: bool = False) -> None:
+        self.lease.check()
         now = time.monotonic()
         if not force and (int(value * 100) == int(self._written * 100) or now - self._last_write < 0.5):
             return
         self._written, self._last_write = value, now
         with self.svc.db.begin() as session:
-            session.execute(update(Job).where(Job.id == self.job_id, Job.status == "running")
-                            .values(progress=min(value, 0.99)))
+            result = session.execute(update(Job).where(self.svc.holds(self.job_id, self.lease.owner))
+                                     .values(progress=min(value, 0.99)))
+        if result.rowcount != 1:
+            self.lease.lost.set()
+            raise _LeaseLost()
 
     def check_cancel(self, force: bool = False) -> None:
         now = time.monotonic()
