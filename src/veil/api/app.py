@@ -1,9 +1,12 @@
 """`create_app(settings)`: the whole service on one port — public API (/v1), embedded blob endpoint,
-admin API (/admin/api), OpenAPI (/docs) — with the embedded worker started and stopped in the lifespan."""
+admin API (/admin/api), Event Grid webhook (/events), OpenAPI (/docs) — with the embedded worker, the
+sweeper (leases, re-sends, upload polling, housekeeping) and the Service Bus consumer (when configured)
+started and stopped in the lifespan."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from contextlib import asynccontextmanager
 
@@ -32,15 +35,28 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
 
         service.dispatch = dispatch
 
+    from ..queue.sweeper import Sweeper
+
+    sweeper = Sweeper(service, api=True)
+    stop_events = threading.Event()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if worker is not None:
             worker.start()
         else:
             service.price_pending()
+        sweeper.start()
+        if settings.servicebus_connection_string and settings.servicebus_in_serve:
+            from ..events.servicebus import consume
+
+            threading.Thread(target=consume, name="veil-events", daemon=True, args=(
+                service, settings.servicebus_connection_string, settings.servicebus_queue, stop_events)).start()
         try:
             yield
         finally:
+            stop_events.set()
+            sweeper.stop()
             if worker is not None:
                 worker.stop()
             service.close()
@@ -51,10 +67,11 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     app.state.settings = settings
 
     from ..api.blob import create_blob_router
-    from . import admin, public
+    from . import admin, events, public
 
     app.include_router(public.router)
     app.include_router(admin.router)
+    app.include_router(events.router)
     app.include_router(create_blob_router(service.store, service.on_blob_created, settings.max_upload_bytes))
 
     @app.exception_handler(RequestValidationError)
