@@ -96,13 +96,15 @@ def test_not_enough_credits_is_402(client):
 
 def test_size_different_from_declared_fails_the_job_before_approval(client):
     key = new_key(client.svc)
-    r = _create(client, key, file_size=10)
-    seed_upload(client, r.json()["session_uri"], jpeg_bytes())
+    data = jpeg_bytes()
+    r = _create(client, key, file_size=len(data) + 10)  # more than declared is refused by the blob endpoint
+    seed_upload(client, r.json()["session_uri"], data)
     job_id = r.json()["job_id"]
     assert client.post(f"/v1/approve_job/{job_id}", headers={"access_token": key}).status_code == 202
     report = client.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()
-    assert report["job_status"] == 200 and "declared 10" in report["job_status_description"]
-    assert report["credits_charged"] == 0
+    assert report["job_status"] == 200 and f"declared {len(data) + 10}" in report["job_status_description"]
+    assert report["credits_charged"] == 0 and report["files_deleted"] is True
+    assert not client.svc.store.exists("uploads", job_id)
 
 
 def test_another_keys_job_is_404_everywhere(client):

@@ -18,7 +18,7 @@ import pytest
 import requests
 from fastapi import FastAPI
 
-from veil.api.blob import create_blob_router
+from veil.api.blob import UploadLimits, create_blob_router
 from veil.storage.local import LocalBlobStore
 from veil.storage.testing import free_port, serve_app
 
@@ -51,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     store = LocalBlobStore(tmp_path_factory.mktemp("blobs"), "veiltest", os.urandom(32), f"http://127.0.0.1:{port}")
     events: list[tuple[str, str, int]] = []
     app = FastAPI()
-    app.include_router(create_blob_router(store, lambda c, b, s: events.append((c, b, s)), MAX_UPLOAD))
+    app.include_router(create_blob_router(store, lambda c, b, s: events.append((c, b, s)), UploadLimits(max_bytes=MAX_UPLOAD)))
     with serve_app(app, port):
         yield Server(store, events)
 

@@ -86,6 +86,17 @@ class Settings(BaseSettings):
         True, description="`veil serve` consumes the Service Bus queue itself when a connection string is set.")
     max_upload_bytes: int = Field(4 * GiB, description="Largest accepted upload (413 above it).")
     upload_sas_seconds: int = Field(7 * 24 * 3600, description="Lifetime of upload URLs (7 days).")
+    approval_timeout_seconds: int = Field(
+        7 * 24 * 3600, gt=0, description="An upload not approved within this time fails and its file is deleted "
+        "(7 days).")
+    upload_idle_timeout_seconds: float = Field(
+        30.0, gt=0, description="An upload request whose body stalls this long is answered 408 and closed.")
+    upload_min_bytes_per_second: int = Field(
+        16 * 1024, gt=0, description="Slowest accepted upload body on average (after the idle allowance).")
+    max_concurrent_uploads_per_key: int = Field(
+        16, ge=1, description="Upload requests (Put Block / Put Blob) one API key may have in flight (503 above).")
+    max_json_body_bytes: int = Field(
+        64 * 1024, gt=0, description="Largest JSON request body of the API (413 above it).")
     download_sas_seconds: int = Field(24 * 3600, description="Lifetime of download links (24 h).")
     price_per_image: int = Field(1, ge=0, description="Credits per image.")
     price_per_video_minute: int = Field(5, ge=0, description="Credits per started minute of video.")

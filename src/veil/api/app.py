@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 
 from ..jobs.service import JobService, build_service
 from ..settings import Settings
+from ..storage.local import BLOB_PATH_PREFIX
+from .body_limit import BodyLimit
 
 log = logging.getLogger("veil.api")
 
@@ -63,16 +65,21 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
 
     app = FastAPI(title="Veil", version=_version(), lifespan=lifespan,
                   description="Anonymization of faces and licence plates; the Cloud Public API under /v1.")
+    app.add_middleware(BodyLimit, limit=settings.max_json_body_bytes, per_prefix={
+        BLOB_PATH_PREFIX + "/": None, "/v1/direct_upload": None, "/events/": 1024 * 1024})
     app.state.service = service
     app.state.settings = settings
 
-    from ..api.blob import create_blob_router
+    from ..api.blob import UploadLimits, create_blob_router
     from . import admin, events, public
 
     app.include_router(public.router)
     app.include_router(admin.router)
     app.include_router(events.router)
-    app.include_router(create_blob_router(service.store, service.on_blob_created, settings.max_upload_bytes))
+    limits = UploadLimits(max_bytes=settings.max_upload_bytes, idle_timeout=settings.upload_idle_timeout_seconds,
+                          min_rate=settings.upload_min_bytes_per_second,
+                          per_owner=settings.max_concurrent_uploads_per_key)
+    app.include_router(create_blob_router(service.store, service.on_blob_created, limits, service.upload_rule))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

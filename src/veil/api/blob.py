@@ -11,6 +11,7 @@ memory use does not depend on blob size. Every error is an Azure XML error with
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -18,7 +19,9 @@ import logging
 import re
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import formatdate
 from pathlib import Path
@@ -83,8 +86,10 @@ _MESSAGES = {
     "MissingContentLengthHeader": "The Content-Length header was not specified.",
     "MissingRequiredHeader": "An HTTP header that's mandatory for this request is not specified.",
     "MissingRequiredQueryParameter": "A query parameter that's mandatory for this request is not specified.",
+    "OperationTimedOut": "The operation could not be completed within the permitted time.",
     "OutOfRangeInput": "One of the request inputs is out of range.",
     "RequestBodyTooLarge": "The request body is too large and exceeds the maximum permissible limit.",
+    "ServerBusy": "The server is currently unable to receive requests. Please retry your request.",
     "UnsupportedHttpVerb": "The resource doesn't support specified Http Verb.",
     "UnsupportedQueryParameter": "One of the query parameters specified in the request URI is not supported.",
 }
@@ -101,19 +106,35 @@ class BlobError(Exception):
         self.extra = extra
 
 
+@dataclass(frozen=True)
+class UploadLimits:
+    """Bounds on writes through upload URLs (settings `VEIL_MAX_UPLOAD_BYTES`,
+    `VEIL_UPLOAD_IDLE_TIMEOUT_SECONDS`, `VEIL_UPLOAD_MIN_BYTES_PER_SECOND`,
+    `VEIL_MAX_CONCURRENT_UPLOADS_PER_KEY`)."""
+
+    max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    idle_timeout: float = 30.0  # seconds without a byte of the body: 408 OperationTimedOut
+    min_rate: float = 16 * 1024  # bytes/s: a body may take idle_timeout + length / min_rate at most
+    per_owner: int = 16  # Put Block / Put Blob bodies in flight per owner (API key, else blob): 503 ServerBusy
+
+
 def create_blob_router(
     store: LocalBlobStore,
     on_blob_created: Callable[[str, str, int], None] | None = None,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    limits: UploadLimits = UploadLimits(),
+    upload_rule: Callable[[str, str], tuple[str | None, int | None]] | None = None,
 ) -> APIRouter:
     """An APIRouter serving `store` at `/blob/<account>/<container>/<blob>`.
 
     `on_blob_created(container, blob, size)` runs (in a worker thread) after every commit by
     Put Blob or Put Block List: the embedded equivalent of the BlobCreated event (notes §3, §5).
     A failing callback is logged; the client still gets its 201 because the blob is committed.
-    `max_upload_bytes` bounds a blob, decided from Content-Length before the body is read."""
+    `upload_rule(container, blob)` names the blob's owner (an API key id, or None) and the most
+    bytes it may hold (a job's declared file_size, or None); `limits.max_bytes` bounds every blob.
+    Sizes are decided from Content-Length (and the block list) before the body is read."""
     router = APIRouter(include_in_schema=False)
     path = BLOB_PATH_PREFIX + "/{account}/{container}/{blob:path}"
+    in_flight: dict[str, int] = {}  # owner -> bodies being received (the event loop is single-threaded)
 
     @router.api_route(path, methods=["GET", "HEAD", "PUT", "DELETE"])
     async def blob_endpoint(request: Request, account: str, container: str, blob: str) -> Response:
@@ -121,7 +142,8 @@ def create_blob_router(
         head = request.method == "HEAD"
         try:
             handler = _dispatch(request)
-            op = _Operation(store, request, account, container, blob, on_blob_created, max_upload_bytes)
+            op = _Operation(store, request, account, container, blob, on_blob_created, limits, upload_rule,
+                            in_flight)
             response = await handler(op)
         except BlobError as exc:
             response = _error_response(exc, request_id, head=head)
@@ -170,14 +192,20 @@ class _Operation:
     """One request against one blob: authentication, parsed headers, and the store."""
 
     def __init__(self, store: LocalBlobStore, request: Request, account: str, container: str, blob: str,
-                 on_blob_created: Callable[[str, str, int], None] | None, max_upload_bytes: int) -> None:
+                 on_blob_created: Callable[[str, str, int], None] | None, limits: UploadLimits,
+                 upload_rule: Callable[[str, str], tuple[str | None, int | None]] | None,
+                 in_flight: dict[str, int]) -> None:
         self.store = store
         self.request = request
         self.account = account
         self.container = container
         self.blob = blob
         self.on_blob_created = on_blob_created
-        self.max_upload_bytes = max_upload_bytes
+        self.limits = limits
+        self.upload_rule = upload_rule
+        self.in_flight = in_flight
+        self.owner = f"{container}/{blob}"
+        self.max_upload_bytes = limits.max_bytes
         self.overrides: dict[str, str] = {}
         self.permission = ""
         try:
@@ -205,6 +233,47 @@ class _Operation:
 
     def header(self, name: str) -> str | None:
         return self.request.headers.get(name)
+
+    async def check_upload_rule(self) -> None:
+        """The owner and size bound of this blob (after `authorize`): a job's declared file_size."""
+        if self.upload_rule is None:
+            return
+        owner, most = await run_in_threadpool(self.upload_rule, self.container, self.blob)
+        self.owner = owner or self.owner
+        if most is not None:
+            self.max_upload_bytes = min(most, self.limits.max_bytes)
+
+    @asynccontextmanager
+    async def upload_slot(self) -> AsyncIterator[None]:
+        """One of the owner's `limits.per_owner` concurrent upload bodies, or 503 ServerBusy."""
+        if self.in_flight.get(self.owner, 0) >= self.limits.per_owner:
+            raise BlobError(503, "ServerBusy", f"more than {self.limits.per_owner} uploads at once for this API "
+                            "key; retry when one has finished")
+        self.in_flight[self.owner] = self.in_flight.get(self.owner, 0) + 1
+        try:
+            yield
+        finally:
+            self.in_flight[self.owner] -= 1
+            if not self.in_flight[self.owner]:
+                del self.in_flight[self.owner]
+
+    async def body(self, length: int) -> AsyncIterator[bytes]:
+        """The request body, chunk by chunk; 408 OperationTimedOut when the client sends nothing for
+        `limits.idle_timeout` seconds or is slower than `limits.min_rate` overall, so a stalled upload
+        never holds its connection and temp file for long."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.idle_timeout + length / self.limits.min_rate
+        chunks = self.request.stream().__aiter__()
+        while True:
+            wait = min(self.limits.idle_timeout, deadline - loop.time())
+            try:
+                async with asyncio.timeout(max(wait, 0)):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise BlobError(408, "OperationTimedOut", "the request body arrived too slowly") from None
+            yield chunk
 
     async def refuse_if_leased(self) -> None:
         """412 LeaseIdMissing for a frozen blob (a committed job input), decided before the body is
@@ -246,7 +315,7 @@ class _Operation:
     def if_none_match_any(self) -> bool:
         return (self.header("if-none-match") or "").strip() == "*"
 
-    async def receive_to(self, dest: Path, want_md5: bool) -> tuple[int, bytes | None]:
+    async def receive_to(self, dest: Path, length: int, want_md5: bool) -> tuple[int, bytes | None]:
         """Stream the request body to `dest` (writes and hashing in a worker thread, 1 MiB at a
         time, so neither the event loop nor memory sees the whole body)."""
         digest = hashlib.md5() if want_md5 else None
@@ -254,7 +323,7 @@ class _Operation:
         buffer = bytearray()
         out = open(dest, "wb")
         try:
-            async for chunk in self.request.stream():
+            async for chunk in self.body(length):
                 buffer += chunk
                 size += len(chunk)
                 if len(buffer) >= CHUNK:
@@ -269,7 +338,7 @@ class _Operation:
     async def read_small(self, limit: int) -> bytes:
         length = self.content_length(limit)
         body = bytearray()
-        async for chunk in self.request.stream():
+        async for chunk in self.body(length):
             body += chunk
             if len(body) > length:
                 break
@@ -300,6 +369,7 @@ async def _put_block(op: _Operation) -> Response:
     if raw_id is None:
         raise BlobError(400, "MissingRequiredQueryParameter", QueryParameterName="blockid")
     block_id = _decode_block_id(raw_id)
+    await op.check_upload_rule()
     length = op.content_length(op.max_upload_bytes)
     await op.refuse_if_leased()
     staged = await run_in_threadpool(op.store.staged_blocks, op.container, op.blob)
@@ -312,7 +382,8 @@ async def _put_block(op: _Operation) -> Response:
     expected_md5 = op.content_md5()
     temp = op.store.new_temp(op.container, op.blob)
     try:
-        _, md5 = await op.receive_to(temp, want_md5=expected_md5 is not None)
+        async with op.upload_slot():
+            _, md5 = await op.receive_to(temp, length, want_md5=expected_md5 is not None)
         if expected_md5 is not None and md5 != expected_md5:
             raise BlobError(400, "Md5Mismatch", UserSpecifiedMd5=_b64(expected_md5), ServerCalculatedMd5=_b64(md5))
         await run_in_threadpool(op.store.stage_block, op.container, op.blob, block_id, temp)
@@ -349,6 +420,7 @@ def _decode_block_id(raw: str) -> bytes:
 
 async def _put_block_list(op: _Operation) -> Response:
     op.authorize("w")
+    await op.check_upload_rule()
     body = await op.read_small(MAX_BLOCK_LIST_BYTES)
     expected_md5 = op.content_md5()
     if expected_md5 is not None and hashlib.md5(body).digest() != expected_md5:
@@ -369,8 +441,9 @@ async def _put_block_list(op: _Operation) -> Response:
         )
     except InvalidBlockListError as exc:
         raise BlobError(400, "InvalidBlockList", str(exc)) from None
-    except BlobTooLargeError as exc:
-        raise BlobError(413, "RequestBodyTooLarge", str(exc), MaxLimit=str(op.max_upload_bytes)) from None
+    except BlobTooLargeError as exc:  # e.g. one block named over and over (issue 9 finding 4)
+        raise BlobError(413, "RequestBodyTooLarge", f"{exc} (the upload's declared file_size, or the server's "
+                        "upload limit)", MaxLimit=str(op.max_upload_bytes)) from None
     except BlobExistsError:
         raise BlobError(409, "BlobAlreadyExists") from None
     except ConditionNotMetError:
@@ -414,7 +487,8 @@ async def _put_blob(op: _Operation) -> Response:
     if blob_type != "BlockBlob":
         raise BlobError(400, "InvalidHeaderValue", "only BlockBlob is supported",
                         HeaderName="x-ms-blob-type", HeaderValue=blob_type)
-    op.content_length(op.max_upload_bytes)
+    await op.check_upload_rule()
+    length = op.content_length(op.max_upload_bytes)
     expected_md5 = op.content_md5()
     await op.refuse_if_leased()
     exists = await run_in_threadpool(op.store.exists, op.container, op.blob)
@@ -425,7 +499,8 @@ async def _put_blob(op: _Operation) -> Response:
     headers = {"Content-Type": op.header("content-type") or "application/octet-stream", **op.content_settings()}
     temp = op.store.new_temp(op.container, op.blob)
     try:
-        _, md5 = await op.receive_to(temp, want_md5=True)
+        async with op.upload_slot():
+            _, md5 = await op.receive_to(temp, length, want_md5=True)
         if expected_md5 is not None and md5 != expected_md5:
             raise BlobError(400, "Md5Mismatch", UserSpecifiedMd5=_b64(expected_md5), ServerCalculatedMd5=_b64(md5))
         props = await run_in_threadpool(

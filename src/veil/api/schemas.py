@@ -47,7 +47,8 @@ class CreateUploadSessionRequest(_Request):
                            "(only its last path component is kept, at most 200 bytes of it in UTF-8).")
     file_size: int | None = Field(None, ge=0, le=BIGINT_MAX, description="Size in bytes; at most 4 GiB (413 "
                                   "above). The upload must match it.")
-    content_type: str = Field("octet-stream", description="The upload method you will use (informational).")
+    content_type: str = Field("octet-stream", max_length=100,
+                              description="The upload method you will use (informational).")
     model: Literal["blur"] = Field("blur", description="Processing model; `blur` is the only one.")
     config: ModelConfig = Field(default_factory=ModelConfig, alias="model_config",
                                 description="Detection/redaction options; unknown keys are rejected.")

@@ -172,6 +172,15 @@ class JobService:
             self._background.submit(self._price_quietly, name)
         return True
 
+    def upload_rule(self, container: str, name: str) -> tuple[str | None, int | None]:
+        """For the blob endpoint: the API key that owns an input blob and the most bytes it may hold (the
+        declared file_size), so one cheap block named over and over cannot commit a huge blob."""
+        if container != INPUT_CONTAINER:
+            return None, None
+        with self.db() as session:
+            row = session.execute(select(Job.key_id, Job.file_size).where(Job.id == name)).first()
+        return (row.key_id, row.file_size) if row else (None, None)
+
     @property
     def store_publishes_events(self) -> bool:
         """True for the embedded store (its endpoint calls on_blob_created); an Azure account without an
@@ -229,13 +238,16 @@ class JobService:
                         raise
                     problem = f"{job.file_name}: {str(exc).replace(str(path), job.file_name)}"
         with self.db.begin() as session:
-            values: dict[str, Any] = ({"status": "failed", "description": problem, "finished_at": utcnow()}
+            values: dict[str, Any] = ({"status": "failed", "description": problem, "finished_at": utcnow(),
+                                       "files_deleted": True}
                                       if problem else {"status": "awaiting_approval", "total_cost": cost,
                                                        "input_sha256": digest})
             # the size condition drops a result made stale by a re-upload while this one was priced
             result = session.execute(update(Job).where(Job.id == job_id, Job.status == "uploaded",
                                                        Job.uploaded_size == job.uploaded_size).values(**values))
         if result.rowcount == 1:
+            if problem:  # nothing will ever read it
+                self.store.delete(INPUT_CONTAINER, job.input_blob)
             self.notify(job_id)
 
     def price_pending(self) -> None:
@@ -412,14 +424,35 @@ class JobService:
             credits.refund(session, job.key_id, job.id, amount, reason)
             job.refunded_credits += amount
 
+    def expire_unapproved(self) -> int:
+        """Uploads not approved within `approval_timeout_seconds` fail and their input is deleted."""
+        cutoff = utcnow() - timedelta(seconds=self.settings.approval_timeout_seconds)
+        waiting = ("uploaded", "awaiting_approval")
+        with self.db() as session:
+            ids = list(session.scalars(select(Job.id).where(Job.status.in_(waiting), Job.uploaded_at < cutoff)))
+        days = self.settings.approval_timeout_seconds / 86400
+        expired = 0
+        for job_id in ids:
+            with self.db.begin() as session:
+                result = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(waiting)).values(
+                    status="failed", finished_at=utcnow(), files_deleted=True,
+                    description=f"not approved within {days:g} days; the upload was deleted"))
+            if result.rowcount == 1:
+                self.store.delete(INPUT_CONTAINER, self.get_job(job_id).input_blob)
+                self.notify(job_id)
+                expired += 1
+        return expired
+
     def housekeeping(self) -> None:
-        """Expire upload sessions whose SAS has run out (job → failed, nothing was charged) and let the
-        store drop uncommitted blocks older than an upload SAS lifetime (a slow upload may still commit them)."""
+        """Expire upload sessions whose SAS has run out (job → failed, nothing was charged), uploads never
+        approved (`expire_unapproved`), and let the store drop uncommitted blocks older than an upload SAS
+        lifetime (a slow upload may still commit them)."""
         cutoff = utcnow() - timedelta(seconds=self.settings.upload_sas_seconds)
         with self.db.begin() as session:
             session.execute(update(Job).where(Job.status == "created", Job.created_at < cutoff).values(
                 status="failed", description="the upload session expired before the upload was complete",
                 finished_at=utcnow()))
+        self.expire_unapproved()
         cleanup = getattr(self.store, "cleanup", None)
         if cleanup is not None:
             cleanup(timedelta(seconds=self.settings.upload_sas_seconds))
