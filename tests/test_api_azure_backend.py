@@ -72,7 +72,8 @@ def test_celery_mode_polls_the_upload_so_cost_and_callback_come_before_approval(
     hook = HTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     settings = settings_for(tmp_path, storage_backend="azure", azure_connection_string=connection_string,
-                            worker="celery", upload_poll_seconds=0.2)
+                            worker="celery", upload_poll_seconds=0.2,
+                            callback_allowed_networks="127.0.0.1/32")  # the receiver above, on loopback
     app = create_app(settings)
     try:
         with TestClient(app) as client:

@@ -18,7 +18,8 @@ from veil.jobs.credits import ledger
 
 @pytest.fixture()
 def client(tmp_path):
-    with app_client(tmp_path) as http:
+    # the callback receivers here listen on loopback, allowed as an operator of an internal network would
+    with app_client(tmp_path, callback_allowed_networks="127.0.0.1/32") as http:
         yield http
 
 

@@ -186,8 +186,10 @@ class _Receiver:
 def test_callbacks_sent_by_a_worker_verify_with_the_api_servers_secret(tmp_path, monkeypatch):
     """API server and worker: separate data dirs, one database, no VEIL_CALLBACK_SECRET."""
     monkeypatch.setattr("veil.engine.anonymize.anonymize", _copy_engine)
-    api = _service(tmp_path, "api", callback_secret=None)
-    worker = _service(tmp_path, "worker", store=api.store, callback_secret=None)  # one store, like Azure
+    loopback = "127.0.0.1/32"  # the receiver's address, allowed as an operator of an internal network would
+    api = _service(tmp_path, "api", callback_secret=None, callback_allowed_networks=loopback)
+    worker = _service(tmp_path, "worker", store=api.store, callback_secret=None,  # one store, like Azure
+                      callback_allowed_networks=loopback)
     receiver = _Receiver()
     try:
         key_id, job_id = _queued(api)

@@ -101,6 +101,61 @@ def test_input_faults_are_charged_not_refunded(svc, monkeypatch):
     assert report["credits_refunded"] == 0 and get_key(svc.db, key_id).credits == 9
 
 
+def _copying_engine(seen: list[str]):
+    def engine(src, dst, config, progress=None):
+        seen.append(Path(src).name)
+        Path(dst).write_bytes(Path(src).read_bytes())
+    return engine
+
+
+def test_cancel_right_after_a_worker_claimed_the_job_refunds_everything(svc, monkeypatch):
+    """The race of the attack run: the client cancels just after a worker took the job, before any file."""
+    seen: list[str] = []
+    monkeypatch.setattr("veil.engine.anonymize.anonymize", _copying_engine(seen))
+    key_id, job_id = _submit(svc, jpeg_bytes(), "x.jpg", credits=10)
+    claim = svc.claim
+
+    def claim_then_cancel(job_id: str, *args) -> bool:
+        claimed = claim(job_id, *args)
+        svc.cancel(key_id, job_id)  # lands while the job is `running`: the worker must notice it
+        return claimed
+
+    monkeypatch.setattr(svc, "claim", claim_then_cancel)
+    process_job(job_id, svc)
+    report = svc.report(svc.get_job(job_id))
+    assert report["state"] == "cancelled" and seen == []
+    assert report["credits_refunded"] == 1 and report["credits_charged"] == 0 and get_key(svc.db, key_id).credits == 10
+    entries = ledger(svc.db, job_id=job_id)
+    assert [(e.kind, e.amount) for e in entries] == [("reserve", -1), ("refund", 1)]
+    assert entries[-1].reason == "job cancelled: 1 of 1 files not processed"
+
+
+def test_cancel_during_an_archive_keeps_only_what_the_processed_files_cost(svc, monkeypatch):
+    seen: list[str] = []
+    copy = _copying_engine(seen)
+    members = {"a.jpg": jpeg_bytes(seed=1), "b.jpg": jpeg_bytes(seed=2), "c.jpg": jpeg_bytes(seed=3)}
+    key_id, job_id = _submit(svc, _zip(members), "three.zip", credits=10)
+    assert svc.get_job(job_id).reserved_credits == 3
+
+    def cancel_during_the_first_file(src, dst, config, progress=None):
+        if not seen:
+            svc.cancel(key_id, job_id)  # the file in progress is finished, the next ones are not started
+        copy(src, dst, config, progress)
+
+    monkeypatch.setattr("veil.engine.anonymize.anonymize", cancel_during_the_first_file)
+    process_job(job_id, svc)
+    report = svc.report(svc.get_job(job_id))
+    assert report["state"] == "cancelled" and seen == ["a.jpg"]
+    assert report["job_status_description"] == "cancelled by the client after 1 of 3 files"
+    assert [t["status"] for t in report["tasks"]] == ["completed", "pending", "pending"]
+    assert report["tasks"][0]["download_link"]  # paid for: still downloadable
+    assert report["credits_charged"] == 1 and report["credits_refunded"] == 2
+    assert get_key(svc.db, key_id).credits == 9
+    entries = ledger(svc.db, job_id=job_id)
+    assert [(e.kind, e.amount) for e in entries] == [("reserve", -3), ("refund", 2)]
+    assert entries[-1].reason == "job cancelled: 2 of 3 files not processed"
+
+
 @pytest.mark.parametrize("members, problem", [
     ({"inner.zip": None, "a.jpg": b"x"}, "nested"),
     ({"../evil.jpg": b"x"}, ".."),

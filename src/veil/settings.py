@@ -14,7 +14,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1024**3
@@ -106,8 +106,29 @@ class Settings(BaseSettings):
     callback_secret: str | None = Field(
         None, description="HMAC key signing callback bodies; when unset, generated once and kept in the "
         "database (the same for every process).")
-    callback_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one callback POST.")
+    callback_timeout_seconds: float = Field(
+        10.0, gt=0, description="Total time one callback attempt may take (connect, TLS, sending, the answer's "
+        "headers), however slowly the receiver trickles.")
     callback_attempts: int = Field(5, ge=1, description="Delivery attempts per callback (exponential backoff).")
+    callback_workers: int = Field(
+        8, ge=1, description="Threads sending callbacks (apart from the ones pricing uploads); one key uses at "
+        "most a quarter of them.")
+    callback_queue_per_key: int = Field(
+        100, ge=1, description="Deliveries one key may have waiting; more are dropped (recorded as `dropped`).")
+    callback_max_per_key: int = Field(
+        20, ge=1, description="Callback registrations one key may have active (its key-wide ones plus those of "
+        "its unfinished jobs); 422 beyond.")
+    callback_allowed_networks: str = Field(
+        "", description="Comma-separated networks callbacks may reach besides public addresses, for receivers on "
+        "an internal network (e.g. `10.0.0.0/8,fd00::/8`; `0.0.0.0/0,::/0` allows every address).")
+
+    @field_validator("callback_allowed_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        from .jobs.callbacks import parse_networks
+
+        parse_networks(value)  # a ValueError naming the bad entry stops the start-up
+        return value
 
     # ----------------------------------------------------------------- derived values
     @property
@@ -121,6 +142,13 @@ class Settings(BaseSettings):
     @property
     def account_key(self) -> bytes:
         return base64.b64decode(self.storage_key or self._secret("storage_key", _new_b64_key))
+
+    @property
+    def callback_networks(self):
+        """callback_allowed_networks parsed (ipaddress networks)."""
+        from .jobs.callbacks import parse_networks
+
+        return parse_networks(self.callback_allowed_networks)
 
     def prices(self):
         """H7's `Prices` built from the price_* settings."""

@@ -136,7 +136,9 @@ def notify_on_job_status(body: schemas.NotifyRequest, key: ApiKey = Depends(api_
     """Register a callback URL. Veil POSTs the JobReport there when an upload is complete and awaits approval,
     and when the job completes or fails; bodies are HMAC-SHA256 signed with this key's `signing_secret`
     (headers `X-Veil-Timestamp`, `X-Veil-Signature: sha256=<hex HMAC of "<timestamp>." + body>`),
-    deliveries retried with backoff."""
+    deliveries retried with backoff. The URL must reach a public address (422 for loopback, private, link-local
+    and other internal addresses unless the operator allows them); a key may have a limited number of active
+    registrations (422 beyond); registering the same URL again changes nothing."""
     try:
         svc.register_callback(key.id, body.callback_url, body.job_id)
     except JobNotFound as exc:
@@ -158,7 +160,8 @@ def list_jobs(key: ApiKey = Depends(api_key), svc: JobService = Depends(service)
 @router.post("/jobs/{job_id}/cancel", response_model=schemas.JobReport,
              responses={**_NOT_FOUND, 409: {"model": schemas.Error}})
 def cancel_job(job_id: str, key: ApiKey = Depends(api_key), svc: JobService = Depends(service)):
-    """Cancel a job: at once (and refunded) before processing started, else before its next file."""
+    """Cancel a job: at once (and refunded) before processing started, else before its next file, refunding what
+    the files not processed cost (everything if no file was completed)."""
     return _report_after(svc, lambda: svc.cancel(key.id, job_id))
 
 

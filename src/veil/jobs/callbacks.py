@@ -18,23 +18,40 @@ How a receiver verifies a callback (this module's `verify` does exactly this):
 Delivery is retried on connection errors, timeouts, 5xx, 408 and 429 (honouring a numeric
 `Retry-After`), with exponential backoff: `backoff`, `2*backoff`, `4*backoff`, ... capped at
 `max_backoff`. Any other answer (2xx success, 3xx, other 4xx) ends the delivery. Redirects are not
-followed: a callback URL must answer itself.
+followed: a callback URL must answer itself. Each attempt has one deadline for everything (connect,
+TLS, sending, the answer's status line and headers), so a receiver that trickles bytes is cut there.
+
+Server-side request forgery: a callback may only reach public internet addresses (not loopback,
+private, link-local such as 169.254.169.254, unspecified, multicast or reserved ranges, in any
+spelling: `[::1]`, `2130706433`, `0x7f.1`, `::ffff:127.0.0.1`), unless the operator allows a network
+(`allowed` below; `VEIL_CALLBACK_ALLOWED_NETWORKS`). The URL is checked when it is registered, and
+each attempt resolves the host once, checks every address and connects to the checked one (the
+original host name still goes in `Host` and TLS SNI), so DNS rebinding cannot switch it afterwards.
+
+`CallbackDispatcher` sends deliveries on its own threads, fairly between keys: each key has a
+bounded queue and may hold only a few of the threads, so one tenant's dead receivers delay nobody
+else; `close()` never waits for a receiver.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
+import io
+import ipaddress
 import json
 import logging
 import secrets
+import socket
+import ssl
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
-
-import requests
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +60,9 @@ TIMESTAMP_HEADER = "X-Veil-Timestamp"
 DELIVERY_HEADER = "X-Veil-Delivery"
 MAX_URL_LENGTH = 2048
 _RETRY_STATUS = {408, 429}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class InvalidCallbackURL(ValueError):
@@ -81,8 +101,58 @@ def verify(body: bytes, secret: str, signature: str | None, timestamp: str | Non
     return hmac.compare_digest(signature.removeprefix("sha256="), sign(body, secret, ts))
 
 
-def validate_callback_url(url: str) -> str:
-    """Return `url` if it is an absolute http(s) URL with a host; raise InvalidCallbackURL otherwise."""
+# ---------------------------------------------------------------------------------- addresses
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """`"10.0.0.0/8, 127.0.0.1"` → networks; ValueError naming a bad entry."""
+    networks = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP network (write e.g. 10.0.0.0/8 or fd00::/8)") from None
+    return tuple(networks)
+
+
+def _reached(address: Address) -> Address:
+    """The IPv4 address an IPv4-mapped (`::ffff:a.b.c.d`) or 6to4 IPv6 address really reaches."""
+    if isinstance(address, ipaddress.IPv6Address):
+        return address.ipv4_mapped or address.sixtofour or address
+    return address
+
+
+def address_problem(address: Address, allowed: Iterable[Network] = ()) -> str | None:
+    """None when a callback may connect to `address`, else what kind of address it is."""
+    address = _reached(address)
+    if any(address in network for network in allowed):
+        return None
+    for kind in ("loopback", "link_local", "unspecified", "private", "multicast", "reserved"):
+        if getattr(address, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return None if address.is_global else "non-public"
+
+
+def _literal_address(host: str) -> Address | None:
+    """The address `host` spells, in any form a resolver accepts (`127.1`, `0x7f000001`, `017700000001`)."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
+
+
+def _refuse(host: str, address: Address, problem: str) -> InvalidCallbackURL:
+    address = _reached(address)
+    shown = host if str(address) == host else f"{host} ({address})"
+    return InvalidCallbackURL(f"callback URL points at {shown}, and {problem} addresses are not allowed: "
+                              f"callbacks may only go to public internet addresses")
+
+
+def validate_callback_url(url: str, allowed: Iterable[Network] = ()) -> str:
+    """Return `url` if it is an absolute http(s) URL whose host is a name or a public address (or one in
+    `allowed`); raise InvalidCallbackURL naming the problem otherwise. Names are resolved at delivery."""
     if not isinstance(url, str) or not url:
         raise InvalidCallbackURL("callback URL is empty")
     if len(url) > MAX_URL_LENGTH:
@@ -100,87 +170,287 @@ def validate_callback_url(url: str) -> str:
         raise InvalidCallbackURL("callback URL has no host")
     if parts.username or parts.password:
         raise InvalidCallbackURL("callback URL must not contain a user name or password")
+    host = _ascii_host(parts.hostname)
+    name = host.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):  # RFC 6761: always loopback
+        addresses = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    else:
+        addresses = [a for a in [_literal_address(host)] if a is not None]
+    for address in addresses:
+        if problem := address_problem(address, allowed):
+            raise _refuse(host, address, problem)
     return url
 
 
+def _ascii_host(hostname: str) -> str:
+    try:
+        return hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise InvalidCallbackURL("callback URL's host name is not valid") from None
+
+
+def _resolve(host: str, port: int, allowed: Iterable[Network]) -> list[tuple[int, tuple]]:
+    """Every address `host` resolves to, each checked; InvalidCallbackURL if any is not allowed."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve {host}: {exc.strerror}") from None
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(sockaddr[0].split("%")[0])
+        if problem := address_problem(address, allowed):
+            raise _refuse(host, address, problem)
+    return [(family, sockaddr) for family, *_, sockaddr in infos]
+
+
+# ---------------------------------------------------------------------------------- one attempt
+class _Deadline:
+    """The socket http.client reads and writes through: every operation gets only what is left of the
+    attempt's time, so a receiver trickling its answer cannot stretch the attempt past the deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock, self.deadline = sock, deadline
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the attempt's deadline passed")
+        self.sock.settimeout(left)
+
+    def sendall(self, data: bytes) -> None:
+        self._arm()
+        self.sock.sendall(data)
+
+    def recv_into(self, buffer, nbytes: int = 0) -> int:
+        self._arm()
+        return self.sock.recv_into(buffer, nbytes)
+
+    def makefile(self, mode: str = "rb", *args, **kwargs) -> io.BufferedReader:
+        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _decref_socketios(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _connect(addresses: list[tuple[int, tuple]], deadline: float) -> socket.socket:
+    error: OSError = OSError("no address to connect to")
+    for family, sockaddr in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))  # connect() is bounded as a whole
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, allowed: Iterable[Network],
+          ssl_context: ssl.SSLContext | None) -> tuple[int, str | None]:
+    """One POST, everything within `timeout` seconds, to an address checked after resolution.
+    Returns (status, Retry-After); raises OSError (incl. timeouts) or InvalidCallbackURL."""
+    deadline = time.monotonic() + timeout
+    parts = urlsplit(url)
+    host, https = _ascii_host(parts.hostname or ""), parts.scheme.lower() == "https"
+    port = parts.port or (443 if https else 80)
+    sock = None
+    try:
+        sock = _connect(_resolve(host, port, allowed), deadline)
+        if https:  # SNI and certificate checked against the URL's host, not the address
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))  # the handshake is bounded as a whole
+            sock = (ssl_context or ssl.create_default_context()).wrap_socket(sock, server_hostname=host)
+        conn = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(host, port)
+        conn.sock = _Deadline(sock, deadline)  # type: ignore[assignment] - already connected: never re-resolved
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()  # status line and headers only: the body is never read
+        return response.status, response.getheader("Retry-After")
+    except http.client.HTTPException as exc:
+        raise OSError(f"bad answer: {type(exc).__name__}: {exc}") from None
+    except TimeoutError:  # every step's timeout is what was left of the attempt's time
+        raise TimeoutError(f"no complete answer within the attempt's deadline ({timeout:g} s)") from None
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+# ---------------------------------------------------------------------------------- one delivery
 def encode_payload(payload: dict) -> bytes:
     """The exact body bytes that are signed and sent (compact JSON; datetimes etc. as strings)."""
     return json.dumps(payload, separators=(",", ":"), default=str).encode()
 
 
-def deliver(url: str, payload: dict, secret: str, attempts: int = 5, backoff: float = 1.0,
-            max_backoff: float = 60.0, timeout: float = 10.0,
-            stop: threading.Event | None = None) -> bool:
-    """POST `payload` to `url`, signed with `secret`, retrying transient failures.
+@dataclass
+class Outcome:
+    """How a delivery ended: delivered (2xx), refused (not retried), failed (gave up), dropped (never sent)."""
 
-    Returns True once the receiver answers 2xx, False when it refuses or every attempt failed
-    (or `stop` was set while waiting to retry). Never raises for network problems.
-    """
-    validate_callback_url(url)
+    status: str
+    attempts: int = 0
+    status_code: int | None = None
+    error: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        return self.status == "delivered"
+
+
+def deliver(url: str, payload: dict, secret: str, attempts: int = 5, backoff: float = 1.0,
+            max_backoff: float = 60.0, timeout: float = 10.0, stop: threading.Event | None = None,
+            allowed: Iterable[Network] = (), delivery_id: str | None = None,
+            ssl_context: ssl.SSLContext | None = None) -> Outcome:
+    """POST `payload` to `url`, signed with `secret`, retrying transient failures; each attempt ends
+    after `timeout` seconds whatever the receiver does. Stops retrying once `stop` is set.
+    Never raises for network problems or refused addresses."""
+    allowed = tuple(allowed)
     body = encode_payload(payload)
-    delivery_id = str(uuid.uuid4())
+    delivery_id = delivery_id or str(uuid.uuid4())
     stop = stop or threading.Event()
+    outcome = Outcome("failed")
+    try:
+        validate_callback_url(url, allowed)
+    except InvalidCallbackURL as exc:
+        return Outcome("failed", 0, error=str(exc))
     for attempt in range(1, attempts + 1):
+        outcome.attempts = attempt
         headers = {"Content-Type": "application/json", "User-Agent": "Veil-Callback/1",
                    DELIVERY_HEADER: delivery_id, **signature_headers(body, secret)}
         delay = min(backoff * 2 ** (attempt - 1), max_backoff)
         try:
-            response = requests.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            problem = f"{type(exc).__name__}: {exc}"
+            status, retry_after = _post(url, body, headers, timeout, allowed, ssl_context)
+        except InvalidCallbackURL as exc:  # resolved to an address that is not allowed
+            log.warning("callback %s not sent: %s", url, exc)
+            outcome.error = str(exc)
+            return outcome
+        except OSError as exc:
+            outcome.error = f"{type(exc).__name__}: {exc}"
         else:
-            if 200 <= response.status_code < 300:
-                return True
-            problem = f"HTTP {response.status_code}"
-            if response.status_code < 500 and response.status_code not in _RETRY_STATUS:
-                log.warning("callback %s refused (%s); not retrying", url, problem)
-                return False
-            delay = min(max(delay, _retry_after(response)), max_backoff)
-        log.info("callback %s attempt %d/%d failed (%s)", url, attempt, attempts, problem)
+            outcome.status_code, outcome.error = status, f"HTTP {status}"
+            if 200 <= status < 300:
+                outcome.status, outcome.error = "delivered", ""
+                return outcome
+            if status < 500 and status not in _RETRY_STATUS:
+                log.warning("callback %s refused (HTTP %d); not retrying", url, status)
+                outcome.status = "refused"
+                return outcome
+            delay = min(max(delay, _seconds(retry_after)), max_backoff)
+        log.info("callback %s attempt %d/%d failed (%s)", url, attempt, attempts, outcome.error)
         if attempt < attempts and stop.wait(delay):
             break
-    log.warning("callback %s gave up after %d attempts", url, attempt)
-    return False
+    log.warning("callback %s gave up after %d attempts", url, outcome.attempts)
+    return outcome
 
 
-def _retry_after(response: requests.Response) -> float:
+def _seconds(retry_after: str | None) -> float:
     try:
-        return float(response.headers.get("Retry-After", 0))
+        return float(retry_after or 0)
     except ValueError:  # an HTTP date: fall back to our own backoff
         return 0.0
 
 
-class CallbackDispatcher:
-    """Sends callbacks on background threads so an API request never waits for a receiver.
+# ---------------------------------------------------------------------------------- many deliveries
+@dataclass
+class _Item:
+    key: str
+    url: str
+    payload: dict
+    secret: str
+    delivery_id: str | None
+    on_done: Callable[[Outcome], None] | None
 
-    `submit` returns at once; `close()` stops waiting retries and, with `wait=True`, lets the
-    attempts in flight finish.
+
+class CallbackDispatcher:
+    """Sends callbacks on its own daemon threads so no request, pricing or shutdown waits for a receiver.
+
+    Fair between keys: each key has a queue of at most `queue_per_key` deliveries (`submit` refuses
+    more) and at most `per_key` of the `workers` threads; the threads take keys in turn. `close()`
+    drops what is still queued (reporting it to `on_done` as "dropped"), stops retries and returns at
+    once; an attempt in flight ends by its own deadline.
     """
 
-    def __init__(self, workers: int = 4, attempts: int = 5, backoff: float = 1.0,
-                 max_backoff: float = 60.0, timeout: float = 10.0) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veil-callback")
+    def __init__(self, workers: int = 4, per_key: int | None = None, queue_per_key: int = 100,
+                 attempts: int = 5, backoff: float = 1.0, max_backoff: float = 60.0, timeout: float = 10.0,
+                 allowed: Iterable[Network] = ()) -> None:
+        self._per_key = per_key or max(1, workers // 4)
+        self._queue_per_key = queue_per_key
+        self._queues: dict[str, deque[_Item]] = {}  # insertion order = whose turn it is
+        self._busy: dict[str, int] = {}
+        self._lock = threading.Condition()
         self._stop = threading.Event()
-        self._options = dict(attempts=attempts, backoff=backoff, max_backoff=max_backoff, timeout=timeout)
+        self._options = dict(attempts=attempts, backoff=backoff, max_backoff=max_backoff, timeout=timeout,
+                             allowed=tuple(allowed))
+        self._workers, self._started = workers, False
 
-    def submit(self, url: str, payload: dict, secret: str) -> Future[bool]:
-        """Queue one delivery; the future resolves to `deliver`'s result (never raises)."""
-        validate_callback_url(url)
-        return self._pool.submit(self._run, url, payload, secret)
+    def submit(self, key: str, url: str, payload: dict, secret: str, delivery_id: str | None = None,
+               on_done: Callable[[Outcome], None] | None = None) -> bool:
+        """Queue one delivery for `key`; False (nothing queued) when the key's queue is full or closed."""
+        with self._lock:
+            queue = self._queues.get(key, deque())
+            if self._stop.is_set() or len(queue) >= self._queue_per_key:
+                return False
+            queue.append(_Item(key, url, payload, secret, delivery_id, on_done))
+            self._queues[key] = queue
+            if not self._started:  # threads on first use: most services never send a callback
+                self._started = True
+                for n in range(self._workers):
+                    threading.Thread(target=self._work, name=f"veil-callback-{n}", daemon=True).start()
+            self._lock.notify()
+        return True
 
-    def _run(self, url: str, payload: dict, secret: str) -> bool:
-        try:
-            return deliver(url, payload, secret, stop=self._stop, **self._options)
-        except Exception:  # a bug must not kill the pool thread silently
-            log.exception("callback to %s failed unexpectedly", url)
-            return False
+    def _next(self) -> _Item | None:
+        with self._lock:
+            while not self._stop.is_set():
+                key = next((k for k in self._queues if self._busy.get(k, 0) < self._per_key), None)
+                if key is None:
+                    self._lock.wait()
+                    continue
+                queue = self._queues.pop(key)
+                item = queue.popleft()
+                if queue:
+                    self._queues[key] = queue  # back of the line
+                self._busy[key] = self._busy.get(key, 0) + 1
+                return item
+        return None
 
-    def close(self, wait: bool = True) -> None:
+    def _work(self) -> None:
+        while (item := self._next()) is not None:
+            try:
+                outcome = deliver(item.url, item.payload, item.secret, stop=self._stop,
+                                  delivery_id=item.delivery_id, **self._options)
+            except Exception as exc:  # a bug must not kill the thread silently
+                log.exception("callback to %s failed unexpectedly", item.url)
+                outcome = Outcome("failed", error=f"internal error: {type(exc).__name__}")
+            with self._lock:
+                self._busy[item.key] -= 1
+                if not self._busy[item.key]:
+                    del self._busy[item.key]
+                self._lock.notify_all()  # the key may be eligible again
+            _report(item, outcome)
+
+    def close(self) -> None:
         self._stop.set()
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        with self._lock:
+            dropped = [item for queue in self._queues.values() for item in queue]
+            self._queues.clear()
+            self._lock.notify_all()
+        for item in dropped:
+            _report(item, Outcome("dropped", error="the service shut down before sending it"))
 
     def __enter__(self) -> CallbackDispatcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _report(item: _Item, outcome: Outcome) -> None:
+    if item.on_done is not None:
+        try:
+            item.on_done(outcome)
+        except Exception:  # noqa: BLE001 - e.g. the database went away during shutdown
+            log.warning("recording the callback to %s failed", item.url, exc_info=True)

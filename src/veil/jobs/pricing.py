@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from ..engine.errors import MediaError
 from .archive import ArchiveError, ArchiveLimits, is_archive, iter_member_files
 
-__all__ = ["ArchiveError", "MediaError", "Prices", "cost_of", "probe"]
+__all__ = ["ArchiveError", "MediaError", "Prices", "cost_of", "cost_of_members", "probe"]
 
 
 class Prices(BaseModel):
@@ -49,17 +49,32 @@ def cost_of(path: Path, prices: Prices | None = None, limits: ArchiveLimits | No
         total = count = 0
         for name, stream in iter_member_files(path, limits, work_dir=path.parent):
             count += 1
-            try:
-                total += _price(probe(stream), prices)
-            except MediaError:
-                total += prices.per_image  # its task will fail on its own; see the module doc
-            total += prices.per_archive_file
+            total += _member_price(stream, prices)
         if count == 0:
             raise ArchiveError("the archive holds no files")
     else:
         with open(path, "rb") as f:
             total = _price(probe(f), prices)
     return max(total, prices.minimum_per_job)
+
+
+def cost_of_members(paths: list[Path], prices: Prices | None = None) -> int:
+    """What these files of an archive (extracted) account for of the job's cost, at least the job minimum:
+    the credits a job cancelled after processing them keeps."""
+    prices = prices or Prices()
+    total = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            total += _member_price(f, prices)
+    return max(total, prices.minimum_per_job)
+
+
+def _member_price(stream: IO[bytes], prices: Prices) -> int:
+    try:
+        price = _price(probe(stream), prices)
+    except MediaError:
+        price = prices.per_image  # its task will fail on its own; see the module doc
+    return price + prices.per_archive_file
 
 
 def probe(stream: IO[bytes]) -> tuple[Literal["image", "video"], float]:

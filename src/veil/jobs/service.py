@@ -20,17 +20,23 @@ Rules:
   it, so a worker that lost its lease (stalled past the expiry, its job retaken) changes nothing.
 - A job is completed when at least one of its files was anonymized; it fails (200) only when none was.
 - The reservation is refunded (and recorded in the ledger) when the job fails through no fault of its
-  input (engine/storage/internal error on every file) or is cancelled before a worker started it.
+  input (engine/storage/internal error on every file) or is cancelled before a worker started it. A job
+  cancelled while running keeps only what its processed files cost (`pricing.cost_of_members`, at least
+  the job minimum), and nothing if no file was completed.
+- Callbacks go out on their own threads (`callbacks.CallbackDispatcher`), never the pricing pool's;
+  every delivery is recorded in `callback_deliveries`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
 import secrets
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,10 +48,11 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from ..db.models import CallbackRegistration, DeploymentSecret, Job, Task, utcnow
+from ..db.models import CallbackDelivery, CallbackRegistration, DeploymentSecret, Job, Task, utcnow
 from ..engine.config import ModelConfig
 from ..settings import Settings
 from . import credits
+from .callbacks import CallbackDispatcher, InvalidCallbackURL, Outcome, validate_callback_url
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,10 @@ class UploadTooLarge(ValueError):
 
 class InputChanged(Exception):
     """The input blob is not the content that was priced (it must never be processed)."""
+
+
+class TooManyCallbacks(InvalidCallbackURL):
+    """The key has as many active callback registrations as it may have."""
 
 
 @dataclass
@@ -116,12 +127,18 @@ class JobService:
         self.db = db
         self.store = store
         self.dispatch = dispatch or (lambda job_id: None)  # called with a job id once it is queued
-        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veil-jobs")
+        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veil-jobs")  # pricing
+        self._callbacks = CallbackDispatcher(
+            workers=settings.callback_workers, queue_per_key=settings.callback_queue_per_key,
+            attempts=settings.callback_attempts, timeout=settings.callback_timeout_seconds,
+            allowed=settings.callback_networks)
         self._closed = threading.Event()
         self._callback_secret: str | None = None
 
     def close(self) -> None:
+        """Stop: waits for pricing in progress, never for a callback receiver (queued deliveries are dropped)."""
         self._closed.set()
+        self._callbacks.close()
         self._background.shutdown(wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------ creating jobs
@@ -397,9 +414,9 @@ class JobService:
         return len(ids)
 
     def finish(self, job_id: str, status: str, description: str, refund_reason: str | None = None,
-               owner: str | None = None) -> bool:
-        """Record a job's final state; refund its reservation when `refund_reason` is given. A worker
-        passes its lease `owner`: nothing is written unless it still holds the lease."""
+               keep: int = 0, owner: str | None = None) -> bool:
+        """Record a job's final state; when `refund_reason` is given, refund its reservation but `keep` credits.
+        A worker passes its lease `owner`: nothing is written unless it still holds the lease."""
         with self.db.begin() as session:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None or job.status in FINAL:
@@ -412,14 +429,14 @@ class JobService:
             if status == "completed":
                 job.progress = 1.0
             if refund_reason:
-                self._refund(session, job, refund_reason)
+                self._refund(session, job, refund_reason, keep)
         log.info("job %s: %s (%s)", job_id, status, description)
         self.notify(job_id)
         return True
 
     @staticmethod
-    def _refund(session: Session, job: Job, reason: str) -> None:
-        amount = job.reserved_credits - job.refunded_credits
+    def _refund(session: Session, job: Job, reason: str, keep: int = 0) -> None:
+        amount = job.reserved_credits - max(keep, 0) - job.refunded_credits
         if amount > 0:
             credits.refund(session, job.key_id, job.id, amount, reason)
             job.refunded_credits += amount
@@ -460,7 +477,7 @@ class JobService:
     # ------------------------------------------------------------------ client extensions
     def cancel(self, key_id: str, job_id: str) -> Job:
         """Cancel a job. Before a worker started it: cancelled at once and refunded. Running: the worker
-        stops before its next file (credits for a started job are kept). Finished: JobConflict."""
+        stops before its next file and refunds what the files it did not process cost. Finished: JobConflict."""
         job = self.get_job(job_id, key_id)
         if job.status in FINAL:
             raise JobConflict(f"job is already {job.status}")
@@ -563,13 +580,25 @@ class JobService:
 
     # ------------------------------------------------------------------ callbacks
     def register_callback(self, key_id: str, url: str, job_id: str | None = None) -> CallbackRegistration:
-        """Raises JobNotFound, or callbacks.InvalidCallbackURL (a ValueError naming the problem)."""
-        from .callbacks import validate_callback_url
-
-        validate_callback_url(url)
+        """Register (once: the same URL again is a no-op). Raises JobNotFound, or InvalidCallbackURL /
+        TooManyCallbacks (ValueErrors naming the problem)."""
+        validate_callback_url(url, self.settings.callback_networks)
         if job_id is not None:
             self.get_job(job_id, key_id)
+        mine = CallbackRegistration.key_id == key_id
         with self.db.begin() as session:
+            same = session.scalar(select(CallbackRegistration).where(
+                mine, CallbackRegistration.url == url,
+                CallbackRegistration.job_id == job_id if job_id else CallbackRegistration.job_id.is_(None)))
+            if same is not None:
+                return same
+            active = session.scalar(
+                select(func.count(CallbackRegistration.id)).outerjoin(Job, Job.id == CallbackRegistration.job_id)
+                .where(mine, CallbackRegistration.job_id.is_(None) | Job.status.not_in(FINAL)))
+            limit = self.settings.callback_max_per_key
+            if active >= limit:
+                raise TooManyCallbacks(f"this key already has {active} active callback registrations, the most "
+                                       f"it may have ({limit}); job-specific ones end with their job")
             row = CallbackRegistration(key_id=key_id, job_id=job_id, url=url)
             session.add(row)
         return row
@@ -603,18 +632,22 @@ class JobService:
                 (CallbackRegistration.job_id == job.id) | (CallbackRegistration.job_id.is_(None)))).unique())
         if not urls or self._closed.is_set():
             return
-        payload = _jsonable(self.report(job))
-        for url in dict.fromkeys(urls):
-            self._background.submit(self._deliver, url, payload, self.callback_secret(job.key_id))
+        payload, secret = _jsonable(self.report(job)), self.callback_secret(job.key_id)
+        rows = [CallbackDelivery(id=str(uuid.uuid4()), key_id=job.key_id, job_id=job.id, url=url, event=job.status)
+                for url in dict.fromkeys(urls)]
+        with self.db.begin() as session:
+            session.add_all(rows)
+        for row in rows:
+            record = functools.partial(self._record_delivery, row.id)
+            if not self._callbacks.submit(job.key_id, row.url, payload, secret, row.id, record):
+                record(Outcome("dropped", error=f"more than {self.settings.callback_queue_per_key} deliveries "
+                                                "were waiting for this key"))
 
-    def _deliver(self, url: str, payload: dict, secret: str) -> None:
-        from . import callbacks
-
-        try:
-            callbacks.deliver(url, payload, secret=secret, attempts=self.settings.callback_attempts,
-                              timeout=self.settings.callback_timeout_seconds, stop=self._closed)
-        except Exception:  # noqa: BLE001 - a receiver that never answers must not break the job
-            log.warning("callback to %s failed", url, exc_info=True)
+    def _record_delivery(self, delivery_id: str, outcome: Outcome) -> None:
+        with self.db.begin() as session:
+            session.execute(update(CallbackDelivery).where(CallbackDelivery.id == delivery_id).values(
+                status=outcome.status, attempts=outcome.attempts, status_code=outcome.status_code,
+                last_error=outcome.error[:2000], finished_at=utcnow()))
 
     def _work_root(self) -> Path:
         root = self.settings.data_dir / "work"

@@ -115,8 +115,6 @@ def process_job(job_id: str, service: JobService | None = None) -> bool:
     try:
         with _Lease(svc, job_id, owner) as lease:
             _run(svc, job_id, work, lease)
-    except _Cancelled:
-        svc.finish(job_id, "cancelled", "cancelled by the client", owner=owner)
     except InputChanged as exc:
         log.warning("job %s: %s", job_id, exc)
         svc.finish(job_id, "failed", f"{exc}; nothing was processed and the credits were refunded",
@@ -134,7 +132,6 @@ def process_job(job_id: str, service: JobService | None = None) -> bool:
 
 
 def _run(svc: JobService, job_id: str, work: Path, lease: _Lease) -> None:
-    from ..engine.anonymize import anonymize
     from ..jobs.archive import ArchiveError, expand_archive, is_archive
 
     shutil.rmtree(work, ignore_errors=True)
@@ -152,6 +149,18 @@ def _run(svc: JobService, job_id: str, work: Path, lease: _Lease) -> None:
     else:
         files = [src]
     tasks = _ensure_tasks(svc, job_id, files, lease)
+    try:
+        _process(svc, job_id, work, config, tasks, lease)
+    except _Cancelled:
+        _cancelled(svc, job_id, tasks, lease.owner)
+        return
+    _finish(svc, job_id, lease.owner)
+
+
+def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, tasks: list[tuple[int, Path]],
+             lease: _Lease) -> None:
+    from ..engine.anonymize import anonymize
+
     progress = _Progress(svc, job_id, len(tasks), lease)
     run_tag = lease.owner.rsplit(":", 1)[1]
     for index, (task_id, path) in enumerate(tasks):
@@ -184,7 +193,21 @@ def _run(svc: JobService, job_id: str, work: Path, lease: _Lease) -> None:
         finally:
             dst.unlink(missing_ok=True)
         progress.file_done(index)
-    _finish(svc, job_id, lease.owner)
+
+
+def _cancelled(svc: JobService, job_id: str, tasks: list[tuple[int, Path]], owner: str) -> None:
+    """Cancelled mid-job: keep what the processed files cost (nothing if none completed), refund the rest.
+    (A completed file before a cancel means several files: an archive, priced per member.)"""
+    from ..jobs.pricing import cost_of_members
+
+    status = {t.id: t.status for t in svc.get_job(job_id).tasks}
+    processed = [path for task_id, path in tasks if status[task_id] in ("completed", "failed")]
+    keep = 0
+    if any(status[task_id] == "completed" for task_id, _ in tasks):
+        keep = cost_of_members(processed, svc.settings.prices())
+    svc.finish(job_id, "cancelled", f"cancelled by the client after {len(processed)} of {len(tasks)} files",
+               refund_reason=f"job cancelled: {len(tasks) - len(processed)} of {len(tasks)} files not processed",
+               keep=keep, owner=owner)
 
 
 def _finish(svc: JobService, job_id: str, owner: str) -> None:
