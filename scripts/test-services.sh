@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 if [ -f package.json ] && [ ! -x node_modules/.bin/azurite-blob ]; then
   npm install --no-audit --no-fund --loglevel=error
 fi
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then  # browser tests (Playwright drives it)
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y --no-install-recommends chromium >/dev/null; } || true
+fi
 if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 2>/dev/null; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
 fi

@@ -10,10 +10,7 @@ with little change elsewhere.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from fractions import Fraction
@@ -23,10 +20,10 @@ import av
 import cv2
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 import seed_client
+from _live_server import veil_command, veil_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -48,56 +45,17 @@ CLIP_CLEAR_BELOW_Y = 520  # torso: no face below this line
 CLIP_CLEAR_LEFT_X = 120  # background left of the person
 
 
-def _veil() -> list[str]:
-    script = Path(sys.executable).with_name("veil")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from veil.cli import main; main()"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, detection_models, shared_data) -> Iterator[tuple[str, str]]:
     """(API_URL, key) of a fresh `veil serve` on 127.0.0.1."""
     data = tmp_path_factory.mktemp("veil-data")
-    created = subprocess.run([*_veil(), "keys", "create", "--credits", "1000", "--data-dir", str(data)],
+    created = subprocess.run([*veil_command(), "keys", "create", "--credits", "1000", "--data-dir", str(data)],
                              capture_output=True, text=True, timeout=120)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1].strip()
     assert len(key) == 36, f"the key must be alone on the last line: {created.stdout!r}"
-
-    port = _free_port()
-    log_path = data / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*_veil(), "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--data-dir", str(data)], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"veil serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{base}/docs", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"veil serve not ready after 120 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+    with veil_server(data) as base:
         yield f"{base}/v1", key
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.returncode not in (0, -15):
-            print(f"veil serve log:\n{log_path.read_text()[-3000:]}")
 
 
 @pytest.fixture

@@ -279,7 +279,7 @@ def keys_create(credits_: int, name: str, data_dir: Path | None) -> None:
     """Create a key; the key itself is printed alone on the last line (it is not stored)."""
     from .jobs.keys import create_key
 
-    key, row = create_key(_db(data_dir), credits_, name)
+    key, row = create_key(_db(data_dir), credits_, name, actor="cli")
     click.echo(f"created key id {row.id} ({row.name or 'no name'}) with {row.credits} credits; keep the key, "
                "it cannot be shown again:")
     click.echo(key)
@@ -311,6 +311,27 @@ def keys_revoke(key_or_id: str, data_dir: Path | None) -> None:
 
 
 @main.group()
+def admin() -> None:
+    """Manage admin panel accounts (the panel is at /admin of `veil serve`)."""
+
+
+@admin.command("create")
+@click.argument("email")
+@click.password_option("--password", prompt="Password (10+ characters)",
+                       help="Asked for when not given (VEIL_ADMIN_PASSWORD at start-up is the other way).")
+@_data_dir_option
+def admin_create(email: str, password: str, data_dir: Path | None) -> None:
+    """Create an admin account that signs in to the panel with EMAIL and a password."""
+    from .jobs.admins import AdminError, create_admin
+
+    try:
+        row = create_admin(_db(data_dir), email, password)
+    except AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created admin {row.email}")
+
+
+@main.group()
 def credits() -> None:
     """Manage credit balances."""
 
@@ -326,7 +347,7 @@ def credits_add(key_or_id: str, amount: int, data_dir: Path | None) -> None:
 
     db = _db(data_dir)
     try:
-        balance = add_credits(db, find_key(db, key_or_id).id, amount, reason="veil credits add")
+        balance = add_credits(db, find_key(db, key_or_id).id, amount, reason="veil credits add", actor="cli")
     except (KeyNotFound, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"balance: {balance}")

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     azure_api_version: str | None = Field(
         None, description="Pin the Blob REST version (Azurite lags behind the SDK, e.g. 2026-06-06).")
     admin_token: str | None = Field(None, description="Bearer token for the /admin API; unset disables it.")
+    admin_email: str | None = Field(
+        None, description="With VEIL_ADMIN_PASSWORD: an admin panel account created at start-up if missing "
+        "(for automated set-ups; otherwise `veil admin create EMAIL`).")
+    admin_password: str | None = Field(None, description="Password of VEIL_ADMIN_EMAIL's account (10+ characters).")
+    admin_session_hours: float = Field(12, gt=0, description="How long an admin panel sign-in lasts.")
     worker: Literal["embedded", "celery", "none"] = Field(
         "embedded", description="`embedded`: worker threads inside `veil serve`; `celery`: send jobs to "
         "`veil worker` processes; `none`: API only.")

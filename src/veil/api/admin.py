@@ -42,7 +42,7 @@ def _find(svc: JobService, key_or_id: str):
 @router.post("/keys", response_model=schemas.KeyCreated, status_code=201)
 def create_key(body: schemas.KeyCreate, svc: JobService = Depends(service)):
     """Create an API key; the key itself is returned only here."""
-    key, row = keys.create_key(svc.db, body.credits, body.name)
+    key, row = keys.create_key(svc.db, body.credits, body.name, actor="admin-api")
     return {**_info(row), "key": key}
 
 
@@ -61,7 +61,7 @@ def revoke_key(key_or_id: str, svc: JobService = Depends(service)):
 def add_credits(key_or_id: str, body: schemas.CreditsAdd, svc: JobService = Depends(service)):
     row = _find(svc, key_or_id)
     try:
-        credits.add_credits(svc.db, row.id, body.amount, body.reason)
+        credits.add_credits(svc.db, row.id, body.amount, body.reason, actor="admin-api")
     except ValueError as exc:
         raise HTTPException(409, str(exc)) from None
     return _info(keys.get_key(svc.db, row.id))

@@ -1,6 +1,7 @@
 """`create_app(settings)`: the whole service on one port — public API (/v1), embedded blob endpoint,
-admin API (/admin/api), Event Grid webhook (/events), OpenAPI (/docs) — with the embedded worker, the
-sweeper (leases, re-sends, upload polling, housekeeping) and the Service Bus consumer (when configured)
+admin API (/admin/api), admin panel (/admin), Event Grid webhook (/events), OpenAPI (/docs, /redoc, their
+assets served from the pinned `fastapi-offline` wheel so they render offline) — with the embedded worker,
+the sweeper (leases, re-sends, upload polling, housekeeping) and the Service Bus consumer (when configured)
 started and stopped in the lifespan."""
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ import logging
 import threading
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from ..jobs.service import JobService, build_service
 from ..settings import Settings
@@ -27,6 +31,11 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     worker = None
     if service is None:
         service = build_service(settings)
+    if settings.admin_email and settings.admin_password:
+        from ..jobs.admins import ensure_admin
+
+        if ensure_admin(service.db, settings.admin_email, settings.admin_password):
+            log.info("created the admin panel account %s (VEIL_ADMIN_EMAIL)", settings.admin_email)
     if settings.worker == "embedded":
         from ..queue.embedded import EmbeddedWorker
 
@@ -63,19 +72,22 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
                 worker.stop()
             service.close()
 
-    app = FastAPI(title="Veil", version=_version(), lifespan=lifespan,
-                  description="Anonymization of faces and licence plates; the Cloud Public API under /v1.")
+    app = FastAPI(title="Veil", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Anonymization of faces and licence plates; the Cloud Public API under /v1. "
+                              "Operators: the admin panel is at [/admin](/admin).")
     app.add_middleware(BodyLimit, limit=settings.max_json_body_bytes, per_prefix={
         BLOB_PATH_PREFIX + "/": None, "/v1/direct_upload": None, "/events/": 1024 * 1024})
     app.state.service = service
     app.state.settings = settings
 
     from ..api.blob import UploadLimits, create_blob_router
-    from . import admin, events, public
+    from . import admin, events, panel, public
 
     app.include_router(public.router)
     app.include_router(admin.router)
     app.include_router(events.router)
+    panel.install(app)
+    _offline_docs(app)
     limits = UploadLimits(max_bytes=settings.max_upload_bytes, idle_timeout=settings.upload_idle_timeout_seconds,
                           min_rate=settings.upload_min_bytes_per_second,
                           per_owner=settings.max_concurrent_uploads_per_key)
@@ -96,6 +108,27 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
                              "request_id": request_id}, status_code=500)
 
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs and /redoc with Swagger UI's and ReDoc's files from the fastapi-offline wheel (no CDN)."""
+    import fastapi_offline
+
+    assets = "/docs-assets"
+    app.mount(assets, StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{assets}/swagger-ui.css",
+                                   swagger_favicon_url="/admin/static/favicon.svg")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                              redoc_js_url=f"{assets}/redoc.standalone.js", redoc_favicon_url="/admin/static/favicon.svg",
+                              with_google_fonts=False)
 
 
 def _version() -> str:

@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 models: API keys, credit ledger, jobs, their tasks, callback registrations and deliveries.
+"""SQLAlchemy 2 models: API keys, credit ledger, jobs, their tasks, callback registrations and deliveries,
+admin accounts and their sign-in sessions.
 
 Job.status is the state machine (see `veil.jobs.service`):
 created → uploaded → awaiting_approval → queued → running → completed | failed | cancelled
@@ -35,6 +36,7 @@ class ApiKey(Base):
     credits: Mapped[int] = mapped_column(BigInteger, default=0)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # to the minute
 
 
 class CreditEntry(Base):
@@ -48,6 +50,7 @@ class CreditEntry(Base):
     kind: Mapped[str] = mapped_column(String(20))
     amount: Mapped[int] = mapped_column(BigInteger)  # signed change of the balance
     reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(200), default="system")  # who: "admin:<email>", "cli", "system"
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -108,6 +111,8 @@ class Task(Base):
     system_fault: Mapped[bool] = mapped_column(Boolean, default=False)  # failed through no fault of the input
     output_blob: Mapped[str | None] = mapped_column(String(300))
     detections: Mapped[int | None] = mapped_column(Integer)
+    media: Mapped[str | None] = mapped_column(String(10))  # "image" | "video" once processed
+    media_seconds: Mapped[float | None] = mapped_column(Float)  # a video's duration
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     job: Mapped[Job] = relationship(back_populates="tasks")
@@ -154,3 +159,28 @@ class DeploymentSecret(Base):
 
     name: Mapped[str] = mapped_column(String(50), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class AdminUser(Base):
+    """An operator who signs in to the admin panel. Failed sign-ins back off (`locked_until`)."""
+
+    __tablename__ = "admin_users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    email: Mapped[str] = mapped_column(String(254), unique=True, index=True)  # stored lower-cased
+    password_hash: Mapped[str] = mapped_column(Text)  # argon2id, PHC string
+    failed_signins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_signin_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AdminSession(Base):
+    """A signed-in browser: the cookie holds a random token, only its sha256 is stored."""
+
+    __tablename__ = "admin_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    admin_id: Mapped[str] = mapped_column(ForeignKey("admin_users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

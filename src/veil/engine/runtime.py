@@ -32,6 +32,23 @@ def available_providers() -> list[str]:
     return found
 
 
+def resolve_provider(provider: str | None = None) -> str:
+    """The provider `create_session` uses: cpu, cuda or openvino (ValueError when unknown or not installed)."""
+    choice = (provider or os.environ.get("VEIL_EXECUTION_PROVIDER") or "auto").strip().lower()
+    if choice not in _CHOICES:
+        raise ValueError(f"unknown execution provider {choice!r}; choose one of {', '.join(_CHOICES)}")
+    available = available_providers()
+    if choice == "auto":
+        return "cuda" if "cuda" in available else "openvino" if _native_bf16() else "cpu"
+    if choice not in available:
+        raise ValueError(
+            f"execution provider {choice!r} is not installed here (available: {', '.join(available)})"
+            + ("; install the openvino package (x86-64)" if choice == "openvino" else "")
+            + ("; install onnxruntime-gpu with a CUDA runtime" if choice == "cuda" else "")
+        )
+    return choice
+
+
 def create_session(path: Path, provider: str | None = None):
     """Open an ONNX model. ``provider``: auto|cpu|cuda|openvino, else ``$VEIL_EXECUTION_PROVIDER``, else auto.
 
@@ -39,18 +56,7 @@ def create_session(path: Path, provider: str | None = None):
     AVX512-BF16: 1.7x-2.7x faster than ONNX Runtime on the detectors, `bench/bench_runtime.py`), else ONNX
     Runtime on the CPU (OpenVINO in float32 measured no faster than it).
     """
-    choice = (provider or os.environ.get("VEIL_EXECUTION_PROVIDER") or "auto").strip().lower()
-    if choice not in _CHOICES:
-        raise ValueError(f"unknown execution provider {choice!r}; choose one of {', '.join(_CHOICES)}")
-    available = available_providers()
-    if choice == "auto":
-        choice = "cuda" if "cuda" in available else "openvino" if _native_bf16() else "cpu"
-    elif choice not in available:
-        raise ValueError(
-            f"execution provider {choice!r} is not installed here (available: {', '.join(available)})"
-            + ("; install the openvino package (x86-64)" if choice == "openvino" else "")
-            + ("; install onnxruntime-gpu with a CUDA runtime" if choice == "cuda" else "")
-        )
+    choice = resolve_provider(provider)
     if choice == "openvino":
         return OpenVinoSession(_model_bytes(Path(path)))
     providers: list = []

@@ -96,6 +96,16 @@ def model_path(name: ModelName, directory: Path | None = None) -> Path:
     return path
 
 
+def describe_models(directory: Path | None = None) -> list[dict[str, str | bool]]:
+    """Each model: its name, the pinned package it comes from, its path and whether it is installed."""
+    found = []
+    for name, model in _MODELS.items():
+        path = (directory or model_dir()) / model.file
+        found.append({"name": name, "source": f"{model.package}=={model.version}", "path": str(path),
+                      "installed": path.is_file()})
+    return found
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -43,13 +43,15 @@ def refund(session: Session, key_id: str, job_id: str, amount: int, reason: str)
     session.add(CreditEntry(key_id=key_id, job_id=job_id, kind="refund", amount=amount, reason=reason))
 
 
-def add_credits(db: sessionmaker[Session], key_id: str, amount: int, reason: str = "admin") -> int:
-    """Admin top-up (amount may be negative to correct a balance, never below zero). Returns the new balance."""
+def add_credits(db: sessionmaker[Session], key_id: str, amount: int, reason: str = "admin",
+                actor: str = "system") -> int:
+    """Admin top-up (amount may be negative to correct a balance, never below zero), recorded with who made it
+    (`actor`: "admin:<email>", "admin-api", "cli", ...). Returns the new balance."""
     with db.begin() as session:
-        return change_balance(session, key_id, amount, reason)
+        return change_balance(session, key_id, amount, reason, actor)
 
 
-def change_balance(session: Session, key_id: str, amount: int, reason: str) -> int:
+def change_balance(session: Session, key_id: str, amount: int, reason: str, actor: str = "system") -> int:
     """Add `amount` inside the caller's transaction, keeping the balance within 0..BALANCE_MAX; the check
     and the change are one statement. Raises ValueError naming the problem (nothing is changed then)."""
     if not -BALANCE_MAX <= amount <= BALANCE_MAX:
@@ -64,7 +66,7 @@ def change_balance(session: Session, key_id: str, amount: int, reason: str) -> i
             raise ValueError("unknown key")
         raise ValueError(f"the balance ({balance}) would go below zero" if amount < 0 else
                          f"the balance ({balance}) would exceed the largest balance, {BALANCE_MAX}")
-    session.add(CreditEntry(key_id=key_id, kind="admin_add", amount=amount, reason=reason))
+    session.add(CreditEntry(key_id=key_id, kind="admin_add", amount=amount, reason=reason, actor=actor))
     return session.scalar(select(ApiKey.credits).where(ApiKey.id == key_id))
 
 

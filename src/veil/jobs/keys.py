@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import timedelta, timezone
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db.models import ApiKey
+from ..db.models import ApiKey, utcnow
 from .credits import change_balance
+
+
+_LAST_USED_STEP = timedelta(minutes=1)
 
 
 class KeyNotFound(LookupError):
@@ -20,7 +24,8 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.strip().encode()).hexdigest()
 
 
-def create_key(db: sessionmaker[Session], credits: int = 0, name: str = "") -> tuple[str, ApiKey]:
+def create_key(db: sessionmaker[Session], credits: int = 0, name: str = "",
+               actor: str = "system") -> tuple[str, ApiKey]:
     """Create a key with an opening balance; returns (the key itself, its row). The key is not stored.
     One transaction: a refused balance leaves no key behind."""
     key = str(uuid.uuid4())
@@ -29,7 +34,7 @@ def create_key(db: sessionmaker[Session], credits: int = 0, name: str = "") -> t
         session.add(row)
         session.flush()
         if credits:
-            change_balance(session, row.id, credits, reason="opening balance")
+            change_balance(session, row.id, credits, reason="opening balance", actor=actor)
     return key, get_key(db, row.id)
 
 
@@ -39,7 +44,13 @@ def authenticate(db: sessionmaker[Session], key: str | None) -> ApiKey | None:
         return None
     with db() as session:
         row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
-    return row if row is not None and not row.revoked else None
+    if row is None or row.revoked:
+        return None
+    now, last = utcnow(), row.last_used_at
+    if last is None or now - last.replace(tzinfo=timezone.utc) > _LAST_USED_STEP:  # SQLite: naive UTC
+        with db.begin() as session:  # at most one write a minute per key, not one per request
+            session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+    return row
 
 
 def find_key(db: sessionmaker[Session], key_or_id: str) -> ApiKey:
@@ -70,3 +81,10 @@ def revoke_key(db: sessionmaker[Session], key_or_id: str) -> ApiKey:
     with db.begin() as session:
         session.get(ApiKey, row.id).revoked = True
     return get_key(db, row.id)
+
+
+def rename_key(db: sessionmaker[Session], key_id: str, name: str) -> ApiKey:
+    get_key(db, key_id)
+    with db.begin() as session:
+        session.get(ApiKey, key_id).name = name.strip()[:200]
+    return get_key(db, key_id)

@@ -187,8 +187,10 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
             _set_task(svc, lease, task_id, status="failed", error=error, system_fault=not input_fault,
                       finished_at=utcnow())
         else:
+            media = getattr(report, "media", None)
             _set_task(svc, lease, task_id, status="completed", output_blob=blob, finished_at=utcnow(),
-                      detections=getattr(report, "detection_count", None))
+                      detections=getattr(report, "detection_count", None), media=media,
+                      media_seconds=report.figures.get("seconds") if media == "video" else None)
             log.info("job %s: file %s done (output %s)", job_id, task.index, blob)
         finally:
             dst.unlink(missing_ok=True)

@@ -1,0 +1,31 @@
+"""The admin panel at /admin: server-rendered pages (Jinja2) over the same `veil.jobs` functions as the
+JSON admin API, with their templates and static files beside them. `install(app)` wires it in."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from .render import HERE, render
+from .security import FormRefused, SignInRequired
+
+STATIC_URL = "/admin/static"
+
+
+def install(app: FastAPI) -> None:
+    from . import auth, jobs, keys, reports
+
+    app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name="admin-static")
+    for module in (auth, keys, jobs, reports):
+        app.include_router(module.router, prefix="/admin", include_in_schema=False)
+
+    @app.exception_handler(SignInRequired)
+    async def _sign_in(request: Request, exc: SignInRequired):
+        return RedirectResponse(f"/admin/login?next={request.url.path}", status_code=303)
+
+    @app.exception_handler(FormRefused)
+    async def _refused(request: Request, exc: FormRefused):
+        return render(request, "message.html", status_code=403, title="Form refused",
+                      message="This form was not sent from an open panel page (its security token is missing or "
+                              "out of date). Go back, reload the page and try again.")

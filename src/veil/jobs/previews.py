@@ -1,0 +1,47 @@
+"""Small JPEG previews for the admin panel: an image scaled down, or a video's first frame."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+
+from PIL import Image, ImageOps
+
+MAX_SIDE = 480
+
+
+def preview(store, container: str, blob: str, media: str) -> bytes:
+    """A JPEG at most MAX_SIDE pixels on its long side; ValueError when the blob can't be read as `media`."""
+    with tempfile.TemporaryFile() as tmp:
+        with store.open_read(container, blob) as src:
+            shutil.copyfileobj(src, tmp, 1024 * 1024)
+        tmp.seek(0)
+        image = _video_frame(tmp) if media == "video" else _image(tmp)
+    image.thumbnail((MAX_SIDE, MAX_SIDE))
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+def _image(stream) -> Image.Image:
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    try:
+        with Image.open(stream) as img:
+            return ImageOps.exif_transpose(img).copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"not a readable image ({type(exc).__name__})") from None
+
+
+def _video_frame(stream) -> Image.Image:
+    import av
+
+    try:
+        with av.open(stream) as container:
+            for frame in container.decode(video=0):
+                return frame.to_image()
+    except Exception as exc:  # av.error.FFmpegError and friends
+        raise ValueError(f"not a readable video ({type(exc).__name__})") from None
+    raise ValueError("the video has no frames")
