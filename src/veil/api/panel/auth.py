@@ -28,7 +28,7 @@ def home() -> RedirectResponse:
 def _signin_page(request: Request, error: str = "", status_code: int = 200, email: str = "",
                  next_page: str | None = None):
     binding, new = security.signin_binding(request)
-    csrf = security.csrf_token(security.secret(request), binding)
+    csrf = security.csrf_token(security.form_secret(request), binding)
     response = render(request, "login.html", status_code=status_code, csrf=csrf, error=error, email=email,
                       next_page=_next_page(next_page or request.query_params.get("next")))
     if new:

@@ -42,7 +42,7 @@ def csrf_valid(secret: str, bound_to: str | None, presented: str | None) -> bool
     return hmac.compare_digest(csrf_token(secret, bound_to), presented)
 
 
-def secret(request: Request) -> str:
+def form_secret(request: Request) -> str:
     return request.app.state.service.deployment_secret()  # shared by every API server of a deployment
 
 
@@ -67,7 +67,7 @@ def current_admin(request: Request) -> AdminUser:
     if admin is None:
         raise SignInRequired()
     request.state.admin = admin
-    request.state.csrf = csrf_token(secret(request), request.cookies[SESSION_COOKIE])
+    request.state.csrf = csrf_token(form_secret(request), request.cookies[SESSION_COOKIE])
     return admin
 
 
@@ -75,11 +75,11 @@ async def checked_form(request: Request) -> dict[str, str]:
     """Dependency of every signed-in POST: the form's fields, once its CSRF token is checked."""
     current_admin(request)
     form = await request.form()
-    if not csrf_valid(secret(request), request.cookies.get(SESSION_COOKIE), form.get("csrf_token")):
+    if not csrf_valid(form_secret(request), request.cookies.get(SESSION_COOKIE), form.get("csrf_token")):
         raise FormRefused()
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
 def check_signin_form(request: Request, presented: str | None) -> None:
-    if not csrf_valid(secret(request), request.cookies.get(SIGNIN_COOKIE), presented):
+    if not csrf_valid(form_secret(request), request.cookies.get(SIGNIN_COOKIE), presented):
         raise FormRefused()
