@@ -46,6 +46,11 @@ def test_seed_upload_to_azurite_then_approve(tmp_path, connection_string):
         report = client.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()
         assert report["state"] == "queued" and report["file_size"] == len(data)
         assert report["job_total_credit_cost"] == report["credits_charged"] >= 1
+        # The input is frozen (an infinite lease): the upload URL can no longer replace it (issue 9 finding 1).
+        with httpx.Client() as http:
+            swap = http.put(uri, content=jpeg_bytes(seed=1), headers={"x-ms-blob-type": "BlockBlob"})
+        assert swap.status_code == 412 and swap.headers["x-ms-error-code"] == "LeaseIdMissing"
+        assert app.state.service.store.open_read("uploads", job_id).read() == data
 
 
 def test_celery_mode_polls_the_upload_so_cost_and_callback_come_before_approval(tmp_path, connection_string):
