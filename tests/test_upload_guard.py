@@ -232,6 +232,15 @@ def test_a_stalled_upload_is_answered_408_and_closed(live):
     assert answer.startswith(b"HTTP/1.1 408") and b"x-ms-error-code: OperationTimedOut" in answer
 
 
+def test_a_stalled_direct_upload_is_answered_408_and_closed(live):
+    key = new_key(live.svc)
+    with socket.create_connection(("127.0.0.1", int(live.base_url.port)), timeout=30) as sock:
+        sock.sendall(f"PUT /v1/direct_upload?file_name=a.jpg HTTP/1.1\r\nHost: x\r\naccess_token: {key}\r\n"
+                     "Content-Length: 1000\r\nx-ms-blob-type: BlockBlob\r\n\r\n0123456789".encode())
+        answer = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408") and b"too slowly" in answer
+
+
 def test_concurrent_uploads_per_key_are_capped(live):
     key = new_key(live.svc)
     stalled = [_stalled_put(_session(live, key, 1000)[0]) for _ in range(2)]

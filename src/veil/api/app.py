@@ -88,10 +88,8 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     app.include_router(events.router)
     panel.install(app)
     _offline_docs(app)
-    limits = UploadLimits(max_bytes=settings.max_upload_bytes, idle_timeout=settings.upload_idle_timeout_seconds,
-                          min_rate=settings.upload_min_bytes_per_second,
-                          per_owner=settings.max_concurrent_uploads_per_key)
-    app.include_router(create_blob_router(service.store, service.on_blob_created, limits, service.upload_rule))
+    app.include_router(create_blob_router(service.store, service.on_blob_created, UploadLimits.from_settings(settings),
+                                          service.upload_rule))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

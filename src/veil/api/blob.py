@@ -33,6 +33,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from veil.settings import Settings
 from veil.storage.base import BlobNotFoundError
 from veil.storage.local import (
     BLOB_PATH_PREFIX,
@@ -117,6 +118,33 @@ class UploadLimits:
     min_rate: float = 16 * 1024  # bytes/s: a body may take idle_timeout + length / min_rate at most
     per_owner: int = 16  # Put Block / Put Blob bodies in flight per owner (API key, else blob): 503 ServerBusy
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploadLimits:
+        return cls(max_bytes=settings.max_upload_bytes, idle_timeout=settings.upload_idle_timeout_seconds,
+                   min_rate=settings.upload_min_bytes_per_second, per_owner=settings.max_concurrent_uploads_per_key)
+
+
+class BodyTooSlow(Exception):
+    """A request body stalled or trickled past its deadline (`timed_body`)."""
+
+
+async def timed_body(request: Request, length: int, limits: UploadLimits) -> AsyncIterator[bytes]:
+    """The request body, chunk by chunk; raises BodyTooSlow when the client sends nothing for
+    `limits.idle_timeout` seconds or is slower than `limits.min_rate` overall, so a stalled upload
+    never holds its connection (and temp file) for long."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.idle_timeout + length / limits.min_rate
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(max(min(limits.idle_timeout, deadline - loop.time()), 0)):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise BodyTooSlow() from None
+        yield chunk
+
 
 def create_blob_router(
     store: LocalBlobStore,
@@ -152,6 +180,9 @@ def create_blob_router(
         except BlobLeasedError:  # Azure's answer for a write to a leased blob without the lease id
             response = _error_response(BlobError(412, "LeaseIdMissing", "the upload is committed and can no "
                                                  "longer change"), request_id, head=head)
+        except BodyTooSlow:
+            response = _error_response(BlobError(408, "OperationTimedOut", "the request body arrived too slowly"),
+                                       request_id)
         except ClientDisconnect:
             response = _error_response(BlobError(400, "InvalidBlobOrBlock", "client disconnected"), request_id)
         except Exception:  # a bug or a disk error: an Azure 500, never a traceback to the client
@@ -257,23 +288,8 @@ class _Operation:
             if not self.in_flight[self.owner]:
                 del self.in_flight[self.owner]
 
-    async def body(self, length: int) -> AsyncIterator[bytes]:
-        """The request body, chunk by chunk; 408 OperationTimedOut when the client sends nothing for
-        `limits.idle_timeout` seconds or is slower than `limits.min_rate` overall, so a stalled upload
-        never holds its connection and temp file for long."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.idle_timeout + length / self.limits.min_rate
-        chunks = self.request.stream().__aiter__()
-        while True:
-            wait = min(self.limits.idle_timeout, deadline - loop.time())
-            try:
-                async with asyncio.timeout(max(wait, 0)):
-                    chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise BlobError(408, "OperationTimedOut", "the request body arrived too slowly") from None
-            yield chunk
+    def body(self, length: int) -> AsyncIterator[bytes]:
+        return timed_body(self.request, length, self.limits)
 
     async def refuse_if_leased(self) -> None:
         """412 LeaseIdMissing for a frozen blob (a committed job input), decided before the body is

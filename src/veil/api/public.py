@@ -15,6 +15,7 @@ from ..jobs import keys
 from ..jobs.credits import InsufficientCredits
 from ..jobs.service import JobConflict, JobNotFound, JobService, UploadSession, UploadTooLarge
 from . import schemas
+from .blob import BodyTooSlow, UploadLimits, timed_body
 
 _key_header = APIKeyHeader(name="access_token", auto_error=False,
                            description="Your API key (a 36-character UUID).")
@@ -86,8 +87,11 @@ async def direct_upload(request: Request, key: ApiKey = Depends(api_key), svc: J
                   else f"model_config: {exc}")
         raise HTTPException(422, detail) from None
     upload = _create(svc, key, body)
-    async for _ in request.stream():  # the client sends the body before it reads our answer; let it finish
-        pass
+    try:  # the client sends the body before it reads our answer; let it finish, within the upload deadline
+        async for _ in timed_body(request, int(length), UploadLimits.from_settings(svc.settings)):
+            pass
+    except BodyTooSlow:
+        raise HTTPException(408, "the request body arrived too slowly", headers={"Connection": "close"}) from None
     return JSONResponse({"job_id": upload.job.id, "session_uri": upload.session_uri}, status_code=307,
                         headers={"Location": upload.session_uri, "x-veil-job-id": upload.job.id})
 
