@@ -123,10 +123,12 @@ def test_client_errors_are_not_retried_but_408_and_429_are(receiver_factory) -> 
     assert len(busy.requests) == 3
 
 
-def test_gives_up_after_attempts(receiver_factory) -> None:
+def test_gives_up_after_attempts_reporting_each_retry(receiver_factory) -> None:
     down = receiver_factory([500] * 10)
-    outcome = deliver(down.url, REPORT, SECRET, attempts=3, backoff=0.01, allowed=LOOPBACK)
+    retries: list[callbacks.Outcome] = []
+    outcome = deliver(down.url, REPORT, SECRET, attempts=3, backoff=0.01, allowed=LOOPBACK, on_retry=retries.append)
     assert outcome.status == "failed" and outcome.attempts == 3 and outcome.error == "HTTP 500"
+    assert [(r.status, r.attempts, r.status_code) for r in retries] == [("pending", 1, 500), ("pending", 2, 500)]
     assert len(down.requests) == 3
 
 
@@ -311,8 +313,8 @@ def test_https_goes_to_the_checked_address_with_the_names_sni(receiver_factory, 
 def _outcomes() -> tuple[dict, callable]:
     done: dict[str, callbacks.Outcome] = {}
 
-    def on_done_for(name: str):
-        return lambda outcome: done.__setitem__(name, outcome)
+    def on_done_for(name: str):  # final outcomes only
+        return lambda outcome: outcome.status == "pending" or done.__setitem__(name, outcome)
     return done, on_done_for
 
 

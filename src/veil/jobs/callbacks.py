@@ -303,9 +303,11 @@ class Outcome:
 def deliver(url: str, payload: dict, secret: str, attempts: int = 5, backoff: float = 1.0,
             max_backoff: float = 60.0, timeout: float = 10.0, stop: threading.Event | None = None,
             allowed: Iterable[Network] = (), delivery_id: str | None = None,
-            ssl_context: ssl.SSLContext | None = None) -> Outcome:
+            ssl_context: ssl.SSLContext | None = None,
+            on_retry: Callable[[Outcome], None] | None = None) -> Outcome:
     """POST `payload` to `url`, signed with `secret`, retrying transient failures; each attempt ends
     after `timeout` seconds whatever the receiver does. Stops retrying once `stop` is set.
+    `on_retry` hears of each failed attempt that will be retried (an Outcome with status "pending").
     Never raises for network problems or refused addresses."""
     allowed = tuple(allowed)
     body = encode_payload(payload)
@@ -340,7 +342,11 @@ def deliver(url: str, payload: dict, secret: str, attempts: int = 5, backoff: fl
                 return outcome
             delay = min(max(delay, _seconds(retry_after)), max_backoff)
         log.info("callback %s attempt %d/%d failed (%s)", url, attempt, attempts, outcome.error)
-        if attempt < attempts and stop.wait(delay):
+        if attempt == attempts or stop.is_set():
+            break
+        if on_retry is not None:
+            on_retry(Outcome("pending", attempt, outcome.status_code, outcome.error))
+        if stop.wait(delay):
             break
     log.warning("callback %s gave up after %d attempts", url, outcome.attempts)
     return outcome
@@ -368,9 +374,10 @@ class CallbackDispatcher:
     """Sends callbacks on its own daemon threads so no request, pricing or shutdown waits for a receiver.
 
     Fair between keys: each key has a queue of at most `queue_per_key` deliveries (`submit` refuses
-    more) and at most `per_key` of the `workers` threads; the threads take keys in turn. `close()`
-    drops what is still queued (reporting it to `on_done` as "dropped"), stops retries and returns at
-    once; an attempt in flight ends by its own deadline.
+    more) and at most `per_key` of the `workers` threads; the threads take keys in turn. `on_done` hears
+    the Outcome of each failed attempt to be retried ("pending") and the final one. `close()` drops what is
+    still queued (reporting it as "dropped"), stops retries and returns at once; an attempt in flight ends
+    by its own deadline.
     """
 
     def __init__(self, workers: int = 4, per_key: int | None = None, queue_per_key: int = 100,
@@ -421,7 +428,7 @@ class CallbackDispatcher:
         while (item := self._next()) is not None:
             try:
                 outcome = deliver(item.url, item.payload, item.secret, stop=self._stop,
-                                  delivery_id=item.delivery_id, **self._options)
+                                  delivery_id=item.delivery_id, on_retry=item.on_done, **self._options)
             except Exception as exc:  # a bug must not kill the thread silently
                 log.exception("callback to %s failed unexpectedly", item.url)
                 outcome = Outcome("failed", error=f"internal error: {type(exc).__name__}")

@@ -644,10 +644,12 @@ class JobService:
                                                 "were waiting for this key"))
 
     def _record_delivery(self, delivery_id: str, outcome: Outcome) -> None:
+        """A delivery's progress (status "pending": an attempt failed, another follows) or its outcome."""
+        finished = None if outcome.status == "pending" else utcnow()
         with self.db.begin() as session:
             session.execute(update(CallbackDelivery).where(CallbackDelivery.id == delivery_id).values(
                 status=outcome.status, attempts=outcome.attempts, status_code=outcome.status_code,
-                last_error=outcome.error[:2000], finished_at=utcnow()))
+                last_error=outcome.error[:2000], finished_at=finished))
 
     def _work_root(self) -> Path:
         root = self.settings.data_dir / "work"
