@@ -128,7 +128,7 @@ def test_gives_up_after_attempts_reporting_each_retry(receiver_factory) -> None:
     retries: list[callbacks.Outcome] = []
     outcome = deliver(down.url, REPORT, SECRET, attempts=3, backoff=0.01, allowed=LOOPBACK, on_retry=retries.append)
     assert outcome.status == "failed" and outcome.attempts == 3 and outcome.error == "HTTP 500"
-    assert [(r.status, r.attempts, r.status_code) for r in retries] == [("pending", 1, 500), ("pending", 2, 500)]
+    assert [(r.status, r.attempts, r.status_code) for r in retries] == [("queued", 1, 500), ("queued", 2, 500)]
     assert len(down.requests) == 3
 
 
@@ -314,7 +314,7 @@ def _outcomes() -> tuple[dict, callable]:
     done: dict[str, callbacks.Outcome] = {}
 
     def on_done_for(name: str):  # final outcomes only
-        return lambda outcome: outcome.status == "pending" or done.__setitem__(name, outcome)
+        return lambda outcome: outcome.status == "queued" or done.__setitem__(name, outcome)
     return done, on_done_for
 
 
@@ -444,7 +444,7 @@ def test_dead_receivers_of_one_key_delay_neither_pricing_nor_other_keys_nor_shut
         assert _wait_for(lambda: _deliveries(svc, job_b) == [("delivered", 1, 200)])
     # the app's shutdown (service.close) has returned while A's receivers still hold their requests
     assert not any(r.answered for r in dead)
-    assert _deliveries(svc, job_a) == [("pending", 0, None)] * 2
+    assert _deliveries(svc, job_a) == [("queued", 0, None)] * 2
 
 
 def _deliveries(svc, job_id: str) -> list[tuple]:

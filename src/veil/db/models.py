@@ -132,9 +132,9 @@ class CallbackDelivery(Base):
     """One notification to one callback URL, with how its delivery went (the admin's "Deliveries").
 
     `id` is the `X-Veil-Delivery` header the receiver sees (the same for every retry).
-    status: pending (queued or being attempted) → delivered (2xx) | refused (3xx/4xx, not retried) |
-    failed (every attempt failed, or the address was not allowed) | dropped (the key's queue was full, or
-    the service shut down first).
+    status: queued (waiting for an attempt, or being attempted) → delivered (2xx) | refused (3xx/4xx,
+    not retried) | failed (every attempt failed, or the address was not allowed) | dropped (the key's
+    queue was full, or the service shut down first).
     """
 
     __tablename__ = "callback_deliveries"
@@ -144,7 +144,7 @@ class CallbackDelivery(Base):
     job_id: Mapped[str | None] = mapped_column(String(36), index=True)
     url: Mapped[str] = mapped_column(Text)
     event: Mapped[str] = mapped_column(String(20))  # the job's state reported: awaiting_approval, completed, ...
-    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     status_code: Mapped[int | None] = mapped_column(Integer)  # the last HTTP answer, if any
     last_error: Mapped[str] = mapped_column(Text, default="")

@@ -307,7 +307,7 @@ def deliver(url: str, payload: dict, secret: str, attempts: int = 5, backoff: fl
             on_retry: Callable[[Outcome], None] | None = None) -> Outcome:
     """POST `payload` to `url`, signed with `secret`, retrying transient failures; each attempt ends
     after `timeout` seconds whatever the receiver does. Stops retrying once `stop` is set.
-    `on_retry` hears of each failed attempt that will be retried (an Outcome with status "pending").
+    `on_retry` hears of each failed attempt that will be retried (an Outcome with status "queued").
     Never raises for network problems or refused addresses."""
     allowed = tuple(allowed)
     body = encode_payload(payload)
@@ -345,7 +345,7 @@ def deliver(url: str, payload: dict, secret: str, attempts: int = 5, backoff: fl
         if attempt == attempts or stop.is_set():
             break
         if on_retry is not None:
-            on_retry(Outcome("pending", attempt, outcome.status_code, outcome.error))
+            on_retry(Outcome("queued", attempt, outcome.status_code, outcome.error))
         if stop.wait(delay):
             break
     log.warning("callback %s gave up after %d attempts", url, outcome.attempts)
@@ -375,7 +375,7 @@ class CallbackDispatcher:
 
     Fair between keys: each key has a queue of at most `queue_per_key` deliveries (`submit` refuses
     more) and at most `per_key` of the `workers` threads; the threads take keys in turn. `on_done` hears
-    the Outcome of each failed attempt to be retried ("pending") and the final one. `close()` drops what is
+    the Outcome of each failed attempt to be retried ("queued") and the final one. `close()` drops what is
     still queued (reporting it as "dropped"), stops retries and returns at once; an attempt in flight ends
     by its own deadline.
     """

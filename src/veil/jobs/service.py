@@ -644,8 +644,8 @@ class JobService:
                                                 "were waiting for this key"))
 
     def _record_delivery(self, delivery_id: str, outcome: Outcome) -> None:
-        """A delivery's progress (status "pending": an attempt failed, another follows) or its outcome."""
-        finished = None if outcome.status == "pending" else utcnow()
+        """A delivery's progress (status "queued": an attempt failed, another follows) or its outcome."""
+        finished = None if outcome.status == "queued" else utcnow()
         with self.db.begin() as session:
             session.execute(update(CallbackDelivery).where(CallbackDelivery.id == delivery_id).values(
                 status=outcome.status, attempts=outcome.attempts, status_code=outcome.status_code,
