@@ -178,4 +178,17 @@ def test_a_frozen_blob_refuses_every_sas_write_with_the_lease_error(store: BlobS
         assert answer.status_code == 412 and answer.headers["x-ms-error-code"] == "LeaseIdMissing", answer.text
     assert store.open_read("uploads", name).read() == b"priced"
     assert store.delete("uploads", name) is True  # the service can still delete it
-    assert not store.exists("uploads", name)
+    assert not store.exists("uploads", name) and name not in store.list("uploads")
+    assert store.delete("uploads", name) is False
+    with pytest.raises(BlobNotFoundError):
+        store.size("uploads", name)
+    with pytest.raises(BlobNotFoundError):
+        store.open_read("uploads", name)
+    # ... and stays frozen while its upload URLs may be valid: they cannot re-create it.
+    again = requests.put(url, data=b"swapped", headers={"x-ms-blob-type": "BlockBlob"})
+    assert again.status_code == 412 and again.headers["x-ms-error-code"] == "LeaseIdMissing"
+    store.cleanup(HOUR)
+    assert requests.put(url, data=b"swapped", headers={"x-ms-blob-type": "BlockBlob"}).status_code == 412
+    store.cleanup(timedelta(0))  # once they have expired, nothing of it is left
+    assert not store.frozen("uploads", name)
+    assert requests.put(url, data=b"new", headers={"x-ms-blob-type": "BlockBlob"}).status_code == 201

@@ -119,18 +119,6 @@ def test_cancelled_before_upload_the_url_is_dead(client):
     assert answer.status_code == 412 and not client.svc.store.exists(INPUT_CONTAINER, job_id)
 
 
-def test_cleanup_drops_a_deleted_blobs_lease_once_its_urls_expired(client):
-    store = client.svc.store
-    uri = store.signed_upload_url(INPUT_CONTAINER, "orphan", timedelta(hours=1))
-    assert client.put(uri, content=b"x", headers={"x-ms-blob-type": "BlockBlob"}).status_code == 201
-    store.freeze(INPUT_CONTAINER, "orphan")
-    store.delete(INPUT_CONTAINER, "orphan")
-    store.cleanup(timedelta(hours=1))  # the lease is younger: kept
-    assert store.frozen(INPUT_CONTAINER, "orphan")
-    store.cleanup(timedelta(0))
-    assert not store.frozen(INPUT_CONTAINER, "orphan")
-
-
 # --- finding 4: amplification ---------------------------------------------------------------------
 
 def test_a_block_list_cannot_commit_more_than_the_declared_size(client):

@@ -21,6 +21,7 @@ from veil.storage.base import (
 )
 
 _CHUNK = 4 * 1024 * 1024
+_TOMBSTONE = "veildeleted"  # metadata of the empty, still leased blob a frozen blob's delete leaves
 
 
 class AzureBlobStore:
@@ -85,15 +86,13 @@ class AzureBlobStore:
         }
 
     def exists(self, container: str, name: str) -> bool:
-        return self._blob(container, name).exists()
+        return self._properties(container, name) is not None
 
     def size(self, container: str, name: str) -> int:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            return self._blob(container, name).get_blob_properties().size
-        except ResourceNotFoundError:
-            raise BlobNotFoundError(container, name) from None
+        props = self._properties(container, name)
+        if props is None:
+            raise BlobNotFoundError(container, name)
+        return props.size
 
     def open_read(self, container: str, name: str) -> BinaryIO:
         from azure.core.exceptions import ResourceNotFoundError
@@ -102,6 +101,8 @@ class AzureBlobStore:
             downloader = self._blob(container, name).download_blob()
         except ResourceNotFoundError:
             raise BlobNotFoundError(container, name) from None
+        if _TOMBSTONE in (downloader.properties.metadata or {}):
+            raise BlobNotFoundError(container, name)
         return io.BufferedReader(_DownloadReader(downloader), _CHUNK)
 
     def write(self, container: str, name: str, src: BinaryIO | Path) -> int:
@@ -115,20 +116,21 @@ class AzureBlobStore:
         return client.get_blob_properties().size
 
     def delete(self, container: str, name: str) -> bool:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        client = self._blob(container, name)
-        try:
-            leased = client.get_blob_properties().lease.state == "leased"
-            client.delete_blob(delete_snapshots="include", lease=self._lease_id(container, name) if leased else None)
-        except ResourceNotFoundError:
+        props = self._properties(container, name)
+        if props is None:
             return False
+        client = self._blob(container, name)
+        if props.lease.state == "leased":
+            # A frozen name stays frozen (Azure has no lease without a blob): an empty blob under the same
+            # lease keeps old upload URLs out until `cleanup` removes it once they have expired.
+            client.upload_blob(b"", overwrite=True, lease=self._lease_id(container, name), metadata={_TOMBSTONE: "1"})
+        else:
+            client.delete_blob(delete_snapshots="include")
         return True
 
     def freeze(self, container: str, name: str) -> None:
         """An infinite lease whose id only this store can derive: every write through a SAS is then
-        refused by Azure with 412 LeaseIdMissing. Unlike the local store, a deleted blob is not kept
-        frozen (Azure has no lease without a blob): see the README on a lifecycle rule for `uploads`."""
+        refused by Azure with 412 LeaseIdMissing, also after `delete`."""
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
@@ -148,10 +150,23 @@ class AzureBlobStore:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            blobs = self._service.get_container_client(container).list_blobs(name_starts_with=prefix or None)
-            return sorted(b.name for b in blobs)
+            blobs = self._service.get_container_client(container).list_blobs(name_starts_with=prefix or None,
+                                                                              include=["metadata"])
+            return sorted(b.name for b in blobs if _TOMBSTONE not in (b.metadata or {}))
         except ResourceNotFoundError:
             return []
+
+    def cleanup(self, older_than: timedelta) -> int:
+        """Remove what `delete` left of frozen blobs more than `older_than` ago (their upload URLs have
+        expired). Returns blobs removed."""
+        cutoff = datetime.now(timezone.utc) - older_than
+        removed = 0
+        for container in self._service.list_containers():
+            for blob in self._service.get_container_client(container.name).list_blobs(include=["metadata"]):
+                if _TOMBSTONE in (blob.metadata or {}) and blob.last_modified <= cutoff:
+                    self._blob(container.name, blob.name).delete_blob(lease=self._lease_id(container.name, blob.name))
+                    removed += 1
+        return removed
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -165,6 +180,16 @@ class AzureBlobStore:
         return generate_blob_sas(
             self.account, container, name, account_key=self._key, permission=permission, expiry=expiry, **overrides
         )
+
+    def _properties(self, container: str, name: str):
+        """The blob's properties, or None when it does not exist (or is a deleted frozen blob)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            props = self._blob(container, name).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return None if _TOMBSTONE in (props.metadata or {}) else props
 
     def _lease_id(self, container: str, name: str) -> str:
         """A GUID derived from the account key: a SAS holder cannot guess it to write anyway."""
