@@ -468,3 +468,25 @@ def test_registration_refuses_internal_addresses_and_too_many_callbacks(tmp_path
         assert r.status_code == 422 and "the most it may have (2)" in r.json()["detail"]
         other = new_key(app.state.service)  # the limit is per key
         assert _register(http, other, "https://three.example/hook").status_code == 200
+
+
+def test_housekeeping_drops_deliveries_lost_with_their_process(tmp_path):
+    from datetime import timedelta
+
+    from veil.db.models import utcnow
+    from veil.jobs.keys import create_key
+    from veil.jobs.service import build_service
+
+    svc = build_service(settings_for(tmp_path))
+    try:
+        key_id = create_key(svc.db, 0)[1].id
+        with svc.db.begin() as session:
+            session.add_all([CallbackDelivery(id="lost", key_id=key_id, url="https://a.example/", event="completed",
+                                              created_at=utcnow() - timedelta(days=2)),
+                             CallbackDelivery(id="recent", key_id=key_id, url="https://a.example/", event="completed")])
+        svc.housekeeping()
+        with svc.db() as session:
+            lost, recent = session.get(CallbackDelivery, "lost"), session.get(CallbackDelivery, "recent")
+            assert (lost.status, recent.status) == ("dropped", "queued") and "process" in lost.last_error
+    finally:
+        svc.close()

@@ -463,12 +463,17 @@ class JobService:
     def housekeeping(self) -> None:
         """Expire upload sessions whose SAS has run out (job → failed, nothing was charged), uploads never
         approved (`expire_unapproved`), and let the store drop uncommitted blocks older than an upload SAS
-        lifetime (a slow upload may still commit them)."""
+        lifetime (a slow upload may still commit them). Callback deliveries still queued a day on were lost
+        with the process sending them (each ends within minutes): recorded as dropped."""
         cutoff = utcnow() - timedelta(seconds=self.settings.upload_sas_seconds)
         with self.db.begin() as session:
             session.execute(update(Job).where(Job.status == "created", Job.created_at < cutoff).values(
                 status="failed", description="the upload session expired before the upload was complete",
                 finished_at=utcnow()))
+            session.execute(update(CallbackDelivery).where(
+                CallbackDelivery.status == "queued", CallbackDelivery.created_at < utcnow() - timedelta(days=1))
+                .values(status="dropped", last_error="never finished: the process sending it stopped",
+                        finished_at=utcnow()))
         self.expire_unapproved()
         cleanup = getattr(self.store, "cleanup", None)
         if cleanup is not None:
