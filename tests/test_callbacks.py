@@ -397,6 +397,7 @@ def test_sign_and_verify_rules() -> None:
     ("http:///nohost", "no host"),
     ("http://user:pw@example.com/", "user name or password"),
     ("http://example.com:99999/", "malformed"),
+    ("http://example.com:0/", "port must not be 0"),
     ("http://exa mple.com/", "whitespace"),
     ("http://a..b/", "host name is not valid"),
     ("", "empty"),

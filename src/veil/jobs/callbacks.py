@@ -168,6 +168,8 @@ def validate_callback_url(url: str, allowed: Iterable[Network] = ()) -> str:
         raise InvalidCallbackURL(f"callback URL must use http or https, not {parts.scheme or 'no scheme'!r}")
     if not parts.hostname:
         raise InvalidCallbackURL("callback URL has no host")
+    if parts.port == 0:
+        raise InvalidCallbackURL("callback URL's port must not be 0")
     if parts.username or parts.password:
         raise InvalidCallbackURL("callback URL must not contain a user name or password")
     host = _ascii_host(parts.hostname)
