@@ -33,6 +33,7 @@ def free_port() -> int:
 def veil_server(data: Path, env: dict[str, str] | None = None, ready_s: float = 120) -> Iterator[str]:
     """Start `veil serve --data-dir data` with `env` added; yield its base URL; stop it afterwards."""
     port = free_port()
+    data.mkdir(parents=True, exist_ok=True)
     log_path = data / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([*veil_command(), "serve", "--host", "127.0.0.1", "--port", str(port),

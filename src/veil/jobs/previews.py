@@ -1,4 +1,4 @@
-"""Small JPEG previews for the admin panel: an image scaled down, or a video's first frame."""
+"""Small JPEG previews for the admin panel: an image scaled down, or a video's frame at POSTER_SECONDS."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import tempfile
 from PIL import Image, ImageOps
 
 MAX_SIDE = 480
+POSTER_SECONDS = 1.0  # the first frame is often black or a title
 
 
 def preview(store, container: str, blob: str, media: str) -> bytes:
@@ -38,10 +39,15 @@ def _image(stream) -> Image.Image:
 def _video_frame(stream) -> Image.Image:
     import av
 
+    poster = None
     try:
         with av.open(stream) as container:
-            for frame in container.decode(video=0):
-                return frame.to_image()
+            for frame in container.decode(video=0):  # decoding a second of frames beats seeking's keyframe jumps
+                poster = frame
+                if frame.time is None or frame.time >= POSTER_SECONDS:
+                    break
     except Exception as exc:  # av.error.FFmpegError and friends
         raise ValueError(f"not a readable video ({type(exc).__name__})") from None
-    raise ValueError("the video has no frames")
+    if poster is None:
+        raise ValueError("the video has no frames")
+    return poster.to_image()

@@ -35,6 +35,8 @@ def _seconds_between(start: datetime | None, end: datetime | None) -> str:
     if start is None or end is None:
         return "—"
     seconds = (end - start).total_seconds()
+    if seconds < 0:  # clocks of different machines
+        return "—"
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 

@@ -8,7 +8,7 @@
     responsive: true, maintainAspectRatio: false, animation: false,
     interaction: { mode: "index", intersect: false },
     plugins: { legend: { labels: { boxWidth: 12, font: { size: 12 } } } },
-    scales: { x: { grid: { display: false }, ticks: { maxRotation: 0, autoSkipPadding: 12 } }, y: { beginAtZero: true, grid: grid } }
+    scales: { x: { grid: { display: false }, ticks: { maxRotation: 0, autoSkipPadding: 12 } }, y: { beginAtZero: true, grid: grid, ticks: { precision: 0 } } }
   };
   new Chart(document.getElementById("chart-credits"), {
     type: "bar",
