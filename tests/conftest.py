@@ -7,6 +7,7 @@ skip with a reason when it is absent, except under CI where its absence is an er
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,37 @@ def detection_models() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"detection models unavailable under CI: {exc}")
         pytest.skip(f"detection models unavailable: {exc}")
+
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def service(request, tmp_path):
+    """A JobService on SQLite, then on PostgreSQL (127.0.0.1:5432/test, a throw-away schema; skipped if absent)."""
+    from sqlalchemy import create_engine, text
+
+    from _service_helpers import settings_for
+    from veil.jobs.service import build_service
+
+    if request.param == "sqlite":
+        svc = build_service(settings_for(tmp_path))
+        yield svc
+        svc.close()
+        return
+    schema = f"veil_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432/test: {exc}")
+    svc = build_service(settings_for(tmp_path, database_url=f"{PG_URL}?options=-csearch_path%3D{schema}"))
+    try:
+        yield svc
+    finally:
+        svc.close()
+        svc.db.kw["bind"].dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

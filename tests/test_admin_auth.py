@@ -19,16 +19,14 @@ from veil.cli import main
 from veil.db.models import AdminSession, AdminUser, CreditEntry, utcnow
 from veil.jobs import admins, reports
 from veil.jobs.keys import create_key
-from veil.jobs.service import build_service
 
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def db(tmp_path):
-    service = build_service(settings_for(tmp_path))
-    yield service.db
-    service.close()
+def db(service):
+    """SQLite, then PostgreSQL (conftest's `service`)."""
+    return service.db
 
 
 def test_passwords_are_argon2id_salted_and_verified():
@@ -184,3 +182,4 @@ def test_usage_counts_spent_credits_per_day(db):
     days = reports.usage_by_day(db, 7, row.id)
     assert len(days) == 7 and days[-1].credits == 3 and sum(d.credits for d in days) == 3
     assert reports.key_rows(db)[0].spent == 3
+    assert reports.find_jobs(db, reports.JobFilter(kind="video", since=days[0].day), 10, 0) == ([], 0)

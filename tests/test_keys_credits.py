@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, text
 
 from _service_helpers import settings_for
 from veil.cli import main
@@ -16,8 +15,6 @@ from veil.db.models import Job
 from veil.jobs.credits import InsufficientCredits, ledger
 from veil.jobs.keys import authenticate, create_key, get_key, hash_key
 from veil.jobs.service import JobService
-
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def test_cli_keys_and_credits(tmp_path):
@@ -44,33 +41,6 @@ def test_only_the_hash_is_stored_and_revoked_keys_fail(tmp_path):
     key, row = create_key(svc.db, 3)
     assert row.key_hash == hash_key(key) and authenticate(svc.db, key).id == row.id
     assert authenticate(svc.db, key.upper()) is None and authenticate(svc.db, None) is None
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def service(request, tmp_path):
-    from veil.jobs.service import build_service
-
-    if request.param == "sqlite":
-        svc = build_service(settings_for(tmp_path))
-        yield svc
-        svc.close()
-        return
-    schema = f"veil_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432/test: {exc}")
-    svc = build_service(settings_for(tmp_path, database_url=f"{PG_URL}?options=-csearch_path%3D{schema}"))
-    try:
-        yield svc
-    finally:
-        svc.close()
-        svc.db.kw["bind"].dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def _priced_job(svc: JobService, key_id: str, cost: int) -> str:
