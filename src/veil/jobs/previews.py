@@ -13,12 +13,16 @@ POSTER_SECONDS = 1.0  # the first frame is often black or a title
 
 
 def preview(store, container: str, blob: str, media: str) -> bytes:
-    """A JPEG at most MAX_SIDE pixels on its long side; ValueError when the blob can't be read as `media`."""
-    with tempfile.TemporaryFile() as tmp:
-        with store.open_read(container, blob) as src:
+    """A JPEG at most MAX_SIDE pixels on its long side; ValueError when the blob can't be read as `media`.
+
+    The embedded store's files are read in place; other stores' blobs are downloaded to a temporary file.
+    """
+    with store.open_read(container, blob) as src, tempfile.TemporaryFile() as tmp:
+        if not src.seekable():  # a remote store's download: MP4 indexes may sit at the end, so copy first
             shutil.copyfileobj(src, tmp, 1024 * 1024)
-        tmp.seek(0)
-        image = _video_frame(tmp) if media == "video" else _image(tmp)
+            tmp.seek(0)
+        stream = src if src.seekable() else tmp
+        image = _video_frame(stream) if media == "video" else _image(stream)
     image.thumbnail((MAX_SIDE, MAX_SIDE))
     out = io.BytesIO()
     image.convert("RGB").save(out, format="JPEG", quality=80)
