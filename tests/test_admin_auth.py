@@ -183,3 +183,38 @@ def test_usage_counts_spent_credits_per_day(db):
     assert len(days) == 7 and days[-1].credits == 3 and sum(d.credits for d in days) == 3
     assert reports.key_rows(db)[0].spent == 3
     assert reports.find_jobs(db, reports.JobFilter(kind="video", since=days[0].day), 10, 0) == ([], 0)
+
+
+def test_key_use_is_recorded_at_most_once_a_minute(db):
+    from veil.jobs.keys import authenticate, get_key
+
+    key, row = create_key(db, 0, "app")
+    assert row.last_used_at is None
+    authenticate(db, key)
+    first = get_key(db, row.id).last_used_at
+    assert first is not None
+    authenticate(db, key)
+    assert get_key(db, row.id).last_used_at == first  # no write per request
+
+
+def test_job_filters(db):
+    from veil.db.models import Job
+
+    _, row = create_key(db, 0, "app")
+    now = utcnow()
+    with db.begin() as session:
+        for name, status, age in (("a.JPG", "completed", 0), ("b.mp4", "failed", 0), ("c.tar.gz", "completed", 3)):
+            session.add(Job(key_id=row.id, file_name=name, input_blob=name, status=status,
+                            created_at=now - timedelta(days=age)))
+
+    def names(**where) -> list[str]:
+        jobs, total = reports.find_jobs(db, reports.JobFilter(**where), 10, 0)
+        assert total == len(jobs)
+        return sorted(job.file_name for job in jobs)
+
+    assert names() == ["a.JPG", "b.mp4", "c.tar.gz"]
+    assert names(kind="image") == ["a.JPG"] and names(kind="video") == ["b.mp4"] and names(kind="archive") == ["c.tar.gz"]
+    assert names(status="completed") == ["a.JPG", "c.tar.gz"]
+    assert names(since=(now - timedelta(days=1)).date()) == ["a.JPG", "b.mp4"]
+    assert names(until=(now - timedelta(days=2)).date()) == ["c.tar.gz"]
+    assert names(key_id="someone else") == []
