@@ -270,3 +270,27 @@ def test_celery_task_runs_the_same_task_function(tmp_path, monkeypatch):
         assert svc.get_job(job_id).status == "completed"
     finally:
         svc.close()
+
+
+def test_pricing_that_loses_the_race_to_a_refusal_returns_quietly(svc, monkeypatch):
+    """approve() prices inline while background pricing refuses the same upload and deletes it: the
+    caller that finds the blob gone must see the refusal, not a BlobNotFoundError (a 500 to the client)."""
+    _, key = create_key(svc.db, 100)
+    data = _zip({"../evil.jpg": b"x"})
+    job = svc.create_job(key.id, "set.zip", len(data)).job
+    svc.store.write(INPUT_CONTAINER, job.input_blob, io.BytesIO(data))
+    monkeypatch.setattr(svc, "_price_quietly", lambda job_id: None)  # no background pricing
+    svc.on_blob_created(INPUT_CONTAINER, job.input_blob, len(data))
+    original = svc._copy_input
+    raced = []
+
+    def copy_after_a_competing_refusal(job_row, directory):
+        if not raced:
+            raced.append(True)
+            svc.price_job(job.id)  # the competing caller wins: job failed, input deleted
+        return original(job_row, directory)
+
+    monkeypatch.setattr(svc, "_copy_input", copy_after_a_competing_refusal)
+    assert svc.approve(key.id, job.id) == "already"
+    report = svc.report(svc.get_job(job.id))
+    assert raced and report["job_status"] == 200 and ".." in report["job_status_description"], report

@@ -51,6 +51,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from ..db.models import CallbackDelivery, CallbackRegistration, DeploymentSecret, Job, Task, utcnow
 from ..engine.config import ModelConfig
 from ..settings import Settings
+from ..storage.base import BlobNotFoundError
 from . import credits
 from .callbacks import CallbackDispatcher, InvalidCallbackURL, Outcome, validate_callback_url
 
@@ -247,7 +248,12 @@ class JobService:
             problem = f"uploaded {job.uploaded_size} bytes but file_size declared {job.file_size}"
         else:
             with tempfile.TemporaryDirectory(dir=self._work_root()) as tmp:
-                path, digest = self._copy_input(job, Path(tmp))
+                try:
+                    path, digest = self._copy_input(job, Path(tmp))
+                except BlobNotFoundError:
+                    if self.get_job(job_id).status != "uploaded":
+                        return  # priced meanwhile by another caller, which deleted a refused input
+                    raise
                 try:
                     cost = int(cost_of(path, self.settings.prices()))
                 except Exception as exc:  # noqa: BLE001 - input errors (ArchiveError, MediaError) name the problem
