@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,11 +17,51 @@ from veil.jobs.keys import create_key
 from veil.settings import Settings
 
 
+PG_SCHEMA_PREFIX = "veil_t_"
+
+
 def settings_for(tmp: Path, **overrides) -> Settings:
+    """Settings on a temp data dir: SQLite there, or, when VEIL_TEST_DATABASE_URL names a PostgreSQL
+    server (scripts/test.sh runs the service tests a second time so), a fresh schema of that database."""
     values = dict(data_dir=tmp, worker="none", port=8000, storage_key=base64.b64encode(b"k" * 32).decode(),
-                  callback_secret="test-secret")
+                  callback_secret="test-secret", database_url=database_url_for(tmp))
     values.update(overrides)
     return Settings(**values)
+
+
+def database_url_for(tmp: Path, server: str | None = None) -> str | None:
+    """A PostgreSQL URL whose search_path is a schema of its own for `tmp` (created on first use), on
+    `server` or VEIL_TEST_DATABASE_URL; None (SQLite under the data dir) when neither is given."""
+    server = server or os.environ.get("VEIL_TEST_DATABASE_URL")
+    if not server:
+        return None
+    from sqlalchemy import create_engine, text
+
+    schema = PG_SCHEMA_PREFIX + hashlib.sha1(str(tmp.resolve()).encode()).hexdigest()[:20]
+    engine = create_engine(server.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    finally:
+        engine.dispose()
+    return f"{server}{'&' if '?' in server else '?'}options=-csearch_path%3D{schema}"
+
+
+def drop_test_schemas() -> None:
+    """Drop the schemas database_url_for made (end of a PostgreSQL test session)."""
+    server = os.environ.get("VEIL_TEST_DATABASE_URL")
+    if not server:
+        return
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(server.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            for (name,) in conn.execute(text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"),
+                                        {"p": PG_SCHEMA_PREFIX + "%"}):
+                conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+    finally:
+        engine.dispose()
 
 
 @contextmanager

@@ -73,3 +73,13 @@ def service(request, tmp_path):
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_test_schemas():
+    """Under VEIL_TEST_DATABASE_URL the service tests run on PostgreSQL schemas; drop them afterwards."""
+    yield
+    if os.environ.get("VEIL_TEST_DATABASE_URL"):
+        from _service_helpers import drop_test_schemas
+
+        drop_test_schemas()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from _service_helpers import jpeg_bytes, settings_for
+from _service_helpers import jpeg_bytes, settings_for, database_url_for
 from veil.db.models import Job, utcnow
 from veil.jobs import callbacks
 from veil.jobs.keys import create_key, get_key
@@ -25,7 +25,7 @@ from veil.queue.tasks import process_job
 
 
 def _service(tmp_path: Path, name: str = "a", store=None, **overrides):
-    db = f"sqlite:///{tmp_path / 'shared.db'}"  # several "processes" (services) on one database
+    db = database_url_for(tmp_path) or f"sqlite:///{tmp_path / 'shared.db'}"  # several "processes", one database
     return build_service(settings_for(tmp_path / name, database_url=db, **overrides), store=store)
 
 

@@ -10,6 +10,7 @@ import logging
 current_job: contextvars.ContextVar[str] = contextvars.ContextVar("current_job", default="-")
 FORMAT = "%(asctime)s %(levelname)s %(processName)s [job %(job)s] %(name)s: %(message)s"
 HTTP_LOGGERS = ("azure", "urllib3", "httpx", "httpcore", "uamqp", "kombu", "amqp")
+QUIET_LOGGERS = ("alembic.runtime.plugins",)
 
 
 class _JobFilter(logging.Filter):
@@ -27,3 +28,5 @@ def configure(log_http: bool = False, level: int = logging.INFO) -> None:
     root.setLevel(level)
     for name in HTTP_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if log_http else logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

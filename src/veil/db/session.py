@@ -46,6 +46,8 @@ def upgrade(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":  # API servers and workers starting together migrate one at a time
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(8000801)")
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -1,0 +1,280 @@
+"""Issue 8 acceptance: the scaled-out deployment on real parts. PostgreSQL, Redis, Azurite, `veil serve`
+with VEIL_WORKER=celery and two `veil worker` processes, each a process group of its own:
+
+- the seed's sample client end to end through that deployment;
+- four jobs at once, run by both workers;
+- the API server killed and started again while a worker runs a job: the job completes;
+- `kill -9` of the process group of the worker running a video: the other worker completes the job
+  within two minutes of the kill, charged once, and only it produced an output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+import requests
+
+import seed_client
+from _service_helpers import database_url_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+PG_SERVER = os.environ.get("VEIL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("VEIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+VIDEO = "videos/intel_car-detection.mp4"
+CONFIG = {"blur_face": True, "enable_lp": False, "slicing": False}
+
+
+def _veil() -> list[str]:
+    script = Path(sys.executable).with_name("veil")
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from veil.cli import main; main()"]
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} unavailable under CI: {exc}")
+    pytest.skip(f"{what} unavailable: {exc}")
+
+
+class Deployment:
+    """The processes of one deployment; each started in a process group of its own."""
+
+    def __init__(self, root: Path, env: dict[str, str], port: int) -> None:
+        self.root, self.env, self.port = root, env, port
+        self.api_url = f"http://127.0.0.1:{port}/v1"
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, name: str, *args: str, ready) -> None:
+        with open(self.root / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen([*_veil(), *args, "--data-dir", str(self.root / name)], env=self.env,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        deadline = time.monotonic() + 120
+        while not ready():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{name} did not start (exit {proc.poll()}):\n{self.log(name)[-4000:]}")
+            time.sleep(0.2)
+
+    def start_api(self) -> None:
+        def ready() -> bool:
+            try:
+                return requests.get(f"http://127.0.0.1:{self.port}/openapi.json", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        self.start("api", "serve", "--host", "127.0.0.1", "--port", str(self.port), ready=ready)
+
+    def start_worker(self, name: str) -> None:
+        self.start(name, "worker", ready=lambda: " ready." in self.log(name))
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, as a dying machine would
+        proc.wait(10)
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            proc = self.procs.pop(name)
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            except ProcessLookupError:
+                pass
+
+    def key(self, credits: int) -> str:
+        done = subprocess.run([*_veil(), "keys", "create", "--credits", str(credits), "--data-dir",
+                               str(self.root / "admin")], env=self.env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, detection_models, shared_data) -> Iterator[Deployment]:
+    from sqlalchemy import create_engine, text
+
+    from veil.storage.testing import azurite, azurite_binary, free_port
+
+    root = tmp_path_factory.mktemp("scaleout")
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).flushdb()
+        database = database_url_for(root, PG_SERVER)
+    except Exception as exc:  # noqa: BLE001
+        _unavailable("Redis and PostgreSQL", exc)
+    try:
+        binary = azurite_binary(install=False)
+    except RuntimeError as exc:
+        _unavailable("Azurite", exc)
+    if binary is None:
+        _unavailable("Azurite", RuntimeError("node is missing"))
+    with azurite(binary) as connection_string:
+        env = {**os.environ, "VEIL_DATABASE_URL": database, "VEIL_STORAGE_BACKEND": "azure",
+               "VEIL_AZURE_CONNECTION_STRING": connection_string, "VEIL_WORKER": "celery",
+               "VEIL_CELERY_BROKER_URL": REDIS_URL, "VEIL_JOB_LEASE_SECONDS": "6", "VEIL_SWEEP_SECONDS": "1",
+               "VEIL_UPLOAD_POLL_SECONDS": "0.5"}
+        env.pop("VEIL_CALLBACK_SECRET", None)
+        deployment = Deployment(root, env, free_port())
+        try:
+            deployment.start_api()
+            deployment.start_worker("worker-1")
+            deployment.start_worker("worker-2")
+            yield deployment
+        finally:
+            deployment.close()
+            engine = create_engine(PG_SERVER.replace("postgresql://", "postgresql+psycopg://", 1))
+            with engine.begin() as conn:
+                schema = re.search(r"search_path%3D(\w+)", database).group(1)
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            engine.dispose()
+
+
+def _clip(shared_data: Path, dst: Path, frames: int, width: int = 640) -> Path:
+    """The first `frames` frames of the test video, scaled to `width`, 25 fps H.264."""
+    if dst.exists():
+        return dst
+    with av.open(str(shared_data / VIDEO)) as inp, av.open(str(dst), "w") as out:
+        src = inp.streams.video[0]
+        stream = out.add_stream("libx264", rate=Fraction(25))
+        stream.width, stream.height = width, round(src.height * width / src.width / 2) * 2
+        stream.pix_fmt = "yuv420p"
+        for i, frame in enumerate(inp.decode(src)):
+            if i >= frames:
+                break
+            frame = frame.reformat(width=stream.width, height=stream.height, format="yuv420p")
+            frame.pts = None
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return dst
+
+
+def _submit(dep: Deployment, key: str, path: Path) -> str:
+    """The seed client's calls: session, block upload, approve until 200."""
+    upload_url, job_id = _session(dep, key, path)
+    seed_client.upload_file(session_uri=upload_url, file_name=str(path))
+    deadline = time.monotonic() + 60
+    while (status := requests.post(f"{dep.api_url}/approve_job/{job_id}", headers={"access_token": key},
+                                   allow_redirects=False, timeout=30).status_code) == 302:
+        assert time.monotonic() < deadline, "the upload was never seen"
+        time.sleep(0.2)
+    assert status == 200, status
+    return job_id
+
+
+def _session(dep: Deployment, key: str, path: Path) -> tuple[str, str]:
+    r = requests.post(f"{dep.api_url}/create_upload_session", headers={"access_token": key}, timeout=30, json={
+        "file_name": path.name, "file_size": path.stat().st_size, "content_type": "octet-stream",
+        "model": "blur", "model_config": CONFIG})
+    assert r.status_code == 200, r.text
+    return r.json()["session_uri"], r.json()["job_id"]
+
+
+def _report(dep: Deployment, key: str, job_id: str) -> dict:
+    r = requests.get(f"{dep.api_url}/job_result/{job_id}", headers={"access_token": key}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _wait(dep: Deployment, key: str, job_id: str, until, seconds: float) -> dict:
+    deadline = time.monotonic() + seconds
+    while not until(report := _report(dep, key, job_id)):
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {n}\n{dep.log(n)[-3000:]}" for n in ("api", "worker-1", "worker-2"))
+            pytest.fail(f"job {job_id} stuck at {report['state']} {report['job_status']}:\n{logs}")
+        time.sleep(0.2)
+    return report
+
+
+def _runner(dep: Deployment, job_id: str) -> str:
+    """The worker whose log says it started the job most recently."""
+    starts = {name: dep.log(name).rfind(f"job {job_id}: started by") for name in ("worker-1", "worker-2")}
+    name, at = max(starts.items(), key=lambda item: item[1])
+    assert at >= 0, f"no worker started {job_id}"
+    return name
+
+
+def _producers(dep: Deployment, job_id: str) -> list[str]:
+    return [n for n in ("worker-1", "worker-2") if f"job {job_id}: file 0 done" in dep.log(n)]
+
+
+def _outputs(dep: Deployment, job_id: str) -> list[str]:
+    from veil.storage.azure import AzureBlobStore
+
+    return AzureBlobStore(dep.env["VEIL_AZURE_CONNECTION_STRING"]).list("outputs", f"{job_id}/")
+
+
+def test_seed_client_end_to_end(deployment, shared_data, tmp_path, monkeypatch):
+    key = deployment.key(100)
+    monkeypatch.setattr(seed_client, "API_URL", deployment.api_url)
+    monkeypatch.setattr(seed_client, "SLEEP_SECONDS", 0.5)
+    monkeypatch.chdir(tmp_path)
+    image = shared_data / "dlib_faces" / "images" / "dlib_2008_001322.jpg"
+    seed_client.process_file(file_name=str(image), api_key=key, model_config={"blur_face": True})
+    (output,) = [p for p in tmp_path.iterdir() if p.is_file()]
+    assert output.name == "dlib_2008_001322_anonymized.jpg" and output.read_bytes() != image.read_bytes()
+
+
+def test_four_jobs_at_once_run_on_both_workers(deployment, shared_data, tmp_path):
+    key = deployment.key(100)
+    clips = [_clip(shared_data, tmp_path / f"clip{n}.mp4", frames=50 + n) for n in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        job_ids = list(pool.map(lambda clip: _submit(deployment, key, clip), clips))
+    for job_id in job_ids:
+        report = _wait(deployment, key, job_id, lambda r: r["job_status"] in (100, 200), 300)
+        assert report["job_status"] == 100, report
+        assert len(_producers(deployment, job_id)) == 1 and len(_outputs(deployment, job_id)) == 1
+    assert {_runner(deployment, job_id) for job_id in job_ids} == {"worker-1", "worker-2"}
+
+
+def test_api_restart_mid_job(deployment, shared_data, tmp_path):
+    key = deployment.key(100)
+    job_id = _submit(deployment, key, _clip(shared_data, tmp_path / "clip.mp4", frames=100))
+    _wait(deployment, key, job_id, lambda r: r["state"] == "running", 120)
+    deployment.kill("api")
+    deployment.start_api()
+    report = _wait(deployment, key, job_id, lambda r: r["job_status"] in (100, 200), 300)
+    assert report["job_status"] == 100, report
+    assert report["credits_charged"] == report["job_total_credit_cost"] and report["credits_refunded"] == 0
+    assert len(_producers(deployment, job_id)) == 1 and len(_outputs(deployment, job_id)) == 1
+    with requests.get(report["tasks"][0]["download_link"], timeout=60) as r:
+        assert r.status_code == 200 and len(r.content) > 1000
+
+
+def test_kill_9_of_a_worker_mid_video(deployment, shared_data, tmp_path):
+    credits = 100
+    key = deployment.key(credits)
+    clip = _clip(shared_data, tmp_path / "long.mp4", frames=200)
+    job_id = _submit(deployment, key, clip)
+    _wait(deployment, key, job_id, lambda r: 0 < r["job_status"] < 100, 180)
+    victim = _runner(deployment, job_id)
+    survivor = ({"worker-1", "worker-2"} - {victim}).pop()
+    deployment.kill(victim)
+    killed_at = time.monotonic()
+    report = _wait(deployment, key, job_id, lambda r: r["job_status"] in (100, 200), 120)
+    assert time.monotonic() - killed_at < 120
+    assert report["job_status"] == 100, report
+    assert report["credits_charged"] == report["job_total_credit_cost"] >= 1 and report["credits_refunded"] == 0
+    assert _producers(deployment, job_id) == [survivor] and len(_outputs(deployment, job_id)) == 1
+    assert f"job {job_id}: started by" in deployment.log(survivor)
+    out = tmp_path / "out.mp4"
+    with requests.get(report["tasks"][0]["download_link"], timeout=60) as r:
+        out.write_bytes(r.content)
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 200
