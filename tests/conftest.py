@@ -83,3 +83,18 @@ def _postgres_test_schemas():
         from _service_helpers import drop_test_schemas
 
         drop_test_schemas()
+
+
+@pytest.fixture(scope="module")
+def azurite_connection_string():
+    """A fresh in-memory Azurite (blob service) for the module; skips when node or Azurite is missing."""
+    from veil.storage.testing import azurite, azurite_binary
+
+    try:
+        binary = azurite_binary(install=False)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    if binary is None:
+        pytest.skip("Azurite needs node")
+    with azurite(binary) as conn:
+        yield conn

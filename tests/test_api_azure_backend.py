@@ -12,17 +12,8 @@ from veil.api.app import create_app
 
 
 @pytest.fixture(scope="module")
-def connection_string():
-    from veil.storage.testing import azurite, azurite_binary
-
-    try:
-        binary = azurite_binary(install=False)
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    if binary is None:
-        pytest.skip("Azurite needs node")
-    with azurite(binary) as conn:
-        yield conn
+def connection_string(azurite_connection_string):
+    return azurite_connection_string
 
 
 def test_seed_upload_to_azurite_then_approve(tmp_path, connection_string):

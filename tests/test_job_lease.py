@@ -118,6 +118,23 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(svc, monkeypatch)
     assert job.charged_credits == job.total_cost and job.refunded_credits == 0
 
 
+def test_a_worker_that_lost_its_lease_after_writing_its_output_deletes_it(svc, monkeypatch):
+    def engine_then_lease_taken(src, dst, config, progress=None):
+        _copy_engine(src, dst, config)
+        _expire(svc, seen_job[0])  # the lease runs out while the output is stored
+        svc.sweep()
+        assert svc.claim(seen_job[0], "worker-B")
+
+    seen_job = []
+    monkeypatch.setattr("veil.engine.anonymize.anonymize", engine_then_lease_taken)
+    _, job_id = _queued(svc)
+    seen_job.append(job_id)
+    assert process_job(job_id, svc) is True
+    job = svc.get_job(job_id)
+    assert job.lease_owner == "worker-B" and [t.status for t in job.tasks] == ["pending"]
+    assert svc.store.list(OUTPUT_CONTAINER) == []
+
+
 def test_the_heartbeat_keeps_a_long_job_leased(svc, monkeypatch):
     lease = svc.settings.job_lease_seconds
     swept = []

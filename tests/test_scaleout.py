@@ -128,7 +128,7 @@ def deployment(tmp_path_factory, detection_models, shared_data) -> Iterator[Depl
     with azurite(binary) as connection_string:
         env = {**os.environ, "VEIL_DATABASE_URL": database, "VEIL_STORAGE_BACKEND": "azure",
                "VEIL_AZURE_CONNECTION_STRING": connection_string, "VEIL_WORKER": "celery",
-               "VEIL_CELERY_BROKER_URL": REDIS_URL, "VEIL_JOB_LEASE_SECONDS": "6", "VEIL_SWEEP_SECONDS": "1",
+               "VEIL_CELERY_BROKER_URL": REDIS_URL, "VEIL_JOB_LEASE_SECONDS": "15", "VEIL_SWEEP_SECONDS": "1",
                "VEIL_UPLOAD_POLL_SECONDS": "0.5"}
         env.pop("VEIL_CALLBACK_SECRET", None)
         deployment = Deployment(root, env, free_port())

@@ -224,6 +224,7 @@ def worker(concurrency: int | None, data_dir: Path | None) -> None:
 
     settings = _settings(data_dir, worker_concurrency=concurrency)
     configure(settings.log_http)
+    _load_models()
     service = build_service(settings, dispatch=dispatch)
     tasks.use_service(service)
     sweeper = Sweeper(service, api=False)
@@ -235,6 +236,41 @@ def worker(concurrency: int | None, data_dir: Path | None) -> None:
     finally:
         sweeper.stop()
         service.close()
+
+
+@main.command()
+@_data_dir_option
+def doctor(data_dir: Path | None) -> None:
+    """Check this process's configuration (VEIL_*): database, store with a signed-URL round trip, broker,
+    Service Bus, models, scratch space. Names what is wrong; exit status 1 when anything is."""
+    from pydantic import ValidationError
+
+    from .doctor import run_checks
+
+    try:
+        settings = _settings(data_dir)
+    except ValidationError as exc:
+        raise click.ClickException(f"the settings are invalid: {exc}") from None
+    failed = 0
+    for name, ok, detail in run_checks(settings):
+        failed += not ok
+        click.echo(f"{'ok  ' if ok else 'FAIL'}  {name:<14} {detail}")
+    if failed:
+        raise click.ClickException(f"{failed} check(s) failed")
+
+
+def _load_models() -> None:
+    """Load (and compile) both detectors once before taking jobs: a worker with missing models says so at
+    start-up, and the first job does not stall its lease heartbeat while the runtime compiles them."""
+    import numpy as np
+
+    from .engine.detect import get_detector
+    from .engine.errors import ModelsMissing
+
+    try:
+        get_detector(ModelConfig(blur_face=True, enable_lp=True)).detect(np.zeros((64, 64, 3), np.uint8))
+    except ModelsMissing as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

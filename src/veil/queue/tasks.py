@@ -188,9 +188,13 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
                       finished_at=utcnow())
         else:
             media = getattr(report, "media", None)
-            _set_task(svc, lease, task_id, status="completed", output_blob=blob, finished_at=utcnow(),
-                      detections=getattr(report, "detection_count", None), media=media,
-                      media_seconds=report.figures.get("seconds") if media == "video" else None)
+            try:
+                _set_task(svc, lease, task_id, status="completed", output_blob=blob, finished_at=utcnow(),
+                          detections=getattr(report, "detection_count", None), media=media,
+                          media_seconds=report.figures.get("seconds") if media == "video" else None)
+            except _LeaseLost:
+                svc.store.delete(OUTPUT_CONTAINER, blob)  # the job is another worker's now: leave no output
+                raise
             log.info("job %s: file %s done (output %s)", job_id, task.index, blob)
         finally:
             dst.unlink(missing_ok=True)

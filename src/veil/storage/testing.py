@@ -26,12 +26,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(app, port: int | None = None) -> Iterator[str]:
+def serve_app(app, port: int | None = None, lifespan: str = "off") -> Iterator[str]:
     """Run an ASGI app with uvicorn in a background thread on 127.0.0.1; yields its base URL."""
     import uvicorn
 
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
