@@ -201,7 +201,8 @@ def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
     configure(settings.log_http)
     app = create_app(settings)
     data = settings.data_dir.resolve()
-    click.echo(f"Veil on {settings.base_url}  (API {settings.base_url}/v1, docs {settings.base_url}/docs, data {data})")
+    click.echo(f"Veil on {settings.base_url}  (API {settings.base_url}/v1, docs {settings.base_url}/docs, "
+               f"admin panel {settings.base_url}/admin, data {data})")
     click.echo(f"Get an API key: veil keys create --credits 100 --data-dir {data}")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", log_config=None)
 

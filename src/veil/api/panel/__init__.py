@@ -3,7 +3,7 @@ JSON admin API, with their templates and static files beside them. `install(app)
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -19,6 +19,13 @@ def install(app: FastAPI) -> None:
     app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name="admin-static")
     for module in (auth, keys, jobs, reports):
         app.include_router(module.router, prefix="/admin", include_in_schema=False)
+
+    @app.get("/admin/{rest:path}", include_in_schema=False)
+    def _no_such_page(request: Request, rest: str):
+        if rest.startswith("api/"):  # the JSON admin API answers in JSON
+            raise HTTPException(404, "Not Found")
+        return render(request, "message.html", status_code=404, title="No such page",
+                      message="There is no panel page at this address.")
 
     @app.exception_handler(SignInRequired)
     async def _sign_in(request: Request, exc: SignInRequired):
