@@ -50,6 +50,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..db.models import CallbackDelivery, CallbackRegistration, DeploymentSecret, Job, Task, utcnow
 from ..engine.config import ModelConfig
+from ..logs import current_job
 from ..settings import Settings
 from ..storage.base import BlobNotFoundError
 from . import credits
@@ -231,10 +232,13 @@ class JobService:
             self.check_upload(job)
 
     def _price_quietly(self, job_id: str) -> None:
+        token = current_job.set(job_id)
         try:
             self.price_job(job_id)
         except Exception:  # noqa: BLE001 - logged; the job stays `uploaded` and is priced again at start-up
             log.exception("pricing job %s failed", job_id)
+        finally:
+            current_job.reset(token)
 
     def price_job(self, job_id: str) -> None:
         """uploaded → awaiting_approval with its cost, or → failed when the upload is unusable."""
