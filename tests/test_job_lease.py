@@ -1,6 +1,6 @@
 """Job ownership across workers: the lease on the job row (exclusive claim, heartbeat, expiry and
-sweep), writes refused to a worker that lost its lease, re-sending jobs whose send failed, and one
-callback secret for every process of a deployment."""
+sweep), writes refused to a worker that lost its lease, re-sending jobs whose send failed, one
+callback secret for every process of a deployment, and uploads whose pricing process died."""
 
 from __future__ import annotations
 
@@ -225,3 +225,24 @@ def test_callbacks_sent_by_a_worker_verify_with_the_api_servers_secret(tmp_path,
         receiver.server.shutdown()
         api.close()
         worker.close()
+
+
+def test_uploads_whose_pricing_process_died_are_priced_by_another(svc):
+    """An API server died while pricing: the job stays `uploaded`; another's sweeper prices it once it is
+    stalled, and leaves a fresh upload to the server pricing it."""
+    _, key = create_key(svc.db, 10)
+    jobs = {}
+    for name, age in (("stalled", 600), ("fresh", 0)):
+        data = jpeg_bytes(seed=age)
+        job = svc.create_job(key.id, f"{name}.jpg", len(data)).job
+        svc.store.write(INPUT_CONTAINER, job.input_blob, io.BytesIO(data))
+        with svc.db.begin() as session:  # committed and marked, as by a process that died before pricing
+            session.execute(update(Job).where(Job.id == job.id).values(
+                status="uploaded", uploaded_size=len(data), uploaded_at=utcnow() - timedelta(seconds=age)))
+        jobs[name] = job.id
+    svc.price_pending(stalled_seconds=300)
+    deadline = time.monotonic() + 30
+    while svc.get_job(jobs["stalled"]).status == "uploaded" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert svc.get_job(jobs["stalled"]).status == "awaiting_approval"
+    assert svc.get_job(jobs["fresh"]).status == "uploaded"

@@ -277,10 +277,14 @@ class JobService:
                 self.store.delete(INPUT_CONTAINER, job.input_blob)
             self.notify(job_id)
 
-    def price_pending(self) -> None:
-        """Price uploads whose pricing was interrupted (start-up)."""
+    def price_pending(self, stalled_seconds: float | None = None) -> None:
+        """Price uploads whose pricing was interrupted: all of them at start-up, or (the sweeper of every API
+        server) those uploaded over `stalled_seconds` ago, whose pricing process may have died."""
+        query = select(Job.id).where(Job.status == "uploaded")
+        if stalled_seconds is not None:
+            query = query.where(Job.uploaded_at < utcnow() - timedelta(seconds=stalled_seconds))
         with self.db() as session:
-            ids = list(session.scalars(select(Job.id).where(Job.status == "uploaded")))
+            ids = list(session.scalars(query))
         for job_id in ids:
             self._background.submit(self._price_quietly, job_id)
 
