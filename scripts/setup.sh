@@ -3,6 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
+# libarchive reads the zip/tar/7z/rar uploads (libarchive-c loads it with ctypes)
+if ! ldconfig -p 2>/dev/null | grep -q "libarchive\.so"; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libarchive13 >/dev/null \
+      || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libarchive13t64 >/dev/null; }
+  else
+    echo "setup: install libarchive (Debian/Ubuntu: apt-get install libarchive13; macOS: brew install libarchive)" >&2
+  fi
+fi
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

@@ -2,7 +2,7 @@
 
 The real server runs as a subprocess on a free loopback port with a throw-away data dir (`veil keys
 create` then `veil serve`, as a tool would). The client uploads an image with faces, a short video
-cut at test time from ../shared/data/videos, and a zip of three images and that video; the outputs
+cut at test time from ../shared/data/videos, and a zip, a 7z and a rar of three images and that video; the outputs
 must keep their dimensions (and frame count) and be blurred where the labelled faces/plates are,
 with little change elsewhere.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import zipfile
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from PIL import Image
 
 import seed_client
+from _archives import write_archive
 from _live_server import veil_command, veil_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -98,13 +98,12 @@ def test_video(server, client: Path, shared_data: Path, tmp_path: Path) -> None:
     _check_video(clip, client / tasks[0]["output_file"])
 
 
-def test_zip_of_three_images_and_a_video(server, client: Path, shared_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["zip", "7z", "rar"])
+def test_archive_of_three_images_and_a_video(server, client: Path, shared_data: Path, tmp_path: Path,
+                                             fmt: str) -> None:
     clip = _cut_clip(shared_data / VIDEO, tmp_path / "clip.mp4")
-    bundle = tmp_path / "bundle.zip"
-    with zipfile.ZipFile(bundle, "w") as zf:
-        for data_set, rel in ZIP_IMAGES:
-            zf.write(shared_data / data_set / rel, Path(rel).name)
-        zf.write(clip, clip.name)
+    members = [(Path(rel).name, (shared_data / data_set / rel).read_bytes()) for data_set, rel in ZIP_IMAGES]
+    bundle = write_archive(tmp_path / f"bundle.{fmt}", fmt, [*members, (clip.name, clip.read_bytes())])
     tasks = _run_steps(bundle, server[1], FAST_CONFIG)
     by_input = {t["input_file"]: t for t in tasks}
     assert sorted(by_input) == sorted([Path(rel).name for _, rel in ZIP_IMAGES] + [clip.name])

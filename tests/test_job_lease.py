@@ -46,7 +46,7 @@ def _queued(svc, data: bytes = b"", name: str = "x.jpg") -> tuple[str, str]:
     return key.id, job.id
 
 
-def _copy_engine(src, dst, config, progress=None):
+def _copy_engine(src, dst, config, progress=None, **_):
     Path(dst).write_bytes(Path(src).read_bytes())
 
 
@@ -96,7 +96,7 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(svc, monkeypatch)
     refused, A stops, and neither its task state, its result nor a second charge reach the database."""
     seen = []
 
-    def stalled_engine(src, dst, config, progress=None):
+    def stalled_engine(src, dst, config, progress=None, **_):
         seen.append("A")
         job_id = seen_job[0]
         _expire(svc, job_id)
@@ -139,7 +139,7 @@ def test_the_heartbeat_keeps_a_long_job_leased(svc, monkeypatch):
     lease = svc.settings.job_lease_seconds
     swept = []
 
-    def long_engine(src, dst, config, progress=None):
+    def long_engine(src, dst, config, progress=None, **_):
         for _ in range(3):  # runs for twice the lease, sweeping as another process would
             time.sleep(lease * 2 / 3)
             swept.extend(svc.sweep()[0])

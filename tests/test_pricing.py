@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from veil.engine.config import MediaLimits
+from veil.engine.probe import probe
 from veil.jobs.archive import ArchiveError
-from veil.jobs.pricing import MediaError, Prices, cost_of, probe
+from veil.jobs.pricing import MediaError, Prices, cost_of
 
 PRICES = Prices(per_image=2, per_video_minute=7, per_archive_file=1, minimum_per_job=3)
 
@@ -44,11 +46,10 @@ def media(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_probe(media) -> None:
-    with open(media["jpg"], "rb") as f:
-        assert probe(f) == ("image", 0.0)
-    with open(media["v61"], "rb") as f:
-        kind, seconds = probe(f)
-    assert kind == "video" and seconds == pytest.approx(61, abs=0.6)
+    assert probe(media["jpg"]).kind == "image" and probe(media["jpg"]).seconds == 0
+    info = probe(media["v61"])
+    assert (info.kind, info.width, info.height) == ("video", 64, 48)
+    assert info.seconds == pytest.approx(61, abs=0.6)
 
 
 def test_images_and_started_minutes(media) -> None:
@@ -63,15 +64,15 @@ def test_images_and_started_minutes(media) -> None:
 
 
 def test_archives_sum_their_members(tmp_path: Path, media) -> None:
-    corrupt = media["v1"].read_bytes()[:600]  # truncated video: priced as one image, fails later alone
+    corrupt = media["v1"].read_bytes()[:600]  # truncated video: costs nothing, its task fails alone
     zipped = tmp_path / "in.zip"
     with zipfile.ZipFile(zipped, "w") as zf:
         zf.write(media["jpg"], "a.jpg")
         zf.write(media["png"], "b.png")
         zf.write(media["v61"], "v61.mp4")
         zf.writestr("broken.mp4", corrupt)
-    # 2 + 2 + 14 + 2 (broken, as an image) + 4 files * 1
-    assert cost_of(zipped, PRICES) == 24
+    # 2 + 2 + 14 + 0 (broken) + 3 usable files * 1
+    assert cost_of(zipped, PRICES) == 21
     tgz = tmp_path / "in.tar.gz"
     with tarfile.open(tgz, "w:gz") as tf:
         tf.add(media["jpg"], "a.jpg")
@@ -111,3 +112,54 @@ def test_bad_top_level_input(tmp_path: Path, media) -> None:
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(MediaError):
         cost_of(tmp_path / "empty.jpg")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (and no pixel data): what a decompression bomb shows first."""
+    import struct
+    import zlib
+
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+
+
+def _animation(path: Path, fmt: str) -> Path:
+    frames = [Image.new("RGB", (32, 24), (i * 80, 0, 0)) for i in range(3)]
+    frames[0].save(path, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return path
+
+
+def test_what_the_engine_cannot_process_is_refused_at_pricing(tmp_path: Path, media) -> None:
+    """Issue 9 finding 7: decided by content and a real decode, not by what FFmpeg will open."""
+    (tmp_path / "notes.jpg").write_text("hello, not a picture\n" * 50)  # image2 would read it as a video
+    with pytest.raises(MediaError, match="not an image or a video"):
+        cost_of(tmp_path / "notes.jpg")
+    (tmp_path / "cut.jpg").write_bytes(media["jpg"].read_bytes()[:-300])
+    with pytest.raises(MediaError, match="corrupt or truncated"):
+        cost_of(tmp_path / "cut.jpg")
+    with pytest.raises(MediaError, match="unsupported image format GIF.*convert an animation to MP4"):
+        cost_of(_animation(tmp_path / "anim.gif", "GIF"))
+    with pytest.raises(MediaError, match="WEBP with 3 frames.*not supported"):
+        cost_of(_animation(tmp_path / "anim.webp", "WEBP"))
+
+
+def test_archive_of_unusable_files_is_refused(tmp_path: Path, media) -> None:
+    zipped = tmp_path / "in.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.writestr("notes.jpg", "hello, not a picture\n" * 50)
+        zf.writestr("cut.jpg", media["jpg"].read_bytes()[:-300])
+    with pytest.raises(ArchiveError, match="no file in the archive.*'notes.jpg': not an image or a video"):
+        cost_of(zipped)
+
+
+def test_pixel_limits(tmp_path: Path, media) -> None:
+    """Issue 9 finding 10: refused from the header, before any pixel is decoded."""
+    (tmp_path / "bomb.png").write_bytes(_png_header(11_000, 11_000))  # 121 MP in 67 bytes
+    with pytest.raises(MediaError, match="image too large: 11000 x 11000 pixels \\(121 MP; at most 120 MP\\)"):
+        cost_of(tmp_path / "bomb.png")
+    assert cost_of(media["png"], media=MediaLimits(max_image_pixels=64 * 48)) == 1
+    with pytest.raises(MediaError, match="image too large"):
+        cost_of(media["png"], media=MediaLimits(max_image_pixels=64 * 48 - 1))
+    with pytest.raises(MediaError, match="video frames too large: 64 x 48 pixels"):
+        cost_of(media["v1"], media=MediaLimits(max_video_frame_pixels=1000))

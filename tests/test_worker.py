@@ -72,7 +72,7 @@ def test_archive_with_a_corrupt_video_fails_only_that_task(svc, shared_data, det
 
 
 def test_job_fails_and_is_refunded_when_no_file_succeeds_through_no_fault_of_the_input(svc, monkeypatch):
-    def broken_engine(src, dst, config, progress=None):
+    def broken_engine(src, dst, config, progress=None, **_):
         raise RuntimeError("GPU fell off")
 
     monkeypatch.setattr("veil.engine.anonymize.anonymize", broken_engine)
@@ -90,7 +90,7 @@ def test_job_fails_and_is_refunded_when_no_file_succeeds_through_no_fault_of_the
 def test_input_faults_are_charged_not_refunded(svc, monkeypatch):
     from veil.engine.errors import MediaError
 
-    def picky_engine(src, dst, config, progress=None):
+    def picky_engine(src, dst, config, progress=None, **_):
         raise MediaError("cannot decode image, the JPEG file is corrupt or truncated")
 
     monkeypatch.setattr("veil.engine.anonymize.anonymize", picky_engine)
@@ -102,7 +102,7 @@ def test_input_faults_are_charged_not_refunded(svc, monkeypatch):
 
 
 def _copying_engine(seen: list[str]):
-    def engine(src, dst, config, progress=None):
+    def engine(src, dst, config, progress=None, **_):
         seen.append(Path(src).name)
         Path(dst).write_bytes(Path(src).read_bytes())
     return engine
@@ -137,7 +137,7 @@ def test_cancel_during_an_archive_keeps_only_what_the_processed_files_cost(svc, 
     key_id, job_id = _submit(svc, _zip(members), "three.zip", credits=10)
     assert svc.get_job(job_id).reserved_credits == 3
 
-    def cancel_during_the_first_file(src, dst, config, progress=None):
+    def cancel_during_the_first_file(src, dst, config, progress=None, **_):
         if not seen:
             svc.cancel(key_id, job_id)  # the file in progress is finished, the next ones are not started
         copy(src, dst, config, progress)
@@ -183,7 +183,7 @@ def test_tar_with_a_folder_is_refused(svc):
 def test_restart_requeues_running_jobs_and_keeps_finished_files(svc, monkeypatch):
     seen = []
 
-    def engine(src, dst, config, progress=None):
+    def engine(src, dst, config, progress=None, **_):
         seen.append(Path(src).name)
         Path(dst).write_bytes(Path(src).read_bytes())
 
@@ -199,7 +199,7 @@ def test_restart_requeues_running_jobs_and_keeps_finished_files(svc, monkeypatch
     monkeypatch.setattr(task_module, "_finish", lambda s, j: None)
     calls = {"n": 0}
 
-    def crash_on_second(src, dst, config, progress=None):
+    def crash_on_second(src, dst, config, progress=None, **_):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt  # the process dies mid-file
@@ -262,7 +262,7 @@ def test_celery_task_runs_the_same_task_function(tmp_path, monkeypatch):
     monkeypatch.setenv("VEIL_STORAGE_KEY", base64.b64encode(b"k" * 32).decode())
     monkeypatch.setattr(tasks, "_default_service", None)
     monkeypatch.setattr("veil.engine.anonymize.anonymize",
-                        lambda src, dst, config, progress=None: Path(dst).write_bytes(Path(src).read_bytes()))
+                        lambda src, dst, config, progress=None, **_: Path(dst).write_bytes(Path(src).read_bytes()))
     svc = tasks.default_service()
     try:
         _, job_id = _submit(svc, jpeg_bytes(), "x.jpg")

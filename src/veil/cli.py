@@ -100,6 +100,7 @@ def anonymize(inputs: tuple[Path, ...], output_dir: Path, **kwargs) -> None:
     from .engine.errors import MediaError, ModelsMissing
 
     config, _ = _split_config(kwargs)
+    limits = _settings().media_limits()  # VEIL_MAX_IMAGE_PIXELS, VEIL_MAX_VIDEO_FRAME_PIXELS
     output_dir.mkdir(parents=True, exist_ok=True)
     failures, written = 0, set()
     with tqdm(total=len(inputs), unit="file", disable=len(inputs) < 2) as files_bar:
@@ -114,7 +115,7 @@ def anonymize(inputs: tuple[Path, ...], output_dir: Path, **kwargs) -> None:
                         raise MediaError("the output would overwrite the input; choose another --output-dir")
                     if dst in written:
                         raise MediaError(f"another input named {src.name} was already written to {dst}")
-                    report = anonymize_file(src, dst, config, progress=progress)
+                    report = anonymize_file(src, dst, config, progress=progress, limits=limits)
                 except ModelsMissing as exc:
                     raise click.ClickException(str(exc)) from None
                 except MediaError as exc:
@@ -144,10 +145,11 @@ def detect(inputs: tuple[Path, ...], json_out: Path, **kwargs) -> None:
     from .engine.errors import MediaError, ModelsMissing
 
     config, _ = _split_config(kwargs)
+    limits = _settings().media_limits()  # VEIL_MAX_IMAGE_PIXELS, VEIL_MAX_VIDEO_FRAME_PIXELS
     items, failures = [], 0
     for src in tqdm(inputs, unit="file", disable=len(inputs) < 2):
         try:
-            report = detect_file(src, config)
+            report = detect_file(src, config, limits=limits)
         except ModelsMissing as exc:
             raise click.ClickException(str(exc)) from None
         except MediaError as exc:

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     max_json_body_bytes: int = Field(
         64 * 1024, gt=0, description="Largest JSON request body of the API (413 above it).")
     download_sas_seconds: int = Field(24 * 3600, description="Lifetime of download links (24 h).")
+    max_image_pixels: int = Field(
+        120_000_000, ge=1, description="Largest image, in pixels, that is decoded (refused at pricing above; "
+        "also `veil anonymize`). 120 MP takes any 35 mm or 100 MP medium-format photo; about 1.6 GB to process.")
+    max_video_frame_pixels: int = Field(
+        8192 * 4320, ge=1, description="Largest video frame, in pixels (DCI 8K); refused at pricing above.")
     price_per_image: int = Field(1, ge=0, description="Credits per image.")
     price_per_video_minute: int = Field(5, ge=0, description="Credits per started minute of video.")
     price_per_archive_file: int = Field(
@@ -154,6 +159,12 @@ class Settings(BaseSettings):
         from .jobs.callbacks import parse_networks
 
         return parse_networks(self.callback_allowed_networks)
+
+    def media_limits(self):
+        """The engine's `MediaLimits` built from the max_*_pixels settings."""
+        from .engine.config import MediaLimits
+
+        return MediaLimits(max_image_pixels=self.max_image_pixels, max_video_frame_pixels=self.max_video_frame_pixels)
 
     def prices(self):
         """H7's `Prices` built from the price_* settings."""

@@ -8,6 +8,7 @@ passes typed values (click converts its options), so strict mode costs it nothin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,3 +46,16 @@ class ModelConfig(BaseModel):
     @property
     def wants_plates(self) -> bool:
         return self.enable_lp
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """The largest pictures the engine decodes: checked from the file's header, before any pixel is decoded
+    (`VEIL_MAX_IMAGE_PIXELS`, `VEIL_MAX_VIDEO_FRAME_PIXELS` in the service and the CLI).
+
+    120 MP takes every 35 mm and most medium-format camera (Fujifilm GFX100: 102 MP); decoding,
+    detection and redaction need about 13 bytes a pixel (a 99 MP PNG: 1.3 GB, 14 s), so about 1.6 GB.
+    Video frames are decoded, queued and re-encoded several at a time: DCI 8K (8192 x 4320) at most."""
+
+    max_image_pixels: int = 120_000_000
+    max_video_frame_pixels: int = 8192 * 4320

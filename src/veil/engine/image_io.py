@@ -16,6 +16,8 @@ that redaction did not change keep their exact source values in lossless formats
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -24,9 +26,13 @@ import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 from pillow_heif import register_heif_opener
 
+from .config import MediaLimits
 from .errors import MediaError
 
 register_heif_opener()
+# Veil checks its own limit (MediaLimits.max_image_pixels) from the header before decoding; Pillow's global
+# guard would otherwise warn above 89 MP and refuse above 179 MP whatever that setting says.
+Image.MAX_IMAGE_PIXELS = None
 
 # Pillow format name of the input -> format written. MPO (camera JPEGs with a second picture) is
 # written as a plain JPEG: the second picture would carry the unredacted scene.
@@ -39,7 +45,7 @@ _TIFF_COMPRESSIONS = {"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 # Errors Pillow and its plugins raise for corrupt, truncated or hostile input.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error,
-                  Image.DecompressionBombError, RuntimeError)
+                  RuntimeError)
 
 
 @dataclass
@@ -72,37 +78,72 @@ def sniff_image_format(path: Path) -> str | None:
         return None
 
 
-def read_image(path: Path) -> ImageFile:
-    """Decode `path` into an `ImageFile`; raise MediaError naming the problem for bad input."""
+def read_image(path: Path, max_pixels: int = MediaLimits.max_image_pixels) -> ImageFile:
+    """Decode `path` into an `ImageFile`; raise MediaError naming the problem for bad input (a picture over
+    `max_pixels` is refused from its header, before it is decoded)."""
+    with _opened(path, max_pixels) as im:
+        source_format = im.format
+        save_options, quality = _save_options(im, FORMATS[source_format], Path(path))
+        icc = im.info.get("icc_profile") or None
+        with _decoding():
+            im.load()
+            native = ImageOps.exif_transpose(im)
+    native = _normalise_mode(native)
+    rgb = _rgb_of(native)
+    return ImageFile(rgb, FORMATS[source_format], None if native.mode == "RGB" else native, icc, save_options,
+                     quality)
+
+
+def check_image(path: Path, max_pixels: int = MediaLimits.max_image_pixels) -> tuple[int, int]:
+    """(width, height) of an image `read_image` will accept, found by decoding it (a JPEG at 1/8 scale,
+    which still reads every byte, so truncation shows); MediaError naming the problem otherwise."""
+    with _opened(path, max_pixels) as im:
+        size = im.size
+        if im.format in ("JPEG", "MPO"):
+            im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+        with _decoding():
+            im.load()
+    return size
+
+
+@contextmanager
+def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
+    """The image opened (header only) once format, frame count and pixel count are known to be acceptable."""
     path = Path(path)
     if not path.is_file():
         raise MediaError("no such file")
+    if path.stat().st_size == 0:
+        raise MediaError("empty file")
+    with _decoding():
+        im = Image.open(path)
+    with im:
+        source_format = im.format or "unknown"
+        if source_format not in FORMATS:
+            raise MediaError(f"unsupported image format {source_format} (supported: {FORMAT_NAMES})")
+        with _decoding():
+            frames = getattr(im, "n_frames", 1)
+        if frames > 1 and source_format != "MPO":
+            raise MediaError(f"{source_format} with {frames} frames or pages: animated and multi-page images "
+                             "are not supported (convert an animation to MP4)")
+        if im.width * im.height > max_pixels:
+            raise MediaError(f"image too large: {im.width} x {im.height} pixels "
+                             f"({im.width * im.height / 1e6:.3g} MP; at most {max_pixels / 1e6:.3g} MP)")
+        yield im
+
+
+@contextmanager
+def _decoding() -> Iterator[None]:
+    """Pillow's errors for corrupt, truncated or hostile input as MediaError."""
     try:
-        if path.stat().st_size == 0:
-            raise MediaError("empty file")
-        with Image.open(path) as im:
-            source_format = im.format or "unknown"
-            if source_format not in FORMATS:
-                raise MediaError(f"unsupported image format {source_format} (supported: {FORMAT_NAMES})")
-            if getattr(im, "n_frames", 1) > 1 and source_format != "MPO":
-                raise MediaError(f"{source_format} with {im.n_frames} frames or pages: animated and "
-                                 "multi-page images are not supported")
-            save_options, quality = _save_options(im, FORMATS[source_format], path)
-            icc = im.info.get("icc_profile") or None
-            im.load()
-            native = ImageOps.exif_transpose(im)
+        yield
     except MediaError:
         raise
-    except Image.DecompressionBombError as exc:
+    except Image.DecompressionBombError as exc:  # only if someone set Pillow's global guard again
         raise MediaError(f"image too large to process safely ({exc})") from None
     except UnidentifiedImageError:
         raise MediaError(f"not a supported image (unrecognised content; supported: {FORMAT_NAMES})") from None
     except _DECODE_ERRORS as exc:
         raise MediaError(f"cannot decode image, the file is corrupt or truncated ({exc})") from None
-    native = _normalise_mode(native)
-    rgb = _rgb_of(native)
-    return ImageFile(rgb, FORMATS[source_format], None if native.mode == "RGB" else native, icc, save_options,
-                     quality)
 
 
 def write_image(dst: Path | IO[bytes], image: ImageFile, rgb: np.ndarray) -> None:

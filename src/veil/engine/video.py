@@ -47,7 +47,7 @@ import av
 import cv2
 import numpy as np
 
-from .config import ModelConfig
+from .config import MediaLimits, ModelConfig
 from .detections import FACE, PLATE, Detections
 from .errors import MediaError
 from .report import FrameDetections, Report
@@ -83,14 +83,16 @@ _END = object()
 _EMPTY = Detections(track_ids=np.zeros(0, np.int64))
 
 
-def anonymize_video(src: Path, dst: Path, config: ModelConfig, progress: Progress | None = None) -> Report:
+def anonymize_video(src: Path, dst: Path, config: ModelConfig, progress: Progress | None = None,
+                    limits: MediaLimits = MediaLimits()) -> Report:
     """Anonymize the video `src` into `dst` (container chosen by dst's suffix, else the source's)."""
-    return _Job(Path(src), config, progress).run(Path(dst))
+    return _Job(Path(src), config, progress, limits=limits).run(Path(dst))
 
 
-def detect_video(src: Path, config: ModelConfig, progress: Progress | None = None) -> Report:
+def detect_video(src: Path, config: ModelConfig, progress: Progress | None = None,
+                 limits: MediaLimits = MediaLimits()) -> Report:
     """Detections of every frame of `src` (tracked, with track ids), without writing a video."""
-    return _Job(Path(src), config, progress).run(None)
+    return _Job(Path(src), config, progress, limits=limits).run(None)
 
 
 # ----------------------------------------------------------------------------- detection
@@ -144,15 +146,15 @@ class _Source:
 
 class _Job:
     def __init__(self, src: Path, config: ModelConfig, progress: Progress | None,
-                 detect: DetectFn | None = None) -> None:
-        self.src, self.config, self.progress = src, config, progress
+                 detect: DetectFn | None = None, limits: MediaLimits = MediaLimits()) -> None:
+        self.src, self.config, self.progress, self.limits = src, config, progress, limits
         self._detect = detect
         self._stop = threading.Event()
         self._error: BaseException | None = None
 
     # -- public entry
     def run(self, dst: Path | None) -> Report:
-        source = _open_source(self.src)
+        source = open_source(self.src, self.limits)
         if dst is None:
             source.audio = []  # detection only: audio is not needed
         try:
@@ -332,7 +334,9 @@ class _Stopped(Exception):
 
 
 # ----------------------------------------------------------------------------- input
-def _open_source(src: Path) -> _Source:
+def open_source(src: Path, limits: MediaLimits = MediaLimits()) -> _Source:
+    """The video's container and streams, checked (a video stream with a picture size within the limit);
+    the caller closes `source.container`."""
     try:
         container = av.open(str(src), metadata_errors="replace")
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
@@ -345,6 +349,10 @@ def _open_source(src: Path) -> _Source:
         video = videos[0]
         if video.codec_context.width <= 0 or video.codec_context.height <= 0:
             raise MediaError(f"{src.name}: the video stream has no picture size (corrupt header?)")
+        width, height = video.codec_context.width, video.codec_context.height
+        if width * height > limits.max_video_frame_pixels:
+            raise MediaError(f"{src.name}: video frames too large: {width} x {height} pixels (at most "
+                             f"{limits.max_video_frame_pixels / 1e6:.3g} MP a frame)")
         video.thread_type = "AUTO"
         audio = [s for s in container.streams.audio if s.codec_context is not None]
         dropped = [f"{s.type} stream #{s.index}" for s in container.streams

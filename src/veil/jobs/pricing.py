@@ -9,24 +9,28 @@ Default price list (each value is a `VEIL_PRICE_*` setting, see `veil.settings`)
 | each file inside an archive, on top of its own image/video price | 0 (`per_archive_file`) |
 | the least any job costs | 1 (`minimum_per_job`) |
 
-An archive costs the sum of its files. A file inside an archive that is neither a readable image
-nor a readable video is priced as one image: the job is accepted, and that file's task fails
-alone when it is processed. A top-level file that is neither raises `MediaError`; an archive
-that is refused raises `ArchiveError` (both name the problem).
+An archive costs the sum of its files. Whether a file can be processed is decided by
+`veil.engine.probe` from its content, exactly as the engine will decide it (an image is decoded,
+a video's first frame too, pictures over the size limits are refused): a top-level file the engine
+cannot process raises `MediaError`, so the job fails at pricing and costs nothing. A file inside an
+archive that the engine cannot process costs nothing either (its task will fail alone, with the same
+reason); an archive with no file the engine can process is refused. A refused archive raises
+`ArchiveError`. Both name the problem.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import IO, Literal
 
 from pydantic import BaseModel, Field
 
+from ..engine.config import MediaLimits
 from ..engine.errors import MediaError
+from ..engine.probe import MediaInfo, probe
 from .archive import ArchiveError, ArchiveLimits, is_archive, iter_member_files
 
-__all__ = ["ArchiveError", "MediaError", "Prices", "cost_of", "cost_of_members", "probe"]
+__all__ = ["ArchiveError", "MediaError", "Prices", "cost_of", "cost_of_members"]
 
 
 class Prices(BaseModel):
@@ -38,92 +42,52 @@ class Prices(BaseModel):
     minimum_per_job: int = Field(1, ge=0, description="The least a job costs.")
 
 
-def cost_of(path: Path, prices: Prices | None = None, limits: ArchiveLimits | None = None) -> int:
+def cost_of(path: Path, prices: Prices | None = None, limits: ArchiveLimits | None = None,
+            media: MediaLimits = MediaLimits()) -> int:
     """Credits the job whose input is `path` costs (an image, a video or an archive of them).
 
     Archives are read member by member (never extracted as a tree) with every check of
     `expand_archive`, so a refused archive raises `ArchiveError` here, before approval.
     """
     prices = prices or Prices()
-    if is_archive(path):
-        total = count = 0
-        for name, stream in iter_member_files(path, limits, work_dir=path.parent):
-            count += 1
-            total += _member_price(stream, prices)
-        if count == 0:
-            raise ArchiveError("the archive holds no files")
-    else:
-        with open(path, "rb") as f:
-            total = _price(probe(f), prices)
+    if not is_archive(path):
+        return max(_price(probe(path, media), prices), prices.minimum_per_job)
+    total = count = usable = 0
+    first_problem = ""
+    for name, file in iter_member_files(path, limits, work_dir=path.parent):
+        count += 1
+        try:
+            total += _member_price(file, prices, media)
+            usable += 1
+        except MediaError as exc:  # its task will fail alone, free of charge
+            first_problem = first_problem or f"{name!r}: {str(exc).replace(file.name, name)}"
+    if count == 0:
+        raise ArchiveError("the archive holds no files")
+    if usable == 0:
+        raise ArchiveError(f"no file in the archive is an image or a video Veil can process ({first_problem})")
     return max(total, prices.minimum_per_job)
 
 
-def cost_of_members(paths: list[Path], prices: Prices | None = None) -> int:
+def cost_of_members(paths: list[Path], prices: Prices | None = None, media: MediaLimits = MediaLimits()) -> int:
     """What these files of an archive (extracted) account for of the job's cost, at least the job minimum:
     the credits a job cancelled after processing them keeps."""
     prices = prices or Prices()
     total = 0
     for path in paths:
-        with open(path, "rb") as f:
-            total += _member_price(f, prices)
+        try:
+            total += _member_price(path, prices, media)
+        except MediaError:
+            pass  # priced at nothing, as cost_of did
     return max(total, prices.minimum_per_job)
 
 
-def _member_price(stream: IO[bytes], prices: Prices) -> int:
-    try:
-        price = _price(probe(stream), prices)
-    except MediaError:
-        price = prices.per_image  # its task will fail on its own; see the module doc
-    return price + prices.per_archive_file
+def _member_price(path: Path, prices: Prices, media: MediaLimits) -> int:
+    """A file of an archive: its own price plus `per_archive_file`; MediaError when the engine cannot process it."""
+    return _price(probe(path, media), prices) + prices.per_archive_file
 
 
-def probe(stream: IO[bytes]) -> tuple[Literal["image", "video"], float]:
-    """("image", 0) or ("video", duration in seconds) for a seekable stream; MediaError otherwise."""
-    from PIL import Image, UnidentifiedImageError
-    from pillow_heif import register_heif_opener
-
-    register_heif_opener()
-    try:
-        with Image.open(stream):
-            return "image", 0.0
-    except UnidentifiedImageError:
-        pass
-    except Image.DecompressionBombError as exc:
-        raise MediaError(f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise MediaError(f"unreadable image: {exc}") from None
-    stream.seek(0)
-    return "video", _video_seconds(stream)
-
-
-def _video_seconds(stream: IO[bytes]) -> float:
-    import av
-
-    try:
-        with av.open(stream, mode="r") as container:
-            if not container.streams.video:
-                raise MediaError("not an image or a video (no video stream found)")
-            if container.duration:
-                return container.duration / av.time_base
-            video = container.streams.video[0]
-            if video.duration and video.time_base:
-                return float(video.duration * video.time_base)
-            end = 0.0  # no duration in the headers: read the packets (no decoding)
-            for packet in container.demux(video):
-                if packet.pts is not None and packet.time_base:
-                    end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
-            if end <= 0:
-                raise MediaError("video has no frames")
-            return end
-    except MediaError:
-        raise
-    except Exception as exc:  # av.error.FFmpegError and friends: not a media file we can read
-        raise MediaError(f"not an image or a video we can read ({type(exc).__name__}: {exc})") from None
-
-
-def _price(kind_and_seconds: tuple[str, float], prices: Prices) -> int:
-    kind, seconds = kind_and_seconds
-    if kind == "image":
+def _price(info: MediaInfo, prices: Prices) -> int:
+    if info.kind == "image":
         return prices.per_image
-    minutes = max(1, math.ceil(round(seconds, 3) / 60))
+    minutes = max(1, math.ceil(round(info.seconds, 3) / 60))
     return minutes * prices.per_video_minute

@@ -92,18 +92,40 @@ class UploadSession:
     sas_parts: dict[str, str]
 
 
+MAX_NAME_BYTES = 200  # leaves room, under the file systems' 255 bytes, for "_anonymized_<n>" and temporary names
+
+
 def safe_name(name: str, default: str = "file") -> str:
-    """A bare file name: no directories (either separator), no control characters, no leading dots."""
+    """A bare file name: no directories (either separator), no control or format characters (no U+202E),
+    no leading dots, at most MAX_NAME_BYTES bytes in UTF-8 (cut on a character boundary, extension kept)."""
     base = PureWindowsPath(PurePosixPath(name or "").name).name
     base = "".join(c for c in base if c.isprintable() and c not in '<>:"/\\|?*').strip().lstrip(".")
-    return base[:200] or default
+    if len(base.encode("utf-8")) > MAX_NAME_BYTES:
+        suffix = PurePosixPath(base).suffix
+        suffix = suffix if len(suffix.encode("utf-8")) <= 16 else ""
+        stem = base[:len(base) - len(suffix)].encode("utf-8")[:MAX_NAME_BYTES - len(suffix.encode("utf-8"))]
+        base = stem.decode("utf-8", "ignore").rstrip() + suffix
+    return base or default
 
 
-def output_name(input_name: str) -> str:
+def output_name(input_name: str, taken: set[str] | None = None) -> str:
     """`photo.jpg` → `photo_anonymized.jpg`: the seed's client saves outputs under this name in its working
-    directory, so it must not be the input's own name."""
+    directory, so it must not be the input's own name, nor (given the names already `taken` in the job,
+    compared case-insensitively, as Windows and macOS do; the new name is added) another output's."""
     path = PurePosixPath(safe_name(input_name))
-    return f"{path.stem}_anonymized{path.suffix}"
+    name, n = f"{path.stem}_anonymized{path.suffix}", 2
+    while taken is not None and name.casefold() in taken:
+        name, n = f"{path.stem}_anonymized_{n}{path.suffix}", n + 1
+    if taken is not None:
+        taken.add(name.casefold())
+    return name
+
+
+def public_message(text: str, *paths: Path) -> str:
+    """`text` with every server path in `paths` (and below them) taken out: messages reach the client."""
+    for path in sorted({str(p) for p in paths} | {str(Path(p).resolve()) for p in paths}, key=len, reverse=True):
+        text = text.replace(path + "/", "").replace(path, "")
+    return text
 
 
 def job_status_number(job: Job) -> int:
@@ -259,11 +281,11 @@ class JobService:
                         return  # priced meanwhile by another caller, which deleted a refused input
                     raise
                 try:
-                    cost = int(cost_of(path, self.settings.prices()))
+                    cost = int(cost_of(path, self.settings.prices(), media=self.settings.media_limits()))
                 except Exception as exc:  # noqa: BLE001 - input errors (ArchiveError, MediaError) name the problem
                     if not _is_input_error(exc):
                         raise
-                    problem = f"{job.file_name}: {str(exc).replace(str(path), job.file_name)}"
+                    problem = f"{job.file_name}: {public_message(str(exc).replace(str(path), job.file_name), tmp)}"
         with self.db.begin() as session:
             values: dict[str, Any] = ({"status": "failed", "description": problem, "finished_at": utcnow(),
                                        "files_deleted": True}
@@ -318,7 +340,10 @@ class JobService:
             self.check_upload(job)
             job = self.get_job(job_id, key_id)
         if job.status == "uploaded":
-            self.price_job(job_id)  # normally done already in the background; idempotent
+            try:
+                self.price_job(job_id)  # normally done already in the background; idempotent
+            except Exception:  # noqa: BLE001 - an outage while pricing: the client retries (302), no 500
+                log.exception("pricing job %s failed", job_id)
             job = self.get_job(job_id, key_id)
         if job.status in ("created", "uploaded"):
             return "waiting"

@@ -27,7 +27,7 @@ from sqlalchemy import select, update
 
 from ..db.models import Job, Task, utcnow
 from ..engine.config import ModelConfig
-from ..jobs.service import OUTPUT_CONTAINER, InputChanged, JobService, output_name, safe_name
+from ..jobs.service import OUTPUT_CONTAINER, InputChanged, JobService, output_name, public_message, safe_name
 from ..logs import current_job
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def process_job(job_id: str, service: JobService | None = None) -> bool:
         log.warning("job %s: stopped; another worker holds its lease", job_id)
     except Exception as exc:  # noqa: BLE001 - never leave a job running because of a bug or an outage
         log.exception("job %s failed", job_id)
-        svc.finish(job_id, "failed", f"internal error: {type(exc).__name__}: {exc}",
+        svc.finish(job_id, "failed", f"internal error: {_describe(exc, svc)}",
                    refund_reason="job failed through no fault of its input", owner=owner)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -171,7 +171,8 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
         _set_task(svc, lease, task_id, status="running")
         dst = work / "out" / safe_name(path.name)
         try:
-            report = anonymize(path, dst, config, progress=progress.for_file(index))
+            report = anonymize(path, dst, config, progress=progress.for_file(index),
+                               limits=svc.settings.media_limits())
             lease.check()
             blob = f"{job_id}/{task.index}.{run_tag}{_suffix(path.name)}"  # this run's own name
             svc.store.write(OUTPUT_CONTAINER, blob, dst)
@@ -183,7 +184,8 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
             input_fault = _is_media_error(exc)
             if not input_fault:
                 log.exception("job %s: file %s failed", job_id, path.name)
-            error = str(exc) if input_fault else f"internal error: {type(exc).__name__}: {exc}"
+            error = (public_message(str(exc), svc.settings.data_dir) if input_fault
+                     else f"internal error: {_describe(exc, svc)}")
             _set_task(svc, lease, task_id, status="failed", error=error, system_fault=not input_fault,
                       finished_at=utcnow())
         else:
@@ -210,7 +212,7 @@ def _cancelled(svc: JobService, job_id: str, tasks: list[tuple[int, Path]], owne
     processed = [path for task_id, path in tasks if status[task_id] in ("completed", "failed")]
     keep = 0
     if any(status[task_id] == "completed" for task_id, _ in tasks):
-        keep = cost_of_members(processed, svc.settings.prices())
+        keep = cost_of_members(processed, svc.settings.prices(), svc.settings.media_limits())
     svc.finish(job_id, "cancelled", f"cancelled by the client after {len(processed)} of {len(tasks)} files",
                refund_reason=f"job cancelled: {len(tasks) - len(processed)} of {len(tasks)} files not processed",
                keep=keep, owner=owner)
@@ -237,11 +239,13 @@ def _ensure_tasks(svc: JobService, job_id: str, files: list[Path], lease: _Lease
         if session.scalar(select(Job.id).where(svc.holds(job_id, lease.owner)).with_for_update()) is None:
             raise _LeaseLost()
         existing = {t.input_name: t for t in session.scalars(select(Task).where(Task.job_id == job_id))}
+        taken = {t.output_file.casefold() for t in existing.values()}
         pairs = []
         for index, path in enumerate(files):
             task = existing.get(path.name)
             if task is None:
-                task = Task(job_id=job_id, index=index, input_name=path.name, output_file=output_name(path.name))
+                task = Task(job_id=job_id, index=index, input_name=path.name,
+                            output_file=output_name(path.name, taken))
                 session.add(task)
                 session.flush()
             pairs.append((task.id, path))
@@ -266,6 +270,12 @@ def _set_task(svc: JobService, lease: _Lease, task_id: int, **values) -> None:
 def _suffix(name: str) -> str:
     suffix = PurePosixPath(name).suffix.lower()
     return suffix if suffix[1:].isalnum() and len(suffix) <= 10 else ""
+
+
+def _describe(exc: Exception, svc: JobService) -> str:
+    """An unexpected error for the client: its type and text, without file names or server paths."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"{type(exc).__name__}: {public_message(text, svc.settings.data_dir)}"
 
 
 def _is_media_error(exc: Exception) -> bool:
