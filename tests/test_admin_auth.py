@@ -170,6 +170,13 @@ def test_credit_changes_record_who_made_them(tmp_path):
             entries = list(session.scalars(select(CreditEntry).where(CreditEntry.key_id == row.id)))
         assert [(e.amount, e.reason, e.actor) for e in entries] == [(25, "invoice 41", "admin:ops@example.com")]
         assert "invoice 41" in client.get(f"/admin/keys/{row.id}").text
+        too_much = client.post(f"/admin/keys/{row.id}/credits",  # issue 9: 2^63 - 25 would leave BIGINT
+                               data={"csrf_token": _csrf(page.text), "amount": str(2**63 - 25), "reason": "x"})
+        assert too_much.status_code == 409 and "exceed the largest balance" in too_much.text
+        page = client.get("/admin/keys")
+        huge_key = client.post("/admin/keys", data={"csrf_token": _csrf(page.text, "/admin/keys"),
+                                                    "name": "huge", "credits": str(2**63)})
+        assert huge_key.status_code == 422 and "amount must be between" in huge_key.text
 
 
 def test_usage_counts_spent_credits_per_day(db):

@@ -32,7 +32,11 @@ def create_key(request: Request, form: dict = Depends(security.checked_form)):
     if opening is None or opening < 0:
         return render(request, "keys.html", status_code=422, active="keys", rows=reports.key_rows(db),
                       error="Opening credits must be a whole number, 0 or more.", name=name)
-    key, row = keys.create_key(db, opening, name, actor=_actor(request.state.admin))
+    try:
+        key, row = keys.create_key(db, opening, name, actor=_actor(request.state.admin))
+    except ValueError as exc:  # above the largest balance
+        return render(request, "keys.html", status_code=422, active="keys", rows=reports.key_rows(db),
+                      error=f"Opening credits: {exc}.", name=name)
     return render(request, "keys.html", active="keys", rows=reports.key_rows(db), new_key=key, new_row=row)
 
 
@@ -81,9 +85,8 @@ def change_credits(request: Request, key_id: str, form: dict = Depends(security.
                          amount=amount)
     try:
         credits.add_credits(request.app.state.service.db, key_id, amount, reason, actor=_actor(request.state.admin))
-    except ValueError:
-        return _key_page(request, key_id, 409, error="The balance would go below zero.", amount=amount,
-                         reason=reason)
+    except ValueError as exc:  # below zero or above the largest balance
+        return _key_page(request, key_id, 409, error=f"Not changed: {exc}.", amount=amount, reason=reason)
     return RedirectResponse(f"/admin/keys/{key_id}?done=credits", status_code=303)
 
 

@@ -44,7 +44,7 @@ templates.env.filters.update(when=_when, size=_size, number=lambda n: f"{n:,}".r
 templates.env.globals.update(took=_seconds_between)
 
 
-def render(request: Request, name: str, status_code: int = 200, **context):
+def render(request: Request, name: str, /, status_code: int = 200, **context):
     """Render a page with what the layout needs (the admin, the CSRF token, the version)."""
     context.setdefault("admin", getattr(request.state, "admin", None))
     context.setdefault("csrf", getattr(request.state, "csrf", ""))
