@@ -27,7 +27,7 @@ from veil.queue.tasks import process_job
 from veil.settings import Settings
 
 
-def _copy(src, dst, config, progress=None) -> None:
+def _copy(src, dst, config, progress=None, **_) -> None:
     time.sleep(0.05)
     Path(dst).write_bytes(Path(src).read_bytes())
 

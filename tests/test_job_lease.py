@@ -119,7 +119,7 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(svc, monkeypatch)
 
 
 def test_a_worker_that_lost_its_lease_after_writing_its_output_deletes_it(svc, monkeypatch):
-    def engine_then_lease_taken(src, dst, config, progress=None):
+    def engine_then_lease_taken(src, dst, config, progress=None, **_):
         _copy_engine(src, dst, config)
         _expire(svc, seen_job[0])  # the lease runs out while the output is stored
         svc.sweep()
