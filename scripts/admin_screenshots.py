@@ -23,7 +23,6 @@ import sqlite3
 import sys
 import tempfile
 import threading
-from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from pathlib import Path
 

@@ -1,6 +1,6 @@
-"""Admin panel security, below the browser: argon2 password hashing, sign-in back-off, server-side
-sessions, CSRF tokens, cookie flags, and the panel's refusals over HTTP (FastAPI's TestClient on a
-real SQLite database)."""
+"""Admin panel, below the browser: argon2 password hashing, sign-in back-off, server-side sessions, CSRF
+tokens, cookie flags and the panel's refusals over HTTP (FastAPI's TestClient), the ledger's actor, and
+the figures behind the pages (usage per day, job filters, key last use) on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -220,7 +220,8 @@ def test_job_filters(db):
         return sorted(job.file_name for job in jobs)
 
     assert names() == ["a.JPG", "b.mp4", "c.tar.gz"]
-    assert names(kind="image") == ["a.JPG"] and names(kind="video") == ["b.mp4"] and names(kind="archive") == ["c.tar.gz"]
+    assert names(kind="image") == ["a.JPG"] and names(kind="video") == ["b.mp4"]
+    assert names(kind="archive") == ["c.tar.gz"]
     assert names(status="completed") == ["a.JPG", "c.tar.gz"]
     assert names(since=(now - timedelta(days=1)).date()) == ["a.JPG", "b.mp4"]
     assert names(until=(now - timedelta(days=2)).date()) == ["c.tar.gz"]

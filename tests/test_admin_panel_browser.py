@@ -7,7 +7,6 @@ the one before (the key it created, the job it ran).
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import subprocess

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import uuid
 
-import pytest
 from click.testing import CliRunner
 
 from _service_helpers import settings_for

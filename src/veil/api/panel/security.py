@@ -3,8 +3,9 @@
 - The session cookie (`veil_admin`) holds a random token (see `veil.jobs.admins`): HttpOnly,
   SameSite=Lax, Path=/admin, Secure when the panel is reached over HTTPS.
 - Every form carries a CSRF token: an HMAC of the session token (or, on the sign-in form, of a random
-  pre-session cookie) keyed with the service's secret. A cross-site page can make the browser send the
-  cookie, but it cannot read or compute the token, so its post is refused.
+  pre-session cookie) keyed with the deployment's secret (the same on every API server). A cross-site
+  page can make the browser send the cookie, but it cannot read or compute the token, so its post is
+  refused.
 """
 
 from __future__ import annotations
