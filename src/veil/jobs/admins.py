@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -21,6 +23,28 @@ FREE_FAILURES = 2  # wrong passwords allowed before the back-off starts
 MAX_LOCK = timedelta(minutes=15)
 _hasher = PasswordHasher()  # argon2id, 64 MiB, 3 passes (RFC 9106 second recommendation)
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))  # verified against for unknown emails: same timing
+
+
+class _UnknownEmails:
+    """Failed sign-ins for emails without an account, in memory (the newest 10 000), so they back off too."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._seen: OrderedDict[str, tuple[int, datetime | None]] = OrderedDict()
+        self._size, self._lock = size, threading.Lock()
+
+    def get(self, email: str, default: tuple[int, datetime | None]) -> tuple[int, datetime | None]:
+        with self._lock:
+            return self._seen.get(email, default)
+
+    def remember(self, email: str, state: tuple[int, datetime | None]) -> None:
+        with self._lock:
+            self._seen[email] = state
+            self._seen.move_to_end(email)
+            while len(self._seen) > self._size:
+                self._seen.popitem(last=False)
+
+
+_unknown = _UnknownEmails()
 
 
 class AdminError(ValueError):
@@ -91,21 +115,27 @@ def _aware(value: datetime | None) -> datetime | None:
 
 def sign_in(db: sessionmaker[Session], email: str, password: str, session_hours: float) -> SignedIn | None:
     """A new session for the right email and password; None when wrong; SignInLocked while backing off
-    (even with the right password, so guessing gains nothing from the lock)."""
-    now = utcnow()
+    (even with the right password, so guessing gains nothing from the lock). Unknown emails back off the
+    same way, so neither the answer nor the lock tells whether an account exists."""
+    now, email = utcnow(), _normal_email(email)
     with db() as session:
-        admin = session.scalar(select(AdminUser).where(AdminUser.email == _normal_email(email)))
-    if admin is not None and _aware(admin.locked_until) and _aware(admin.locked_until) > now:
-        raise SignInLocked(max(1, round((_aware(admin.locked_until) - now).total_seconds())))
-    if not verify_password(admin.password_hash if admin else _DUMMY_HASH, password) or admin is None:
+        admin = session.scalar(select(AdminUser).where(AdminUser.email == email))
+    failures, locked_until = ((admin.failed_signins, _aware(admin.locked_until)) if admin is not None
+                              else _unknown.get(email, (0, None)))
+    if locked_until is not None and locked_until > now:
+        raise SignInLocked(max(1, round((locked_until - now).total_seconds())))
+    if admin is None or not verify_password(admin.password_hash, password):
+        if admin is None:
+            verify_password(_DUMMY_HASH, password)  # the same work as for an account
+        lock = _lock_for(failures + 1)
         if admin is not None:
-            failures = admin.failed_signins + 1
-            lock = _lock_for(failures)
             with db.begin() as session:
                 session.execute(update(AdminUser).where(AdminUser.id == admin.id).values(
                     failed_signins=AdminUser.failed_signins + 1, locked_until=now + lock if lock else None))
-            if lock:
-                raise SignInLocked(round(lock.total_seconds()))
+        else:
+            _unknown.remember(email, (failures + 1, now + lock if lock else None))
+        if lock:
+            raise SignInLocked(round(lock.total_seconds()))
         return None
     token = secrets.token_urlsafe(32)
     with db.begin() as session:
