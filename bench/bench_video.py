@@ -3,9 +3,10 @@
     python bench/bench_video.py CLIP [--runs 3] [--config '{"enable_lp": true, "lp_track": true}']
                                      [--skip-deface] [--deface-venv /tmp/veil-bench/deface-venv]
 
-Runs, one after the other, each `--runs` times (the median is printed):
-  * Veil:    `veil anonymize CLIP -o DIR` with the given model_config (default: seed defaults plus
-             `enable_lp` and `lp_track`, the acceptance setting);
+Prints the CPU (model; AVX2, AVX-512, AMX) and the runtime and precision the detectors use
+(`VEIL_EXECUTION_PROVIDER`), then runs, round-robin, each `--runs` times (the median is printed):
+  * Veil:    `veil anonymize CLIP -o DIR` with each of the configs in `CONFIGS` (seed defaults; plates
+             tracked; plates untracked; the seed's sample config, slicing on), or only `--config`;
   * deface:  `deface CLIP` with its defaults, and with `--scale 640x360` (installed with pip into a
              side virtual environment if missing: `pip install deface==1.5.0`);
   * floor:   decode CLIP and encode it with libx264 at Veil's preset and CRF, nothing else (PyAV,
@@ -31,6 +32,12 @@ import av
 
 REPO = Path(__file__).resolve().parents[1]
 DEFACE_VERSION = "1.5.0"
+CONFIGS = {
+    "default": {},
+    "lp+track": {"enable_lp": True, "lp_track": True},
+    "lp": {"enable_lp": True},
+    "seed_sample": {"enable_lp": True, "lp_track": True, "slicing": True},
+}
 
 _FLOOR = """
 import sys, av
@@ -46,6 +53,23 @@ with av.open(src) as inp, av.open(dst, "w") as out:
         out.mux(s.encode(frame))
     out.mux(s.encode(None))
 """
+
+
+def cpu_line() -> str:
+    """CPU model and the vector extensions that matter for inference speed."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    has = {"AVX2": "avx2" in flags, "AVX-512": "avx512f" in flags,
+           "AVX512-BF16": "avx512_bf16" in flags, "AMX": "amx_tile" in flags}
+    return f"{model}, {os.cpu_count()} CPUs; " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in has.items())
 
 
 def frame_count(clip: Path) -> int:
@@ -87,7 +111,7 @@ def measure(tools: dict[str, list[str]], frames: int, runs: int) -> dict[str, tu
             wall, cpu = timed(cmd)
             walls[name].append(wall)
             cpus[name].append(cpu)
-            print(f"  run {run + 1} {name:<12} {frames / wall:6.2f} fps ({wall:.1f} s, "
+            print(f"  run {run + 1} {name:<18} {frames / wall:6.2f} fps ({wall:.1f} s, "
                   f"{1000 * cpu / frames:.0f} CPU ms/frame, load {os.getloadavg()[0]:.1f})", flush=True)
     return {name: (frames / statistics.median(walls[name]), 1000 * statistics.median(cpus[name]) / frames)
             for name in tools}
@@ -97,30 +121,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("clip", type=Path)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--config", default='{"enable_lp": true, "lp_track": true}', help="Veil model_config JSON")
+    ap.add_argument("--config", default=None, help="only this Veil model_config JSON (default: all of CONFIGS)")
     ap.add_argument("--skip-deface", action="store_true")
     ap.add_argument("--deface-venv", type=Path, default=Path(tempfile.gettempdir()) / "veil-bench" / "deface-venv")
     args = ap.parse_args()
 
     from veil.engine.config import ModelConfig
+    from veil.engine.runtime import describe
     from veil.engine.video import _PRESET
 
-    config = ModelConfig(**json.loads(args.config))
+    configs = {"veil": json.loads(args.config)} if args.config else {f"veil {k}": v for k, v in CONFIGS.items()}
     frames = frame_count(args.clip)
     work = Path(tempfile.mkdtemp(prefix="veil-bench-"))
     veil = shutil.which("veil", path=str(Path(sys.executable).parent)) or "veil"
-    print(f"clip {args.clip} ({frames} frames), {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
-          f"median of {args.runs} runs", flush=True)
-    tools = {
-        "veil": [veil, "anonymize", str(args.clip), "-o", str(work / "veil"), "--config", config.model_dump_json()],
-        "floor": [sys.executable, "-c", _FLOOR, str(args.clip), str(work / "floor.mp4"), _PRESET,
-                  str(config.video_crf)],
-    }
+    print(f"cpu: {cpu_line()}")
+    print(f"runtime: {describe()} (VEIL_EXECUTION_PROVIDER={os.environ.get('VEIL_EXECUTION_PROVIDER', 'auto')})")
+    print(f"clip {args.clip} ({frames} frames), load {os.getloadavg()[0]:.1f}, median of {args.runs} runs", flush=True)
+    crf = str(ModelConfig().video_crf)
+    tools = {name: [veil, "anonymize", str(args.clip), "-o", str(work / name.replace(" ", "_")), "--config",
+                    ModelConfig(**cfg).model_dump_json()] for name, cfg in configs.items()}
+    tools["floor"] = [sys.executable, "-c", _FLOOR, str(args.clip), str(work / "floor.mp4"), _PRESET, crf]
     if not args.skip_deface:
         deface = str(ensure_deface(args.deface_venv))
         tools["deface"] = [deface, str(args.clip), "-o", str(work / "deface.mp4")]
         tools["deface_640"] = [deface, str(args.clip), "-o", str(work / "deface640.mp4"), "--scale", "640x360"]
-    print(f"floor = decode + libx264 preset {_PRESET}, CRF {config.video_crf}; veil config {config.model_dump_json()}")
+    print(f"floor = decode + libx264 preset {_PRESET}, CRF {crf}; configs: "
+          + "; ".join(f"{name} {json.dumps(cfg)}" for name, cfg in configs.items()))
     try:
         results = measure(tools, frames, args.runs)
     finally:
@@ -128,13 +154,16 @@ def main() -> None:
 
     print(f"\nresults (median of {args.runs}; CPU ms/frame is less sensitive to other load than fps):")
     for name, (fps, cpu) in results.items():
-        print(f"  {name:<12} {fps:7.2f} fps  {cpu:6.0f} CPU ms/frame")
-    v, v_cpu = results["veil"]
-    print(f"  veil / floor       {v / results['floor'][0]:.2f}x fps   {results['floor'][1] / v_cpu:.2f}x by CPU time")
-    if "deface" in results:
-        print(f"  veil / deface      {v / results['deface'][0]:.2f}x fps   {results['deface'][1] / v_cpu:.2f}x by CPU time")
-        print(f"  veil / deface 640  {v / results['deface_640'][0]:.2f}x fps   "
-              f"{results['deface_640'][1] / v_cpu:.2f}x by CPU time")
+        print(f"  {name:<18} {fps:7.2f} fps  {cpu:6.0f} CPU ms/frame")
+    floor, floor_cpu = results["floor"]
+    for name in configs:
+        v, v_cpu = results[name]
+        print(f"  {name:<18} / floor       {v / floor:.2f}x fps   {floor_cpu / v_cpu:.2f}x by CPU time")
+        if "deface" in results:
+            print(f"  {name:<18} / deface      {v / results['deface'][0]:.2f}x fps   "
+                  f"{results['deface'][1] / v_cpu:.2f}x by CPU time")
+            print(f"  {name:<18} / deface 640  {v / results['deface_640'][0]:.2f}x fps   "
+                  f"{results['deface_640'][1] / v_cpu:.2f}x by CPU time")
 
 
 if __name__ == "__main__":

@@ -216,7 +216,7 @@ def test_real_clip_faces_and_plates(shared_data, detection_models, tmp_path):
 
 def test_missed_detections_are_still_blurred(shared_data, detection_models, tmp_path):
     """Drop the detector's output on several frames: the tracker must keep the face blurred there."""
-    from veil.engine.video import _default_detect
+    from veil.engine.video_detect import default_detect as _default_detect
 
     src = cut_clip(shared_data / "videos" / "egoblur_gen1_test_video.mp4", tmp_path / "face.mp4", 1.5)
     config = ModelConfig()

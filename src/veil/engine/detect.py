@@ -19,6 +19,7 @@ no upscale pass. Model sessions are created once per process and shared by all d
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -26,7 +27,7 @@ import numpy as np
 from .calibration import calibrate, raw_threshold
 from .config import ModelConfig
 from .detections import FACE, PLATE, Detections
-from .slicing import detect_tiles, merge, tile_grid
+from .slicing import Tile, detect_tiles, merge, tile_grid
 
 FACE_MAX_SIDE = 2048  # whole-image face pass: native resolution up to this longest side
 FACE_UPSCALE = 2.0  # small-face pass: at most this factor ...
@@ -36,6 +37,7 @@ FACE_TILE = 640  # slicing: face tile side in original pixels (doubled for large
 TILE_OVERLAP = 0.25
 
 _lock = threading.Lock()
+TilePick = Callable[[list[Tile]], list[Tile]] | None
 
 
 @lru_cache(maxsize=None)
@@ -77,8 +79,9 @@ class Detector:
         return Detections.concat(parts)
 
     def detect_faces(self, image_rgb: np.ndarray, *, side: int | None = None,
-                     threshold: float | None = None) -> Detections:
-        """Faces above ``threshold`` (calibrated; default ``config.blur_threshold``)."""
+                     threshold: float | None = None, tiles: TilePick = None) -> Detections:
+        """Faces above ``threshold`` (calibrated; default ``config.blur_threshold``). ``tiles`` picks
+        which of the slicing tiles to run (default: all; video runs one per scan, in turn)."""
         image = _ensure_rgb(image_rgb)
         t = self.config.blur_threshold if threshold is None else threshold
         floor = raw_threshold("faces", t)
@@ -96,7 +99,7 @@ class Detector:
         if self.config.slicing:
             tile, scale = _tile_plan(long_side, FACE_TILE, FACE_MAX_SIDE)
             boxes, scores, tile_cut = detect_tiles(
-                image, lambda crop: net(crop, scale=scale, floor=floor), tile_grid(h, w, tile, TILE_OVERLAP))
+                image, lambda crop: net(crop, scale=scale, floor=floor), _pick(tiles, tile_grid(h, w, tile, TILE_OVERLAP)))
             passes.append((boxes, scores))
             cut.append(tile_cut)
         # Face tiles compete with the whole-image pass on score alone: their 2x view gave tighter
@@ -104,8 +107,8 @@ class Detector:
         return self._finish("faces", FACE, passes, cut, floor, 0)
 
     def detect_plates(self, image_rgb: np.ndarray, *, side: int | None = None,
-                      threshold: float | None = None) -> Detections:
-        """Plates above ``threshold`` (calibrated; default ``config.lp_threshold``)."""
+                      threshold: float | None = None, tiles: TilePick = None) -> Detections:
+        """Plates above ``threshold`` (calibrated; default ``config.lp_threshold``); ``tiles``: as for faces."""
         image = _ensure_rgb(image_rgb)
         t = self.config.lp_threshold if threshold is None else threshold
         floor = raw_threshold("plates", t)
@@ -119,7 +122,7 @@ class Detector:
             # without finding more plates.
             tile = size = PLATE_SIDE
             boxes, scores, tile_cut = detect_tiles(
-                image, lambda crop: net(crop, size=size, floor=floor), tile_grid(h, w, tile, TILE_OVERLAP))
+                image, lambda crop: net(crop, size=size, floor=floor), _pick(tiles, tile_grid(h, w, tile, TILE_OVERLAP)))
             passes.append((boxes, scores))
             cut.append(tile_cut)
         return self._finish("plates", PLATE, passes, cut, floor, len(passes) - 1)
@@ -136,6 +139,10 @@ class Detector:
         keep = scores >= floor - 1e-6
         boxes, scores = merge(boxes[keep], scores[keep], cut_flags[keep], tiled[keep].astype(bool))
         return Detections.of_kind(boxes, calibrate(name, scores), kind)
+
+
+def _pick(pick: TilePick, tiles: list[Tile]) -> list[Tile]:
+    return tiles if pick is None else pick(tiles)
 
 
 def _mult32(side: float) -> int:

@@ -66,6 +66,17 @@ def create_session(path: Path, provider: str | None = None):
     return ort.InferenceSession(_model_bytes(Path(path)), sess_options=_session_options(), providers=providers)
 
 
+def describe(provider: str | None = None) -> str:
+    """Runtime and precision the detectors run with, e.g. ``onnxruntime 1.20 CPU float32``."""
+    choice = resolve_provider(provider)
+    if choice == "openvino":
+        import openvino as ov
+
+        precision = {"bf16": "bfloat16", "f32": "float32"}[_openvino_precision()]
+        return f"openvino {ov.__version__.split('-')[0]} CPU {precision}"
+    return f"onnxruntime {ort.__version__} {choice.upper()} float32"
+
+
 def _openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 

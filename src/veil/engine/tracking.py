@@ -47,13 +47,15 @@ class TrackingParams:
     match_buffer: float = 0.5  # second association pass with boxes grown by this much (C-BIoU)
 
     @classmethod
-    def for_rate(cls, fps: float, stride: int = 1) -> "TrackingParams":
-        """Parameters in frames for a video at `fps` whose detector runs every `stride`-th frame."""
+    def for_rate(cls, fps: float, stride: int = 1, scan: int = 1) -> "TrackingParams":
+        """Parameters in frames for a video at `fps` whose detector runs every `stride`-th frame and
+        looks for new objects (full-frame scans) every `scan`-th frame: a new object is covered from
+        two scans before its first detection."""
         fps = fps if fps and fps > 0 else 30.0
         per = max(1, stride)
         return cls(
             max_gap=max(2 * per, min(round(0.6 * fps), 30)),
-            lead=max(2 * per, round(0.25 * fps)),
+            lead=max(2 * per, 2 * scan, round(0.25 * fps)),
             trail=max(2 * per, round(0.25 * fps)),
             edge_trail=max(3 * per, round(0.7 * fps)),
             smooth=2,
@@ -102,6 +104,12 @@ class _Kalman:
         self.x = F @ self.x
         self.x[2:4] = np.maximum(self.x[2:4], 1.0)
         self.P = F @ self.P @ F.T + np.diag(q)
+
+    def peek(self, dt: int) -> np.ndarray:
+        """The box predicted `dt` frames ahead, without changing the state."""
+        cx, cy, w, h = self.x[:4] + max(dt, 0) * self.x[4:]
+        w, h = max(w, 1.0), max(h, 1.0)
+        return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
 
     def update(self, box: np.ndarray) -> None:
         z = _to_cxcywh(box)
@@ -166,6 +174,11 @@ class Tracker:
             started += self._update_kind(index, dets.kind(int(kind)), int(kind))
         self.active += started
         return started
+
+    def predict(self, index: int, kind: int) -> np.ndarray:
+        """Predicted boxes (N x 4) in frame `index` of the live tracks of `kind`."""
+        live = [t for t in self.active if t.kind == kind and index - t.last <= self.params.max_gap]
+        return np.array([t.kalman.peek(index - t.last_predicted) for t in live]).reshape(-1, 4)
 
     def _update_kind(self, index: int, dets: Detections, kind: int) -> list[Track]:
         p = self.params
@@ -248,6 +261,11 @@ class VideoTracker:
                                                     np.full(len(rest), -1, np.int64))
             self._tracks += self._tracker.update(index, dets[tracked])
         return self._emit(index - self.params.horizon)
+
+    def predict(self, index: int, kind: int) -> np.ndarray:
+        """Where the live tracks of `kind` are expected in frame `index` (xyxy, N x 4), to re-detect
+        them there."""
+        return self._tracker.predict(index, kind)
 
     def flush(self) -> list[tuple[int, Detections]]:
         return self._emit(self._pending[-1] if self._pending else -1)

@@ -14,15 +14,11 @@ Pipeline (three threads, bounded queues, so memory does not grow with the video'
 * **No flashes.** Faces (`face_track`, a Veil extension, default on) and plates (`lp_track`) are
   tracked (`veil.engine.tracking`): a track stays blurred through short gaps, a little before its
   first and after its last detection, and while it leaves the frame; boxes are smoothed.
-* **Speed.** Detection runs on a downscaled copy of the frame (full resolution with `slicing`) and,
-  for tracked kinds, only on every `stride`-th frame: the tracker interpolates in between. Frames
-  stay in YUV; only the region around each detection is converted to RGB, redacted and written
-  back, so pixels outside the redaction mask are bit-identical to the decoded source.
-  Tuning (environment, defaults measured with `bench/bench_video.py` and `bench/leak_check.py`):
-  `VEIL_VIDEO_FACE_SIDE` (640) / `VEIL_VIDEO_PLATE_SIDE` (960): longest side of the detector input
-  (at least 1/3 / 2/3 of the frame's: 1080p plates at 1280 px, 4K at 1280 / 2560 px),
-  `VEIL_VIDEO_DETECT_FPS` (4 face detector runs per second of video), `VEIL_VIDEO_PLATE_DETECT_FPS` (15),
-  `VEIL_X264_PRESET` (veryfast).
+* **Speed.** What the detectors look at, and when, is planned by `veil.engine.video_detect`
+  (scans of the frame a few times a second, crops around live tracks in between, motion gating);
+  the tracker interpolates the frames in between. Frames stay in YUV; only the region around each
+  detection is converted to RGB, redacted and written back, so pixels outside the redaction mask
+  are bit-identical to the decoded source. `VEIL_X264_PRESET` (veryfast) sets the encoder's preset.
 * **Errors.** Unreadable, corrupt or truncated input raises `MediaError` with a plain message; the
   output is written to a temporary file in the destination folder and renamed only on success.
 
@@ -52,32 +48,15 @@ from .detections import FACE, PLATE, Detections
 from .errors import MediaError
 from .report import FrameDetections, Report
 from .tracking import TrackingParams, VideoTracker
+from .video_detect import DetectFn, FrameDetector, default_detect
+from .yuv import i420, planes
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[float], None]
-# Detects on one decoded frame: (frame as RGB, kinds to look for) -> Detections in that image's pixels.
-DetectFn = Callable[[np.ndarray, frozenset[int]], Detections]
 
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
 _PRESET = os.environ.get("VEIL_X264_PRESET", "veryfast")
-# Detection runs on a copy whose longest side is this, per kind (slicing: full size, tiled) ...
-_DETECT_SIDE = {FACE: int(os.environ.get("VEIL_VIDEO_FACE_SIDE", "640")),
-                PLATE: int(os.environ.get("VEIL_VIDEO_PLATE_SIDE", "960"))}
-# ... and at least this fraction of the frame's longest side, so the smallest object found (in source
-# pixels) does not grow with the resolution: at a fixed 640 px a 4K face would need to be twice
-# as large as a 1080p one to be seen. Plates at 2/3 (1280 px for 1080p): with 8 detector runs/s,
-# 91 of the 184 reference plate-frames of the 1080p bench clip leaked at 1/2, 47 at 2/3 (bench/leak_check.py).
-_MIN_DETECT_FRACTION = {FACE: 1 / 3, PLATE: 2 / 3}
-# Tracked kinds are detected this many times per second of video; the tracker bridges the frames
-# in between (and `bench/leak_check.py` measures that nothing leaks there). Plates need more: small
-# plates on moving cars drift out of a bridged box, and a plate often scores high in one frame and
-# low in the next. Leaked plate-frames on the 1080p bench clip (184 in the reference): 22 at 8 runs/s,
-# 4 at 10, 0 at 15; on the parking-lot dev clip 10 of 35 at 4 runs/s, 0 from 8.
-_DETECT_FPS = {FACE: float(os.environ.get("VEIL_VIDEO_DETECT_FPS", "4")),
-               PLATE: float(os.environ.get("VEIL_VIDEO_PLATE_DETECT_FPS", "15"))}
-# Detection thresholds are lowered by this for tracking: weaker detections may continue a track.
-_LOW_SCORE_MARGIN = 0.2
 _QUEUE = 8
 _END = object()
 _EMPTY = Detections(track_ids=np.zeros(0, np.int64))
@@ -93,41 +72,6 @@ def detect_video(src: Path, config: ModelConfig, progress: Progress | None = Non
                  limits: MediaLimits = MediaLimits()) -> Report:
     """Detections of every frame of `src` (tracked, with track ids), without writing a video."""
     return _Job(Path(src), config, progress, limits=limits).run(None)
-
-
-# ----------------------------------------------------------------------------- detection
-def _default_detect(config: ModelConfig) -> DetectFn:
-    """H2's detector, one pass per kind on the (already downscaled) image, thresholds lowered by
-    `_LOW_SCORE_MARGIN`: weaker detections may continue a track; the tracker re-applies the user's."""
-    from .detect import get_detector
-
-    detector = get_detector(config)
-    face_t = max(0.0, config.blur_threshold - _LOW_SCORE_MARGIN)
-    plate_t = max(0.0, config.lp_threshold - _LOW_SCORE_MARGIN)
-
-    def detect(image: np.ndarray, kinds: frozenset[int]) -> Detections:
-        side = None if config.slicing else max(image.shape[:2])
-        parts = []
-        if FACE in kinds:
-            parts.append(detector.detect_faces(image, side=side, threshold=face_t))
-        if PLATE in kinds:
-            parts.append(detector.detect_plates(image, side=side, threshold=plate_t))
-        return Detections.concat(parts)
-
-    return detect
-
-
-def _detect_side(kind: int, longest: int) -> int:
-    """Longest side of the detector input for a frame whose longest side is `longest` (small videos
-    are upscaled to `_DETECT_SIDE`)."""
-    return max(_DETECT_SIDE[kind], round(longest * _MIN_DETECT_FRACTION[kind]))
-
-
-def _stride(fps: float, kind: int) -> int:
-    """Run the detector on every k-th frame for a tracked kind: about `_DETECT_FPS[kind]` times a second."""
-    if fps <= 0 or _DETECT_FPS[kind] <= 0:
-        return 1
-    return max(1, round(fps / _DETECT_FPS[kind]))
 
 
 # ----------------------------------------------------------------------------- the job
@@ -151,6 +95,7 @@ class _Job:
         self._detect = detect
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self.analysed = 0  # frames through the detect stage (progress is told from it)
 
     # -- public entry
     def run(self, dst: Path | None) -> Report:
@@ -166,10 +111,12 @@ class _Job:
         config = self.config
         kinds = frozenset(k for k, on in ((FACE, config.wants_faces), (PLATE, config.wants_plates)) if on)
         tracked = {k for k in kinds if (k == FACE and config.face_track) or (k == PLATE and config.lp_track)}
-        strides = {k: _stride(source.fps, k) if k in tracked else 1 for k in kinds}
-        stride = max(strides.values(), default=1)  # the longest gap the tracker must bridge
-        detect = self._detect or (_default_detect(config) if kinds else None)
-        params = TrackingParams.for_rate(source.fps, stride)
+        detect = self._detect or (default_detect(config) if kinds else None)
+        planner = FrameDetector(detect, config, (source.width, source.height), source.fps, kinds, tracked) \
+            if detect is not None else None
+        stride = planner.stride if planner else 1  # the longest gap the tracker must bridge
+        scan = planner.scan_interval if planner else 1  # ... and the longest a new object waits
+        params = TrackingParams.for_rate(source.fps, stride, scan)
         tracker = VideoTracker(params, (source.width, source.height),
                                {FACE: config.blur_threshold, PLATE: config.lp_threshold}, tracked)
         report = Report("video", source.width, source.height)
@@ -178,8 +125,8 @@ class _Job:
         q_out: queue.Queue = queue.Queue(_QUEUE)
         threads = [
             threading.Thread(target=self._guard, args=(self._read, source, q_read), daemon=True),
-            threading.Thread(target=self._guard, args=(self._analyse, q_read, q_out, source, detect, kinds,
-                                                       strides, tracker), daemon=True),
+            threading.Thread(target=self._guard, args=(self._analyse, q_read, q_out, planner, tracker),
+                             daemon=True),
         ]
         for t in threads:
             t.start()
@@ -228,13 +175,15 @@ class _Job:
                 continue
         raise _Stopped
 
-    def _get(self, q: queue.Queue):
+    def _get(self, q: queue.Queue, idle: Callable[[], None] | None = None):
         while True:
             try:
                 return q.get(timeout=0.1)
             except queue.Empty:
                 if self._stop.is_set():
                     raise _Stopped from None
+                if idle is not None:
+                    idle()
 
     # -- stage 1: demux and decode
     def _read(self, source: _Source, q: queue.Queue) -> None:
@@ -246,8 +195,8 @@ class _Job:
         self._put(q, _END)
 
     # -- stage 2: detect and track
-    def _analyse(self, q_in: queue.Queue, q_out: queue.Queue, source: _Source, detect: DetectFn | None,
-                 kinds: frozenset[int], strides: dict[int, int], tracker: VideoTracker) -> None:
+    def _analyse(self, q_in: queue.Queue, q_out: queue.Queue, planner: FrameDetector | None,
+                 tracker: VideoTracker) -> None:
         pending: deque = deque()  # frames and audio packets waiting for their boxes, in stream order
         finals: dict[int, Detections] = {}
         index = 0
@@ -260,39 +209,17 @@ class _Job:
                 if kind != "frame":
                     pending.append((kind, payload))
                     continue
-                due = frozenset(k for k in kinds if index % strides[k] == 0)
-                dets = None
-                if detect is not None and due:
-                    dets = self._detect_frame(detect, payload, due)
+                dets = planner(index, payload, lambda k, i=index: tracker.predict(i, k)) if planner else None
                 pending.append(("frame", (index, payload)))
                 finals.update(tracker.push(index, dets))
-                self._drain(pending, finals, q_out)
                 index += 1
+                self.analysed = index
+                self._drain(pending, finals, q_out)
             finals.update(tracker.flush())
             self._drain(pending, finals, q_out)
             self._put(q_out, _END)
         except _Stopped:
             return
-
-    def _detect_frame(self, detect: DetectFn, frame: av.VideoFrame, kinds: frozenset[int]) -> Detections:
-        """Detect `kinds` on downscaled copies of the frame (one per input side); boxes in frame pixels."""
-        w, h = frame.width, frame.height
-        by_side: dict[int, set[int]] = {}
-        for kind in kinds:
-            side = max(w, h) if self.config.slicing else _detect_side(kind, max(w, h))
-            by_side.setdefault(side, set()).add(kind)
-        parts = []
-        for side, group in sorted(by_side.items()):
-            scale = side / max(w, h)
-            image = _to_rgb(frame, round(w * scale), round(h * scale))
-            dets = detect(image, frozenset(group))
-            if len(dets) and image.shape[:2] != (h, w):
-                xyxy = dets.xyxy.copy()
-                xyxy[:, [0, 2]] *= w / image.shape[1]
-                xyxy[:, [1, 3]] *= h / image.shape[0]
-                dets = Detections(xyxy, dets.scores, dets.kinds)
-            parts.append(dets)
-        return Detections.concat(parts)
 
     def _drain(self, pending: deque, finals: dict[int, Detections], q_out: queue.Queue) -> None:
         while pending:
@@ -308,8 +235,20 @@ class _Job:
     # -- stage 3: redact, encode, mux (main thread)
     def _consume(self, q: queue.Queue, source: _Source, report: Report, writer: "_Writer | None") -> None:
         total = source.expected_frames or (round(source.duration * source.fps) if source.duration else 0)
+        told = 0.0
+
+        def tell() -> None:
+            # From the detect stage, the slow one: frames leave the last stage only after the tracker's
+            # look-ahead, which on a short high-resolution clip can be most of it. Called on this
+            # thread only (the callback may write to a database or raise to cancel the job).
+            nonlocal told
+            value = min(0.99, self.analysed / total) if total else 0.0
+            if self.progress and value > told:
+                told = value
+                self.progress(value)
+
         while True:
-            item = self._get(q)
+            item = self._get(q, tell)
             if item is _END:
                 break
             kind, payload = item
@@ -324,8 +263,7 @@ class _Job:
                                                  dets if len(dets) else _EMPTY))
             if writer is not None:
                 writer.video(frame, dets)
-            if self.progress and total:
-                self.progress(min(0.99, (index + 1) / total))
+            tell()
         _check_complete(source, report, self.src)
 
 
@@ -423,37 +361,6 @@ def _reason(exc: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------- pixels
-def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
-    """RGB copy of the frame at (width, height): resized in YUV (cheaper) when the frame is yuv420p."""
-    if frame.format.name in ("yuv420p", "yuvj420p") and frame.width % 2 == 0 and frame.height % 2 == 0:
-        y, u, v = _planes(frame.to_ndarray(), frame.height, frame.width)
-        width, height = width + width % 2, height + height % 2
-        if (width, height) != (frame.width, frame.height):
-            y = cv2.resize(y, (width, height), interpolation=cv2.INTER_AREA)
-            u = cv2.resize(u, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
-            v = cv2.resize(v, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
-        return cv2.cvtColor(_i420(y, u, v), cv2.COLOR_YUV2RGB_I420)
-    rgb = frame.to_ndarray(format="rgb24")
-    if (width, height) != (frame.width, frame.height):
-        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
-    return rgb
-
-
-def _planes(yuv: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Views of the Y, U, V planes of a packed I420 array (as PyAV's yuv420p `to_ndarray` gives)."""
-    q = height * width // 4
-    flat = yuv.reshape(-1)
-    y = flat[:height * width].reshape(height, width)
-    u = flat[height * width:height * width + q].reshape(height // 2, width // 2)
-    v = flat[height * width + q:height * width + 2 * q].reshape(height // 2, width // 2)
-    return y, u, v
-
-
-def _i420(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    h, w = y.shape
-    return np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(h * 3 // 2, w)
-
-
 def _redact_yuv(frame: av.VideoFrame, dets: Detections, config: ModelConfig) -> av.VideoFrame:
     """Redact the detections in a yuv420p frame, in place; pixels outside the mask are left exact.
 
@@ -494,9 +401,9 @@ def _redact_window(y: np.ndarray, u: np.ndarray, v: np.ndarray, local: Detection
 
     x0, y0, x1, y1 = window
     wy, wu, wv = y[y0:y1, x0:x1], u[y0 // 2:y1 // 2, x0 // 2:x1 // 2], v[y0 // 2:y1 // 2, x0 // 2:x1 // 2]
-    crop = cv2.cvtColor(_i420(wy, wu, wv), cv2.COLOR_YUV2RGB_I420)
+    crop = cv2.cvtColor(i420(wy, wu, wv), cv2.COLOR_YUV2RGB_I420)
     redact(crop, local, config)
-    ny, nu, nv = _planes(cv2.cvtColor(crop, cv2.COLOR_RGB2YUV_I420), y1 - y0, x1 - x0)
+    ny, nu, nv = planes(cv2.cvtColor(crop, cv2.COLOR_RGB2YUV_I420), y1 - y0, x1 - x0)
     np.copyto(wy, ny, where=mask)
     cmask = mask[0::2, 0::2] | mask[1::2, 0::2] | mask[0::2, 1::2] | mask[1::2, 1::2]
     np.copyto(wu, nu, where=cmask)
