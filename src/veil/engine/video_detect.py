@@ -23,6 +23,7 @@ that frame's detections).
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable
 
 import av
@@ -58,13 +59,15 @@ _SCAN_FPS = {FACE: float(os.environ.get("VEIL_VIDEO_FACE_SCAN_FPS", "2")),
              PLATE: float(os.environ.get("VEIL_VIDEO_PLATE_SCAN_FPS", "3"))}
 # Slicing tiles per second, per kind (one tile each time; see the module docstring).
 _TILE_FPS = float(os.environ.get("VEIL_VIDEO_TILE_FPS", "1"))
-# Motion gating (tracked kinds): a scan looks only where the picture changed since that kind's last
-# scan (16x16 block means of the luma differ by more than _GATE_DIFF levels, well above sensor
-# noise) plus around its live tracks, which keep static objects covered; the whole frame when more
-# than _GATE_MAX of it changed, and every 1 / _FULL_SCAN_FPS seconds whatever changed (objects a
-# scan missed and that have not moved since).
+# Motion gating (tracked kinds): a scan looks only where the picture changed since any of that kind's
+# last _GATE_MEMORY scans (16x16 block means of the luma differ by more than _GATE_DIFF levels, well
+# above sensor noise; so an object that arrives and stops gets that many scans to be found) plus
+# around its live tracks, which keep static objects covered; the whole frame when more than
+# _GATE_MAX of it changed, and every 1 / _FULL_SCAN_FPS seconds whatever changed (objects the scans
+# missed and that have not moved since).
 _GATE_BLOCK = 16
 _GATE_DIFF = 6.0
+_GATE_MEMORY = 3
 _GATE_MAX = 0.5
 _FULL_SCAN_FPS = float(os.environ.get("VEIL_VIDEO_FULL_SCAN_FPS", "0.5"))
 # A crop spans the predicted box plus this many box sizes on each side (the object moves, the
@@ -136,7 +139,7 @@ class FrameDetector:
         self.tracked = tracked
         self.full_scans = {k: self.scans[k] * max(1, round(_every(fps, _FULL_SCAN_FPS) / self.scans[k]))
                            for k in kinds}
-        self._last_luma: dict[int, np.ndarray] = {}  # kind -> block means at its last scan
+        self._lumas: dict[int, deque[np.ndarray]] = {k: deque(maxlen=_GATE_MEMORY) for k in kinds}
 
     @property
     def stride(self) -> int:
@@ -174,12 +177,12 @@ class FrameDetector:
         if kind not in self.tracked:
             return None
         luma = pixels.block_means(_GATE_BLOCK)
-        last = self._last_luma.get(kind)
-        self._last_luma[kind] = luma
-        if last is None or index % self.full_scans[kind] == 0 \
+        earlier = list(self._lumas[kind])
+        self._lumas[kind].append(luma)
+        if not earlier or index % self.full_scans[kind] == 0 \
                 or self.config.slicing and index % self.tile_scans[kind] == 0:
             return None
-        mask = (np.abs(luma - last) > _GATE_DIFF).astype(np.uint8)
+        mask = (np.max([np.abs(luma - e) for e in earlier], axis=0) > _GATE_DIFF).astype(np.uint8)
         if mask.mean() > _GATE_MAX:
             return None
         mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))
