@@ -246,3 +246,32 @@ def test_uploads_whose_pricing_process_died_are_priced_by_another(svc):
         time.sleep(0.05)
     assert svc.get_job(jobs["stalled"]).status == "awaiting_approval"
     assert svc.get_job(jobs["fresh"]).status == "uploaded"
+
+
+def test_approve_during_pricing_answers_waiting_instead_of_pricing_again(svc, monkeypatch):
+    """A large upload is being priced in the background: approve waits briefly and answers "waiting" (302)
+    rather than downloading and pricing the upload a second time inside the request."""
+    import threading
+
+    from veil.jobs import pricing
+
+    release, calls = threading.Event(), []
+    real_cost_of = pricing.cost_of
+
+    def slow_cost_of(*args, **kwargs):
+        calls.append(1)
+        release.wait(10)
+        return real_cost_of(*args, **kwargs)
+
+    monkeypatch.setattr(pricing, "cost_of", slow_cost_of)
+    _, key = create_key(svc.db, 10)
+    data = jpeg_bytes()
+    job = svc.create_job(key.id, "big.jpg", len(data)).job
+    svc.store.write(INPUT_CONTAINER, job.input_blob, io.BytesIO(data))
+    svc.on_blob_created(INPUT_CONTAINER, job.input_blob, len(data))
+    assert svc.approve(key.id, job.id) == "waiting" and len(calls) == 1
+    release.set()
+    deadline = time.monotonic() + 30
+    while svc.get_job(job.id).status == "uploaded" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert svc.approve(key.id, job.id) == "approved" and len(calls) == 1

@@ -38,7 +38,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 INPUT_CONTAINER = "uploads"
 OUTPUT_CONTAINER = "outputs"
 MODELS = ("blur",)
+APPROVE_WAITS_FOR_PRICING_SECONDS = 2.0
 WAITING = ("created", "uploaded", "awaiting_approval", "queued")
 FINAL = ("completed", "failed", "cancelled")
 
@@ -158,6 +159,7 @@ class JobService:
             allowed=settings.callback_networks)
         self._closed = threading.Event()
         self._callback_secret: str | None = None
+        self._pricing: dict[str, Future] = {}  # job id → its pricing running on self._background
 
     def close(self) -> None:
         """Stop: waits for pricing in progress, never for a callback receiver (queued deliveries are dropped)."""
@@ -210,7 +212,7 @@ class JobService:
         except Exception:  # noqa: BLE001 - the worker's SHA-256 check still refuses swapped content
             log.exception("could not freeze the input of job %s", name)
         if not self._closed.is_set():
-            self._background.submit(self._price_quietly, name)
+            self._price_in_background(name)
         return True
 
     def upload_rule(self, container: str, name: str) -> tuple[str | None, int | None]:
@@ -252,6 +254,16 @@ class JobService:
             if self._closed.is_set():
                 return
             self.check_upload(job)
+
+    def _price_in_background(self, job_id: str) -> None:
+        future = self._background.submit(self._price_quietly, job_id)
+        self._pricing[job_id] = future
+
+        def forget(done: Future) -> None:  # runs at once if pricing already finished
+            if self._pricing.get(job_id) is done:
+                self._pricing.pop(job_id, None)
+
+        future.add_done_callback(forget)
 
     def _price_quietly(self, job_id: str) -> None:
         token = current_job.set(job_id)
@@ -308,7 +320,7 @@ class JobService:
         with self.db() as session:
             ids = list(session.scalars(query))
         for job_id in ids:
-            self._background.submit(self._price_quietly, job_id)
+            self._price_in_background(job_id)
 
     def fetch_input(self, job: Job, directory: Path) -> Path:
         """Copy the job's input blob into `directory` under the client's (sanitized) file name; raises
@@ -340,10 +352,14 @@ class JobService:
             self.check_upload(job)
             job = self.get_job(job_id, key_id)
         if job.status == "uploaded":
-            try:
-                self.price_job(job_id)  # normally done already in the background; idempotent
-            except Exception:  # noqa: BLE001 - an outage while pricing: the client retries (302), no 500
-                log.exception("pricing job %s failed", job_id)
+            pricing = self._pricing.get(job_id)
+            if pricing is None:  # not being priced by this process (interrupted, or another's): price now
+                try:
+                    self.price_job(job_id)
+                except Exception:  # noqa: BLE001 - an outage while pricing: the client retries (302), no 500
+                    log.exception("pricing job %s failed", job_id)
+            else:  # being priced here: wait a little, then let the client ask again (302) rather than block
+                wait([pricing], timeout=APPROVE_WAITS_FOR_PRICING_SECONDS)
             job = self.get_job(job_id, key_id)
         if job.status in ("created", "uploaded"):
             return "waiting"
