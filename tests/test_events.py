@@ -109,6 +109,12 @@ class FakeReceiver:
                        application_properties={b"aeg-event-type": b"Notification"})
         return ServiceBusReceivedMessage(amqp, receiver=self, lock_token=uuid.uuid4())
 
+    def __enter__(self) -> FakeReceiver:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
     def receive_messages(self, max_message_count: int = 1, max_wait_time: float | None = None):
         batch, self.pending = self.pending[:max_message_count], self.pending[max_message_count:]
         if not batch and not self.pending:
@@ -192,6 +198,40 @@ def test_consumer_completes_events_that_announce_no_upload(svc, change):
     QueueConsumer(svc, receiver).run(receiver.stop, max_wait=0)
     assert [kind for kind, _, _ in receiver.settled] == ["complete", "complete"]
     assert svc.get_job(job_id).status == "created"
+
+
+def test_consume_renews_locks_and_reconnects_after_a_failure(svc, monkeypatch):
+    """`consume` (what `veil events` runs): the SDK client is replaced by one whose first receiver fails to
+    open; the consumer retries, receives with an AutoLockRenewer, and settles the message."""
+    from azure.servicebus import AutoLockRenewer, ServiceBusClient
+
+    from veil.events.servicebus import consume
+
+    data = jpeg_bytes()
+    job_id = _created_job(svc, data)
+    receiver = FakeReceiver([json.dumps(_event(EVENT_GRID, job_id, len(data)))])
+    opened = []
+
+    class FakeClient:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def get_queue_receiver(self, queue, auto_lock_renewer=None):
+            opened.append((queue, auto_lock_renewer))
+            if len(opened) == 1:
+                raise ConnectionError("namespace unreachable")
+            return receiver
+
+    monkeypatch.setattr(ServiceBusClient, "from_connection_string", classmethod(lambda cls, conn: FakeClient()))
+    consume(svc, "Endpoint=sb://example.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=x",
+            "veil-uploads", receiver.stop)
+    assert [queue for queue, _ in opened] == ["veil-uploads", "veil-uploads"]
+    assert isinstance(opened[1][1], AutoLockRenewer)
+    assert [kind for kind, _, _ in receiver.settled] == ["complete"]
+    assert svc.get_job(job_id).status in ("uploaded", "awaiting_approval")
 
 
 # ---------------------------------------------------------------------------------------- webhook
