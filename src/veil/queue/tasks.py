@@ -27,7 +27,8 @@ from sqlalchemy import select, update
 
 from ..db.models import Job, Task, utcnow
 from ..engine.config import ModelConfig
-from ..jobs.service import OUTPUT_CONTAINER, InputChanged, JobService, output_name, public_message, safe_name
+from ..jobs.names import output_name, public_message, safe_name
+from ..jobs.service import OUTPUT_CONTAINER, InputChanged, JobService
 from ..logs import current_job
 
 log = logging.getLogger(__name__)
