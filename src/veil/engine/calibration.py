@@ -15,6 +15,7 @@ Each detector's raw score is mapped to Veil's scale by linear interpolation betw
 detector  calibrated 0 (floor)  calibrated 0.5         calibrated 1
 =======  ====================  =====================  =====================
 faces     raw 0.05              raw 0.35               raw 0.85
+(fused)   0.005                 0.25                   0.85
 plates    raw 0.05              raw 0.20               raw 0.80
 =======  ====================  =====================  =====================
 
@@ -29,11 +30,14 @@ from typing import Literal
 
 import numpy as np
 
-Detector = Literal["faces", "plates"]
+Detector = Literal["faces", "faces_fused", "plates"]
 
 # (raw, calibrated) anchors, strictly increasing in both.
 ANCHORS: dict[str, tuple[tuple[float, float], ...]] = {
     "faces": ((0.05, 0.0), (0.35, 0.5), (0.85, 1.0)),
+    # The fused score of the multi-view face detector (`Detector._face_views`): a view's raw 0.03
+    # floor shared by one of six views is 0.005.
+    "faces_fused": ((0.005, 0.0), (0.25, 0.5), (0.85, 1.0)),
     "plates": ((0.05, 0.0), (0.20, 0.5), (0.80, 1.0)),
 }
 

@@ -2,8 +2,11 @@
 
 What runs, chosen by measurement on the dev sets (`bench/eval_detection.py`):
 
-* **faces** (CenterFace): one pass at native resolution (longest side capped at 2048 px) and, for
-  images small enough, a second pass upscaled to at most 2x / 2048 px that finds faces below ~24 px;
+* **faces** (CenterFace): views at native resolution (longest side capped at 2048 px), upscaled to
+  at most 2x / 2048 px for images small enough (faces below ~24 px) and at half size (large and
+  close faces), each also mirrored (one batch), merged by weighted boxes fusion
+  (`veil.engine.slicing.fuse`): a face most views agree on keeps its score, a box one view alone
+  reports is discounted, which found more faces at a higher precision than the best single view;
 * **plates** (YOLOv8n): one pass with the longest input side 1280 px (at 640 the model finds only
   0.81-0.88 of dev plates; at 1280, all);
 * with ``config.slicing``: overlapping tiles on top of the whole-image passes (see
@@ -27,11 +30,16 @@ import numpy as np
 from .calibration import calibrate, raw_threshold
 from .config import ModelConfig
 from .detections import FACE, PLATE, Detections
-from .slicing import Tile, detect_tiles, merge, tile_grid
+from .plates import low_light_view
+from .slicing import Tile, detect_tiles, fuse, merge, tile_grid
 
 FACE_MAX_SIDE = 2048  # whole-image face pass: native resolution up to this longest side
 FACE_UPSCALE = 2.0  # small-face pass: at most this factor ...
 FACE_UPSCALE_MIN = 1.5  # ... and only when at least this factor fits under FACE_MAX_SIDE
+FACE_DOWNSCALE = 0.5  # large-face view: half size ...
+FACE_DOWNSCALE_MIN_SIDE = 300  # ... when that leaves at least this longest side
+FACE_VIEW_FLOOR = 0.03  # raw score down to which each view reports faces into the fusion
+FUSE_IOU = 0.4  # views' face boxes overlapping this much are one face (weighted boxes fusion)
 PLATE_SIDE = 1280  # whole-image plate pass: longest input side
 FACE_TILE = 640  # slicing: face tile side in original pixels (doubled for large images)
 TILE_OVERLAP = 0.25
@@ -84,27 +92,45 @@ class Detector:
         which of the slicing tiles to run (default: all; video runs one per scan, in turn)."""
         image = _ensure_rgb(image_rgb)
         t = self.config.blur_threshold if threshold is None else threshold
-        floor = raw_threshold("faces", t)
         net = _centerface(self.provider)
         h, w = image.shape[:2]
         long_side = max(h, w)
         if side:
-            passes = [net(image, max_side=side, scale=side / long_side, floor=floor)]
+            boxes, scores, marks = net.detect(image, max_side=side, scale=side / long_side,
+                                              floor=raw_threshold("faces", t))
+            scores = calibrate("faces", scores)
         else:
-            passes = [net(image, max_side=FACE_MAX_SIDE, floor=floor)]
-            up = min(FACE_UPSCALE, FACE_MAX_SIDE / long_side)
-            if up >= FACE_UPSCALE_MIN and not self.config.slicing:
-                passes.append(net(image, scale=up, floor=floor))
-        cut = [np.zeros(len(b), bool) for b, _ in passes]
+            boxes, scores, marks = self._face_views(net, image, upscale=not self.config.slicing)
         if self.config.slicing:
             tile, scale = _tile_plan(long_side, FACE_TILE, FACE_MAX_SIDE)
-            boxes, scores, tile_cut = detect_tiles(
-                image, lambda crop: net(crop, scale=scale, floor=floor), _pick(tiles, tile_grid(h, w, tile, TILE_OVERLAP)))
-            passes.append((boxes, scores))
-            cut.append(tile_cut)
-        # Face tiles compete with the whole-image pass on score alone: their 2x view gave tighter
-        # boxes on the dev sets (recall and coverage fell when whole-image boxes were preferred).
-        return self._finish("faces", FACE, passes, cut, floor, 0)
+            floor = raw_threshold("faces", t)
+            tile_boxes, tile_scores, tile_cut = detect_tiles(
+                image, lambda crop: net(crop, scale=scale, floor=floor),
+                _pick(tiles, tile_grid(h, w, tile, TILE_OVERLAP)))
+            # Face tiles compete with the whole-image views on (calibrated) score alone: their 2x view
+            # gave tighter boxes on the dev sets (recall and coverage fell when whole-image boxes won).
+            boxes, scores, index = merge(
+                np.concatenate([boxes, tile_boxes]), np.concatenate([scores, calibrate("faces", tile_scores)]),
+                np.concatenate([np.zeros(len(boxes), bool), tile_cut]), return_index=True)
+            marks = np.concatenate([marks, np.full((len(tile_boxes), 10), np.nan, np.float32)])[index]
+        keep = scores >= t - 1e-6
+        return Detections.of_kind(boxes[keep], scores[keep], FACE, marks[keep])
+
+    @staticmethod
+    def _face_views(net, image: np.ndarray, upscale: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The whole-image face views (each also mirrored) fused into one set, calibrated scores.
+        ``upscale``: include the upscaled view (slicing's 2x tiles replace it)."""
+        long_side = max(image.shape[:2])
+        scales = [min(1.0, FACE_MAX_SIDE / long_side)]
+        up = min(FACE_UPSCALE, FACE_MAX_SIDE / long_side)
+        if upscale and up >= FACE_UPSCALE_MIN:
+            scales.append(up)
+        if long_side * FACE_DOWNSCALE >= FACE_DOWNSCALE_MIN_SIDE:
+            scales.append(FACE_DOWNSCALE)
+        views = [net.detect(image, scale=s, floor=FACE_VIEW_FLOOR, flip=True) for s in scales]
+        boxes, scores, marks = fuse(*(np.concatenate(part) for part in zip(*views)), views=2 * len(scales),
+                                    iou=FUSE_IOU)
+        return boxes, calibrate("faces_fused", scores), marks
 
     def detect_plates(self, image_rgb: np.ndarray, *, side: int | None = None,
                       threshold: float | None = None, tiles: TilePick = None) -> Detections:
@@ -116,6 +142,12 @@ class Detector:
         h, w = image.shape[:2]
         passes = [net(image, size=_mult32(side or PLATE_SIDE), floor=floor)]
         cut = [np.zeros(len(passes[0][0]), bool)]
+        if not side and (dark := low_light_view(image)) is not None:
+            # Dark or colour-cast photo: a second pass on a corrected copy, whose boxes count as
+            # secondary (a box of the original pass wins a tie; measured: the corrected copy's
+            # boxes are looser on plates both find).
+            passes.append(net(dark, size=_mult32(PLATE_SIDE), floor=floor))
+            cut.append(np.zeros(len(passes[-1][0]), bool))
         if self.config.slicing and max(h, w) > PLATE_SIDE:
             # Plate tiles run at native resolution, and only where the whole-image pass downscales:
             # upscaled or smaller plate tiles added false positives and looser boxes on the dev sets

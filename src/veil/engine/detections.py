@@ -22,6 +22,9 @@ class Detections:
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
     kinds: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int8))
     track_ids: np.ndarray | None = None  # int64, -1 where untracked; None before tracking
+    # float32 Nx10 face landmarks (x, y of eyes, nose tip, mouth corners; NaN where unknown), or None.
+    # Redaction shapes the face mask from them; boxes rebuilt elsewhere (tracking) simply drop them.
+    landmarks: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.xyxy = np.asarray(self.xyxy, np.float32).reshape(-1, 4)
@@ -29,9 +32,11 @@ class Detections:
         self.kinds = np.asarray(self.kinds, np.int8).reshape(-1)
         if self.track_ids is not None:
             self.track_ids = np.asarray(self.track_ids, np.int64).reshape(-1)
+        if self.landmarks is not None:
+            self.landmarks = np.asarray(self.landmarks, np.float32).reshape(-1, 10)
         n = len(self.xyxy)
-        if len(self.scores) != n or len(self.kinds) != n or (
-                self.track_ids is not None and len(self.track_ids) != n):
+        if len(self.scores) != n or len(self.kinds) != n or any(
+                a is not None and len(a) != n for a in (self.track_ids, self.landmarks)):
             raise ValueError("Detections arrays must have the same length")
 
     def __len__(self) -> int:
@@ -42,13 +47,14 @@ class Detections:
         return cls()
 
     @classmethod
-    def of_kind(cls, xyxy, scores, kind: int) -> "Detections":
+    def of_kind(cls, xyxy, scores, kind: int, landmarks=None) -> "Detections":
         xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)
-        return cls(xyxy, scores, np.full(len(xyxy), kind, np.int8))
+        return cls(xyxy, scores, np.full(len(xyxy), kind, np.int8), landmarks=landmarks)
 
     def __getitem__(self, index) -> "Detections":
         return Detections(self.xyxy[index], self.scores[index], self.kinds[index],
-                          None if self.track_ids is None else self.track_ids[index])
+                          None if self.track_ids is None else self.track_ids[index],
+                          None if self.landmarks is None else self.landmarks[index])
 
     def kind(self, kind: int) -> "Detections":
         return self[self.kinds == kind]
@@ -59,11 +65,14 @@ class Detections:
         if not parts:
             return Detections()
         tracked = all(p.track_ids is not None for p in parts)
+        marked = any(p.landmarks is not None for p in parts)
         return Detections(
             np.concatenate([p.xyxy for p in parts]),
             np.concatenate([p.scores for p in parts]),
             np.concatenate([p.kinds for p in parts]),
             np.concatenate([p.track_ids for p in parts]) if tracked else None,
+            np.concatenate([p.landmarks if p.landmarks is not None else np.full((len(p), 10), np.nan, np.float32)
+                            for p in parts]) if marked else None,
         )
 
     def rows(self, kind: int) -> list[list[float]]:

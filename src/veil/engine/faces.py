@@ -75,6 +75,14 @@ class CenterFace:
                  floor: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
         """Detect faces. The image is resized by ``scale`` (then capped so its longest side is at most
         ``max_side``); returns boxes in original pixels (float32 Nx4) and raw scores (N) >= ``floor``."""
+        boxes, scores, _ = self.detect(image_rgb, scale=scale, max_side=max_side, floor=floor)
+        return boxes, scores
+
+    def detect(self, image_rgb: np.ndarray, *, scale: float = 1.0, max_side: int | None = None,
+               floor: float = 0.05, flip: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As ``__call__``, plus the five landmarks (float32 Nx10: x, y of left eye, right eye, nose,
+        left and right mouth corner, in original pixels). ``flip``: also run the mirrored image (one
+        batch) and return both views' faces (each view deduplicated by NMS), mapped back to the original."""
         h, w = image_rgb.shape[:2]
         factor = float(scale)
         if max_side:
@@ -83,28 +91,46 @@ class CenterFace:
         resized = image_rgb if (nh, nw) == (h, w) else cv2.resize(
             image_rgb, (nw, nh), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
         ph, pw = -(-nh // 32) * 32, -(-nw // 32) * 32
-        blob = np.zeros((1, 3, ph, pw), np.float32)
+        blob = np.zeros((2 if flip else 1, 3, ph, pw), np.float32)
         blob[0, :, :nh, :nw] = resized.transpose(2, 0, 1)
-        heat, size, offset, _ = self.session.run(_OUTPUTS, {_INPUT: blob})
-        boxes, scores = _decode(heat[0, 0], size[0], offset[0], floor)
+        if flip:
+            blob[1, :, :nh, :nw] = blob[0, :, :nh, nw - 1::-1]
+        heat, size, offset, marks = self.session.run(_OUTPUTS, {_INPUT: blob})
+        views = []
+        for i in range(len(blob)):
+            boxes, scores, lms = _decode(heat[i, 0], size[i], offset[i], marks[i], floor)
+            if i == 1 and len(boxes):
+                boxes[:, [0, 2]] = nw - boxes[:, [2, 0]]
+                lms[:, 0::2] = nw - lms[:, 0::2]
+                lms = lms[:, [2, 3, 0, 1, 4, 5, 8, 9, 6, 7]]  # the mirror's left eye is the right one
+            if len(boxes):
+                boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, nw)
+                boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, nh)
+                keep = nms(boxes, scores, NMS_IOU)
+                boxes, scores, lms = boxes[keep], scores[keep], lms[keep]
+            views.append((boxes, scores, lms))
+        boxes, scores, lms = (np.concatenate(parts) for parts in zip(*views))
         if len(boxes):
-            boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, nw)
-            boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, nh)
-            keep = nms(boxes, scores, NMS_IOU)
-            boxes, scores = boxes[keep], scores[keep]
             boxes[:, [0, 2]] *= w / nw
             boxes[:, [1, 3]] *= h / nh
-        return boxes.astype(np.float32), scores.astype(np.float32)
+            lms[:, 0::2] *= w / nw
+            lms[:, 1::2] *= h / nh
+        return boxes.astype(np.float32), scores.astype(np.float32), lms.astype(np.float32)
 
 
-def _decode(heat: np.ndarray, size: np.ndarray, offset: np.ndarray,
-            floor: float) -> tuple[np.ndarray, np.ndarray]:
+def _decode(heat: np.ndarray, size: np.ndarray, offset: np.ndarray, marks: np.ndarray,
+            floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows, cols = np.nonzero(heat > floor)
     if not len(rows):
-        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 10), np.float32)
     bh = np.exp(size[0, rows, cols]) * _STRIDE
     bw = np.exp(size[1, rows, cols]) * _STRIDE
     cy = (rows + offset[0, rows, cols] + 0.5) * _STRIDE
     cx = (cols + offset[1, rows, cols] + 0.5) * _STRIDE
-    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1).astype(np.float32)
-    return boxes, heat[rows, cols].astype(np.float32)
+    x1, y1 = cx - bw / 2, cy - bh / 2
+    boxes = np.stack([x1, y1, cx + bw / 2, cy + bh / 2], axis=1).astype(np.float32)
+    # Landmark channels come as (y, x) pairs relative to the box's top-left, in box sizes (as upstream).
+    lms = np.empty((len(rows), 10), np.float32)
+    lms[:, 0::2] = marks[1::2, rows, cols].T * bw[:, None] + x1[:, None]
+    lms[:, 1::2] = marks[0::2, rows, cols].T * bh[:, None] + y1[:, None]
+    return boxes, heat[rows, cols].astype(np.float32), lms

@@ -63,3 +63,32 @@ class PlateYolo:
         boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w)
         boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h)
         return boxes.astype(np.float32), scores.astype(np.float32)
+
+
+# Low-light view: frames darker than this mean luma (0..255), or with channel means this far apart
+# (a red brake-light / sodium-lamp cast), get a second plate pass on a corrected copy.
+DARK_LUMA = 90.0
+CAST_RATIO = 1.35
+_MAX_GAIN = 2.5  # gray-world channel gain at most
+_CLAHE_CLIP, _CLAHE_TILES = 3.0, (8, 8)
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def low_light_view(image_rgb: np.ndarray) -> np.ndarray | None:
+    """A gray-world balanced, locally contrast-equalised (CLAHE on L*) copy of a dark or colour-cast
+    frame; None for other frames.
+
+    Measured on darkened, red-cast dash-cam frames (`bench/make_lowlight.py` step 2): plate recall
+    0.79 -> 0.86 with this pass added (a global gamma instead of CLAHE found nothing more).
+    """
+    small = cv2.resize(image_rgb, (64, 36), interpolation=cv2.INTER_AREA).reshape(-1, 3).astype(np.float32)
+    means = small.mean(axis=0) + 1.0
+    if float(means @ _LUMA) >= DARK_LUMA and means.max() / means.min() < CAST_RATIO:
+        return None
+    gains = np.clip(means.mean() / means, 1.0 / _MAX_GAIN, _MAX_GAIN)
+    lut = np.clip(np.arange(256, dtype=np.float32)[:, None] * gains[None, :], 0, 255).astype(np.uint8)
+    balanced = cv2.LUT(image_rgb, lut.reshape(256, 1, 3))
+    lab = cv2.cvtColor(balanced, cv2.COLOR_RGB2LAB)
+    lab[:, :, 0] = cv2.createCLAHE(clipLimit=_CLAHE_CLIP, tileGridSize=_CLAHE_TILES).apply(
+        np.ascontiguousarray(lab[:, :, 0]))
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)

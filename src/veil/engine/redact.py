@@ -31,6 +31,14 @@ from .detections import FACE, PLATE, Detections
 # faces re-detected at the default threshold with 1.5 x 1.6 and sigma 0.2, 6 with these values).
 _FACE_AXES = (0.85, 0.90)
 _FACE_LIFT = 0.08
+# Face ellipse from the five landmarks (eye centre E, mouth centre M, d = |M - E|), drawn along the
+# face's own axis so it follows roll and does not depend on where the box sits: from ~1.45 d above the
+# eyes (forehead, hairline) to ~2.05 d below them (chin is ~1.8 d), half-width ~1.3 d (cheeks and
+# ears; face width is ~2.2 d). In a profile the nose lies off the eye-mouth line: the head's centre lies
+# the other way. Used together with (max of) the box ellipse, never instead of it.
+_LM_CENTRE, _LM_HALF_LENGTH, _LM_HALF_WIDTH, _LM_NOSE_SHIFT = 0.30, 1.75, 1.30, 0.5
+# Landmarks are ignored when d is implausible for the box (a wild decode must not blur half the frame).
+_LM_D_RANGE = (0.12, 0.9)
 # Plate rounded rectangle: padding on each side as a fraction of the box height (plate rim, frame).
 _PLATE_PAD_X, _PLATE_PAD_Y = 0.30, 0.25
 # Circle blur: radius as a multiple of half the box diagonal (the circle contains the box).
@@ -70,6 +78,17 @@ def redaction_mask(shape_hw: tuple[int, int], detections: Detections, config: Mo
     return mask
 
 
+def redaction_alpha(shape_hw: tuple[int, int], detections: Detections, config: ModelConfig) -> np.ndarray:
+    """Float32 HxW strength of the redaction (0..1, the strongest shape at each pixel) as `redact`
+    renders it; `bench/eval_detection.py` counts an object as hidden where this is >= 0.5."""
+    height, width = shape_hw[:2]
+    alpha = np.zeros((height, width), np.float32)
+    for shape in _shapes((height, width), detections, config):
+        roi = alpha[shape.y0:shape.y1, shape.x0:shape.x1]
+        np.maximum(roi, shape.alpha, out=roi)
+    return alpha
+
+
 def redact(image_rgb: np.ndarray, detections: Detections, config: ModelConfig) -> np.ndarray:
     """Redact every detection in `image_rgb` (HxWx3 uint8) in place and return it."""
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
@@ -82,7 +101,8 @@ def redact(image_rgb: np.ndarray, detections: Detections, config: ModelConfig) -
 # ----------------------------------------------------------------------------- shapes
 def _shapes(shape_hw: tuple[int, int], detections: Detections, config: ModelConfig) -> list[_Shape]:
     shapes = []
-    for box, kind in zip(detections.xyxy.astype(np.float64), detections.kinds):
+    marks = detections.landmarks
+    for i, (box, kind) in enumerate(zip(detections.xyxy.astype(np.float64), detections.kinds)):
         x1, y1, x2, y2 = box
         w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
@@ -91,6 +111,8 @@ def _shapes(shape_hw: tuple[int, int], detections: Detections, config: ModelConf
             shape = _circle(shape_hw, cx, cy, r)
         elif kind == FACE:
             shape = _ellipse(shape_hw, cx, cy - _FACE_LIFT * h, _FACE_AXES[0] * w, _FACE_AXES[1] * h)
+            if marks is not None:
+                shape = _union(shape, _landmark_ellipse(shape_hw, marks[i], h))
         else:
             shape = _rounded_rect(shape_hw, cx, cy, w / 2 + _PLATE_PAD_X * h, h / 2 + _PLATE_PAD_Y * h,
                                   radius=min(_PLATE_PAD_X, _PLATE_PAD_Y) * h)
@@ -140,6 +162,45 @@ def _ellipse(shape_hw, cx, cy, a, b):
         return rho
 
     return _soft_shape(shape_hw, cx, cy, a, b, _feather_width(min(a, b)), distance)
+
+
+def _landmark_ellipse(shape_hw, marks: np.ndarray, box_h: float):
+    """The face ellipse placed by the landmarks (see _LM_*), or None when they are missing or implausible."""
+    if not np.isfinite(marks).all():
+        return None
+    pts = marks.astype(np.float64).reshape(5, 2)
+    eyes, nose, mouth = pts[:2].mean(axis=0), pts[2], pts[3:].mean(axis=0)
+    down = mouth - eyes
+    d = float(np.hypot(*down))
+    if not _LM_D_RANGE[0] * box_h <= d <= _LM_D_RANGE[1] * box_h:
+        return None
+    u = down / d
+    p = np.array([-u[1], u[0]])
+    side = float(np.dot(nose - (eyes + mouth) / 2, p))
+    cx, cy = eyes + _LM_CENTRE * d * u - _LM_NOSE_SHIFT * side * p
+    a, b = _LM_HALF_WIDTH * d, _LM_HALF_LENGTH * d
+    (px, py), (ux, uy) = np.float32(p / a), np.float32(u / b)
+
+    def distance(dx, dy):
+        rho = np.sqrt(np.square(dx * px + dy * py) + np.square(dx * ux + dy * uy))
+        rho -= np.float32(1.0)
+        rho *= np.float32(np.sqrt(a * b))
+        return rho
+
+    rx, ry = np.hypot(a * p[0], b * u[0]), np.hypot(a * p[1], b * u[1])
+    return _soft_shape(shape_hw, cx, cy, rx, ry, _feather_width(min(a, b)), distance)
+
+
+def _union(first, second):
+    """Two `_soft_shape` results as one: the bounding ROI, alpha the max of both."""
+    if first is None or second is None:
+        return first if second is None else second
+    y0, y1, x0, x1 = min(first[0], second[0]), max(first[1], second[1]), min(first[2], second[2]), max(first[3], second[3])
+    alpha = np.zeros((y1 - y0, x1 - x0), np.float32)
+    for sy0, sy1, sx0, sx1, a in (first, second):
+        roi = alpha[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+        np.maximum(roi, a, out=roi)
+    return y0, y1, x0, x1, alpha
 
 
 def _circle(shape_hw, cx, cy, r):

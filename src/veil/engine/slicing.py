@@ -54,18 +54,20 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 
 
 def merge(boxes: np.ndarray, scores: np.ndarray, cut: np.ndarray | None = None,
-          tiled: np.ndarray | None = None, *, iou: float = 0.5, ios: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+          tiled: np.ndarray | None = None, *, iou: float = 0.5, ios: float = 0.6,
+          return_index: bool = False):
     """Merge boxes from several passes into one set without duplicates (see the module docstring).
 
     ``cut[i]`` marks boxes clipped by a tile edge, ``tiled[i]`` boxes from tiles. Returns the kept
-    boxes (grown by absorbed cut boxes) and their scores, best first.
+    boxes (grown by absorbed cut boxes) and their scores, best first; with ``return_index`` also
+    each kept box's index in the input (to carry per-box data such as landmarks along).
     """
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     scores = np.asarray(scores, np.float32).reshape(-1)
     cut = np.zeros(len(boxes), bool) if cut is None else np.asarray(cut, bool)
     tiled = cut if tiled is None else np.asarray(tiled, bool) | cut
     if len(boxes) < 2:
-        return boxes.copy(), scores.copy()
+        return (boxes.copy(), scores.copy()) + ((np.arange(len(boxes)),) if return_index else ())
     # A cut box never stands in for the full object; a tile's box never replaces the whole image's.
     order = np.lexsort((-scores, tiled.astype(int) + cut))
     boxes, scores, cut = boxes[order], scores[order], cut[order]
@@ -73,7 +75,7 @@ def merge(boxes: np.ndarray, scores: np.ndarray, cut: np.ndarray | None = None,
     inter = intersections(boxes, boxes)
     own = inter / np.maximum(areas(boxes), 1e-9)[None, :]  # own[i, j]: share of box j inside box i
     alive = np.ones(len(boxes), bool)
-    out_boxes, out_scores = [], []
+    out_boxes, out_scores, out_index = [], [], []
     for i in range(len(boxes)):
         if not alive[i]:
             continue
@@ -88,10 +90,12 @@ def merge(boxes: np.ndarray, scores: np.ndarray, cut: np.ndarray | None = None,
         alive &= ~(absorbed | dup)
         alive[i] = False
         out_boxes.append(box)
+        out_index.append(order[i])
         out_scores.append(max(scores[i], scores[absorbed | dup].max(initial=0.0)))
     kept_scores = np.asarray(out_scores, np.float32)
     rank = np.argsort(-kept_scores, kind="stable")
-    return np.asarray(out_boxes, np.float32)[rank], kept_scores[rank]
+    kept = np.asarray(out_boxes, np.float32)[rank], kept_scores[rank]
+    return kept + ((np.asarray(out_index, int)[rank],) if return_index else ())
 
 
 @dataclass(frozen=True)
@@ -134,3 +138,44 @@ def detect_tiles(image: np.ndarray, detect: BoxFn, tiles: list[Tile],
     if not all_boxes:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), bool)
     return np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_cut)
+
+
+def fuse(boxes: np.ndarray, scores: np.ndarray, extra: np.ndarray | None = None, *, views: int = 1,
+         iou: float = 0.4) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Weighted boxes fusion of ``views`` views' boxes of the same image (test-time augmentation).
+
+    Boxes are visited by descending score; each joins the cluster whose fused box it overlaps most
+    (IoU >= ``iou``) or starts a new one. A cluster's box (and ``extra`` row, e.g. landmarks; NaN
+    rows left out) is the score-weighted mean of its members'. Its score is the members' mean times
+    min(members, views) / views: what most views agree on keeps its score, what one view alone
+    reports (most false positives) is discounted. Returns fused boxes, scores and extra, best first.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    order = np.argsort(-scores, kind="stable")
+    boxes, scores = boxes[order], scores[order]
+    extra = None if extra is None else np.asarray(extra, np.float32)[order]
+    members: list[list[int]] = []
+    fused = np.zeros((0, 4), np.float32)
+    for i in range(len(boxes)):
+        if len(fused):
+            overlaps = iou_matrix(boxes[i:i + 1], fused)[0]
+            j = int(np.argmax(overlaps))
+            if overlaps[j] >= iou:
+                members[j].append(i)
+                w = scores[members[j]]
+                fused[j] = (boxes[members[j]] * w[:, None]).sum(axis=0) / w.sum()
+                continue
+        members.append([i])
+        fused = np.concatenate([fused, boxes[i:i + 1]])
+    fused_scores = np.array([scores[m].mean() * min(len(m), views) / views for m in members], np.float32)
+    fused_extra = None
+    if extra is not None:
+        fused_extra = np.full((len(members), extra.shape[1]), np.nan, np.float32)
+        for j, m in enumerate(members):
+            rows = extra[m]
+            ok = np.isfinite(rows).all(axis=1)
+            if ok.any():
+                fused_extra[j] = (rows[ok] * scores[m][ok, None]).sum(axis=0) / scores[m][ok].sum()
+    rank = np.argsort(-fused_scores, kind="stable")
+    return fused[rank], fused_scores[rank], None if fused_extra is None else fused_extra[rank]
