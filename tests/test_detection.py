@@ -114,3 +114,22 @@ def test_openvino_finds_what_onnx_runtime_finds(shared_data, set_name, kind):
             assert (iou.max(axis=1) >= 0.9).all(), (index, a, b, iou)
             assert np.abs(sure.scores - found[b].scores[match]).max() < 0.05, (index, a, b)
     assert clear > 0
+
+
+@pytest.mark.parametrize("index", [71, 10])
+def test_multi_view_fusion_finds_masked_faces_one_view_misses(shared_data, index):
+    # Large masked faces (317 px / 176 px wide) that the former detector (native + 2x views merged by
+    # NMS) missed: the half-size and mirrored views find them, and the fusion places the box.
+    from veil.engine.calibration import raw_threshold
+    from veil.engine.detect import Detector, _centerface
+    from veil.engine.slicing import merge
+
+    image, item = _item(shared_data, "facemask_faces", index)
+    truth = {71: [77.0, 48.0, 394.0, 385.0], 10: [170.0, 317.0, 346.0, 540.0]}[index]
+    assert truth in [[round(v) for v in box] for box in item["faces"]]
+    net, floor = _centerface(None), raw_threshold("faces", 0.5)
+    (b1, s1), (b2, s2) = net(image, floor=floor), net(image, scale=2.0, floor=floor)
+    former, _ = merge(np.concatenate([b1, b2]), np.concatenate([s1, s2]))
+    assert _recalled(former, [truth]) == 0.0, "precondition: the former two-view detector misses it"
+    found = Detector(ModelConfig()).detect_faces(image)
+    assert _recalled(found.xyxy, [truth]) == 1.0, found.xyxy
