@@ -210,9 +210,9 @@ def test_callbacks_sent_by_a_worker_verify_with_the_api_servers_secret(tmp_path,
     receiver = _Receiver()
     try:
         key_id, job_id = _queued(api)
-        api.register_callback(key_id, receiver.url, job_id)
-        assert worker.deployment_secret() == api.deployment_secret()
-        secret = api.callback_secret(key_id)  # what notify_on_job_status hands the client
+        api.notifier.register_callback(key_id, receiver.url, job_id)
+        assert worker.notifier.deployment_secret() == api.notifier.deployment_secret()
+        secret = api.notifier.callback_secret(key_id)  # what notify_on_job_status hands the client
         process_job(job_id, worker)
         deadline = time.monotonic() + 20
         while not receiver.bodies and time.monotonic() < deadline:

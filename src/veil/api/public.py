@@ -144,13 +144,13 @@ def notify_on_job_status(body: schemas.NotifyRequest, key: ApiKey = Depends(api_
     and other internal addresses unless the operator allows them); a key may have a limited number of active
     registrations (422 beyond); registering the same URL again changes nothing."""
     try:
-        svc.register_callback(key.id, body.callback_url, body.job_id)
+        svc.notifier.register_callback(key.id, body.callback_url, body.job_id)
     except JobNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except ValueError as exc:  # InvalidCallbackURL
         raise HTTPException(422, str(exc)) from None
     return {"callback_url": body.callback_url, "job_id": body.job_id, "detail": "callback registered",
-            "signing_secret": svc.callback_secret(key.id)}
+            "signing_secret": svc.notifier.callback_secret(key.id)}
 
 
 @router.get("/jobs", response_model=schemas.JobList)

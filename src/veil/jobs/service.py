@@ -23,20 +23,16 @@ Rules:
   input (engine/storage/internal error on every file) or is cancelled before a worker started it. A job
   cancelled while running keeps only what its processed files cost (`pricing.cost_of_members`, at least
   the job minimum), and nothing if no file was completed.
-- Callbacks go out on their own threads (`callbacks.CallbackDispatcher`), never the pricing pool's;
-  every delivery is recorded in `callback_deliveries`.
+- Callbacks go out on their own threads (`notifications.Notifier`, sending with `callbacks.CallbackDispatcher`),
+  never the pricing pool's; every delivery is recorded in `callback_deliveries`.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import hmac
 import logging
-import secrets
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -45,17 +41,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import func, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from ..db.models import CallbackDelivery, CallbackRegistration, DeploymentSecret, Job, Task, utcnow
+from ..db.models import Job, Task, utcnow
 from ..engine.config import ModelConfig
 from ..logs import current_job
 from ..settings import Settings
 from ..storage.base import BlobNotFoundError
 from . import credits
-from .callbacks import CallbackDispatcher, InvalidCallbackURL, Outcome, validate_callback_url
 from .names import public_message, safe_name
+from .notifications import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +76,6 @@ class UploadTooLarge(ValueError):
 
 class InputChanged(Exception):
     """The input blob is not the content that was priced (it must never be processed)."""
-
-
-class TooManyCallbacks(InvalidCallbackURL):
-    """The key has as many active callback registrations as it may have."""
 
 
 @dataclass
@@ -118,18 +109,14 @@ class JobService:
         self.store = store
         self.dispatch = dispatch or (lambda job_id: None)  # called with a job id once it is queued
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veil-jobs")  # pricing
-        self._callbacks = CallbackDispatcher(
-            workers=settings.callback_workers, queue_per_key=settings.callback_queue_per_key,
-            attempts=settings.callback_attempts, timeout=settings.callback_timeout_seconds,
-            allowed=settings.callback_networks)
+        self.notifier = Notifier(settings, db, self.get_job, self.report)  # callbacks and their records
         self._closed = threading.Event()
-        self._callback_secret: str | None = None
         self._pricing: dict[str, Future] = {}  # job id → its pricing running on self._background
 
     def close(self) -> None:
         """Stop: waits for pricing in progress, never for a callback receiver (queued deliveries are dropped)."""
         self._closed.set()
-        self._callbacks.close()
+        self.notifier.close()
         self._background.shutdown(wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------ creating jobs
@@ -274,7 +261,7 @@ class JobService:
         if result.rowcount == 1:
             if problem:  # nothing will ever read it
                 self.store.delete(INPUT_CONTAINER, job.input_blob)
-            self.notify(job_id)
+            self.notifier.notify(job_id)
 
     def price_pending(self, stalled_seconds: float | None = None) -> None:
         """Price uploads whose pricing was interrupted: all of them at start-up, or (the sweeper of every API
@@ -451,7 +438,7 @@ class JobService:
             if refund_reason:
                 self._refund(session, job, refund_reason, keep)
         log.info("job %s: %s (%s)", job_id, status, description)
-        self.notify(job_id)
+        self.notifier.notify(job_id)
         return True
 
     @staticmethod
@@ -476,7 +463,7 @@ class JobService:
                     description=f"not approved within {days:g} days; the upload was deleted"))
             if result.rowcount == 1:
                 self.store.delete(INPUT_CONTAINER, self.get_job(job_id).input_blob)
-                self.notify(job_id)
+                self.notifier.notify(job_id)
                 expired += 1
         return expired
 
@@ -490,10 +477,7 @@ class JobService:
             session.execute(update(Job).where(Job.status == "created", Job.created_at < cutoff).values(
                 status="failed", description="the upload session expired before the upload was complete",
                 finished_at=utcnow()))
-            session.execute(update(CallbackDelivery).where(
-                CallbackDelivery.status == "queued", CallbackDelivery.created_at < utcnow() - timedelta(days=1))
-                .values(status="dropped", last_error="never finished: the process sending it stopped",
-                        finished_at=utcnow()))
+        self.notifier.drop_unfinished()
         self.expire_unapproved()
         cleanup = getattr(self.store, "cleanup", None)
         if cleanup is not None:
@@ -517,7 +501,7 @@ class JobService:
         if job.status == "cancelled":
             self.store.freeze(INPUT_CONTAINER, job.input_blob)  # the upload URL must not re-create it
             self.store.delete(INPUT_CONTAINER, job.input_blob)
-            self.notify(job_id)
+            self.notifier.notify(job_id)
         return job
 
     def delete_files(self, key_id: str, job_id: str) -> Job:
@@ -603,79 +587,6 @@ class JobService:
             return f"processing: {done} of {len(job.tasks) or 1} files done"
         return job.description or job.status
 
-    # ------------------------------------------------------------------ callbacks
-    def register_callback(self, key_id: str, url: str, job_id: str | None = None) -> CallbackRegistration:
-        """Register (once: the same URL again is a no-op). Raises JobNotFound, or InvalidCallbackURL /
-        TooManyCallbacks (ValueErrors naming the problem)."""
-        validate_callback_url(url, self.settings.callback_networks)
-        if job_id is not None:
-            self.get_job(job_id, key_id)
-        mine = CallbackRegistration.key_id == key_id
-        with self.db.begin() as session:
-            same = session.scalar(select(CallbackRegistration).where(
-                mine, CallbackRegistration.url == url,
-                CallbackRegistration.job_id == job_id if job_id else CallbackRegistration.job_id.is_(None)))
-            if same is not None:
-                return same
-            active = session.scalar(
-                select(func.count(CallbackRegistration.id)).outerjoin(Job, Job.id == CallbackRegistration.job_id)
-                .where(mine, CallbackRegistration.job_id.is_(None) | Job.status.not_in(FINAL)))
-            limit = self.settings.callback_max_per_key
-            if active >= limit:
-                raise TooManyCallbacks(f"this key already has {active} active callback registrations, the most "
-                                       f"it may have ({limit}); job-specific ones end with their job")
-            row = CallbackRegistration(key_id=key_id, job_id=job_id, url=url)
-            session.add(row)
-        return row
-
-    def callback_secret(self, key_id: str) -> str:
-        """The key's own HMAC secret for callback signatures (derived, so one key can't forge another's)."""
-        return hmac.new(self.deployment_secret().encode(), key_id.encode(), hashlib.sha256).hexdigest()
-
-    def deployment_secret(self) -> str:
-        """VEIL_CALLBACK_SECRET, or the one generated by the first process that needed it and kept in the
-        database, so callbacks sent by any API server or worker verify with the same secret."""
-        if self.settings.callback_secret:
-            return self.settings.callback_secret
-        if self._callback_secret is None:
-            try:
-                with self.db.begin() as session:
-                    if session.get(DeploymentSecret, "callback_secret") is None:
-                        session.add(DeploymentSecret(name="callback_secret", value=secrets.token_hex(32)))
-            except IntegrityError:  # another process inserted it first; theirs is the one
-                pass
-            with self.db() as session:
-                self._callback_secret = session.get(DeploymentSecret, "callback_secret").value
-        return self._callback_secret
-
-    def notify(self, job_id: str) -> None:
-        """POST the JobReport to the callbacks registered for the job (or its key), in the background."""
-        job = self.get_job(job_id)
-        with self.db() as session:
-            urls = list(session.scalars(select(CallbackRegistration.url).where(
-                CallbackRegistration.key_id == job.key_id,
-                (CallbackRegistration.job_id == job.id) | (CallbackRegistration.job_id.is_(None)))).unique())
-        if not urls or self._closed.is_set():
-            return
-        payload, secret = _jsonable(self.report(job)), self.callback_secret(job.key_id)
-        rows = [CallbackDelivery(id=str(uuid.uuid4()), key_id=job.key_id, job_id=job.id, url=url, event=job.status)
-                for url in dict.fromkeys(urls)]
-        with self.db.begin() as session:
-            session.add_all(rows)
-        for row in rows:
-            record = functools.partial(self._record_delivery, row.id)
-            if not self._callbacks.submit(job.key_id, row.url, payload, secret, row.id, record):
-                record(Outcome("dropped", error=f"more than {self.settings.callback_queue_per_key} deliveries "
-                                                "were waiting for this key"))
-
-    def _record_delivery(self, delivery_id: str, outcome: Outcome) -> None:
-        """A delivery's progress (status "queued": an attempt failed, another follows) or its outcome."""
-        finished = None if outcome.status == "queued" else utcnow()
-        with self.db.begin() as session:
-            session.execute(update(CallbackDelivery).where(CallbackDelivery.id == delivery_id).values(
-                status=outcome.status, attempts=outcome.attempts, status_code=outcome.status_code,
-                last_error=outcome.error[:2000], finished_at=finished))
-
     def _work_root(self) -> Path:
         root = self.settings.data_dir / "work"
         root.mkdir(parents=True, exist_ok=True)
@@ -690,10 +601,6 @@ def _is_input_error(exc: Exception) -> bool:
     except ImportError:  # pragma: no cover - H7's module not there yet
         ArchiveError = MediaError  # noqa: N806
     return isinstance(exc, (MediaError, ArchiveError, ValueError))
-
-
-def _jsonable(report: dict) -> dict:
-    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in report.items()}
 
 
 def build_store(settings: Settings):

@@ -44,7 +44,7 @@ def csrf_valid(secret: str, bound_to: str | None, presented: str | None) -> bool
 
 
 def form_secret(request: Request) -> str:
-    return request.app.state.service.deployment_secret()  # shared by every API server of a deployment
+    return request.app.state.service.notifier.deployment_secret()  # shared by every API server of a deployment
 
 
 def is_https(request: Request) -> bool:
