@@ -107,10 +107,10 @@ def test_gating_skips_a_still_region_yet_finds_a_newcomer_there(tmp_path, monkey
 
 def test_crop_regions_pad_join_and_clip():
     regions = join(around(np.array([[100, 100, 120, 110], [130, 100, 150, 110], [601, 11, 640, 30]]),
-                          1.0, vd._CROP_MIN, 640, 360))
+                          1.0, 96, 640, 360))
     assert len(regions) == 2  # the two near boxes share one crop
     (x0, y0, x1, y1), (a0, b0, a1, b1) = sorted(regions)
-    assert x0 <= 100 - 20 and x1 >= 150 + 20 and x1 - x0 >= vd._CROP_MIN
+    assert x0 <= 100 - 20 and x1 >= 150 + 20 and x1 - x0 >= 96
     assert a1 == 640 and b0 == 0  # clipped to the frame
     assert all(v % 2 == 0 for r in regions for v in r)
 
