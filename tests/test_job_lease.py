@@ -57,10 +57,10 @@ def _expire(svc, job_id: str) -> None:
 
 def test_claim_is_exclusive_and_a_live_lease_is_never_taken(svc):
     _, job_id = _queued(svc)
-    assert svc.claim(job_id, "w1")
-    assert not svc.claim(job_id, "w2")  # the redelivered message of a job a live worker runs
-    assert svc.renew_lease(job_id, "w1") and not svc.renew_lease(job_id, "w2")
-    assert svc.sweep() == ([], [])  # a live lease is not swept
+    assert svc.leases.claim(job_id, "w1")
+    assert not svc.leases.claim(job_id, "w2")  # the redelivered message of a job a live worker runs
+    assert svc.leases.renew_lease(job_id, "w1") and not svc.leases.renew_lease(job_id, "w2")
+    assert svc.leases.sweep() == ([], [])  # a live lease is not swept
     assert process_job(job_id, svc) is False
     job = svc.get_job(job_id)
     assert job.status == "running" and job.lease_owner == "w1" and job.attempts == 1
@@ -71,19 +71,19 @@ def test_expired_lease_is_swept_requeued_and_sent_again(svc):
     svc.dispatch = sent.append
     _, job_id = _queued(svc)
     sent.clear()
-    assert svc.claim(job_id, "dead-worker")
+    assert svc.leases.claim(job_id, "dead-worker")
     _expire(svc, job_id)
-    requeued, resent = svc.sweep()
+    requeued, resent = svc.leases.sweep()
     assert requeued == [job_id] and resent == [job_id] and sent == [job_id]
     job = svc.get_job(job_id)
     assert job.status == "queued" and job.lease_owner is None and job.dispatched_at is not None
-    assert svc.claim(job_id, "w2") and not svc.renew_lease(job_id, "dead-worker")
+    assert svc.leases.claim(job_id, "w2") and not svc.leases.renew_lease(job_id, "dead-worker")
 
 
 def test_redelivery_after_expiry_retakes_the_job_without_a_sweep(svc, monkeypatch):
     monkeypatch.setattr("veil.engine.anonymize.anonymize", _copy_engine)
     key_id, job_id = _queued(svc)
-    assert svc.claim(job_id, "dead-worker")
+    assert svc.leases.claim(job_id, "dead-worker")
     _expire(svc, job_id)
     assert process_job(job_id, svc) is True
     job = svc.get_job(job_id)
@@ -100,8 +100,8 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(svc, monkeypatch)
         seen.append("A")
         job_id = seen_job[0]
         _expire(svc, job_id)
-        assert svc.sweep()[0] == [job_id]
-        assert svc.claim(job_id, "worker-B")
+        assert svc.leases.sweep()[0] == [job_id]
+        assert svc.leases.claim(job_id, "worker-B")
         Path(dst).write_bytes(b"A's output")
         progress(0.5)  # A's write: refused, A stops here
         seen.append("A went on")
@@ -122,8 +122,8 @@ def test_a_worker_that_lost_its_lease_after_writing_its_output_deletes_it(svc, m
     def engine_then_lease_taken(src, dst, config, progress=None, **_):
         _copy_engine(src, dst, config)
         _expire(svc, seen_job[0])  # the lease runs out while the output is stored
-        svc.sweep()
-        assert svc.claim(seen_job[0], "worker-B")
+        svc.leases.sweep()
+        assert svc.leases.claim(seen_job[0], "worker-B")
 
     seen_job = []
     monkeypatch.setattr("veil.engine.anonymize.anonymize", engine_then_lease_taken)
@@ -142,7 +142,7 @@ def test_the_heartbeat_keeps_a_long_job_leased(svc, monkeypatch):
     def long_engine(src, dst, config, progress=None, **_):
         for _ in range(3):  # runs for twice the lease, sweeping as another process would
             time.sleep(lease * 2 / 3)
-            swept.extend(svc.sweep()[0])
+            swept.extend(svc.leases.sweep()[0])
         _copy_engine(src, dst, config)
 
     monkeypatch.setattr("veil.engine.anonymize.anonymize", long_engine)
@@ -163,12 +163,12 @@ def test_a_job_whose_send_failed_is_sent_again(svc):
     key_id, job_id = _queued(svc)  # approve answers "approved" although the send failed
     job = svc.get_job(job_id)
     assert job.status == "queued" and job.dispatched_at is None and len(calls) == 1
-    assert svc.sweep() == ([], [])  # approval just happened: the request may still be sending
+    assert svc.leases.sweep() == ([], [])  # approval just happened: the request may still be sending
     with svc.db.begin() as session:
         session.execute(update(Job).where(Job.id == job_id).values(approved_at=utcnow() - timedelta(seconds=30)))
-    assert svc.sweep() == ([], [job_id]) and calls == [job_id, job_id]
+    assert svc.leases.sweep() == ([], [job_id]) and calls == [job_id, job_id]
     assert svc.get_job(job_id).dispatched_at is not None
-    assert svc.sweep() == ([], [])  # sent: not again until redispatch_seconds pass
+    assert svc.leases.sweep() == ([], [])  # sent: not again until redispatch_seconds pass
 
 
 def test_a_queued_job_nobody_took_is_sent_again_after_redispatch_seconds(svc):
@@ -178,7 +178,7 @@ def test_a_queued_job_nobody_took_is_sent_again_after_redispatch_seconds(svc):
     with svc.db.begin() as session:
         session.execute(update(Job).where(Job.id == job_id).values(
             dispatched_at=utcnow() - timedelta(seconds=svc.settings.redispatch_seconds + 1)))
-    assert svc.sweep() == ([], [job_id]) and sent == [job_id, job_id]
+    assert svc.leases.sweep() == ([], [job_id]) and sent == [job_id, job_id]
 
 
 class _Receiver:

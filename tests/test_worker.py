@@ -113,14 +113,14 @@ def test_cancel_right_after_a_worker_claimed_the_job_refunds_everything(svc, mon
     seen: list[str] = []
     monkeypatch.setattr("veil.engine.anonymize.anonymize", _copying_engine(seen))
     key_id, job_id = _submit(svc, jpeg_bytes(), "x.jpg", credits=10)
-    claim = svc.claim
+    claim = svc.leases.claim
 
     def claim_then_cancel(job_id: str, *args) -> bool:
         claimed = claim(job_id, *args)
         svc.cancel(key_id, job_id)  # lands while the job is `running`: the worker must notice it
         return claimed
 
-    monkeypatch.setattr(svc, "claim", claim_then_cancel)
+    monkeypatch.setattr(svc.leases, "claim", claim_then_cancel)
     process_job(job_id, svc)
     report = svc.report(svc.get_job(job_id))
     assert report["state"] == "cancelled" and seen == []
@@ -193,7 +193,7 @@ def test_restart_requeues_running_jobs_and_keeps_finished_files(svc, monkeypatch
     from veil.queue import tasks as task_module
 
     owner = task_module.new_owner()
-    assert svc.claim(job_id, owner)
+    assert svc.leases.claim(job_id, owner)
 
     original = task_module._finish
     monkeypatch.setattr(task_module, "_finish", lambda s, j: None)

@@ -76,7 +76,7 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     files_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    # the worker running the job holds a lease it renews while it runs (veil.jobs.service.claim)
+    # the worker running the job holds a lease it renews while it runs (veil.jobs.leases)
     lease_owner: Mapped[str | None] = mapped_column(String(100))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # last sent to the queue

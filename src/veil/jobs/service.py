@@ -15,9 +15,9 @@ Rules:
   `job_total_credit_cost` before approval. An unusable upload (not an image/video/archive, nested
   archive, unsafe names, bombs, size ≠ declared) fails the job there, before anything is charged.
 - Approval reserves the cost atomically (`veil.jobs.credits.reserve`).
-- A worker runs a job only while it holds the job's lease (owner + expiry on the row, taken by one
-  conditional UPDATE and renewed by a heartbeat); everything it writes is conditional on still holding
-  it, so a worker that lost its lease (stalled past the expiry, its job retaken) changes nothing.
+- A worker runs a job only while it holds the job's lease (`leases.Leases`: owner + expiry on the row,
+  taken by one conditional UPDATE and renewed by a heartbeat); everything it writes is conditional on still
+  holding it, so a worker that lost its lease (stalled past the expiry, its job retaken) changes nothing.
 - A job is completed when at least one of its files was anonymized; it fails (200) only when none was.
 - The reservation is refunded (and recorded in the ledger) when the job fails through no fault of its
   input (engine/storage/internal error on every file) or is cancelled before a worker started it. A job
@@ -43,12 +43,13 @@ from typing import Any, Literal
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from ..db.models import Job, Task, utcnow
+from ..db.models import Job, utcnow
 from ..engine.config import ModelConfig
 from ..logs import current_job
 from ..settings import Settings
 from ..storage.base import BlobNotFoundError
 from . import credits
+from .leases import Leases
 from .names import public_message, safe_name
 from .notifications import Notifier
 
@@ -110,6 +111,7 @@ class JobService:
         self.dispatch = dispatch or (lambda job_id: None)  # called with a job id once it is queued
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veil-jobs")  # pricing
         self.notifier = Notifier(settings, db, self.get_job, self.report)  # callbacks and their records
+        self.leases = Leases(settings, db, self.send)  # claim, renew, sweep
         self._closed = threading.Event()
         self._pricing: dict[str, Future] = {}  # job id → its pricing running on self._background
 
@@ -343,83 +345,6 @@ class JobService:
         return True
 
     # ------------------------------------------------------------------ worker side
-    def claim(self, job_id: str, owner: str) -> bool:
-        """queued (or running under a lease that ran out) → running, leased to `owner`: true for exactly
-        one caller. A message delivered again while the job's lease is alive claims nothing."""
-        now = utcnow()
-        with self.db.begin() as session:
-            result = session.execute(
-                update(Job).where(Job.id == job_id, or_(
-                    Job.status == "queued", (Job.status == "running") & (Job.lease_expires_at < now)))
-                .values(status="running", started_at=func.coalesce(Job.started_at, now), attempts=Job.attempts + 1,
-                        lease_owner=owner, lease_expires_at=now + self._lease))
-        return result.rowcount == 1
-
-    def renew_lease(self, job_id: str, owner: str) -> bool:
-        """Extend `owner`'s lease (the heartbeat); False when it no longer holds it."""
-        with self.db.begin() as session:
-            result = session.execute(update(Job).where(self.holds(job_id, owner))
-                                     .values(lease_expires_at=utcnow() + self._lease))
-        return result.rowcount == 1
-
-    @staticmethod
-    def holds(job_id: str, owner: str):
-        """The condition "`owner` still runs `job_id`", for worker-side conditional writes."""
-        return (Job.id == job_id) & (Job.status == "running") & (Job.lease_owner == owner)
-
-    @property
-    def _lease(self) -> timedelta:
-        return timedelta(seconds=self.settings.job_lease_seconds)
-
-    def sweep(self) -> tuple[list[str], list[str]]:
-        """Requeue running jobs whose lease ran out (their worker died) and send queued jobs that were
-        never sent (the broker was down) or not taken for `redispatch_seconds`. Returns (requeued, sent)."""
-        now = utcnow()
-        with self.db.begin() as session:
-            expired = list(session.scalars(select(Job.id).where(Job.status == "running", Job.lease_expires_at < now)))
-            if expired:
-                session.execute(update(Task).where(Task.job_id.in_(expired), Task.status == "running")
-                                .values(status="pending"))
-                session.execute(update(Job).where(Job.id.in_(expired), Job.status == "running",
-                                                  Job.lease_expires_at < now)
-                                .values(status="queued", lease_owner=None, lease_expires_at=None, dispatched_at=None))
-        sent = []
-        for job_id in expired:
-            log.warning("job %s: its worker stopped renewing the lease; queued again", job_id)
-            if self.send(job_id):
-                sent.append(job_id)
-        grace = now - timedelta(seconds=min(10.0, self.settings.redispatch_seconds))  # approve is still sending
-        stale = now - timedelta(seconds=self.settings.redispatch_seconds)
-        due = ((Job.dispatched_at.is_(None) & (func.coalesce(Job.approved_at, now) < grace))
-               | (Job.dispatched_at < stale))
-        with self.db() as session:
-            unsent = list(session.scalars(select(Job.id).where(Job.status == "queued", due).order_by(Job.approved_at)))
-        for job_id in unsent:
-            with self.db.begin() as session:  # one process sends it: the one whose update matched
-                taken = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued", due)
-                                        .values(dispatched_at=now)).rowcount
-            if taken and self.send(job_id):
-                sent.append(job_id)
-        return expired, sent
-
-    def queued_ids(self, limit: int = 10) -> list[str]:
-        with self.db() as session:
-            return list(session.scalars(select(Job.id).where(Job.status == "queued")
-                                        .order_by(Job.approved_at).limit(limit)))
-
-    def requeue_interrupted(self) -> int:
-        """At the start-up of a single-process deployment (embedded worker), every job left `running` by the
-        crash goes back to the queue at once, without waiting for its lease to run out; finished files stay
-        finished and the interrupted one restarts from its beginning."""
-        with self.db.begin() as session:
-            ids = list(session.scalars(select(Job.id).where(Job.status == "running")))
-            if ids:
-                session.execute(update(Task).where(Task.job_id.in_(ids), Task.status == "running")
-                                .values(status="pending"))
-                session.execute(update(Job).where(Job.id.in_(ids), Job.status == "running")
-                                .values(status="queued", lease_owner=None, lease_expires_at=None))
-        return len(ids)
-
     def finish(self, job_id: str, status: str, description: str, refund_reason: str | None = None,
                keep: int = 0, owner: str | None = None) -> bool:
         """Record a job's final state; when `refund_reason` is given, refund its reservation but `keep` credits.

@@ -26,7 +26,7 @@ class EmbeddedWorker:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        requeued = self.service.requeue_interrupted()
+        requeued = self.service.leases.requeue_interrupted()
         if requeued:
             log.info("requeued %d job(s) interrupted by a restart", requeued)
         self.service.price_pending()
@@ -51,7 +51,7 @@ class EmbeddedWorker:
         while not self._stop.is_set():
             worked = False
             try:
-                for job_id in self.service.queued_ids():
+                for job_id in self.service.leases.queued_ids():
                     if self._stop.is_set():
                         break
                     process_job(job_id, self.service)

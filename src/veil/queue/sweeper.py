@@ -1,7 +1,7 @@
 """The upkeep every process of a deployment runs on a background thread.
 
 Every process (API server, `veil worker`): queue again jobs whose lease ran out (a dead worker) and send
-queued jobs that were never sent or not taken (`JobService.sweep`). API servers also poll the store for
+queued jobs that were never sent or not taken (`Leases.sweep`). API servers also poll the store for
 committed uploads when it sends no events (so the cost is known and the "awaiting approval" callback
 goes out seconds after the commit), price uploads whose pricing process died, and expire stale upload
 sessions (`housekeeping`).
@@ -23,7 +23,7 @@ class Sweeper:
     def __init__(self, service: JobService, api: bool = True) -> None:
         self.service = service
         settings = service.settings
-        self._duties = [("sweep", service.sweep, settings.sweep_seconds)]
+        self._duties = [("sweep", service.leases.sweep, settings.sweep_seconds)]
         if api:
             self._duties.append(("housekeeping", service.housekeeping, settings.housekeeping_seconds))
             self._duties.append(("stalled pricing", lambda: service.price_pending(STALLED_PRICING_SECONDS), 60.0))

@@ -6,7 +6,7 @@ by the engine with the job's ModelConfig and its output stored as a blob. A file
 succeeded and fails (job_status 200) only when none did. Finished tasks are never redone: a job
 interrupted by a crash resumes at the start of the file it was working on.
 
-A worker runs a job only under its lease (`JobService.claim`), renewed by a heartbeat thread. Every row it
+A worker runs a job only under its lease (`veil.jobs.leases`), renewed by a heartbeat thread. Every row it
 writes (tasks, progress, the final state) is conditional on still holding the lease, and each run writes
 its outputs under blob names of its own, so a worker that lost its lease stops at its next write having
 changed nothing another worker relies on.
@@ -27,6 +27,7 @@ from sqlalchemy import select, update
 
 from ..db.models import Job, Task, utcnow
 from ..engine.config import ModelConfig
+from ..jobs.leases import holds
 from ..jobs.names import output_name, public_message, safe_name
 from ..jobs.service import OUTPUT_CONTAINER, InputChanged, JobService
 from ..logs import current_job
@@ -70,7 +71,7 @@ class _Lease:
         current_job.set(self.job_id)
         while not self._stop.wait(self.svc.settings.job_lease_seconds / 3):
             try:
-                held = self.svc.renew_lease(self.job_id, self.owner)
+                held = self.svc.leases.renew_lease(self.job_id, self.owner)
             except Exception:  # noqa: BLE001 - a database blip: try again; the lease outlives two misses
                 log.warning("job %s: renewing the lease failed", self.job_id, exc_info=True)
                 continue
@@ -107,7 +108,7 @@ def process_job(job_id: str, service: JobService | None = None) -> bool:
     worker holds its lease (a message delivered twice)."""
     svc = service or default_service()
     owner = new_owner()
-    if not svc.claim(job_id, owner):
+    if not svc.leases.claim(job_id, owner):
         log.info("job %s: not taken (finished, or running under another worker's lease)", job_id)
         return False
     token = current_job.set(job_id)
@@ -237,7 +238,7 @@ def _finish(svc: JobService, job_id: str, owner: str) -> None:
 def _ensure_tasks(svc: JobService, job_id: str, files: list[Path], lease: _Lease) -> list[tuple[int, Path]]:
     """One Task per file, created on the first run and matched by name on a resumed run."""
     with svc.db.begin() as session:
-        if session.scalar(select(Job.id).where(svc.holds(job_id, lease.owner)).with_for_update()) is None:
+        if session.scalar(select(Job.id).where(holds(job_id, lease.owner)).with_for_update()) is None:
             raise _LeaseLost()
         existing = {t.input_name: t for t in session.scalars(select(Task).where(Task.job_id == job_id))}
         taken = {t.output_file.casefold() for t in existing.values()}
@@ -261,7 +262,7 @@ def _task(svc: JobService, task_id: int) -> Task:
 def _set_task(svc: JobService, lease: _Lease, task_id: int, **values) -> None:
     """Update a task, only while this worker holds the job's lease."""
     with svc.db.begin() as session:
-        held = select(Job.id).where(svc.holds(lease.job_id, lease.owner)).scalar_subquery()
+        held = select(Job.id).where(holds(lease.job_id, lease.owner)).scalar_subquery()
         result = session.execute(update(Task).where(Task.id == task_id, Task.job_id == held).values(**values))
     if result.rowcount != 1:
         lease.lost.set()
@@ -310,7 +311,7 @@ class _Progress:
             return
         self._written, self._last_write = value, now
         with self.svc.db.begin() as session:
-            result = session.execute(update(Job).where(self.svc.holds(self.job_id, self.lease.owner))
+            result = session.execute(update(Job).where(holds(self.job_id, self.lease.owner))
                                      .values(progress=min(value, 0.99)))
         if result.rowcount != 1:
             self.lease.lost.set()
