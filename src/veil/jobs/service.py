@@ -120,6 +120,9 @@ class JobService:
         self._closed.set()
         self.notifier.close()
         self._background.shutdown(wait=True, cancel_futures=True)
+        engine = self.db.kw.get("bind")
+        if engine is not None:
+            engine.dispose()  # a PostgreSQL pool would otherwise hold its connections until the process ends
 
     # ------------------------------------------------------------------ creating jobs
     def create_job(self, key_id: str, file_name: str, file_size: int | None, content_type: str = "",
