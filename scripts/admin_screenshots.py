@@ -32,7 +32,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 import seed_client  # noqa: E402  (the vendor's sample client, as a customer runs it)
-from _live_server import free_port, launch_chromium, veil_server  # noqa: E402
+from _live_server import launch_chromium, veil_server  # noqa: E402
+from veil.storage.testing import free_port  # noqa: E402
 
 ADMIN, PASSWORD = "ops@example.com", "screenshots-only-1"
 CONFIG = {"blur_face": True, "enable_lp": True, "slicing": False}

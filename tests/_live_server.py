@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import requests
 
+from veil.storage.testing import free_port
+
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (scripts/test-services.sh installs it); never a browser download
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -21,12 +22,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
 def veil_command() -> list[str]:
     script = Path(sys.executable).with_name("veil")
     return [str(script)] if script.exists() else [sys.executable, "-c", "from veil.cli import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

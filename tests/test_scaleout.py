@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ import pytest
 import requests
 
 import seed_client
+from _live_server import veil_command
 from _service_helpers import database_url_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -33,11 +33,6 @@ PG_SERVER = os.environ.get("VEIL_TEST_DATABASE_URL", "postgresql://postgres@127.
 REDIS_URL = os.environ.get("VEIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 VIDEO = "videos/intel_car-detection.mp4"
 CONFIG = {"blur_face": True, "enable_lp": False, "slicing": False}
-
-
-def _veil() -> list[str]:
-    script = Path(sys.executable).with_name("veil")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from veil.cli import main; main()"]
 
 
 def _unavailable(what: str, exc: Exception) -> None:
@@ -60,7 +55,7 @@ class Deployment:
 
     def start(self, name: str, *args: str, ready) -> None:
         with open(self.root / f"{name}.log", "ab") as out:
-            proc = subprocess.Popen([*_veil(), *args, "--data-dir", str(self.root / name)], env=self.env,
+            proc = subprocess.Popen([*veil_command(), *args, "--data-dir", str(self.root / name)], env=self.env,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         deadline = time.monotonic() + 120
@@ -99,7 +94,7 @@ class Deployment:
                 pass
 
     def key(self, credits: int) -> str:
-        done = subprocess.run([*_veil(), "keys", "create", "--credits", str(credits), "--data-dir",
+        done = subprocess.run([*veil_command(), "keys", "create", "--credits", str(credits), "--data-dir",
                                str(self.root / "admin")], env=self.env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1]
