@@ -156,3 +156,39 @@ def test_progress_moves_while_the_detect_stage_runs(tmp_path):
     assert waited == [True]
     assert 0 < values[0] < 0.5 and values == sorted(values)
     assert report.figures["frame_count"] == 45
+
+
+def test_untracked_kind_looks_only_where_the_picture_changed(tmp_path, monkeypatch):
+    """Without tracking every frame still gets its own boxes, but after the first whole-frame scan the
+    detector looks only at the changed parts: the still newcomer's box is kept from the frame it was
+    found in, and the moving square is found in every frame."""
+    monkeypatch.setattr(vd, "_FULL_SCAN_FPS", 0.01)
+    src = square_clip(tmp_path / "sq.mp4", frames=60, step=2, newcomer=30)
+    seen: list[tuple[int, int]] = []
+
+    def detector(image, kinds, side=None, tiles=None):
+        seen.append(image.shape[:2])
+        return bright_box(image, kinds)
+
+    report = _Job(src, ModelConfig(face_track=False), None, detect=detector).run(None)
+    assert seen.count((480, 640)) == 1  # frame 0 only
+    assert len(seen) >= 59 and sum(h * w for h, w in seen) < 0.6 * 60 * 480 * 640
+    for f in report.frames:
+        faces = f.detections.kind(FACE)
+        assert covered(faces, 10 + 2 * f.index, 100), f"moving square missed in frame {f.index}"
+        assert (f.index >= 30) == covered(faces, 220, 40), f"newcomer wrong in frame {f.index}"
+        assert (faces.track_ids == -1).all()
+
+
+def test_untracked_kind_without_gating_control(tmp_path, monkeypatch):
+    """Control: when the picture changes everywhere (gate off), every frame is scanned whole."""
+    monkeypatch.setattr(vd, "_GATE_MAX", -1.0)
+    src = square_clip(tmp_path / "sq.mp4", frames=20, step=2)
+    seen: list[tuple[int, int]] = []
+
+    def detector(image, kinds, side=None, tiles=None):
+        seen.append(image.shape[:2])
+        return bright_box(image, kinds)
+
+    _Job(src, ModelConfig(face_track=False), None, detect=detector).run(None)
+    assert seen == [(480, 640)] * 20

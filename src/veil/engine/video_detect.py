@@ -17,7 +17,9 @@ With `slicing`, about `_TILE_FPS` times a second a scan adds the next of the det
 turn (`Detector`'s ``tiles`` argument), at the tiles' resolution, instead of running all tiles on
 every detector frame (several seconds of CPU per 1080p frame); a track found in a tile is then kept
 by its crops. Kinds that are not tracked are scanned whole on every frame (each frame's boxes are
-that frame's detections).
+that frame's detections), but motion-gated too: the detector looks only where the picture changed
+since it last looked there, and the boxes it found in the unchanged parts are kept (the same pixels
+give the same boxes); the whole frame every 1 / `_FULL_SCAN_FPS` seconds or when most of it changed.
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ class FrameDetector:
         self.full_scans = {k: self.scans[k] * max(1, round(_every(fps, _FULL_SCAN_FPS) / self.scans[k]))
                            for k in kinds}
         self._lumas: dict[int, deque[np.ndarray]] = {k: deque(maxlen=_GATE_MEMORY) for k in kinds}
+        # Untracked kinds: each block's luma when the detector last looked at it, and what it found.
+        self._looked: dict[int, np.ndarray] = {}
+        self._held: dict[int, Detections] = {}
 
     @property
     def stride(self) -> int:
@@ -164,6 +169,13 @@ class FrameDetector:
         pixels = FramePixels(frame)
         whole, parts = set(), []
         for kind in due:
+            if kind not in self.tracked:
+                changed = self._untracked(kind, pixels, index)
+                if changed is None:
+                    whole.add(kind)
+                else:
+                    parts.append(changed)
+                continue
             regions = []
             if index % self.scans[kind] == 0:
                 changed = self._changed(kind, pixels, index)
@@ -174,8 +186,47 @@ class FrameDetector:
             regions += around(predict(kind), _CROP_PAD[kind], _CROP_MIN[kind], self.width, self.height)
             parts.append(self._regions(pixels, kind, join(regions)))
         if whole:
-            parts.append(self._scan(index, pixels, frozenset(whole)))
+            scanned = self._scan(index, pixels, frozenset(whole))
+            for kind in whole - self.tracked:
+                self._held[kind] = scanned.kind(kind)
+            parts.append(scanned)
         return Detections.concat(parts)
+
+    def _untracked(self, kind: int, pixels: FramePixels, index: int) -> Detections | None:
+        """This frame's detections of an untracked kind: the boxes kept from where nothing changed since
+        the detector last looked, plus what it finds in the changed regions; None for a whole-frame scan."""
+        luma = pixels.block_means(_GATE_BLOCK)
+        looked = self._looked.get(kind)
+        self._looked[kind] = luma
+        if looked is None or index % self.full_scans[kind] == 0 \
+                or self.config.slicing and index % self.tile_scans[kind] == 0:
+            return None
+        changed = np.abs(luma - looked) > _GATE_DIFF
+        if changed.mean() > _GATE_MAX:
+            return None
+        held = self._held[kind]
+        if not changed.any():
+            self._looked[kind] = looked
+            return held
+        mask = cv2.dilate(changed.astype(np.uint8), np.ones((3, 3), np.uint8))
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        b, m = _GATE_BLOCK, _CROP_MIN[kind] // 2  # context around a change, as a crop has
+        regions = join([(max(0, x * b - m), max(0, y * b - m), min(self.width, (x + w) * b + m),
+                         min(self.height, (y + h) * b + m)) for x, y, w, h, _ in stats[1:count]])
+        # A kept box that a region touches is looked at whole, with context, in that region.
+        boxes = np.clip(held.xyxy, 0, [self.width, self.height, self.width, self.height])
+        while cut := [(max(0, int(x0) - m), max(0, int(y0) - m), min(self.width, int(x1) + m + 1),
+                       min(self.height, int(y1) + m + 1))
+                      for x0, y0, x1, y1 in boxes if _touches((x0, y0, x1, y1), regions)
+                      and not _inside((x0, y0, x1, y1), regions)]:
+            regions = join(regions + cut)
+        keep = np.array([not _touches(box, regions) for box in boxes], bool)
+        for x0, y0, x1, y1 in regions:  # the blocks looked at now remember this frame's luma
+            looked[y0 // b:-(-y1 // b), x0 // b:-(-x1 // b)] = luma[y0 // b:-(-y1 // b), x0 // b:-(-x1 // b)]
+        self._looked[kind] = looked
+        found = Detections.concat([held[keep], self._regions(pixels, kind, regions)])
+        self._held[kind] = found
+        return found
 
     def _changed(self, kind: int, pixels: FramePixels, index: int) -> list[tuple[int, int, int, int]] | None:
         """Regions where the picture changed since this kind's last scan, or None for a whole-frame scan."""
@@ -256,6 +307,14 @@ def join(regions: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, 
         else:
             done.append(a)
     return [tuple(r) for r in done]
+
+
+def _touches(box, regions: list[tuple[int, int, int, int]]) -> bool:
+    return any(box[0] < x1 and x0 < box[2] and box[1] < y1 and y0 < box[3] for x0, y0, x1, y1 in regions)
+
+
+def _inside(box, regions: list[tuple[int, int, int, int]]) -> bool:
+    return any(x0 <= box[0] and y0 <= box[1] and box[2] <= x1 and box[3] <= y1 for x0, y0, x1, y1 in regions)
 
 
 def _to_frame(dets: Detections, image: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> Detections:
