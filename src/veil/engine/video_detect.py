@@ -224,7 +224,7 @@ class FrameDetector:
         for x0, y0, x1, y1 in regions:  # the blocks looked at now remember this frame's luma
             looked[y0 // b:-(-y1 // b), x0 // b:-(-x1 // b)] = luma[y0 // b:-(-y1 // b), x0 // b:-(-x1 // b)]
         self._looked[kind] = looked
-        found = Detections.concat([held[keep], self._regions(pixels, kind, regions)])
+        found = Detections.concat([held[keep], self._regions(pixels, kind, regions, as_scanned=True)])
         self._held[kind] = found
         return found
 
@@ -270,11 +270,14 @@ class FrameDetector:
         return lambda tiles: [tiles[turn % len(tiles)]] if tiles else []
 
     # ------------------------------------------------------------------ regions: crops, changes
-    def _regions(self, pixels: FramePixels, kind: int, regions: list[tuple[int, int, int, int]]) -> Detections:
+    def _regions(self, pixels: FramePixels, kind: int, regions: list[tuple[int, int, int, int]],
+                 as_scanned: bool = False) -> Detections:
+        """Detections in the regions; `as_scanned`: at the scan's scale (the pixels a scan would see)."""
         scan_scale = detect_side(kind, max(self.width, self.height)) / max(self.width, self.height)
         parts = []
         for x0, y0, x1, y1 in regions:
-            scale = max(scan_scale, min(_CROP_MAX_SCALE[kind], _CROP_SIDE / max(x1 - x0, y1 - y0)))
+            scale = scan_scale if as_scanned else \
+                max(scan_scale, min(_CROP_MAX_SCALE[kind], _CROP_SIDE / max(x1 - x0, y1 - y0)))
             image = pixels.rgb(x0, y0, x1, y1, scale)
             parts.append(_to_frame(self.detect(image, frozenset({kind})), image, x0, y0, x1, y1))
         return Detections.concat(parts)
