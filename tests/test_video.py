@@ -79,15 +79,16 @@ def make_clip(path: Path, *, frames: int = 45, size: tuple[int, int] = (160, 120
     return path
 
 
-def cut_clip(src: Path, dst: Path, seconds: float, start: float = 0.0) -> Path:
-    """`seconds` of a real clip from `start`: video re-encoded (near-lossless), audio packets copied."""
+def cut_clip(src: Path, dst: Path, seconds: float, start: float = 0.0, gop: int | None = None) -> Path:
+    """`seconds` of a real clip from `start`: video re-encoded (near-lossless, a keyframe every `gop`
+    frames if given), audio packets copied."""
     with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
         v_in = inp.streams.video[0]
         a_in = inp.streams.audio[0] if inp.streams.audio else None
         v_out = out.add_stream("libx264", rate=v_in.average_rate)
         v_out.width, v_out.height, v_out.pix_fmt = v_in.width, v_in.height, "yuv420p"
         v_out.time_base = v_out.codec_context.time_base = v_in.time_base
-        v_out.codec_context.options = {"crf": "12", "preset": "ultrafast"}
+        v_out.codec_context.options = {"crf": "12", "preset": "ultrafast", **({"g": str(gop)} if gop else {})}
         a_out = out.add_stream_from_template(a_in) if a_in is not None else None
         offset = {v_in.index: round(start / v_in.time_base)}
         if a_in is not None:

@@ -91,16 +91,22 @@ def models_install(model_dir: Path | None) -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for the anonymized files (same names and formats as the inputs).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes for one video: above 1, videos longer than 1.5 segments "
+              "(VEIL_VIDEO_SEGMENT_SECONDS) are split at keyframes and their segments run in parallel.")
 @_config_options
-def anonymize(inputs: tuple[Path, ...], output_dir: Path, **kwargs) -> None:
+def anonymize(inputs: tuple[Path, ...], output_dir: Path, jobs: int, **kwargs) -> None:
     """Anonymize images and videos into OUTPUT_DIR."""
     from tqdm import tqdm
 
     from .engine.anonymize import anonymize as anonymize_file
     from .engine.errors import MediaError, ModelsMissing
+    from .engine.probe import media_kind
+    from .engine.segments import anonymize_split
 
     config, _ = _split_config(kwargs)
-    limits = _settings().media_limits()  # VEIL_MAX_IMAGE_PIXELS, VEIL_MAX_VIDEO_FRAME_PIXELS
+    settings = _settings()
+    limits = settings.media_limits()  # VEIL_MAX_IMAGE_PIXELS, VEIL_MAX_VIDEO_FRAME_PIXELS
     output_dir.mkdir(parents=True, exist_ok=True)
     failures, written = 0, set()
     with tqdm(total=len(inputs), unit="file", disable=len(inputs) < 2) as files_bar:
@@ -115,7 +121,11 @@ def anonymize(inputs: tuple[Path, ...], output_dir: Path, **kwargs) -> None:
                         raise MediaError("the output would overwrite the input; choose another --output-dir")
                     if dst in written:
                         raise MediaError(f"another input named {src.name} was already written to {dst}")
-                    report = anonymize_file(src, dst, config, progress=progress, limits=limits)
+                    if jobs > 1 and media_kind(src) == "video":
+                        report = anonymize_split(src, dst, config, settings.video_segment_seconds, jobs,
+                                                 progress, limits)
+                    else:
+                        report = anonymize_file(src, dst, config, progress=progress, limits=limits)
                 except ModelsMissing as exc:
                     raise click.ClickException(str(exc)) from None
                 except MediaError as exc:

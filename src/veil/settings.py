@@ -108,6 +108,10 @@ class Settings(BaseSettings):
         "also `veil anonymize`). 120 MP takes any 35 mm or 100 MP medium-format photo; about 1.6 GB to process.")
     max_video_frame_pixels: int = Field(
         8192 * 4320, ge=1, description="Largest video frame, in pixels (DCI 8K); refused at pricing above.")
+    video_segment_seconds: float = Field(
+        60.0, ge=0, description="Videos longer than 1.5 times this are split at keyframes into segments of about "
+        "this many seconds, processed in parallel (worker processes / workers) and joined without "
+        "re-encoding; 0 never splits.")
     price_per_image: int = Field(1, ge=0, description="Credits per image.")
     price_per_video_minute: int = Field(5, ge=0, description="Credits per started minute of video.")
     price_per_archive_file: int = Field(

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import cv2
@@ -50,6 +51,9 @@ from .report import FrameDetections, Report
 from .tracking import TrackingParams, VideoTracker
 from .video_detect import DetectFn, FrameDetector, default_detect
 from .yuv import i420, planes
+
+if TYPE_CHECKING:
+    from .segments import Segment
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +93,17 @@ class _Source:
 
 
 class _Job:
+    """One run of the pipeline over a whole video, or over one `Segment` of it (`veil.engine.segments`):
+    then decoding starts at the segment's keyframe, the detect stage starts a little before the segment
+    and ends a little after it (the tracker's look-ahead and warm-up), and only the segment's own frames
+    are reported and written (video only)."""
+
     def __init__(self, src: Path, config: ModelConfig, progress: Progress | None,
-                 detect: DetectFn | None = None, limits: MediaLimits = MediaLimits()) -> None:
+                 detect: DetectFn | None = None, limits: MediaLimits = MediaLimits(),
+                 segment: Segment | None = None) -> None:
         self.src, self.config, self.progress, self.limits = src, config, progress, limits
         self._detect = detect
+        self.segment = segment
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self.analysed = 0  # frames through the detect stage (progress is told from it)
@@ -100,8 +111,9 @@ class _Job:
     # -- public entry
     def run(self, dst: Path | None) -> Report:
         source = open_source(self.src, self.limits)
-        if dst is None:
-            source.audio = []  # detection only: audio is not needed
+        if dst is None or self.segment is not None:
+            source.audio = []  # detection only, or a segment: its audio is copied whole at the stitch
+            source.dropped = []
         try:
             return self._run(source, dst)
         finally:
@@ -109,14 +121,8 @@ class _Job:
 
     def _run(self, source: _Source, dst: Path | None) -> Report:
         config = self.config
-        kinds = frozenset(k for k, on in ((FACE, config.wants_faces), (PLATE, config.wants_plates)) if on)
-        tracked = {k for k in kinds if (k == FACE and config.face_track) or (k == PLATE and config.lp_track)}
-        detect = self._detect or (default_detect(config) if kinds else None)
-        planner = FrameDetector(detect, config, (source.width, source.height), source.fps, kinds, tracked) \
-            if detect is not None else None
-        stride = planner.stride if planner else 1  # the longest gap the tracker must bridge
-        scan = planner.scan_interval if planner else 1  # ... and the longest a new object waits
-        params = TrackingParams.for_rate(source.fps, stride, scan)
+        planner, params, tracked = detect_plan(config, (source.width, source.height), source.fps, self._detect)
+        stride = planner.stride if planner else 1
         tracker = VideoTracker(params, (source.width, source.height),
                                {FACE: config.blur_threshold, PLATE: config.lp_threshold}, tracked)
         report = Report("video", source.width, source.height)
@@ -188,7 +194,7 @@ class _Job:
     # -- stage 1: demux and decode
     def _read(self, source: _Source, q: queue.Queue) -> None:
         try:
-            for kind, item in _decode(source, self.src):
+            for kind, item in _decode(source, self.src, self.segment):
                 self._put(q, (kind, item))
         except _Stopped:
             return
@@ -199,7 +205,6 @@ class _Job:
                  tracker: VideoTracker) -> None:
         pending: deque = deque()  # frames and audio packets waiting for their boxes, in stream order
         finals: dict[int, Detections] = {}
-        index = 0
         try:
             while True:
                 item = self._get(q_in)
@@ -209,11 +214,11 @@ class _Job:
                 if kind != "frame":
                     pending.append((kind, payload))
                     continue
-                dets = planner(index, payload, lambda k, i=index: tracker.predict(i, k)) if planner else None
-                pending.append(("frame", (index, payload)))
+                index, frame = payload
+                dets = planner(index, frame, lambda k, i=index: tracker.predict(i, k)) if planner else None
+                pending.append(("frame", (index, frame)))
                 finals.update(tracker.push(index, dets))
-                index += 1
-                self.analysed = index
+                self.analysed += 1
                 self._drain(pending, finals, q_out)
             finals.update(tracker.flush())
             self._drain(pending, finals, q_out)
@@ -234,7 +239,11 @@ class _Job:
 
     # -- stage 3: redact, encode, mux (main thread)
     def _consume(self, q: queue.Queue, source: _Source, report: Report, writer: "_Writer | None") -> None:
-        total = source.expected_frames or (round(source.duration * source.fps) if source.duration else 0)
+        segment = self.segment
+        if segment is not None:
+            total = segment.analysed
+        else:
+            total = source.expected_frames or (round(source.duration * source.fps) if source.duration else 0)
         told = 0.0
 
         def tell() -> None:
@@ -259,16 +268,36 @@ class _Job:
                 writer.audio(payload)
                 continue
             index, frame, dets = payload
+            if segment is not None and not segment.start <= frame.pts < segment.end:
+                continue  # warm-up or look-ahead: another segment's frame
             report.frames.append(FrameDetections(index, None if frame.time is None else round(frame.time, 6),
                                                  dets if len(dets) else _EMPTY))
             if writer is not None:
                 writer.video(frame, dets)
             tell()
-        _check_complete(source, report, self.src)
+        if segment is not None:
+            if len(report.frames) != segment.frames:
+                raise MediaError(f"{self.src.name}: segment {segment.index} decoded {len(report.frames)} "
+                                 f"frames, {segment.frames} expected (corrupt video?)")
+        else:
+            _check_complete(source, report, self.src)
 
 
 class _Stopped(Exception):
     """A stage noticed that another one failed."""
+
+
+def detect_plan(config: ModelConfig, size: tuple[int, int], fps: float, detect: DetectFn | None = None
+                ) -> tuple[FrameDetector | None, TrackingParams, set[int]]:
+    """The detect stage's planner (None when nothing is to be found), the tracker's parameters and the
+    tracked kinds, for a video of `size` at `fps`."""
+    kinds = frozenset(k for k, on in ((FACE, config.wants_faces), (PLATE, config.wants_plates)) if on)
+    tracked = {k for k in kinds if (k == FACE and config.face_track) or (k == PLATE and config.lp_track)}
+    detect = detect or (default_detect(config) if kinds else None)
+    planner = FrameDetector(detect, config, size, fps, kinds, tracked) if detect is not None and kinds else None
+    stride = planner.stride if planner else 1  # the longest gap the tracker must bridge
+    scan = planner.scan_interval if planner else 1  # ... and the longest a new object waits
+    return planner, TrackingParams.for_rate(fps, stride, scan), tracked
 
 
 # ----------------------------------------------------------------------------- input
@@ -308,16 +337,29 @@ def open_source(src: Path, limits: MediaLimits = MediaLimits()) -> _Source:
         raise
 
 
-def _decode(source: _Source, src: Path) -> Iterator[tuple[str, object]]:
-    """Video frames and audio packets in stream order: ("frame", VideoFrame) / ("packet", Packet)."""
+def _decode(source: _Source, src: Path, segment: Segment | None = None) -> Iterator[tuple[str, object]]:
+    """Video frames and audio packets in stream order: ("frame", (index, VideoFrame)) / ("packet", Packet).
+    For a segment: from its keyframe on (frame indices counted from the keyframe's), only the frames of
+    its analysed span [warm, stop)."""
     streams = [source.video, *source.audio]
     last_pts = None
+    index = 0
     try:
+        if segment is not None:
+            index = segment.seek_index
+            source.container.seek(segment.seek_dts, backward=True, any_frame=False, stream=source.video)
         for packet in source.container.demux(streams):
             if packet.stream is source.video:
                 for frame in packet.decode():
+                    if segment is not None:
+                        if frame.pts is None or frame.pts < segment.seek:
+                            continue  # before the keyframe (the seek landed earlier, or open-GOP leading)
+                        if frame.pts >= segment.stop:
+                            return
                     last_pts = _fix_pts(frame, last_pts, source)
-                    yield "frame", frame
+                    if segment is None or frame.pts >= segment.warm:
+                        yield "frame", (index, frame)
+                    index += 1
             elif packet.dts is not None and packet.size:
                 yield "packet", packet
     except av.error.FFmpegError as exc:
@@ -461,6 +503,7 @@ class _Writer:
         self.tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(6)}.part")
         self.fmt = fmt
         self.video_stream: av.video.stream.VideoStream | None = None
+        self._encoding = False
         self.audio_map: dict[int, tuple[av.stream.Stream, object]] = {}
         self._early_audio: list[av.Packet] = []  # muxing starts once the video stream exists
         self.even = source.width % 2 == 0 and source.height % 2 == 0
@@ -493,6 +536,7 @@ class _Writer:
                 stream.metadata["language"] = a.language
 
     def _setup_video(self, first: av.VideoFrame) -> None:
+        """Encoding: an H.264 (VP9 for WebM) stream with the source's rate, time base and colours."""
         src = self.source.video
         codec = "libvpx-vp9" if self.fmt == "webm" else "libx264"
         rate = src.average_rate or src.guessed_rate or Fraction(30)
@@ -517,24 +561,41 @@ class _Writer:
             self.report.notes.append("WebM cannot hold H.264: video encoded as VP9")
         if not self.even:
             self.report.notes.append("odd picture size: video encoded as H.264 4:4:4")
+        self._ready(stream, first)
+        self._encoding = True
+
+    def copy_video(self, template: av.video.stream.VideoStream, first: av.VideoFrame) -> None:
+        """Stitching: the video stream takes `template`'s encoded packets as they are (`packet`);
+        `first` (a decoded frame of it) carries the display matrix."""
+        stream = self.out.add_stream_from_template(template)
+        stream.time_base = self.source.video.time_base
+        stream.metadata.clear()
+        self._ready(stream, first)
+
+    def _ready(self, stream: av.video.stream.VideoStream, first: av.VideoFrame) -> None:
         matrix = _display_matrix(first)
         if matrix is not None:
             stream.set_display_matrix(matrix)
             self.report.figures["rotation"] = first.rotation
-        if src.language:
-            stream.metadata["language"] = src.language
+        if self.source.video.language:
+            stream.metadata["language"] = self.source.video.language
         self.video_stream = stream
         self._setup_audio()
         self.report.figures["audio"] = ", ".join(
             "copied" if enc is None else f"re-encoded to {stream.codec_context.name}"
             for stream, enc in self.audio_map.values()) or "none"
+        for packet in self._early_audio:
+            self.audio(packet)
+        self._early_audio.clear()
+
+    def packet(self, packet: av.Packet) -> None:
+        """An encoded video packet (after `copy_video`), in the source's time base."""
+        packet.stream = self.video_stream
+        self.out.mux(packet)
 
     def video(self, frame: av.VideoFrame, dets: Detections) -> None:
         if self.video_stream is None:
             self._setup_video(frame)
-            for packet in self._early_audio:
-                self.audio(packet)
-            self._early_audio.clear()
         if frame.format.name not in ("yuv420p", "yuvj420p") and self.even:
             converted = frame.reformat(format="yuv420p")
             _copy_frame_props(frame, converted)
@@ -558,7 +619,7 @@ class _Writer:
 
     def finish(self) -> None:
         try:
-            if self.video_stream is not None:
+            if self._encoding:
                 self.out.mux(self.video_stream.encode(None))
             for stream, decoder in self.audio_map.values():
                 if decoder is not None:
