@@ -5,6 +5,7 @@ unsplit run's; `veil anonymize --jobs N`."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ def split_run(src: Path, dst: Path, config: ModelConfig, seconds: float):
         part = dst.with_name(f"{dst.stem}.{segment.index}.mp4")
         reports.append(run_segment(src, segment, part, config, told[-1].append))
         parts.append(part)
-    return stitch(src, parts, reports, dst, config), segments, told
+    return stitch(src, parts, dst, config, reports=reports), segments, told
 
 
 def clean_decode(path: Path) -> list[int]:
@@ -110,10 +111,17 @@ def test_plates_across_cuts_are_covered_as_unsplit(shared_data, detection_models
 
 def test_cli_jobs_splits_a_long_video(tmp_path):
     src = make_clip(tmp_path / "long.mp4", frames=120, audio=True)
-    env = {**os.environ, "VEIL_VIDEO_SEGMENT_SECONDS": "1.5"}
-    result = subprocess.run([str(VEIL), "anonymize", str(src), "--no-blur-face", "--jobs", "2", "-o",
-                             str(tmp_path / "out")], capture_output=True, text=True, timeout=60, env=env)
-    assert result.returncode == 0, result.stderr
+    env = {**os.environ, "VEIL_VIDEO_SEGMENT_SECONDS": "1.5", "PYTHONFAULTHANDLER": "1"}
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        run = subprocess.Popen([str(VEIL), "anonymize", str(src), "--no-blur-face", "--jobs", "2", "-o",
+                                str(tmp_path / "out")], stdout=err, stderr=err, env=env, start_new_session=True)
+        try:
+            assert run.wait(120) == 0, log.read_text()
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGABRT)  # the worker processes too; their stacks go to the log
+            run.wait(10)
+            raise AssertionError("veil anonymize --jobs 2 hung:\n" + log.read_text()[-8000:]) from None
     out = tmp_path / "out" / "long.mp4"
     assert video_frames(out) == video_frames(src)
     assert audio_packets(out) == audio_packets(src)

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -75,6 +75,7 @@ def plan_segments(src: Path, config: ModelConfig, seconds: float, limits: MediaL
         video = source.video
         fmt = _FORMATS.get(Path(dst).suffix.lower()) if dst is not None else None
         fmt = fmt or _output_format(source)
+        tb = video.time_base  # read before the container closes (the stream is freed with it)
         packets = [(p.pts, p.dts, p.is_keyframe) for p in source.container.demux(video) if p.size]
     except av.error.FFmpegError as exc:
         raise MediaError(f"{Path(src).name}: corrupt or truncated video ({exc})") from None
@@ -83,9 +84,8 @@ def plan_segments(src: Path, config: ModelConfig, seconds: float, limits: MediaL
     whole = [Segment(0, 0, 0, 0, 0, 0, _NEVER, _NEVER, len(packets), len(packets))]
     pts = sorted(p[0] for p in packets if p[0] is not None)
     if (seconds <= 0 or fmt not in ("mp4", "mov", "matroska") or len(pts) != len(packets) or len(pts) < 2
-            or len(set(pts)) != len(pts) or not source.fps or not video.time_base):
+            or len(set(pts)) != len(pts) or not source.fps or not tb):
         return whole
-    tb = video.time_base
     length = float((pts[-1] - pts[0]) * tb)
     if length < 1.5 * seconds:
         return whole
@@ -145,12 +145,13 @@ def run_segment(src: Path, segment: Segment, dst: Path, config: ModelConfig, pro
     return _Job(Path(src), config, progress, limits=limits, segment=segment).run(Path(dst))
 
 
-def stitch(src: Path, parts: list[Path], reports: list[Report], dst: Path, config: ModelConfig,
-           limits: MediaLimits = MediaLimits()) -> Report:
-    """Join the segment files `parts` (in order) into `dst` with the audio of `src`; no re-encoding."""
+def stitch(src: Path, parts: list[Path], dst: Path, config: ModelConfig, limits: MediaLimits = MediaLimits(),
+           reports: list[Report] = ()) -> Report:
+    """Join the segment files `parts` (in order) into `dst` with the audio of `src`, no re-encoding; the
+    report holds the segments' `reports` frames in order."""
     src, dst = Path(src), Path(dst)
     source = open_source(src, limits)
-    report = Report("video", source.width, source.height, figures=dict(reports[0].figures),
+    report = Report("video", source.width, source.height, figures=dict(reports[0].figures) if reports else {},
                     notes=list(dict.fromkeys(n for r in reports for n in r.notes)))
     for part in reports:
         report.frames += part.frames
@@ -210,7 +211,7 @@ def _audio_packets(source) -> Iterator[tuple[float, int, av.Packet]]:
             yield float(packet.dts * packet.time_base), 1, packet
 
 
-# ----------------------------------------------------------------------------- local runs (CLI)
+# ----------------------------------------------------------------------------- worker processes
 _shared = None  # in a worker process: the progress array (one slot per segment, last slot: stop flag)
 
 
@@ -230,46 +231,64 @@ def _segment_in_worker(src: str, segment: dict, dst: str, config: dict, limits: 
     return run_segment(Path(src), seg, Path(dst), ModelConfig(**config), tell, limits)
 
 
+class SegmentPool:
+    """Segments of one video run in `workers` spawned processes (each loads the models once, at its first
+    segment). Leaving the `with` block on an error stops the running segments at their next frame."""
+
+    def __init__(self, workers: int, segments: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._shared = ctx.Array("d", segments + 1, lock=False)
+        self._pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=_init_worker,
+                                         initargs=(self._shared,))
+
+    def submit(self, src: Path, segment: Segment, dst: Path, config: ModelConfig,
+               limits: MediaLimits = MediaLimits()) -> Future:
+        return self._pool.submit(_segment_in_worker, str(src), segment.to_json(), str(dst), config.model_dump(),
+                                 limits)
+
+    def progress(self, index: int) -> float:
+        return min(1.0, self._shared[index])
+
+    def __enter__(self) -> SegmentPool:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is not None:
+            self._shared[len(self._shared) - 1] = 1.0
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            self._pool.shutdown(wait=True)
+
+
 def anonymize_split(src: Path, dst: Path, config: ModelConfig, seconds: float, jobs: int = 1,
                     progress: Progress | None = None, limits: MediaLimits = MediaLimits()) -> Report:
-    """`anonymize_video`, in segments of about `seconds` run by `jobs` worker processes (spawned; each
-    loads the models once)."""
+    """`anonymize_video`, in segments of about `seconds` run by `jobs` worker processes."""
     src, dst = Path(src), Path(dst)
     segments = plan_segments(src, config, seconds, limits, dst)
     if len(segments) == 1:
         return anonymize_video(src, dst, config, progress, limits)
     dst.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".segments", dir=dst.parent))
-    ctx = multiprocessing.get_context("spawn")
-    shared = ctx.Array("d", len(segments) + 1, lock=False)
     parts = [work / f"{s.index:05d}{SEGMENT_SUFFIX}" for s in segments]
-    weights = [s.analysed for s in segments]
     told = 0.0
     try:
-        with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx, initializer=_init_worker,
-                                 initargs=(shared,)) as pool:
-            futures = [pool.submit(_segment_in_worker, str(src), s.to_json(), str(p), config.model_dump(), limits)
-                       for s, p in zip(segments, parts)]
-            try:
-                while True:
-                    done, pending = wait(futures, timeout=0.5, return_when=FIRST_EXCEPTION)
-                    value = min(0.99, sum(w * min(1.0, shared[i]) for i, w in enumerate(weights)) / sum(weights))
-                    if progress is not None and value > told:
-                        told = value
-                        progress(value)
-                    for f in done:
-                        if f.exception() is not None:
-                            raise f.exception()
-                    if not pending:
-                        break
-            except BaseException:
-                shared[len(segments)] = 1.0  # workers stop at their next progress call
-                for f in futures:
-                    f.cancel()
-                raise
+        with SegmentPool(jobs, len(segments)) as pool:
+            futures = [pool.submit(src, s, p, config, limits) for s, p in zip(segments, parts)]
+            while True:
+                done, pending = wait(futures, timeout=0.5, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    if future.exception() is not None:
+                        raise future.exception()
+                value = min(0.99, sum(s.analysed * pool.progress(s.index) for s in segments)
+                            / sum(s.analysed for s in segments))
+                if progress is not None and value > told:
+                    told = value
+                    progress(value)
+                if not pending:
+                    break
             reports = [f.result() for f in futures]
         started = time.perf_counter()
-        report = stitch(src, parts, reports, dst, config, limits)
+        report = stitch(src, parts, dst, config, limits, reports)
         report.figures["stitch_seconds"] = round(time.perf_counter() - started, 3)
     finally:
         shutil.rmtree(work, ignore_errors=True)
