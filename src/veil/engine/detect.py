@@ -29,7 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .calibration import calibrate, raw_threshold
+from .calibration import as_raw, calibrate, raw_threshold
 from .config import ModelConfig
 from .detections import FACE, PLATE, Detections
 from .plates import low_light_view
@@ -153,8 +153,9 @@ class Detector:
         if not side and (dark := low_light_view(image)) is not None:
             # Dark or colour-cast photo: a second pass on a corrected copy, whose boxes count as
             # secondary (a box of the original pass wins a tie; measured: the corrected copy's
-            # boxes are looser on plates both find).
-            passes.append(net(dark, size=_mult32(PLATE_SIDE), floor=floor))
+            # boxes are looser on plates both find). Its scores have their own calibration.
+            boxes, scores = net(dark, size=_mult32(PLATE_SIDE), floor=raw_threshold("plates_lowlight", t))
+            passes.append((boxes, as_raw("plates", scores, "plates_lowlight")))
             cut.append(np.zeros(len(passes[-1][0]), bool))
         if self.config.slicing and max(h, w) > PLATE_SIDE:
             # Plate tiles run at native resolution, and only where the whole-image pass downscales:
