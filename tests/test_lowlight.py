@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -29,3 +31,28 @@ def test_a_dark_red_cast_frame_gets_a_balanced_brighter_view():
     assert view.mean() > 1.3 * dark.mean()  # brighter (less than CLAHE alone: the blur first takes out the noise it lifts)
     plate = (slice(200, 230), slice(300, 400))
     assert view[plate].astype(int).std() > dark[plate].astype(int).std()  # the characters stand out more
+
+
+def test_a_plate_in_a_darkened_dash_cam_frame_is_found(shared_data, detection_models):
+    # bench/make_lowlight.py step 1 of a dev frame: the plain plate pass scores this plate 0.09 raw
+    # (below the default's 0.20); the low-light pass, with its own calibration, keeps it.
+    import importlib.util
+    import json
+
+    from veil.engine.config import ModelConfig
+    from veil.engine.detect import Detector
+    from veil.engine.slicing import iou_matrix
+
+    spec = importlib.util.spec_from_file_location("make_lowlight", Path(__file__).parents[1] / "bench" / "make_lowlight.py")
+    make_lowlight = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_lowlight)
+    item = json.loads((shared_data / "ro_dashcam_plates" / "labels.json").read_text())["items"][6]
+    truth = np.array([[73.0, 396.0, 188.0, 438.0]], np.float32)
+    assert np.abs(np.asarray(item["plates"][0]) - truth[0]).max() < 1
+    dark = make_lowlight.degrade(cv2.imread(str(shared_data / "ro_dashcam_plates" / item["file"])), 1, seed=6)
+    image = cv2.cvtColor(dark, cv2.COLOR_BGR2RGB)
+    detector = Detector(ModelConfig(enable_lp=True, blur_face=False))
+    plain = detector.detect_plates(image, side=1280)  # the single pass video uses: no low-light view
+    assert not len(plain) or iou_matrix(plain.xyxy, truth).max() < 0.5, "precondition: the plain pass misses it"
+    found = detector.detect_plates(image)
+    assert len(found) and iou_matrix(found.xyxy, truth).max() >= 0.5, found.xyxy
