@@ -1,6 +1,6 @@
 """Leak measure: objects a dense reference detector sees that Veil's blur mask does not cover.
 
-    python bench/leak_check.py CLIP [--config JSON] [--every 1] [--cache DIR]
+    python bench/leak_check.py CLIP [--config JSON] [--every 1] [--cache DIR] [--segment-seconds S]
 
 The reference runs the detector on *every* frame at full resolution with slicing on and low
 thresholds (0.3), for faces and plates whatever the config, and keeps its detections with score
@@ -12,7 +12,9 @@ for each track the longest run of consecutive leaked frames is reported.
 
 `--every N` checks only every N-th frame (the reference is slow: several seconds per 1080p frame on
 two cores); `--cache` keeps the reference detections, so Veil can be re-checked quickly after a
-change. Exit status 1 when anything leaked.
+change. `--segment-seconds S` checks the boxes of a run split into segments of about S seconds
+(`veil.engine.segments`: what `veil anonymize --jobs N` and the service's workers redact). Exit status 1
+when anything leaked.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def main() -> None:
     ap.add_argument("--config", default="{}", help="Veil model_config JSON (default: seed defaults)")
     ap.add_argument("--every", type=int, default=1, help="check every N-th frame")
     ap.add_argument("--cache", type=Path, default=None, help="folder to keep reference detections in")
+    ap.add_argument("--segment-seconds", type=float, default=0, help="check a run split into segments this long")
     args = ap.parse_args()
 
     from veil.engine.config import ModelConfig
@@ -120,7 +123,13 @@ def main() -> None:
     config = ModelConfig(**json.loads(args.config))
     print(f"clip {args.clip}; config {config.model_dump_json()}", flush=True)
     reference = reference_detections(args.clip, args.every, args.cache)
-    report = detect_video(args.clip, config)
+    if args.segment_seconds:
+        from veil.engine.segments import detect_split
+
+        report = detect_split(args.clip, config, args.segment_seconds)
+        print(f"split into {report.figures['segments']} segments of about {args.segment_seconds} s")
+    else:
+        report = detect_video(args.clip, config)
     veil = {f.index: f.detections for f in report.frames}
     track_of = link_tracks(reference, args.every)
 

@@ -4,14 +4,17 @@ unsplit run's; `veil anonymize --jobs N`."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
-import numpy as np
+import pytest
+from sqlalchemy import select
 
 from test_video import NO_MODELS, audio_packets, cut_clip, make_clip, video_frames
 from veil.engine.config import ModelConfig
@@ -127,3 +130,95 @@ def test_cli_jobs_splits_a_long_video(tmp_path):
     assert audio_packets(out) == audio_packets(src)
     clean_decode(out)
     assert not [p for p in out.parent.iterdir() if p.name != "long.mp4"]  # no segment files left
+
+
+# ----------------------------------------------------------------------------- the service's workers
+def _video_job(svc, data: bytes) -> str:
+    from veil.jobs.keys import create_key
+    from veil.jobs.service import INPUT_CONTAINER
+
+    _, key = create_key(svc.db, 100)
+    job = svc.create_job(key.id, "long.mp4", len(data), model_config={"blur_face": False}).job
+    svc.store.write(INPUT_CONTAINER, job.input_blob, io.BytesIO(data))
+    svc.on_blob_created(INPUT_CONTAINER, job.input_blob, len(data))
+    assert svc.approve(key.id, job.id) == "approved"
+    return job.id
+
+
+def test_service_runs_segments_in_parallel_and_redoes_only_an_interrupted_one(tmp_path, monkeypatch):
+    """A worker dies after one segment was stored: the next run does only the others, the output is whole,
+    the segment files are gone, credits charged once, progress only grows."""
+    from _service_helpers import settings_for
+    from veil.db.models import VideoSegment
+    from veil.engine import segments as engine_segments
+    from veil.jobs.credits import ledger
+    from veil.jobs.service import OUTPUT_CONTAINER, build_service
+    from veil.queue import tasks as task_module
+    from veil.queue.embedded import EmbeddedWorker
+
+    src = make_clip(tmp_path / "long.mp4", frames=150, vfr=True, audio=True)
+    svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5))
+    try:
+        job_id = _video_job(svc, src.read_bytes())
+        submitted: list[int] = []
+        submit = engine_segments.SegmentPool.submit
+
+        def recording(self, path, segment, *args, **kwargs):
+            submitted.append(segment.index)
+            return submit(self, path, segment, *args, **kwargs)
+
+        monkeypatch.setattr(engine_segments.SegmentPool, "submit", recording)
+        write = svc.store.write
+        stored: list[str] = []
+
+        def crash_on_second_segment(container, name, data):
+            if ".segment" in name and stored:
+                raise KeyboardInterrupt  # the worker process dies
+            stored.append(name)
+            return write(container, name, data)
+
+        monkeypatch.setattr(svc.store, "write", crash_on_second_segment)
+        owner = task_module.new_owner()
+        assert svc.leases.claim(job_id, owner)
+        with pytest.raises(KeyboardInterrupt):
+            task_module._run(svc, job_id, tmp_path / "work", task_module._Lease(svc, job_id, owner))
+        with svc.db() as session:
+            rows = list(session.scalars(select(VideoSegment).order_by(VideoSegment.index)))
+        assert len(rows) >= 3 and sorted(submitted) == [r.index for r in rows]
+        finished = [r.index for r in rows if r.status == "completed"]
+        assert len(finished) == 1
+
+        monkeypatch.setattr(svc.store, "write", write)
+        submitted.clear()
+        told: list[float] = []
+        progress_write = task_module._Progress._write
+
+        def recording_progress(self, value, force=False):
+            told.append(value)
+            return progress_write(self, value, force)
+
+        monkeypatch.setattr(task_module._Progress, "_write", recording_progress)
+        worker = EmbeddedWorker(svc, concurrency=1, poll_seconds=0.05)
+        worker.start()  # requeues the interrupted job, as after a restart
+        try:
+            deadline = time.monotonic() + 120
+            while svc.get_job(job_id).status != "completed" and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            worker.stop()
+        job = svc.get_job(job_id)
+        assert job.status == "completed", job.description
+        assert sorted(submitted) == [r.index for r in rows if r.index not in finished]  # only the others
+        assert told == sorted(told)
+        out = tmp_path / "out.mp4"
+        with svc.store.open_read(OUTPUT_CONTAINER, job.tasks[0].output_blob) as blob:
+            out.write_bytes(blob.read())
+        assert video_frames(out) == video_frames(src)
+        assert audio_packets(out) == audio_packets(src)
+        clean_decode(out)
+        with svc.db() as session:
+            assert not list(session.scalars(select(VideoSegment)))
+        assert [b for b in svc.store.list(OUTPUT_CONTAINER) if ".segment" in b] == []
+        assert [e.amount < 0 for e in ledger(svc.db, job_id=job_id)] == [True]  # one charge, no refund
+    finally:
+        svc.close()

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         "embedded", description="`embedded`: worker threads inside `veil serve`; `celery`: send jobs to "
         "`veil worker` processes; `none`: API only.")
     worker_concurrency: int = Field(1, ge=1, description="Jobs processed at once by one worker process "
-                                    "(embedded worker or `veil worker`).")
+                                    "(embedded worker or `veil worker`); above 1, also the processes a long video's segments run in.")
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often idle embedded workers look for jobs.")
     celery_broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (API and workers, "
                                    "VEIL_WORKER=celery).")
@@ -110,8 +110,8 @@ class Settings(BaseSettings):
         8192 * 4320, ge=1, description="Largest video frame, in pixels (DCI 8K); refused at pricing above.")
     video_segment_seconds: float = Field(
         60.0, ge=0, description="Videos longer than 1.5 times this are split at keyframes into segments of about "
-        "this many seconds, processed in parallel (worker processes / workers) and joined without "
-        "re-encoding; 0 never splits.")
+        "this many seconds, processed in parallel (`veil anonymize --jobs N`; workers with worker_concurrency > 1) "
+        "and joined without re-encoding; 0 never splits.")
     price_per_image: int = Field(1, ge=0, description="Credits per image.")
     price_per_video_minute: int = Field(5, ge=0, description="Credits per started minute of video.")
     price_per_archive_file: int = Field(

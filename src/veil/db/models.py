@@ -1,5 +1,5 @@
-"""SQLAlchemy 2 models: API keys, credit ledger, jobs, their tasks, callback registrations and deliveries,
-admin accounts and their sign-in sessions.
+"""SQLAlchemy 2 models: API keys, credit ledger, jobs, their tasks (and long videos' segments), callback
+registrations and deliveries, admin accounts and their sign-in sessions.
 
 Job.status is the state machine (see `veil.jobs.service`):
 created → uploaded → awaiting_approval → queued → running → completed | failed | cancelled
@@ -116,6 +116,23 @@ class Task(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     job: Mapped[Job] = relationship(back_populates="tasks")
+
+
+class VideoSegment(Base):
+    """One segment of a long video task (`veil.engine.segments`), run on its own: a completed one keeps its
+    file in the output container until the task's output is stitched, and is never run again."""
+
+    __tablename__ = "video_segments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    window: Mapped[dict] = mapped_column(JSON)  # the engine's Segment (frames and timestamps)
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|completed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    blob: Mapped[str | None] = mapped_column(String(300))  # the segment's video, in the output container
+    detections: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class CallbackRegistration(Base):

@@ -145,6 +145,17 @@ def run_segment(src: Path, segment: Segment, dst: Path, config: ModelConfig, pro
     return _Job(Path(src), config, progress, limits=limits, segment=segment).run(Path(dst))
 
 
+def detect_split(src: Path, config: ModelConfig, seconds: float, limits: MediaLimits = MediaLimits()) -> Report:
+    """The boxes a split run redacts (`detect_video` segment by segment, in this process)."""
+    reports = [_Job(Path(src), config, None, limits=limits, segment=s).run(None)
+               for s in plan_segments(src, config, seconds, limits)]
+    report = reports[0]
+    for part in reports[1:]:
+        report.frames += part.frames
+    report.figures.update({"frame_count": len(report.frames), "segments": len(reports)})
+    return report
+
+
 def stitch(src: Path, parts: list[Path], dst: Path, config: ModelConfig, limits: MediaLimits = MediaLimits(),
            reports: list[Report] = ()) -> Report:
     """Join the segment files `parts` (in order) into `dst` with the audio of `src`, no re-encoding; the

@@ -161,7 +161,7 @@ def _run(svc: JobService, job_id: str, work: Path, lease: _Lease) -> None:
 
 def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, tasks: list[tuple[int, Path]],
              lease: _Lease) -> None:
-    from ..engine.anonymize import anonymize
+    from .segments import drop_segments
 
     progress = _Progress(svc, job_id, len(tasks), lease)
     run_tag = lease.owner.rsplit(":", 1)[1]
@@ -173,8 +173,7 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
         _set_task(svc, lease, task_id, status="running")
         dst = work / "out" / safe_name(path.name)
         try:
-            report = anonymize(path, dst, config, progress=progress.for_file(index),
-                               limits=svc.settings.media_limits())
+            report = _anonymize(svc, task, path, dst, config, progress.for_file(index), lease, work)
             lease.check()
             blob = f"{job_id}/{task.index}.{run_tag}{_suffix(path.name)}"  # this run's own name
             svc.store.write(OUTPUT_CONTAINER, blob, dst)
@@ -190,19 +189,43 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
                      else f"internal error: {_describe(exc, svc)}")
             _set_task(svc, lease, task_id, status="failed", error=error, system_fault=not input_fault,
                       finished_at=utcnow())
+            drop_segments(svc, task_id)
         else:
             media = getattr(report, "media", None)
+            count = getattr(report, "detection_count", None)
+            if media == "video":
+                count = report.figures.get("detections", count)  # segments: their counts' sum
             try:
                 _set_task(svc, lease, task_id, status="completed", output_blob=blob, finished_at=utcnow(),
-                          detections=getattr(report, "detection_count", None), media=media,
+                          detections=count, media=media,
                           media_seconds=report.figures.get("seconds") if media == "video" else None)
             except _LeaseLost:
                 svc.store.delete(OUTPUT_CONTAINER, blob)  # the job is another worker's now: leave no output
                 raise
             log.info("job %s: file %s done (output %s)", job_id, task.index, blob)
+            drop_segments(svc, task_id)
         finally:
             dst.unlink(missing_ok=True)
         progress.file_done(index)
+
+
+def _anonymize(svc: JobService, task: Task, path: Path, dst: Path, config: ModelConfig, progress, lease: _Lease,
+               work: Path):
+    """The engine on one file; a long video in segments (`veil.queue.segments`) when this worker runs
+    several processes (VEIL_WORKER_CONCURRENCY > 1)."""
+    from ..engine.anonymize import anonymize
+    from ..engine.probe import media_kind
+
+    limits = svc.settings.media_limits()
+    seconds = svc.settings.video_segment_seconds
+    if seconds > 0 and svc.settings.worker_concurrency > 1 and media_kind(path) == "video":
+        from ..engine.segments import plan_segments
+        from .segments import anonymize_segments
+
+        plan = plan_segments(path, config, seconds, limits, dst)
+        if len(plan) > 1:
+            return anonymize_segments(svc, task, path, dst, config, plan, progress, lease, work)
+    return anonymize(path, dst, config, progress=progress, limits=limits)
 
 
 def _cancelled(svc: JobService, job_id: str, tasks: list[tuple[int, Path]], owner: str) -> None:
