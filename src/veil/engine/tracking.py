@@ -230,6 +230,13 @@ def _associate(tracks: np.ndarray, dets: np.ndarray, min_iou: float) -> tuple[li
     return pairs, np.array([d for d in range(len(dets)) if d not in matched], np.int64)
 
 
+# Untracked kinds: each box also covers this many frames before and after its own, where that frame has
+# no box of its own on the object (IoU below _MARGIN_IOU): a detector that misses an object in one
+# frame of a run does not publish it there.
+UNTRACKED_MARGIN = 1
+_MARGIN_IOU = 0.5
+
+
 class VideoTracker:
     """Tracks with a bounded look-ahead: push each frame's detections, get final boxes back in order.
 
@@ -277,7 +284,10 @@ class VideoTracker:
             index = self._pending.popleft()
             out.append((index, self._final(index)))
         if out:
-            self._prune(self._pending[0] if self._pending else upto + 1)
+            oldest = self._pending[0] if self._pending else upto + 1
+            self._prune(oldest)
+            for g in [g for g in self._untracked if g < oldest - UNTRACKED_MARGIN]:
+                del self._untracked[g]
         return out
 
     def _final(self, f: int) -> Detections:
@@ -296,9 +306,22 @@ class VideoTracker:
             kinds.append(track.kind)
             ids.append(track.id)
         dets = Detections(np.array(boxes).reshape(-1, 4), scores, kinds, ids)
-        if f in self._untracked:
-            dets = Detections.concat([dets, self._untracked.pop(f)])
-        return self._clip(dets)
+        return self._clip(Detections.concat([dets, self._untracked_near(f)]))
+
+    def _untracked_near(self, f: int) -> Detections:
+        """Untracked boxes of frame `f`, then those of its neighbours within UNTRACKED_MARGIN frames that
+        no box already taken of the same kind overlaps."""
+        parts = [self._untracked.get(f, Detections(track_ids=np.zeros(0, np.int64)))]
+        for g in sorted(range(f - UNTRACKED_MARGIN, f + UNTRACKED_MARGIN + 1), key=lambda g: abs(g - f)):
+            if g == f or g not in self._untracked:
+                continue
+            near, taken = self._untracked[g], Detections.concat(parts)
+            if len(taken):
+                overlap = iou_matrix(near.xyxy.astype(np.float64), taken.xyxy.astype(np.float64))
+                overlap[near.kinds[:, None] != taken.kinds[None, :]] = 0.0
+                near = near[overlap.max(axis=1) < _MARGIN_IOU]
+            parts.append(near)
+        return Detections.concat(parts)
 
     def _clip(self, dets: Detections) -> Detections:
         if not len(dets):
