@@ -128,8 +128,13 @@ class VideoSegment(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     index: Mapped[int] = mapped_column(Integer)
     window: Mapped[dict] = mapped_column(JSON)  # the engine's Segment (frames and timestamps)
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|completed
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|running|completed|failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    # the worker running the segment (the job's worker or any Celery worker) renews this lease
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     blob: Mapped[str | None] = mapped_column(String(300))  # the segment's video, in the output container
     detections: Mapped[int | None] = mapped_column(Integer)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

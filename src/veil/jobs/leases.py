@@ -12,7 +12,7 @@ from datetime import timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db.models import Job, Task, utcnow
+from ..db.models import Job, Task, VideoSegment, utcnow
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,10 @@ class Leases:
             if ids:
                 session.execute(update(Task).where(Task.job_id.in_(ids), Task.status == "running")
                                 .values(status="pending"))
+                tasks = select(Task.id).where(Task.job_id.in_(ids)).scalar_subquery()
+                session.execute(update(VideoSegment).where(VideoSegment.task_id.in_(tasks),
+                                                           VideoSegment.status == "running")
+                                .values(status="pending", lease_owner=None, lease_expires_at=None))
                 session.execute(update(Job).where(Job.id.in_(ids), Job.status == "running")
                                 .values(status="queued", lease_owner=None, lease_expires_at=None))
         return len(ids)

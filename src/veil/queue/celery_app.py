@@ -41,3 +41,16 @@ def process_job_task(job_id: str) -> None:
 
 def dispatch(job_id: str) -> None:
     process_job_task.apply_async(args=[job_id], retry=False)
+
+
+@app.task(name="veil.process_segment")
+def process_segment_task(job_id: str, task_id: int, index: int) -> None:
+    from .segments import process_segment
+    from .tasks import default_service
+
+    process_segment(job_id, task_id, index, default_service())
+
+
+def dispatch_segment(job_id: str, task_id: int, index: int) -> None:
+    """One segment of a long video, for any worker (`veil.queue.segments`)."""
+    process_segment_task.apply_async(args=[job_id, task_id, index], retry=False)

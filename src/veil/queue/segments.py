@@ -1,29 +1,36 @@
-"""A long video task in segments (`veil.engine.segments`): run them in parallel worker processes, keep each
-finished one, stitch once all are done.
+"""A long video task in segments (`veil.engine.segments`): any worker may run a segment, each finished one
+is kept, and the output is stitched once all are done.
 
 The worker holding the job's lease plans the video's segments and records them (`VideoSegment`, once per
-task: a resumed run finds them). It runs the segments not yet completed in `VEIL_WORKER_CONCURRENCY`
-spawned processes; each finished segment's file goes to the output container and its row is marked
-completed under the job's lease, so a run that dies (or loses its lease) leaves finished segments for the
-next run, which runs only the others. Progress is the sum of the segments' (weighted by frames; it only
-grows within a run); a cancel or a lost lease stops every running segment at its next frame. When all are
-completed, the segment files are joined into the task's output without re-encoding and removed.
+task: a resumed run finds them). With Celery it sends each unfinished segment as a task of its own
+(`veil.process_segment`), which any worker takes (`process_segment`); it also runs segments itself in
+`VEIL_WORKER_CONCURRENCY` spawned processes. A segment is taken with one conditional UPDATE that writes
+its lease (owner, expiry; renewed while it runs), like a job: a segment whose worker died is taken again
+once its lease ran out (at the next start of an embedded `veil serve`, at once). Each finished segment's
+file goes to the output container and its row is marked completed under its lease, so it is never run
+again. Progress is the sum of the segments' (weighted by frames; it only grows within a run); a cancel
+stops every running segment at its next frame; a segment the engine rejects fails the file. When all are
+completed, the segment files are joined into the task's output without re-encoding and then removed.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import time
 from concurrent.futures import wait
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import delete, select, update
 
 from ..db.models import Job, VideoSegment, utcnow
 from ..engine.config import ModelConfig
+from ..engine.errors import MediaError
 from ..engine.report import Report
 from ..engine.segments import Segment, SegmentPool, stitch
 from ..jobs.leases import holds
+from ..jobs.names import public_message
 from ..jobs.service import OUTPUT_CONTAINER, JobService
 
 log = logging.getLogger(__name__)
@@ -37,47 +44,161 @@ def anonymize_segments(svc: JobService, task, path: Path, dst: Path, config: Mod
     folder = work / f"segments-{task.index}"
     folder.mkdir(parents=True, exist_ok=True)
     parts = {s.index: folder / f"{s.index:05d}.mp4" for s in plan}
-    done = {i for i, row in rows.items() if row.status == "completed"}
-    detections = {i: rows[i].detections or 0 for i in done}
     limits = svc.settings.media_limits()
-    run_tag = lease.owner.rsplit(":", 1)[1]
     total = sum(s.analysed for s in plan)
-    told = 0.0
-    todo = [s for s in plan if s.index not in done]
-    if todo:
-        _update(svc, lease, [rows[s.index].id for s in todo], attempts=VideoSegment.attempts + 1)
-        with SegmentPool(min(svc.settings.worker_concurrency, len(todo)), len(plan)) as pool:
-            futures = {pool.submit(path, s, parts[s.index], config, limits): s for s in todo}
-            while futures:
-                finished, _ = wait(futures, timeout=0.5)
-                for future in finished:
-                    segment = futures.pop(future)
-                    report = future.result()  # a failed segment fails the file (the others stop)
-                    blob = f"{task.job_id}/{task.index}.segment{segment.index}.{run_tag}.mp4"
-                    svc.store.write(OUTPUT_CONTAINER, blob, parts[segment.index])
-                    try:
-                        _update(svc, lease, [rows[segment.index].id], status="completed", blob=blob,
-                                detections=report.detection_count, finished_at=utcnow())
-                    except BaseException:
-                        svc.store.delete(OUTPUT_CONTAINER, blob)
-                        raise
-                    done.add(segment.index)
-                    detections[segment.index] = report.detection_count
-                    log.info("job %s: file %s segment %d of %d done", task.job_id, task.index, segment.index + 1,
-                             len(plan))
-                value = sum(s.analysed * (1.0 if s.index in done else pool.progress(s.index)) for s in plan) / total
-                if value > told:
-                    told = value
-                    progress(min(value, 0.99))
-    rows = _ensure_rows(svc, lease, task.id, plan)
-    for index, path_ in parts.items():
-        if not path_.exists():  # finished by an earlier run
-            with svc.store.open_read(OUTPUT_CONTAINER, rows[index].blob) as src, path_.open("wb") as out:
+    told, renewed = 0.0, time.monotonic()
+    if svc.settings.worker == "celery":
+        from .celery_app import dispatch_segment
+
+        for row in rows.values():
+            if row.status != "completed":
+                dispatch_segment(task.job_id, task.id, row.index)
+    slots = max(1, min(svc.settings.worker_concurrency, len(plan)))
+    with SegmentPool(slots, len(plan)) as pool:
+        mine: dict = {}  # future -> segment, run by this worker's processes
+        while True:
+            rows = _rows(svc, task.id)
+            failed = [r for r in rows.values() if r.status == "failed"]
+            if failed:
+                raise MediaError(failed[0].error or "a segment could not be processed")
+            if all(r.status == "completed" for r in rows.values()):
+                break
+            while len(mine) < slots and (segment := _claim(svc, task.id, lease.owner, plan)) is not None:
+                mine[pool.submit(path, segment, parts[segment.index], config, limits)] = segment
+            if mine:
+                finished, _ = wait(mine, timeout=0.5)
+            else:
+                finished = set()
+                time.sleep(0.5)  # the rest run on other workers
+            for future in finished:
+                segment = mine.pop(future)
+                report = future.result()  # a failed segment fails the file (the others stop)
+                _store(svc, task, segment.index, lease.owner, parts[segment.index], report.detection_count)
+                log.info("job %s: file %s segment %d of %d done", task.job_id, task.index, segment.index + 1,
+                         len(plan))
+            if time.monotonic() - renewed > svc.settings.job_lease_seconds / 3:
+                renewed = time.monotonic()
+                _renew(svc, task.id, lease.owner)
+            own = {s.index for s in mine.values()}
+            value = sum(s.analysed * (1.0 if rows[s.index].status == "completed" else
+                                      pool.progress(s.index) if s.index in own else rows[s.index].progress or 0.0)
+                        for s in plan) / total
+            if value > told:
+                told = value
+                progress(min(value, 0.99))
+    for index, part in parts.items():
+        if not part.exists():  # finished by another worker or an earlier run
+            with svc.store.open_read(OUTPUT_CONTAINER, rows[index].blob) as src, part.open("wb") as out:
                 shutil.copyfileobj(src, out, 1024 * 1024)
     report = stitch(path, [parts[s.index] for s in plan], dst, config, limits)
-    report.figures["detections"] = sum(detections.values())
+    report.figures["detections"] = sum(r.detections or 0 for r in rows.values())
     shutil.rmtree(folder, ignore_errors=True)
     return report
+
+
+def process_segment(job_id: str, task_id: int, index: int, svc: JobService) -> bool:
+    """Celery: run one segment of a running job's video if nobody else has it (False when not taken)."""
+    from ..engine.segments import run_segment
+    from ..jobs.archive import expand_archive, is_archive
+    from .tasks import new_owner
+
+    owner = new_owner()
+    segment = _claim(svc, task_id, owner, index=index)
+    if segment is None:
+        return False
+    work = svc.settings.data_dir / "work" / f"{job_id}.{task_id}.{index}.{owner.rsplit(':', 1)[1]}"
+    last = [0.0]
+
+    def beat(fraction: float) -> None:
+        if time.monotonic() - last[0] < min(2.0, svc.settings.job_lease_seconds / 3):
+            return
+        last[0] = time.monotonic()
+        with svc.db.begin() as session:
+            held = session.execute(update(VideoSegment).where(_owned(task_id, owner), VideoSegment.index == index)
+                                   .values(progress=fraction, lease_expires_at=_expiry(svc))).rowcount
+            job = session.get(Job, job_id)
+        if not held or job is None or job.status != "running" or job.cancel_requested:
+            raise _Released()
+
+    try:
+        job = svc.get_job(job_id)
+        task = next(t for t in job.tasks if t.id == task_id)
+        (work / "in").mkdir(parents=True)
+        src = svc.fetch_input(job, work / "in")
+        if is_archive(src):
+            src = next(p for p in expand_archive(src, work / "files") if p.name == task.input_name)
+        report = run_segment(src, segment, work / "segment.mp4", ModelConfig(**job.model_config_json), beat,
+                             svc.settings.media_limits())
+        _store(svc, task, index, owner, work / "segment.mp4", report.detection_count)
+        return True
+    except MediaError as exc:
+        with svc.db.begin() as session:
+            session.execute(update(VideoSegment).where(_owned(task_id, owner), VideoSegment.index == index)
+                            .values(status="failed", error=public_message(str(exc), svc.settings.data_dir)))
+    except Exception:  # noqa: BLE001 - stopped (cancel, lease), or an outage: another worker takes it again
+        log.info("job %s: segment %d of file %s released", job_id, index, task_id, exc_info=True)
+        with svc.db.begin() as session:
+            session.execute(update(VideoSegment).where(_owned(task_id, owner), VideoSegment.index == index)
+                            .values(status="pending", lease_owner=None, lease_expires_at=None))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return False
+
+
+class _Released(Exception):
+    """The segment's lease is gone, or its job stopped running."""
+
+
+def _claim(svc: JobService, task_id: int, owner: str, plan: list[Segment] | None = None,
+           index: int | None = None) -> Segment | None:
+    """Take a pending segment of the task (or one whose lease ran out: its worker died), `index` or the
+    first; its window, or None."""
+    now = utcnow()
+    free = (VideoSegment.status == "pending") | ((VideoSegment.status == "running")
+                                                 & (VideoSegment.lease_expires_at < now))
+    with svc.db.begin() as session:
+        query = select(VideoSegment.id, VideoSegment.window).where(VideoSegment.task_id == task_id, free)
+        if index is not None:
+            query = query.where(VideoSegment.index == index)
+        for row_id, window in session.execute(query.order_by(VideoSegment.index)).all():
+            taken = session.execute(update(VideoSegment).where(VideoSegment.id == row_id, free).values(
+                status="running", lease_owner=owner, lease_expires_at=_expiry(svc),
+                attempts=VideoSegment.attempts + 1)).rowcount
+            if taken:
+                return Segment(**window)
+    return None
+
+
+def _store(svc: JobService, task, index: int, owner: str, part: Path, detections: int) -> None:
+    """A finished segment's file into the output container, its row completed (while `owner` has it)."""
+    blob = f"{task.job_id}/{task.index}.segment{index}.{owner.rsplit(':', 1)[1]}.mp4"
+    svc.store.write(OUTPUT_CONTAINER, blob, part)
+    with svc.db.begin() as session:
+        done = session.execute(update(VideoSegment).where(_owned(task.id, owner), VideoSegment.index == index).values(
+            status="completed", blob=blob, detections=detections, progress=1.0, finished_at=utcnow())).rowcount
+    if not done:
+        svc.store.delete(OUTPUT_CONTAINER, blob)
+        raise _Released()
+
+
+def _renew(svc: JobService, task_id: int, owner: str) -> None:
+    with svc.db.begin() as session:
+        session.execute(update(VideoSegment).where(_owned(task_id, owner)).values(lease_expires_at=_expiry(svc)))
+
+
+def _owned(task_id: int, owner: str):
+    return (VideoSegment.task_id == task_id) & (VideoSegment.status == "running") & (VideoSegment.lease_owner == owner)
+
+
+def _expiry(svc: JobService):
+    return utcnow() + timedelta(seconds=svc.settings.job_lease_seconds)
+
+
+def _rows(svc: JobService, task_id: int) -> dict[int, VideoSegment]:
+    with svc.db() as session:
+        rows = list(session.scalars(select(VideoSegment).where(VideoSegment.task_id == task_id)))
+        session.expunge_all()
+    return {row.index: row for row in rows}
 
 
 def drop_segments(svc: JobService, task_id: int) -> None:
@@ -115,16 +236,3 @@ def _ensure_rows(svc: JobService, lease, task_id: int, plan: list[Segment]) -> d
     for blob in stale:
         svc.store.delete(OUTPUT_CONTAINER, blob)
     return {row.index: row for row in rows}
-
-
-def _update(svc: JobService, lease, ids: list[int], **values) -> None:
-    """Update segment rows, only while this worker holds the job's lease."""
-    from .tasks import _LeaseLost
-
-    with svc.db.begin() as session:
-        held = session.scalar(select(Job.id).where(holds(lease.job_id, lease.owner)).with_for_update())
-        if held is not None:
-            session.execute(update(VideoSegment).where(VideoSegment.id.in_(ids)).values(**values))
-    if held is None:
-        lease.lost.set()
-        raise _LeaseLost()

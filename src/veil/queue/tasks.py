@@ -212,13 +212,14 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
 def _anonymize(svc: JobService, task: Task, path: Path, dst: Path, config: ModelConfig, progress, lease: _Lease,
                work: Path):
     """The engine on one file; a long video in segments (`veil.queue.segments`) when this worker runs
-    several processes (VEIL_WORKER_CONCURRENCY > 1)."""
+    several processes (VEIL_WORKER_CONCURRENCY > 1) or other Celery workers can take segments."""
     from ..engine.anonymize import anonymize
     from ..engine.probe import media_kind
 
     limits = svc.settings.media_limits()
     seconds = svc.settings.video_segment_seconds
-    if seconds > 0 and svc.settings.worker_concurrency > 1 and media_kind(path) == "video":
+    parallel = svc.settings.worker_concurrency > 1 or svc.settings.worker == "celery"
+    if seconds > 0 and parallel and media_kind(path) == "video":
         from ..engine.segments import plan_segments
         from .segments import anonymize_segments
 
