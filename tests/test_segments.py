@@ -225,8 +225,12 @@ def test_service_runs_segments_in_parallel_and_redoes_only_an_interrupted_one(tm
 
 def test_celery_workers_take_segments_of_one_video(tmp_path, monkeypatch):
     """VEIL_WORKER=celery: the job's worker sends each segment as a task; other workers (threads here) take
-    some of them, the job's worker the rest, and the output is whole."""
+    some of them, the job's worker the rest, and the output is whole. The job's worker runs in a daemonic
+    process, as Celery's are (which may not start processes): its segments run in threads."""
+    import multiprocessing
     import threading
+
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
 
     from _service_helpers import settings_for
     from veil.engine import segments as engine_segments

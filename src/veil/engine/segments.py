@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -231,12 +231,14 @@ def _init_worker(shared) -> None:
     _shared = shared
 
 
-def _segment_in_worker(src: str, segment: dict, dst: str, config: dict, limits: MediaLimits) -> Report:
+def _segment_in_worker(src: str, segment: dict, dst: str, config: dict, limits: MediaLimits,
+                       shared=None) -> Report:
     seg = Segment(**segment)
+    shared = _shared if shared is None else shared
 
     def tell(fraction: float) -> None:
-        _shared[seg.index] = fraction
-        if _shared[len(_shared) - 1]:
+        shared[seg.index] = fraction
+        if shared[len(shared) - 1]:
             raise InterruptedError("stopped")
 
     return run_segment(Path(src), seg, Path(dst), ModelConfig(**config), tell, limits)
@@ -244,18 +246,24 @@ def _segment_in_worker(src: str, segment: dict, dst: str, config: dict, limits: 
 
 class SegmentPool:
     """Segments of one video run in `workers` spawned processes (each loads the models once, at its first
-    segment). Leaving the `with` block on an error stops the running segments at their next frame."""
+    segment), or threads of this process where it may not start processes (a daemonic one: a Celery
+    worker's). Leaving the `with` block on an error stops the running segments at their next frame."""
 
     def __init__(self, workers: int, segments: int) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._shared = ctx.Array("d", segments + 1, lock=False)
-        self._pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=_init_worker,
-                                         initargs=(self._shared,))
+        self._threads = multiprocessing.current_process().daemon
+        if self._threads:
+            self._shared = [0.0] * (segments + 1)
+            self._pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            self._shared = ctx.Array("d", segments + 1, lock=False)
+            self._pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx,
+                                             initializer=_init_worker, initargs=(self._shared,))
 
     def submit(self, src: Path, segment: Segment, dst: Path, config: ModelConfig,
                limits: MediaLimits = MediaLimits()) -> Future:
         return self._pool.submit(_segment_in_worker, str(src), segment.to_json(), str(dst), config.model_dump(),
-                                 limits)
+                                 limits, self._shared if self._threads else None)
 
     def progress(self, index: int) -> float:
         return min(1.0, self._shared[index])
