@@ -28,7 +28,7 @@ def test_a_dark_red_cast_frame_gets_a_balanced_brighter_view():
     assert view is not None and view.shape == dark.shape and view.dtype == np.uint8
     means = view.reshape(-1, 3).mean(axis=0)
     assert means.max() / means.min() < 1.15  # the red cast is balanced out
-    assert view.mean() > 1.3 * dark.mean()  # brighter (less than CLAHE alone: the blur first takes out the noise it lifts)
+    assert view.mean() > 1.2 * dark.mean()  # brighter (less than CLAHE alone: the blur first takes out the noise it would lift)
     plate = (slice(200, 230), slice(300, 400))
     assert view[plate].astype(int).std() > dark[plate].astype(int).std()  # the characters stand out more
 

@@ -48,6 +48,7 @@ FUSE_IOU = 0.4  # views' face boxes overlapping this much are one face (weighted
 FACE_BOX_WIDEN = 1.08
 FACE_BOX_DROP = 0.05
 PLATE_SIDE = 1280  # whole-image plate pass: longest input side
+LOW_LIGHT_SIDE = 800  # the low-light plate pass: downscaling averages out a dark frame's noise
 FACE_TILE = 640  # slicing: face tile side in original pixels (doubled for large images)
 TILE_OVERLAP = 0.25
 
@@ -154,7 +155,8 @@ class Detector:
             # Dark or colour-cast photo: a second pass on a corrected copy, whose boxes count as
             # secondary (a box of the original pass wins a tie; measured: the corrected copy's
             # boxes are looser on plates both find). Its scores have their own calibration.
-            boxes, scores = net(dark, size=_mult32(PLATE_SIDE), floor=raw_threshold("plates_lowlight", t))
+            boxes, scores = net(dark, size=_mult32(min(LOW_LIGHT_SIDE, max(h, w))),
+                                floor=raw_threshold("plates_lowlight", t))
             passes.append((boxes, as_raw("plates", scores, "plates_lowlight")))
             cut.append(np.zeros(len(passes[-1][0]), bool))
         if self.config.slicing and max(h, w) > PLATE_SIDE:

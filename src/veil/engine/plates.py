@@ -79,8 +79,11 @@ def low_light_view(image_rgb: np.ndarray) -> np.ndarray | None:
     frame; None for other frames.
 
     Measured on darkened, red-cast dash-cam frames (`bench/make_lowlight.py` step 2): plate recall
-    0.79 -> 0.86 with this pass added (a global gamma instead of CLAHE found nothing more); the
-    3x3 blur before it: step 3 0.31 -> 0.41 (with the pass's own score calibration).
+    0.79 -> 0.86 with this pass added (a global gamma instead of CLAHE found nothing more). Noise is
+    what defeats it next (step 3 darkness and cast alone: 29 of 29 plates found; with the noise 23,
+    with noise and motion blur 12): the 5x5 blur before it and the pass at 800 px
+    (`veil.engine.detect.LOW_LIGHT_SIDE`) found 19 (a 3x3 blur at 1280 px 12, 5x5 at 1280 px 14, a
+    median or bilateral filter no more).
     """
     small = cv2.resize(image_rgb, (64, 36), interpolation=cv2.INTER_AREA).reshape(-1, 3).astype(np.float32)
     means = small.mean(axis=0) + 1.0
@@ -88,8 +91,8 @@ def low_light_view(image_rgb: np.ndarray) -> np.ndarray | None:
         return None
     gains = np.clip(means.mean() / means, 1.0 / _MAX_GAIN, _MAX_GAIN)
     lut = np.clip(np.arange(256, dtype=np.float32)[:, None] * gains[None, :], 0, 255).astype(np.uint8)
-    # A light blur first: CLAHE would otherwise lift a dark frame's sensor noise with the plate.
-    balanced = cv2.LUT(cv2.GaussianBlur(image_rgb, (3, 3), 0), lut.reshape(256, 1, 3))
+    # A blur first: CLAHE would otherwise lift a dark frame's sensor noise with the plate.
+    balanced = cv2.LUT(cv2.GaussianBlur(image_rgb, (5, 5), 0), lut.reshape(256, 1, 3))
     lab = cv2.cvtColor(balanced, cv2.COLOR_RGB2LAB)
     lab[:, :, 0] = cv2.createCLAHE(clipLimit=_CLAHE_CLIP, tileGridSize=_CLAHE_TILES).apply(
         np.ascontiguousarray(lab[:, :, 0]))
