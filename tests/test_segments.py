@@ -274,3 +274,37 @@ def test_celery_workers_take_segments_of_one_video(tmp_path, monkeypatch):
         clean_decode(out)
     finally:
         svc.close()
+
+
+def test_cancel_stops_every_segment_and_leaves_no_segment_file(tmp_path, monkeypatch):
+    from _service_helpers import settings_for
+    from veil.db.models import Job, VideoSegment
+    from veil.jobs.service import OUTPUT_CONTAINER, build_service
+    from veil.queue import tasks as task_module
+    from veil.queue.tasks import process_job
+
+    src = make_clip(tmp_path / "long.mp4", frames=150, audio=True)
+    svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5))
+    try:
+        job_id = _video_job(svc, src.read_bytes())
+        write = svc.store.write
+
+        def cancel_after_first_segment(container, name, data):
+            if ".segment" in name:
+                with svc.db.begin() as session:
+                    session.get(Job, job_id).cancel_requested = True
+            return write(container, name, data)
+
+        monkeypatch.setattr(svc.store, "write", cancel_after_first_segment)
+        check = task_module._Progress.check_cancel  # every 2 s; this clip takes less
+        monkeypatch.setattr(task_module._Progress, "check_cancel", lambda self, force=False: check(self, True))
+        started = time.monotonic()
+        assert process_job(job_id, svc)
+        assert time.monotonic() - started < 60
+        job = svc.get_job(job_id)
+        assert job.status == "cancelled", job.description
+        with svc.db() as session:
+            assert not list(session.scalars(select(VideoSegment)))
+        assert [b for b in svc.store.list(OUTPUT_CONTAINER) if ".segment" in b] == []
+    finally:
+        svc.close()

@@ -233,7 +233,10 @@ def _cancelled(svc: JobService, job_id: str, tasks: list[tuple[int, Path]], owne
     """Cancelled mid-job: keep what the processed files cost (nothing if none completed), refund the rest.
     (A completed file before a cancel means several files: an archive, priced per member.)"""
     from ..jobs.pricing import cost_of_members
+    from .segments import drop_segments
 
+    for task_id, _ in tasks:
+        drop_segments(svc, task_id)
     status = {t.id: t.status for t in svc.get_job(job_id).tasks}
     processed = [path for task_id, path in tasks if status[task_id] in ("completed", "failed")]
     keep = 0
