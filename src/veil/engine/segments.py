@@ -89,7 +89,7 @@ def plan_segments(src: Path, config: ModelConfig, seconds: float, limits: MediaL
     length = float((pts[-1] - pts[0]) * tb)
     if length < 1.5 * seconds:
         return whole
-    keys = sorted((p, d) for p, d, k in packets if k and d is not None)
+    keys = sorted((p, p if d is None else d) for p, d, k in packets if k)  # Matroska: no dts, seek by pts
     if not keys or keys[0][0] != pts[0]:
         return whole
     key_pts = [k[0] for k in keys]
