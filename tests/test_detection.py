@@ -148,3 +148,17 @@ def test_photo_face_box_sits_where_labels_put_faces(shared_data, index):
     assert _recalled(raw_boxes[raw_scores >= 0.5], [truth]) == 0.0, "precondition: CenterFace's own box misses it"
     found = Detector(ModelConfig()).detect_faces(image)
     assert _recalled(found.xyxy, [truth]) == 1.0, found.xyxy
+
+
+def test_quarter_size_view_finds_a_large_close_face(shared_data, monkeypatch):
+    # A 172 px masked face in a 1260 px photo: no view down to half size finds it, the quarter-size view does.
+    import veil.engine.detect as detect
+
+    image, item = _item(shared_data, "facemask_faces", 61)
+    truth = [108.0, 532.0, 280.0, 699.0]
+    assert truth in [[round(v) for v in box] for box in item["faces"]]
+    found = detect.Detector(ModelConfig()).detect_faces(image)
+    assert _recalled(found.xyxy, [truth]) == 1.0, found.xyxy
+    monkeypatch.setattr(detect, "FACE_DOWNSCALES", (0.5,))
+    without = detect.Detector(ModelConfig()).detect_faces(image)
+    assert _recalled(without.xyxy, [truth]) == 0.0, "precondition: the views down to half size miss it"
