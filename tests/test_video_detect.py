@@ -97,7 +97,7 @@ def test_gating_skips_a_still_region_yet_finds_a_newcomer_there(tmp_path, monkey
 
     report = _Job(src, ModelConfig(), None, detect=detector).run(None)
     assert seen.count((480, 640)) == 1  # one whole-frame scan (frame 0, upscaled to 640 px)
-    assert max(h * w for h, w in seen[1:]) < 0.5 * 480 * 640
+    assert max(h * w for h, w in seen[1:]) < 480 * 640 and sum(h * w for h, w in seen) < 0.5 * len(seen) * 480 * 640
     for f in report.frames:
         faces = f.detections.kind(FACE)
         assert covered(faces, 10 + f.index, 100), f"moving square uncovered in frame {f.index}"
