@@ -168,3 +168,17 @@ def test_tracker_associates_by_iou():
     tracker.update(1, Detections.of_kind([[202, 202, 242, 242], [2, 1, 42, 41]], [0.9, 0.9], FACE))
     assert {t.id: len(t.frames) for t in tracker.active} == {1: 2, 2: 2}
     assert np.allclose(tracker.active[0].boxes[-1], [2, 1, 42, 41])
+
+
+def test_lead_follows_a_fast_object_found_late():
+    """A plate moving 12 px a frame (more than half its height) first detected at frame 10: the lead
+    boxes before it move back along its velocity far enough to cover it (two box sizes at most)."""
+    def plate(i: int) -> list[float]:
+        return [300.0, 100 + 12.0 * i, 340.0, 120 + 12.0 * i]
+
+    dets = {i: Detections.of_kind([plate(i)], [0.8], PLATE) for i in range(10, 30)}
+    out = run(dets, 30)
+    for i in range(7, 10):
+        assert covers(out[i].kind(PLATE).xyxy[0], plate(i), 0.7), i
+    short = run(dets, 30, TrackingParams(max_lead_shift=1.0))  # control: as far as a trail may move
+    assert not covers(short[7].kind(PLATE).xyxy[0], plate(7), 0.7)

@@ -44,6 +44,7 @@ class TrackingParams:
     grow: float = 0.04  # extrapolated boxes grow by this fraction of their size per frame (each side)
     max_grow: float = 0.5
     max_shift: float = 1.0  # an extrapolated box moves at most this many box sizes from where it was seen
+    max_lead_shift: float = 2.0  # ... before its first detection (a fast object found late)
     match_buffer: float = 0.5  # second association pass with boxes grown by this much (C-BIoU)
 
     @classmethod
@@ -381,7 +382,8 @@ class VideoTracker:
         # `max_shift` sizes): objects often move in steps (held frames, detector jitter), so a box
         # moved all the way left the object behind, and one moved further grew into tall strips.
         size = box[2:] - box[:2]
-        limit = self.params.max_shift * np.r_[size, size]
+        shift = self.params.max_lead_shift if i == 0 and f < fi else self.params.max_shift
+        limit = shift * np.r_[size, size]
         near = box + np.clip(velocity * dt, -limit, limit)
         span = np.r_[np.minimum(box[:2], near[:2]), np.maximum(box[2:], near[2:])]  # never smaller than box
         w, h = span[2:] - span[:2]
