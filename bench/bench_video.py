@@ -128,7 +128,7 @@ def main() -> None:
 
     from veil.engine.config import ModelConfig
     from veil.engine.runtime import describe
-    from veil.engine.video import _PRESET
+    from veil.engine.video_writer import X264_PRESET
 
     configs = {"veil": json.loads(args.config)} if args.config else {f"veil {k}": v for k, v in CONFIGS.items()}
     frames = frame_count(args.clip)
@@ -140,12 +140,12 @@ def main() -> None:
     crf = str(ModelConfig().video_crf)
     tools = {name: [veil, "anonymize", str(args.clip), "-o", str(work / name.replace(" ", "_")), "--config",
                     ModelConfig(**cfg).model_dump_json()] for name, cfg in configs.items()}
-    tools["floor"] = [sys.executable, "-c", _FLOOR, str(args.clip), str(work / "floor.mp4"), _PRESET, crf]
+    tools["floor"] = [sys.executable, "-c", _FLOOR, str(args.clip), str(work / "floor.mp4"), X264_PRESET, crf]
     if not args.skip_deface:
         deface = str(ensure_deface(args.deface_venv))
         tools["deface"] = [deface, str(args.clip), "-o", str(work / "deface.mp4")]
         tools["deface_640"] = [deface, str(args.clip), "-o", str(work / "deface640.mp4"), "--scale", "640x360"]
-    print(f"floor = decode + libx264 preset {_PRESET}, CRF {crf}; configs: "
+    print(f"floor = decode + libx264 preset {X264_PRESET}, CRF {crf}; configs: "
           + "; ".join(f"{name} {json.dumps(cfg)}" for name, cfg in configs.items()))
     try:
         results = measure(tools, frames, args.runs)

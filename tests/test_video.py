@@ -302,7 +302,7 @@ def test_memory_stays_flat_on_a_long_clip(tmp_path):
 # ----------------------------------------------------------------------------- redaction in YUV
 def test_redact_yuv_changes_only_the_mask():
     from veil.engine.redact import redaction_mask
-    from veil.engine.video import _redact_yuv
+    from veil.engine.video_redact import redact_yuv
 
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 255, (240, 322, 3), np.uint8)
@@ -311,7 +311,7 @@ def test_redact_yuv_changes_only_the_mask():
     dets = Detections.of_kind([[41.3, 33.7, 101.9, 111.2], [290, 200, 322, 240]], [0.9, 0.8], FACE)
     config = ModelConfig()
     before = frame.to_ndarray()[:240]  # the Y plane
-    out = _redact_yuv(frame, dets, config)
+    out = redact_yuv(frame, dets, config)
     assert out.pts == 7
     after = out.to_ndarray()[:240]
     mask = redaction_mask((240, 322), dets, config)

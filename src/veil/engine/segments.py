@@ -40,7 +40,8 @@ from .config import MediaLimits, ModelConfig
 from .detections import Detections
 from .errors import MediaError
 from .report import Report
-from .video import _FORMATS, _Job, _Writer, _output_format, anonymize_video, detect_plan, open_source
+from .video import _Job, anonymize_video, detect_plan, open_source
+from .video_writer import FORMATS, VideoWriter, output_format
 
 Progress = Callable[[float], None]
 _NEVER = 2**62  # "end" / "stop" of the last segment
@@ -73,8 +74,8 @@ def plan_segments(src: Path, config: ModelConfig, seconds: float, limits: MediaL
     source = open_source(Path(src), limits)
     try:
         video = source.video
-        fmt = _FORMATS.get(Path(dst).suffix.lower()) if dst is not None else None
-        fmt = fmt or _output_format(source)
+        fmt = FORMATS.get(Path(dst).suffix.lower()) if dst is not None else None
+        fmt = fmt or output_format(source)
         tb = video.time_base  # read before the container closes (the stream is freed with it)
         packets = [(p.pts, p.dts, p.is_keyframe) for p in source.container.demux(video) if p.size]
     except av.error.FFmpegError as exc:
@@ -167,7 +168,7 @@ def stitch(src: Path, parts: list[Path], dst: Path, config: ModelConfig, limits:
     for part in reports:
         report.frames += part.frames
     try:
-        writer = _Writer(dst, source, config, report)
+        writer = VideoWriter(dst, source, config, report)
         try:
             with av.open(str(parts[0])) as first:
                 frame = next(first.decode(first.streams.video[0]))

@@ -10,15 +10,17 @@ Pipeline (three threads, bounded queues, so memory does not grow with the video'
   codec, and then the report says so). Subtitle, data and attachment streams are dropped, as is
   all container and stream metadata except the language tag: they may hold identifying text or a
   GPS location. Video is H.264 (libx264, yuv420p, CRF `config.video_crf`); WebM cannot hold H.264,
-  so `.webm` outputs get VP9. 10-bit and HEVC sources are decoded and written as 8-bit H.264.
+  so `.webm` outputs get VP9. 10-bit and HEVC sources are decoded and written as 8-bit H.264
+  (`veil.engine.video_writer`).
 * **No flashes.** Faces (`face_track`, a Veil extension, default on) and plates (`lp_track`) are
   tracked (`veil.engine.tracking`): a track stays blurred through short gaps, a little before its
   first and after its last detection, and while it leaves the frame; boxes are smoothed.
 * **Speed.** What the detectors look at, and when, is planned by `veil.engine.video_detect`
   (scans of the frame a few times a second, crops around live tracks in between, motion gating);
   the tracker interpolates the frames in between. Frames stay in YUV; only the region around each
-  detection is converted to RGB, redacted and written back, so pixels outside the redaction mask
-  are bit-identical to the decoded source. `VEIL_X264_PRESET` (veryfast) sets the encoder's preset.
+  detection is converted to RGB, redacted and written back (`veil.engine.video_redact`), so pixels
+  outside the redaction mask are bit-identical to the decoded source. `VEIL_X264_PRESET`
+  (veryfast) sets the encoder's preset. Long videos may be split (`veil.engine.segments`).
 * **Errors.** Unreadable, corrupt or truncated input raises `MediaError` with a plain message; the
   output is written to a temporary file in the destination folder and renamed only on success.
 
@@ -29,19 +31,15 @@ report's `figures["rotation"]` gives the display rotation in degrees counter-clo
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import secrets
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import av
-import cv2
 import numpy as np
 
 from .config import MediaLimits, ModelConfig
@@ -50,7 +48,7 @@ from .errors import MediaError
 from .report import FrameDetections, Report
 from .tracking import TrackingParams, VideoTracker
 from .video_detect import DetectFn, FrameDetector, default_detect
-from .yuv import i420, planes
+from .video_writer import VideoWriter
 
 if TYPE_CHECKING:
     from .segments import Segment
@@ -59,8 +57,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float], None]
 
-_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
-_PRESET = os.environ.get("VEIL_X264_PRESET", "veryfast")
 _QUEUE = 8
 _END = object()
 _EMPTY = Detections(track_ids=np.zeros(0, np.int64))
@@ -80,7 +76,7 @@ def detect_video(src: Path, config: ModelConfig, progress: Progress | None = Non
 
 # ----------------------------------------------------------------------------- the job
 @dataclass
-class _Source:
+class Source:
     container: av.container.InputContainer
     video: av.video.stream.VideoStream
     audio: list[av.audio.stream.AudioStream]
@@ -119,14 +115,14 @@ class _Job:
         finally:
             source.container.close()
 
-    def _run(self, source: _Source, dst: Path | None) -> Report:
+    def _run(self, source: Source, dst: Path | None) -> Report:
         config = self.config
         planner, params, tracked = detect_plan(config, (source.width, source.height), source.fps, self._detect)
         stride = planner.stride if planner else 1
         tracker = VideoTracker(params, (source.width, source.height),
                                {FACE: config.blur_threshold, PLATE: config.lp_threshold}, tracked)
         report = Report("video", source.width, source.height)
-        writer = _Writer(dst, source, config, report) if dst is not None else None
+        writer = VideoWriter(dst, source, config, report) if dst is not None else None
         q_read: queue.Queue = queue.Queue(_QUEUE)
         q_out: queue.Queue = queue.Queue(_QUEUE)
         threads = [
@@ -192,7 +188,7 @@ class _Job:
                     idle()
 
     # -- stage 1: demux and decode
-    def _read(self, source: _Source, q: queue.Queue) -> None:
+    def _read(self, source: Source, q: queue.Queue) -> None:
         try:
             for kind, item in _decode(source, self.src, self.segment):
                 self._put(q, (kind, item))
@@ -238,7 +234,7 @@ class _Job:
             self._put(q_out, (kind, payload))
 
     # -- stage 3: redact, encode, mux (main thread)
-    def _consume(self, q: queue.Queue, source: _Source, report: Report, writer: "_Writer | None") -> None:
+    def _consume(self, q: queue.Queue, source: Source, report: Report, writer: "VideoWriter | None") -> None:
         segment = self.segment
         if segment is not None:
             total = segment.analysed
@@ -301,7 +297,7 @@ def detect_plan(config: ModelConfig, size: tuple[int, int], fps: float, detect: 
 
 
 # ----------------------------------------------------------------------------- input
-def open_source(src: Path, limits: MediaLimits = MediaLimits()) -> _Source:
+def open_source(src: Path, limits: MediaLimits = MediaLimits()) -> Source:
     """The video's container and streams, checked (a video stream with a picture size within the limit);
     the caller closes `source.container`."""
     try:
@@ -330,14 +326,14 @@ def open_source(src: Path, limits: MediaLimits = MediaLimits()) -> _Source:
             duration = float(video.duration * video.time_base)
         elif container.duration:
             duration = container.duration / av.time_base
-        return _Source(container, video, audio, video.codec_context.width, video.codec_context.height,
+        return Source(container, video, audio, video.codec_context.width, video.codec_context.height,
                        float(rate) if rate else 0.0, int(video.frames or 0), duration, dropped)
     except MediaError:
         container.close()
         raise
 
 
-def _decode(source: _Source, src: Path, segment: Segment | None = None) -> Iterator[tuple[str, object]]:
+def _decode(source: Source, src: Path, segment: Segment | None = None) -> Iterator[tuple[str, object]]:
     """Video frames and audio packets in stream order: ("frame", (index, VideoFrame)) / ("packet", Packet).
     For a segment: from its keyframe on (frame indices counted from the keyframe's), only the frames of
     its analysed span [warm, stop)."""
@@ -366,7 +362,7 @@ def _decode(source: _Source, src: Path, segment: Segment | None = None) -> Itera
         raise MediaError(f"{src.name}: corrupt or truncated video ({_reason(exc)})") from None
 
 
-def _fix_pts(frame: av.VideoFrame, last_pts: int | None, source: _Source) -> int:
+def _fix_pts(frame: av.VideoFrame, last_pts: int | None, source: Source) -> int:
     """Give every frame a strictly increasing pts (a few files lack some); returns it."""
     step = 1
     if source.fps and source.video.time_base:
@@ -381,7 +377,7 @@ def _fix_pts(frame: av.VideoFrame, last_pts: int | None, source: _Source) -> int
     return pts
 
 
-def _check_complete(source: _Source, report: Report, src: Path) -> None:
+def _check_complete(source: Source, report: Report, src: Path) -> None:
     """Fail rather than silently write a short video when the input ends early."""
     got = len(report.frames)
     if got == 0:
@@ -400,257 +396,3 @@ def _check_complete(source: _Source, report: Report, src: Path) -> None:
 def _reason(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or str(exc)
     return text.split(":")[0].strip() if ": '" in text else text
-
-
-# ----------------------------------------------------------------------------- pixels
-def _redact_yuv(frame: av.VideoFrame, dets: Detections, config: ModelConfig) -> av.VideoFrame:
-    """Redact the detections in a yuv420p frame, in place; pixels outside the mask are left exact.
-
-    Only a window around the detections is converted to RGB (where `redact` works) and back.
-    """
-    from .redact import redaction_mask
-
-    h, w = frame.height, frame.width
-    frame.make_writable()  # copies the picture if the decoder still references it
-    y, u, v = _plane_views(frame)
-    for x0, y0, x1, y1 in _windows(dets, w, h):
-        if _touches_inner_border(mask := redaction_mask((y1 - y0, x1 - x0), _shift(dets, x0, y0), config),
-                                 (x0, y0, x1, y1), w, h):
-            x0, y0, x1, y1 = 0, 0, w, h  # the window was too small for a mask: use the whole frame
-            mask = redaction_mask((h, w), dets, config)
-        if mask.any():
-            _redact_window(y, u, v, _shift(dets, x0, y0), config, (x0, y0, x1, y1), mask)
-    return frame
-
-
-def _shift(dets: Detections, x0: int, y0: int) -> Detections:
-    return Detections(dets.xyxy - np.array([x0, y0, x0, y0], np.float32), dets.scores, dets.kinds)
-
-
-def _plane_views(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Writable numpy views of a yuv420p frame's Y, U, V planes (rows may be padded: line_size)."""
-    views = []
-    for i, plane in enumerate(frame.planes[:3]):
-        rows, cols = (frame.height, frame.width) if i == 0 else (frame.height // 2, frame.width // 2)
-        views.append(np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, :cols])
-    return views[0], views[1], views[2]
-
-
-def _redact_window(y: np.ndarray, u: np.ndarray, v: np.ndarray, local: Detections, config: ModelConfig,
-                   window: tuple[int, int, int, int], mask: np.ndarray) -> None:
-    """Convert one window to RGB, redact it, and write back the pixels under the mask (in place)."""
-    from .redact import redact
-
-    x0, y0, x1, y1 = window
-    wy, wu, wv = y[y0:y1, x0:x1], u[y0 // 2:y1 // 2, x0 // 2:x1 // 2], v[y0 // 2:y1 // 2, x0 // 2:x1 // 2]
-    crop = cv2.cvtColor(i420(wy, wu, wv), cv2.COLOR_YUV2RGB_I420)
-    redact(crop, local, config)
-    ny, nu, nv = planes(cv2.cvtColor(crop, cv2.COLOR_RGB2YUV_I420), y1 - y0, x1 - x0)
-    np.copyto(wy, ny, where=mask)
-    cmask = mask[0::2, 0::2] | mask[1::2, 0::2] | mask[0::2, 1::2] | mask[1::2, 1::2]
-    np.copyto(wu, nu, where=cmask)
-    np.copyto(wv, nv, where=cmask)
-
-
-def _touches_inner_border(mask: np.ndarray, window: tuple[int, int, int, int], width: int, height: int) -> bool:
-    """True when the mask reaches a window edge that is not the frame's edge (window too small)."""
-    x0, y0, x1, y1 = window
-    return bool((x0 > 0 and mask[:, 0].any()) or (y0 > 0 and mask[0].any())
-                or (x1 < width and mask[:, -1].any()) or (y1 < height and mask[-1].any()))
-
-
-def _windows(dets: Detections, width: int, height: int) -> list[tuple[int, int, int, int]]:
-    """One window (x0, y0, x1, y1; even, as 4:2:0 needs) around all detections, with room for the
-    mask shape (which grows beyond the box) and some context for the blur."""
-    xyxy = dets.xyxy.astype(np.float64)
-    size = np.maximum(xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1])
-    pad = 0.8 * size + 8  # the face ellipse reaches ~0.6 box sizes out; checked by the caller
-    x0 = max(0, int(np.min(xyxy[:, 0] - pad)) // 2 * 2)
-    y0 = max(0, int(np.min(xyxy[:, 1] - pad)) // 2 * 2)
-    x1 = min(width, -(-int(np.max(xyxy[:, 2] + pad)) // 2) * 2)
-    y1 = min(height, -(-int(np.max(xyxy[:, 3] + pad)) // 2) * 2)
-    if x1 - x0 < 2 or y1 - y0 < 2:
-        return []
-    return [(x0, y0, x1, y1)]
-
-
-def _redact_any(frame: av.VideoFrame, dets: Detections, config: ModelConfig) -> av.VideoFrame:
-    """Redaction for frames that are not even-sized yuv420p (odd sizes): through a full RGB copy."""
-    from .redact import redact
-
-    rgb = redact(frame.to_ndarray(format="rgb24"), dets, config)
-    out = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-    _copy_frame_props(frame, out)
-    return out
-
-
-def _copy_frame_props(src: av.VideoFrame, dst: av.VideoFrame) -> None:
-    dst.pts = src.pts
-    if src.time_base is not None:
-        dst.time_base = src.time_base
-    if src.duration:
-        dst.duration = src.duration
-
-
-# ----------------------------------------------------------------------------- output
-class _Writer:
-    """Encodes and muxes into a temporary file next to `dst`; `finish` renames it, `abort` removes it."""
-
-    def __init__(self, dst: Path, source: _Source, config: ModelConfig, report: Report) -> None:
-        self.dst, self.source, self.config, self.report = dst, source, config, report
-        fmt = _FORMATS.get(dst.suffix.lower()) or _output_format(source)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(6)}.part")
-        self.fmt = fmt
-        self.video_stream: av.video.stream.VideoStream | None = None
-        self._encoding = False
-        self.audio_map: dict[int, tuple[av.stream.Stream, object]] = {}
-        self._early_audio: list[av.Packet] = []  # muxing starts once the video stream exists
-        self.even = source.width % 2 == 0 and source.height % 2 == 0
-        try:
-            self.out = av.open(str(self.tmp), "w", format=fmt)
-        except BaseException:
-            self.tmp.unlink(missing_ok=True)
-            raise
-        if source.dropped:
-            report.notes.append("dropped (may hold identifying text): " + ", ".join(source.dropped))
-
-    def _setup_audio(self) -> None:
-        supported = self.out.supported_codecs
-        for a in self.source.audio:
-            name = a.codec_context.name
-            if name in supported:
-                stream = self.out.add_stream_from_template(a)
-                self.audio_map[a.index] = (stream, None)
-            else:
-                codec = "libopus" if self.fmt == "webm" else "aac"
-                stream = self.out.add_stream(codec, rate=a.codec_context.sample_rate or 48000)
-                if a.codec_context.layout:
-                    stream.layout = a.codec_context.layout
-                a.codec_context.thread_type = "AUTO"
-                self.audio_map[a.index] = (stream, a)
-                self.report.notes.append(f"audio stream #{a.index} ({name}) cannot be stored in "
-                                         f"{self.fmt}; re-encoded to {codec}")
-            stream.metadata.clear()
-            if a.language:
-                stream.metadata["language"] = a.language
-
-    def _setup_video(self, first: av.VideoFrame) -> None:
-        """Encoding: an H.264 (VP9 for WebM) stream with the source's rate, time base and colours."""
-        src = self.source.video
-        codec = "libvpx-vp9" if self.fmt == "webm" else "libx264"
-        rate = src.average_rate or src.guessed_rate or Fraction(30)
-        stream = self.out.add_stream(codec, rate=rate)
-        stream.width, stream.height = self.source.width, self.source.height
-        stream.pix_fmt = "yuv420p" if self.even else "yuv444p"
-        stream.time_base = src.time_base
-        stream.codec_context.time_base = src.time_base
-        cc = stream.codec_context
-        for attr in ("color_range", "colorspace", "color_primaries", "color_trc"):
-            try:
-                setattr(cc, attr, getattr(src.codec_context, attr))
-            except (AttributeError, ValueError, TypeError):
-                pass
-        if src.sample_aspect_ratio:
-            cc.sample_aspect_ratio = src.sample_aspect_ratio
-        crf = str(self.config.video_crf)
-        if codec == "libx264":
-            cc.options = {"crf": crf, "preset": _PRESET}
-        else:
-            cc.options = {"crf": crf, "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
-            self.report.notes.append("WebM cannot hold H.264: video encoded as VP9")
-        if not self.even:
-            self.report.notes.append("odd picture size: video encoded as H.264 4:4:4")
-        self._ready(stream, first)
-        self._encoding = True
-
-    def copy_video(self, template: av.video.stream.VideoStream, first: av.VideoFrame) -> None:
-        """Stitching: the video stream takes `template`'s encoded packets as they are (`packet`);
-        `first` (a decoded frame of it) carries the display matrix."""
-        stream = self.out.add_stream_from_template(template)
-        stream.time_base = self.source.video.time_base
-        stream.metadata.clear()
-        self._ready(stream, first)
-
-    def _ready(self, stream: av.video.stream.VideoStream, first: av.VideoFrame) -> None:
-        matrix = _display_matrix(first)
-        if matrix is not None:
-            stream.set_display_matrix(matrix)
-            self.report.figures["rotation"] = first.rotation
-        if self.source.video.language:
-            stream.metadata["language"] = self.source.video.language
-        self.video_stream = stream
-        self._setup_audio()
-        self.report.figures["audio"] = ", ".join(
-            "copied" if enc is None else f"re-encoded to {stream.codec_context.name}"
-            for stream, enc in self.audio_map.values()) or "none"
-        for packet in self._early_audio:
-            self.audio(packet)
-        self._early_audio.clear()
-
-    def packet(self, packet: av.Packet) -> None:
-        """An encoded video packet (after `copy_video`), in the source's time base."""
-        packet.stream = self.video_stream
-        self.out.mux(packet)
-
-    def video(self, frame: av.VideoFrame, dets: Detections) -> None:
-        if self.video_stream is None:
-            self._setup_video(frame)
-        if frame.format.name not in ("yuv420p", "yuvj420p") and self.even:
-            converted = frame.reformat(format="yuv420p")
-            _copy_frame_props(frame, converted)
-            frame = converted
-        if len(dets):
-            frame = _redact_yuv(frame, dets, self.config) if self.even else _redact_any(frame, dets, self.config)
-        self.out.mux(self.video_stream.encode(frame))
-
-    def audio(self, packet: av.Packet) -> None:
-        if self.video_stream is None:
-            self._early_audio.append(packet)
-            return
-        stream, decoder = self.audio_map[packet.stream.index]
-        if decoder is None:
-            packet.stream = stream
-            self.out.mux(packet)
-            return
-        for frame in packet.decode():
-            frame.pts = None
-            self.out.mux(stream.encode(frame))
-
-    def finish(self) -> None:
-        try:
-            if self._encoding:
-                self.out.mux(self.video_stream.encode(None))
-            for stream, decoder in self.audio_map.values():
-                if decoder is not None:
-                    self.out.mux(stream.encode(None))
-            self.out.close()
-        except BaseException:
-            self.abort()
-            raise
-        os.replace(self.tmp, self.dst)
-
-    def abort(self) -> None:
-        try:
-            self.out.close()
-        except Exception:  # noqa: BLE001 - already failing; the temp file goes anyway
-            pass
-        self.tmp.unlink(missing_ok=True)
-
-
-def _output_format(source: _Source) -> str:
-    names = source.container.format.name.split(",")
-    for name in ("mp4", "mov", "matroska", "webm", "avi"):
-        if name in names:
-            return name
-    return "mp4"
-
-
-def _display_matrix(frame: av.VideoFrame) -> list[int] | None:
-    from av.sidedata.sidedata import Type
-
-    try:
-        data = bytes(frame.side_data[Type.DISPLAYMATRIX])
-    except (KeyError, TypeError, IndexError):
-        return None
-    return np.frombuffer(data[:36], np.int32).tolist() if len(data) >= 36 else None
