@@ -197,38 +197,31 @@ class FrameDetector:
         the detector last looked, plus what it finds in the changed regions; None for a whole-frame scan."""
         luma = pixels.block_means(_GATE_BLOCK)
         looked = self._looked.get(kind)
-        self._looked[kind] = luma
-        if looked is None or index % self.full_scans[kind] == 0 \
-                or self.config.slicing and index % self.tile_scans[kind] == 0:
-            return None
-        changed = np.abs(luma - looked) > _GATE_DIFF
-        if changed.mean() > _GATE_MAX:
+        whole = looked is None or index % self.full_scans[kind] == 0 \
+            or self.config.slicing and index % self.tile_scans[kind] == 0
+        changed = None if whole else np.abs(luma - looked) > _GATE_DIFF
+        if changed is None or changed.mean() > _GATE_MAX:
+            self._looked[kind] = luma
             return None
         held = self._held[kind]
         if not changed.any():
-            self._looked[kind] = looked
             return held
         regions = self._change_regions(changed, kind)
-        b, m = _GATE_BLOCK, _CROP_MIN[kind] // 2
         # A kept box that a region touches is looked at whole, with context, in that region.
         boxes = np.clip(held.xyxy, 0, [self.width, self.height, self.width, self.height])
-        while cut := [(max(0, int(x0) - m), max(0, int(y0) - m), min(self.width, int(x1) + m + 1),
-                       min(self.height, int(y1) + m + 1))
-                      for x0, y0, x1, y1 in boxes if _touches((x0, y0, x1, y1), regions)
-                      and not _inside((x0, y0, x1, y1), regions)]:
+        while cut := [self._with_context(box, kind) for box in boxes
+                      if _touches(box, regions) and not _inside(box, regions)]:
             regions = join(regions + cut)
         keep = np.array([not _touches(box, regions) for box in boxes], bool)
+        b = _GATE_BLOCK
         for x0, y0, x1, y1 in regions:  # the blocks looked at now remember this frame's luma
             looked[y0 // b:-(-y1 // b), x0 // b:-(-x1 // b)] = luma[y0 // b:-(-y1 // b), x0 // b:-(-x1 // b)]
-        self._looked[kind] = looked
         found = Detections.concat([held[keep], self._regions(pixels, kind, regions, as_scanned=True)])
         self._held[kind] = found
         return found
 
     def _changed(self, kind: int, pixels: FramePixels, index: int) -> list[tuple[int, int, int, int]] | None:
         """Regions where the picture changed since this kind's last scan, or None for a whole-frame scan."""
-        if kind not in self.tracked:
-            return None
         luma = pixels.block_means(_GATE_BLOCK)
         earlier = list(self._lumas[kind])
         self._lumas[kind].append(luma)
@@ -246,9 +239,15 @@ class FrameDetector:
         for half a second in close-cut changed regions and found with this margin)."""
         mask = cv2.dilate(changed.astype(np.uint8), np.ones((3, 3), np.uint8))
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        b, m = _GATE_BLOCK, _CROP_MIN[kind] // 2
-        return join([(max(0, x * b - m), max(0, y * b - m), min(self.width, (x + w) * b + m),
-                      min(self.height, (y + h) * b + m)) for x, y, w, h, _ in stats[1:count]])
+        b = _GATE_BLOCK
+        return join([self._with_context((x * b, y * b, (x + w) * b, (y + h) * b), kind)
+                     for x, y, w, h, _ in stats[1:count]])
+
+    def _with_context(self, box, kind: int) -> tuple[int, int, int, int]:
+        """`box` (frame pixels, may be fractional) grown by half a crop's least size on each side, clipped."""
+        m = _CROP_MIN[kind] // 2
+        return (max(0, int(box[0]) - m), max(0, int(box[1]) - m),
+                min(self.width, int(np.ceil(box[2])) + m), min(self.height, int(np.ceil(box[3])) + m))
 
     # ------------------------------------------------------------------ full-frame scans
     def _scan(self, index: int, pixels: FramePixels, kinds: frozenset[int]) -> Detections:
