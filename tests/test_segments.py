@@ -147,12 +147,26 @@ def _video_job(svc, data: bytes) -> str:
     return job.id
 
 
+def _record_submitted(monkeypatch) -> list[int]:
+    """The indices of the segments this process's SegmentPool runs, in the order submitted."""
+    from veil.engine import segments as engine_segments
+
+    submitted: list[int] = []
+    submit = engine_segments.SegmentPool.submit
+
+    def recording(self, path, segment, *args, **kwargs):
+        submitted.append(segment.index)
+        return submit(self, path, segment, *args, **kwargs)
+
+    monkeypatch.setattr(engine_segments.SegmentPool, "submit", recording)
+    return submitted
+
+
 def test_service_runs_segments_in_parallel_and_redoes_only_an_interrupted_one(tmp_path, monkeypatch):
     """A worker dies after one segment was stored: the next run does only the others, the output is whole,
     the segment files are gone, credits charged once, progress only grows."""
     from _service_helpers import settings_for
     from veil.db.models import VideoSegment
-    from veil.engine import segments as engine_segments
     from veil.jobs.credits import ledger
     from veil.jobs.service import OUTPUT_CONTAINER, build_service
     from veil.queue import tasks as task_module
@@ -162,14 +176,7 @@ def test_service_runs_segments_in_parallel_and_redoes_only_an_interrupted_one(tm
     svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5))
     try:
         job_id = _video_job(svc, src.read_bytes())
-        submitted: list[int] = []
-        submit = engine_segments.SegmentPool.submit
-
-        def recording(self, path, segment, *args, **kwargs):
-            submitted.append(segment.index)
-            return submit(self, path, segment, *args, **kwargs)
-
-        monkeypatch.setattr(engine_segments.SegmentPool, "submit", recording)
+        submitted = _record_submitted(monkeypatch)
         write = svc.store.write
         stored: list[str] = []
 
@@ -235,7 +242,6 @@ def test_celery_workers_take_segments_of_one_video(tmp_path, monkeypatch):
     monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
 
     from _service_helpers import settings_for
-    from veil.engine import segments as engine_segments
     from veil.jobs.service import OUTPUT_CONTAINER, build_service
     from veil.queue import celery_app
     from veil.queue.segments import process_segment
@@ -254,14 +260,7 @@ def test_celery_workers_take_segments_of_one_video(tmp_path, monkeypatch):
             thread.start()
 
         monkeypatch.setattr(celery_app, "dispatch_segment", dispatch_segment)
-        mine: list[int] = []
-        submit = engine_segments.SegmentPool.submit
-
-        def recording(self, path, segment, *args, **kwargs):
-            mine.append(segment.index)
-            return submit(self, path, segment, *args, **kwargs)
-
-        monkeypatch.setattr(engine_segments.SegmentPool, "submit", recording)
+        mine = _record_submitted(monkeypatch)
         assert process_job(job_id, svc)
         for thread in threads:
             thread.join()
