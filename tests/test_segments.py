@@ -232,6 +232,59 @@ def test_service_runs_segments_in_parallel_and_redoes_only_an_interrupted_one(tm
         svc.close()
 
 
+def test_concurrent_jobs_share_the_worker_processes_segment_slots(tmp_path, monkeypatch):
+    """VEIL_WORKER_CONCURRENCY=2 and two long videos at once: at most 2 segments run at a time in the
+    worker process (not 2 per job), and both outputs are whole."""
+    import threading
+
+    from _service_helpers import settings_for
+    from veil.engine import segments as engine_segments
+    from veil.jobs.service import OUTPUT_CONTAINER, build_service
+    from veil.queue.embedded import EmbeddedWorker
+
+    src = make_clip(tmp_path / "long.mp4", frames=150)
+    svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.0))
+    lock, running, peak, jobs_seen = threading.Lock(), [0], [0], set()
+    submit = engine_segments.SegmentPool.submit
+
+    def counting(self, path, segment, *args, **kwargs):
+        future = submit(self, path, segment, *args, **kwargs)
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            jobs_seen.add(id(self))
+
+        def done(_):
+            with lock:
+                running[0] -= 1
+
+        future.add_done_callback(done)
+        return future
+
+    monkeypatch.setattr(engine_segments.SegmentPool, "submit", counting)
+    try:
+        job_ids = [_video_job(svc, src.read_bytes()) for _ in range(2)]
+        worker = EmbeddedWorker(svc, concurrency=2, poll_seconds=0.05)
+        worker.start()
+        try:
+            deadline = time.monotonic() + 180
+            while (any(svc.get_job(j).status != "completed" for j in job_ids)
+                   and time.monotonic() < deadline):
+                time.sleep(0.1)
+        finally:
+            worker.stop()
+        for job_id in job_ids:
+            job = svc.get_job(job_id)
+            assert job.status == "completed", job.description
+            out = tmp_path / f"{job_id}.mp4"
+            with svc.store.open_read(OUTPUT_CONTAINER, job.tasks[0].output_blob) as blob:
+                out.write_bytes(blob.read())
+            assert video_frames(out) == video_frames(src)
+        assert len(jobs_seen) == 2 and 1 <= peak[0] <= 2
+    finally:
+        svc.close()
+
+
 def test_celery_workers_take_segments_of_one_video(tmp_path, monkeypatch):
     """VEIL_WORKER=celery: the job's worker sends each segment as a task; other workers (threads here) take
     some of them, the job's worker the rest, and the output is whole. The job's worker runs in a daemonic

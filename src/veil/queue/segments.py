@@ -4,7 +4,8 @@ is kept, and the output is stitched once all are done.
 The worker holding the job's lease plans the video's segments and records them (`VideoSegment`, once per
 task: a resumed run finds them). With Celery it sends each unfinished segment as a task of its own
 (`veil.process_segment`), which any worker takes (`process_segment`); it also runs segments itself in
-`VEIL_WORKER_CONCURRENCY` spawned processes. A segment is taken with one conditional UPDATE that writes
+spawned processes: at most `VEIL_WORKER_CONCURRENCY` at once in one worker process, over all the jobs its
+threads hold (`segment_slots`). A segment is taken with one conditional UPDATE that writes
 its lease (owner, expiry; renewed while it runs), like a job: a segment whose worker died is taken again
 once its lease ran out (at the next start of an embedded `veil serve`, at once). Each finished segment's
 file goes to the output container and its row is marked completed under its lease, so it is never run
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from concurrent.futures import wait
 from datetime import timedelta
@@ -34,6 +36,16 @@ from ..jobs.names import public_message
 from ..jobs.service import OUTPUT_CONTAINER, JobService
 
 log = logging.getLogger(__name__)
+
+_slots_lock = threading.Lock()
+_slots: dict[int, threading.BoundedSemaphore] = {}
+
+
+def segment_slots(concurrency: int) -> threading.BoundedSemaphore:
+    """The segments this worker process runs at once, over all the jobs its threads hold: each of
+    `concurrency` jobs running a long video would otherwise start `concurrency` segments of its own."""
+    with _slots_lock:
+        return _slots.setdefault(concurrency, threading.BoundedSemaphore(concurrency))
 
 
 def anonymize_segments(svc: JobService, task, path: Path, dst: Path, config: ModelConfig, plan: list[Segment],
@@ -54,38 +66,53 @@ def anonymize_segments(svc: JobService, task, path: Path, dst: Path, config: Mod
             if row.status != "completed":
                 dispatch_segment(task.job_id, task.id, row.index)
     slots = max(1, min(svc.settings.worker_concurrency, len(plan)))
-    with SegmentPool(slots, len(plan)) as pool:
-        mine: dict = {}  # future -> segment, run by this worker's processes
-        while True:
-            rows = _rows(svc, task.id)
-            failed = [r for r in rows.values() if r.status == "failed"]
-            if failed:
-                raise MediaError(failed[0].error or "a segment could not be processed")
-            if all(r.status == "completed" for r in rows.values()):
-                break
-            while len(mine) < slots and (segment := _claim(svc, task.id, lease.owner, plan)) is not None:
-                mine[pool.submit(path, segment, parts[segment.index], config, limits)] = segment
-            if mine:
-                finished, _ = wait(mine, timeout=0.5)
-            else:
-                finished = set()
-                time.sleep(0.5)  # the rest run on other workers
-            for future in finished:
-                segment = mine.pop(future)
-                report = future.result()  # a failed segment fails the file (the others stop)
-                _store(svc, task, segment.index, lease.owner, parts[segment.index], report.detection_count)
-                log.info("job %s: file %s segment %d of %d done", task.job_id, task.index, segment.index + 1,
-                         len(plan))
-            if time.monotonic() - renewed > svc.settings.job_lease_seconds / 3:
-                renewed = time.monotonic()
-                _renew(svc, task.id, lease.owner)
-            own = {s.index for s in mine.values()}
-            value = sum(s.analysed * (1.0 if rows[s.index].status == "completed" else
-                                      pool.progress(s.index) if s.index in own else rows[s.index].progress or 0.0)
-                        for s in plan) / total
-            if value > told:
-                told = value
-                progress(min(value, 0.99))
+    free = segment_slots(svc.settings.worker_concurrency)
+    mine: dict = {}  # future -> segment, run by this worker's processes; each holds one of `free`
+    try:
+        with SegmentPool(slots, len(plan)) as pool:
+            while True:
+                rows = _rows(svc, task.id)
+                failed = [r for r in rows.values() if r.status == "failed"]
+                if failed:
+                    raise MediaError(failed[0].error or "a segment could not be processed")
+                if all(r.status == "completed" for r in rows.values()):
+                    break
+                while len(mine) < slots and free.acquire(blocking=False):
+                    taken = False
+                    try:
+                        if (segment := _claim(svc, task.id, lease.owner, plan)) is not None:
+                            mine[pool.submit(path, segment, parts[segment.index], config, limits)] = segment
+                            taken = True
+                    finally:
+                        if not taken:
+                            free.release()
+                    if not taken:
+                        break
+                if mine:
+                    finished, _ = wait(mine, timeout=0.5)
+                else:
+                    finished = set()
+                    time.sleep(0.5)  # the rest run on other workers or wait for a free slot
+                for future in finished:
+                    segment = mine.pop(future)
+                    free.release()
+                    report = future.result()  # a failed segment fails the file (the others stop)
+                    _store(svc, task, segment.index, lease.owner, parts[segment.index], report.detection_count)
+                    log.info("job %s: file %s segment %d of %d done", task.job_id, task.index, segment.index + 1,
+                             len(plan))
+                if time.monotonic() - renewed > svc.settings.job_lease_seconds / 3:
+                    renewed = time.monotonic()
+                    _renew(svc, task.id, lease.owner)
+                own = {s.index for s in mine.values()}
+                value = sum(s.analysed * (1.0 if rows[s.index].status == "completed" else
+                                          pool.progress(s.index) if s.index in own else rows[s.index].progress or 0.0)
+                            for s in plan) / total
+                if value > told:
+                    told = value
+                    progress(min(value, 0.99))
+    finally:
+        for _ in mine:  # segments stopped by the pool's exit
+            free.release()
     for index, part in parts.items():
         if not part.exists():  # finished by another worker or an earlier run
             with svc.store.open_read(OUTPUT_CONTAINER, rows[index].blob) as src, part.open("wb") as out:
