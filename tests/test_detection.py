@@ -150,6 +150,44 @@ def test_photo_face_box_sits_where_labels_put_faces(shared_data, index):
     assert _recalled(found.xyxy, [truth]) == 1.0, found.xyxy
 
 
+def test_photo_face_box_is_pulled_toward_its_landmarks():
+    # A 100 px box whose landmarks sit low in it (eye centre (150, 160), mouth centre (150, 200), d = 40): the
+    # box blends FACE_LM_BLEND of the way toward the one the landmarks place; missing or implausible landmarks
+    # leave it as the widened, lowered box.
+    from veil.engine import detect
+
+    box = np.array([[100, 100, 200, 200]], np.float32)
+    marks = np.array([[35, 60, 65, 60, 50, 80, 40, 100, 60, 100]], np.float32) + 100
+    plain = detect._face_box(box, 1000, 1000)
+    pulled = detect._face_box(box, 1000, 1000, marks)
+    cx, cy = 150, 160 + detect.FACE_LM_CENTRE * 40
+    w, h = (s * 40 for s in detect.FACE_LM_SIZE)
+    placed = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float32)
+    np.testing.assert_allclose(pulled[0], (1 - detect.FACE_LM_BLEND) * plain[0] + detect.FACE_LM_BLEND * placed, atol=1e-3)
+    assert pulled[0, 1] > plain[0, 1] + 1  # moved down, toward the landmarks
+    np.testing.assert_array_equal(detect._face_box(box, 1000, 1000, np.full_like(marks, np.nan)), plain)
+    squeezed = marks.copy()
+    squeezed[0, 7::2] = 162  # mouth 2 px under the eyes: d far below the box's scale
+    np.testing.assert_array_equal(detect._face_box(box, 1000, 1000, squeezed), plain)
+
+
+def test_landmark_blend_fits_dlib_face_boxes_better(shared_data, detection_models, monkeypatch):
+    # dlib's labels are tight eyes-nose-mouth boxes, which the landmarks place well: the blended boxes overlap
+    # them more (mean IoU 0.712 -> 0.736 over the 18 faces when measured).
+    from veil.engine import detect
+
+    def mean_iou(blend: float) -> float:
+        monkeypatch.setattr(detect, "FACE_LM_BLEND", blend)
+        overlaps = []
+        for index in range(4):
+            image, item = _item(shared_data, "dlib_faces", index)
+            found = detect.Detector(ModelConfig()).detect_faces(image)
+            overlaps += list(iou_matrix(np.asarray(item["faces"], np.float32), found.xyxy).max(axis=1))
+        return float(np.mean(overlaps))
+
+    assert mean_iou(detect.FACE_LM_BLEND) > mean_iou(0.0) + 0.01
+
+
 def test_quarter_size_view_finds_a_large_close_face(shared_data, monkeypatch):
     # A 172 px masked face in a 1260 px photo: no view down to half size finds it, the quarter-size view does.
     import veil.engine.detect as detect
