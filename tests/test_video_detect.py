@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import pytest
 
 import veil.engine.video_detect as vd
 from veil.engine.config import ModelConfig
@@ -88,7 +89,9 @@ def test_gating_skips_a_still_region_yet_finds_a_newcomer_there(tmp_path, monkey
     """After the first scan, scans look only where the picture changed (and around tracks): no
     whole frame again, yet a square appearing in a still area is found, and covered from its start."""
     monkeypatch.setattr(vd, "_FULL_SCAN_FPS", 0.01)
-    src = square_clip(tmp_path / "sq.mp4", frames=75, step=1, newcomer=37)
+    # 640x480: in a 320x240 frame the changed regions with their context are most of the frame, which is
+    # then scanned whole.
+    src = square_clip(tmp_path / "sq.mp4", frames=75, step=1, size=(640, 480), newcomer=37)
     seen: list[tuple[int, int]] = []
 
     def detector(image, kinds, side=None, tiles=None):
@@ -103,6 +106,28 @@ def test_gating_skips_a_still_region_yet_finds_a_newcomer_there(tmp_path, monkey
         assert covered(faces, 10 + f.index, 100), f"moving square uncovered in frame {f.index}"
         if f.index >= 37:
             assert covered(faces, 220, 40), f"newcomer uncovered in frame {f.index}"
+
+
+@pytest.mark.parametrize("gate_max, whole_scans", [(vd._GATE_MAX, "several"), (1.0, "one")])
+def test_changed_regions_covering_most_of_the_frame_get_a_whole_frame_scan(tmp_path, monkeypatch, gate_max,
+                                                                          whole_scans):
+    """In a 320x240 frame two small changes with their context cover more than half of it: the scan takes
+    the whole frame (the same pixels a scan sees, not an oddly cut region); control: with the limit at 1
+    only the first scan is whole. Every frame stays covered either way."""
+    monkeypatch.setattr(vd, "_FULL_SCAN_FPS", 0.01)
+    monkeypatch.setattr(vd, "_GATE_MAX", gate_max)
+    src = square_clip(tmp_path / "sq.mp4", frames=75, step=1, newcomer=37)
+    seen: list[tuple[int, int]] = []
+
+    def detector(image, kinds, side=None, tiles=None):
+        seen.append(image.shape[:2])
+        return bright_box(image, kinds)
+
+    report = _Job(src, ModelConfig(), None, detect=detector).run(None)
+    whole = seen.count((480, 640))  # the 320x240 frame upscaled to the face scan's 640 px
+    assert whole > 1 if whole_scans == "several" else whole == 1
+    for f in report.frames:
+        assert covered(f.detections.kind(FACE), 10 + f.index, 100), f"moving square uncovered in frame {f.index}"
 
 
 def test_crop_regions_pad_join_and_clip():

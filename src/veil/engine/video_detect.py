@@ -68,8 +68,10 @@ _TILE_FPS = float(os.environ.get("VEIL_VIDEO_TILE_FPS", "1"))
 # last _GATE_MEMORY scans (16x16 block means of the luma differ by more than _GATE_DIFF levels, well
 # above sensor noise; so an object that arrives and stops gets that many scans to be found) plus
 # around its live tracks, which keep static objects covered; the whole frame when more than
-# _GATE_MAX of it changed, and every 1 / _FULL_SCAN_FPS seconds whatever changed (objects the scans
-# missed and that have not moved since).
+# _GATE_MAX of it changed or the changed regions with their context cover more than _GATE_MAX of it
+# (a plate in a changed region spanning 82 % of a 1080p bench clip frame scored below the threshold
+# where the whole frame found it: 1 leaked plate-frame), and every 1 / _FULL_SCAN_FPS seconds
+# whatever changed (objects the scans missed and that have not moved since).
 _GATE_BLOCK = 16
 _GATE_DIFF = 6.0
 _GATE_MEMORY = 3
@@ -231,7 +233,10 @@ class FrameDetector:
         mask = (np.max([np.abs(luma - e) for e in earlier], axis=0) > _GATE_DIFF).astype(np.uint8)
         if mask.mean() > _GATE_MAX:
             return None
-        return self._change_regions(mask, kind)
+        regions = self._change_regions(mask, kind)
+        if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in regions) > _GATE_MAX * self.width * self.height:
+            return None  # the regions with their context are most of the frame: scan it whole
+        return regions
 
     def _change_regions(self, changed: np.ndarray, kind: int) -> list[tuple[int, int, int, int]]:
         """Frame regions around the changed blocks, with context as a crop has (the detectors score an
