@@ -33,7 +33,7 @@ import numpy as np
 
 from .calibration import as_raw, calibrate, raw_threshold
 from .config import ModelConfig
-from .detections import FACE, PLATE, Detections
+from .detections import FACE, PLATE, Detections, face_axis
 from .plates import low_light_view
 from .slicing import Tile, detect_tiles, fuse, merge, tile_grid
 
@@ -56,7 +56,6 @@ FACE_BOX_DROP = 0.05
 FACE_LM_BLEND = 0.25
 FACE_LM_CENTRE = 0.45
 FACE_LM_SIZE = (2.4, 2.8)
-FACE_LM_D_RANGE = (0.12, 0.9)  # d as a share of the box height; outside it the landmarks are ignored
 PLATE_SIDE = 1280  # whole-image plate pass: longest input side
 LOW_LIGHT_SIDE = 800  # the low-light plate pass: downscaling averages out a dark frame's noise
 FACE_TILE = 640  # slicing: face tile side in original pixels (doubled for large images)
@@ -195,7 +194,8 @@ class Detector:
 
 def _face_box(boxes: np.ndarray, width: int, height: int, marks: np.ndarray | None = None) -> np.ndarray:
     """CenterFace boxes widened by FACE_BOX_WIDEN and moved down by FACE_BOX_DROP of their height, then
-    blended with the box the landmarks place (FACE_LM_*) where they are plausible; clipped to the image."""
+    blended with the box the landmarks place (FACE_LM_*) where they are usable
+    (`detections.face_axis`); clipped to the image."""
     out = boxes.astype(np.float32, copy=True)
     grow = (out[:, 2] - out[:, 0]) * np.float32((FACE_BOX_WIDEN - 1) / 2)
     drop = (out[:, 3] - out[:, 1]) * np.float32(FACE_BOX_DROP)
@@ -204,16 +204,12 @@ def _face_box(boxes: np.ndarray, width: int, height: int, marks: np.ndarray | No
     out[:, 1] += drop
     out[:, 3] += drop
     if marks is not None and len(out):
-        pts = marks.astype(np.float32).reshape(-1, 5, 2)
-        eyes, mouth = pts[:, :2].mean(axis=1), pts[:, 3:].mean(axis=1)
-        d = np.linalg.norm(mouth - eyes, axis=1)
-        box_h = out[:, 3] - out[:, 1]
-        ok = np.isfinite(d) & (d >= FACE_LM_D_RANGE[0] * box_h) & (d <= FACE_LM_D_RANGE[1] * box_h)
+        eyes, mouth, d, ok = face_axis(marks, out[:, 3] - out[:, 1])
         if ok.any():
-            centre = eyes[ok] + np.float32(FACE_LM_CENTRE) * (mouth[ok] - eyes[ok])
+            centre = eyes[ok] + FACE_LM_CENTRE * (mouth[ok] - eyes[ok])
             half = np.stack([d[ok] * (FACE_LM_SIZE[0] / 2), d[ok] * (FACE_LM_SIZE[1] / 2)], axis=1)
             placed = np.concatenate([centre - half, centre + half], axis=1)
-            out[ok] = (1 - FACE_LM_BLEND) * out[ok] + FACE_LM_BLEND * placed
+            out[ok] = (1 - FACE_LM_BLEND) * out[ok] + FACE_LM_BLEND * placed.astype(np.float32)
     out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width)
     out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height)
     return out

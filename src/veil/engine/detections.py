@@ -14,6 +14,21 @@ import numpy as np
 FACE = 0
 PLATE = 1
 KIND_NAMES = {FACE: "faces", PLATE: "plates"}
+# Face landmarks are used only where the eye-centre-to-mouth-centre distance d lies in this range of the
+# face box's height (a wild decode must not move a box or blur half the frame).
+LANDMARK_D_RANGE = (0.12, 0.9)
+
+
+def face_axis(marks: np.ndarray, box_h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For five-point face landmarks (N x 10) and their boxes' heights (N): eye centre and mouth centre
+    (N x 2, float64), their distance d (N) and whether the landmarks are usable (all finite, d within
+    LANDMARK_D_RANGE of the box height)."""
+    pts = np.asarray(marks, np.float64).reshape(-1, 5, 2)
+    eyes, mouth = pts[:, :2].mean(axis=1), pts[:, 3:].mean(axis=1)
+    d = np.linalg.norm(mouth - eyes, axis=1)
+    h = np.asarray(box_h, np.float64).reshape(-1)
+    ok = np.isfinite(pts).all(axis=(1, 2)) & (d >= LANDMARK_D_RANGE[0] * h) & (d <= LANDMARK_D_RANGE[1] * h)
+    return eyes, mouth, d, ok
 
 
 @dataclass

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from .config import ModelConfig
-from .detections import FACE, PLATE, Detections
+from .detections import FACE, PLATE, Detections, face_axis
 
 # Face ellipse: semi-axes as a fraction of the box size and the centre's upward shift (fraction of
 # the box height). CenterFace boxes run from the brows to the chin; growing by 1.7 x 1.8 and moving
@@ -37,8 +37,6 @@ _FACE_LIFT = 0.08
 # ears; face width is ~2.2 d). In a profile the nose lies off the eye-mouth line: the head's centre lies
 # the other way. Used together with (max of) the box ellipse, never instead of it.
 _LM_CENTRE, _LM_HALF_LENGTH, _LM_HALF_WIDTH, _LM_NOSE_SHIFT = 0.30, 1.75, 1.30, 0.5
-# Landmarks are ignored when d is implausible for the box (a wild decode must not blur half the frame).
-_LM_D_RANGE = (0.12, 0.9)
 # Plate rounded rectangle: padding on each side as a fraction of the box height (plate rim, frame).
 _PLATE_PAD_X, _PLATE_PAD_Y = 0.30, 0.25
 # Circle blur: radius as a multiple of half the box diagonal (the circle contains the box).
@@ -165,16 +163,14 @@ def _ellipse(shape_hw, cx, cy, a, b):
 
 
 def _landmark_ellipse(shape_hw, marks: np.ndarray, box_h: float):
-    """The face ellipse placed by the landmarks (see _LM_*), or None when they are missing or implausible."""
-    if not np.isfinite(marks).all():
+    """The face ellipse placed by the landmarks (see _LM_*), or None when they are missing or implausible
+    (`detections.face_axis`)."""
+    eyes, mouth, d, ok = face_axis(marks, box_h)
+    if not ok[0]:
         return None
-    pts = marks.astype(np.float64).reshape(5, 2)
-    eyes, nose, mouth = pts[:2].mean(axis=0), pts[2], pts[3:].mean(axis=0)
-    down = mouth - eyes
-    d = float(np.hypot(*down))
-    if not _LM_D_RANGE[0] * box_h <= d <= _LM_D_RANGE[1] * box_h:
-        return None
-    u = down / d
+    eyes, mouth, d = eyes[0], mouth[0], float(d[0])
+    nose = marks.astype(np.float64).reshape(5, 2)[2]
+    u = (mouth - eyes) / d
     p = np.array([-u[1], u[0]])
     side = float(np.dot(nose - (eyes + mouth) / 2, p))
     cx, cy = eyes + _LM_CENTRE * d * u - _LM_NOSE_SHIFT * side * p
