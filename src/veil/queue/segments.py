@@ -77,17 +77,13 @@ def anonymize_segments(svc: JobService, task, path: Path, dst: Path, config: Mod
                     raise MediaError(failed[0].error or "a segment could not be processed")
                 if all(r.status == "completed" for r in rows.values()):
                     break
-                while len(mine) < slots and free.acquire(blocking=False):
-                    taken = False
+                while len(mine) < slots and \
+                        (segment := _claim_in_slot(svc, task.id, lease.owner, plan, free)) is not None:
                     try:
-                        if (segment := _claim(svc, task.id, lease.owner, plan)) is not None:
-                            mine[pool.submit(path, segment, parts[segment.index], config, limits)] = segment
-                            taken = True
-                    finally:
-                        if not taken:
-                            free.release()
-                    if not taken:
-                        break
+                        mine[pool.submit(path, segment, parts[segment.index], config, limits)] = segment
+                    except BaseException:
+                        free.release()
+                        raise
                 if mine:
                     finished, _ = wait(mine, timeout=0.5)
                 else:
@@ -121,6 +117,22 @@ def anonymize_segments(svc: JobService, task, path: Path, dst: Path, config: Mod
     report.figures["detections"] = sum(r.detections or 0 for r in rows.values())
     shutil.rmtree(folder, ignore_errors=True)
     return report
+
+
+def _claim_in_slot(svc: JobService, task_id: int, owner: str, plan: list[Segment],
+                   free: threading.BoundedSemaphore) -> Segment | None:
+    """`_claim` with one of this process's free segment slots held for the segment; None (and the slot
+    given back) when no slot is free or no segment is left to take."""
+    if not free.acquire(blocking=False):
+        return None
+    try:
+        segment = _claim(svc, task_id, owner, plan)
+    except BaseException:
+        free.release()
+        raise
+    if segment is None:
+        free.release()
+    return segment
 
 
 def process_segment(job_id: str, task_id: int, index: int, svc: JobService) -> bool:
