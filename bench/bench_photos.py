@@ -22,13 +22,13 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_video import cpu_line  # noqa: E402
+from eval_detection import load_sets  # noqa: E402
 
 _CHILD = """
 import json, sys, time
@@ -46,13 +46,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "found": found}))
 
 
 def image_paths(data: Path, sets: list[str] | None) -> list[str]:
-    paths = []
-    for labels in sorted(data.glob("*/labels.json")):
-        if sets and labels.parent.name not in sets:
-            continue
-        doc = json.loads(labels.read_text())
-        paths += [str(labels.parent / item["file"]) for item in doc["items"]]
-    return paths
+    return [str(doc["dir"] / item["file"]) for doc in load_sets(data, sets) for item in doc["items"]]
 
 
 def export(ref: str, target: Path) -> Path:

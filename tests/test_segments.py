@@ -162,6 +162,30 @@ def _record_submitted(monkeypatch) -> list[int]:
     return submitted
 
 
+def _work_until_done(svc, job_ids: list[str], concurrency: int, seconds: float) -> None:
+    """Run an embedded worker (which first requeues interrupted jobs, as after a restart) until every job
+    is completed or `seconds` have passed."""
+    from veil.queue.embedded import EmbeddedWorker
+
+    worker = EmbeddedWorker(svc, concurrency=concurrency, poll_seconds=0.05)
+    worker.start()
+    try:
+        deadline = time.monotonic() + seconds
+        while any(svc.get_job(j).status != "completed" for j in job_ids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+
+
+def _output(svc, job, out: Path) -> Path:
+    """The job's (first file's) output, written to `out`."""
+    from veil.jobs.service import OUTPUT_CONTAINER
+
+    with svc.store.open_read(OUTPUT_CONTAINER, job.tasks[0].output_blob) as blob:
+        out.write_bytes(blob.read())
+    return out
+
+
 def test_service_runs_segments_in_parallel_and_redoes_only_an_interrupted_one(tmp_path, monkeypatch):
     """A worker dies after one segment was stored: the next run does only the others, the output is whole,
     the segment files are gone, credits charged once, progress only grows."""
@@ -170,7 +194,6 @@ def test_service_runs_segments_in_parallel_and_redoes_only_an_interrupted_one(tm
     from veil.jobs.credits import ledger
     from veil.jobs.service import OUTPUT_CONTAINER, build_service
     from veil.queue import tasks as task_module
-    from veil.queue.embedded import EmbeddedWorker
 
     src = make_clip(tmp_path / "long.mp4", frames=150, vfr=True, audio=True)
     svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5))
@@ -206,21 +229,12 @@ def test_service_runs_segments_in_parallel_and_redoes_only_an_interrupted_one(tm
             return progress_write(self, value, force)
 
         monkeypatch.setattr(task_module._Progress, "_write", recording_progress)
-        worker = EmbeddedWorker(svc, concurrency=1, poll_seconds=0.05)
-        worker.start()  # requeues the interrupted job, as after a restart
-        try:
-            deadline = time.monotonic() + 120
-            while svc.get_job(job_id).status != "completed" and time.monotonic() < deadline:
-                time.sleep(0.1)
-        finally:
-            worker.stop()
+        _work_until_done(svc, [job_id], concurrency=1, seconds=120)  # requeues the interrupted job
         job = svc.get_job(job_id)
         assert job.status == "completed", job.description
         assert sorted(submitted) == [r.index for r in rows if r.index not in finished]  # only the others
         assert told == sorted(told)
-        out = tmp_path / "out.mp4"
-        with svc.store.open_read(OUTPUT_CONTAINER, job.tasks[0].output_blob) as blob:
-            out.write_bytes(blob.read())
+        out = _output(svc, job, tmp_path / "out.mp4")
         assert video_frames(out) == video_frames(src)
         assert audio_packets(out) == audio_packets(src)
         clean_decode(out)
@@ -239,8 +253,7 @@ def test_concurrent_jobs_share_the_worker_processes_segment_slots(tmp_path, monk
 
     from _service_helpers import settings_for
     from veil.engine import segments as engine_segments
-    from veil.jobs.service import OUTPUT_CONTAINER, build_service
-    from veil.queue.embedded import EmbeddedWorker
+    from veil.jobs.service import build_service
 
     src = make_clip(tmp_path / "long.mp4", frames=150)
     svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.0))
@@ -264,22 +277,11 @@ def test_concurrent_jobs_share_the_worker_processes_segment_slots(tmp_path, monk
     monkeypatch.setattr(engine_segments.SegmentPool, "submit", counting)
     try:
         job_ids = [_video_job(svc, src.read_bytes()) for _ in range(2)]
-        worker = EmbeddedWorker(svc, concurrency=2, poll_seconds=0.05)
-        worker.start()
-        try:
-            deadline = time.monotonic() + 180
-            while (any(svc.get_job(j).status != "completed" for j in job_ids)
-                   and time.monotonic() < deadline):
-                time.sleep(0.1)
-        finally:
-            worker.stop()
+        _work_until_done(svc, job_ids, concurrency=2, seconds=180)
         for job_id in job_ids:
             job = svc.get_job(job_id)
             assert job.status == "completed", job.description
-            out = tmp_path / f"{job_id}.mp4"
-            with svc.store.open_read(OUTPUT_CONTAINER, job.tasks[0].output_blob) as blob:
-                out.write_bytes(blob.read())
-            assert video_frames(out) == video_frames(src)
+            assert video_frames(_output(svc, job, tmp_path / f"{job_id}.mp4")) == video_frames(src)
         assert len(jobs_seen) == 2 and 1 <= peak[0] <= 2
     finally:
         svc.close()
@@ -295,7 +297,7 @@ def test_celery_workers_take_segments_of_one_video(tmp_path, monkeypatch):
     monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
 
     from _service_helpers import settings_for
-    from veil.jobs.service import OUTPUT_CONTAINER, build_service
+    from veil.jobs.service import build_service
     from veil.queue import celery_app
     from veil.queue.segments import process_segment
     from veil.queue.tasks import process_job
@@ -320,9 +322,7 @@ def test_celery_workers_take_segments_of_one_video(tmp_path, monkeypatch):
         job = svc.get_job(job_id)
         assert job.status == "completed", job.description
         assert len(threads) >= 3 and any(others) and len(mine) + sum(others) == len(threads)
-        out = tmp_path / "out.mp4"
-        with svc.store.open_read(OUTPUT_CONTAINER, job.tasks[0].output_blob) as blob:
-            out.write_bytes(blob.read())
+        out = _output(svc, job, tmp_path / "out.mp4")
         assert video_frames(out) == video_frames(src)
         assert audio_packets(out) == audio_packets(src)
         clean_decode(out)
