@@ -288,6 +288,24 @@ def test_webhook_needs_its_secret_and_names_bad_payloads(webhook):
     assert bad.status_code == 400 and "eventType" in bad.json()["detail"]
 
 
+@pytest.mark.parametrize("body, problem", [
+    ("[" * 100_000, "nested"),  # was a RecursionError (issue 18)
+    (json.dumps([{**VALIDATION[0], "data": "512d38b6"}]), "validationCode"),  # was an AttributeError
+    (json.dumps([{**VALIDATION[0], "data": ["512d38b6"]}]), "validationCode"),
+    (json.dumps([{**EVENT_GRID, "data": {**EVENT_GRID["data"], "contentLength": 2**70}}]), "contentLength"),
+    (json.dumps([{**EVENT_GRID, "data": {**EVENT_GRID["data"], "api": ["PutBlob"]}}]), None),  # unhashable
+    (json.dumps([{**EVENT_GRID, "subject": "/blobServices/default/containers/uploads/blobs/\ud800"}]), "subject"),
+    (json.dumps([{"eventType": "x", "data": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}]), "nested"),
+])
+def test_webhook_answers_400_to_malformed_deliveries(webhook, body, problem):
+    _, url = webhook
+    r = requests.post(f"{url}?secret=hook-secret", data=body, timeout=30)
+    if problem is None:  # an event that announces no committed blob: accepted, nothing done
+        assert r.status_code == 200 and r.json() == {"accepted": 0}, r.text
+    else:
+        assert r.status_code == 400 and problem in r.json()["detail"], r.text
+
+
 def test_webhook_is_disabled_without_a_secret(tmp_path):
     port = free_port()
     app = create_app(settings_for(tmp_path, port=port))

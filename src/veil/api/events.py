@@ -4,7 +4,9 @@ Accepts the Event Grid schema and CloudEvents 1.0, a single event or an array, a
 subscription handshakes: Event Grid's SubscriptionValidationEvent (answered 200 with
 `{"validationResponse": code}`) and the CloudEvents webhook OPTIONS request (answered with
 `WebHook-Allowed-Origin`). Every committed blob becomes `JobService.on_blob_created`; an error while
-saving answers 500, so Event Grid delivers again. Disabled (403) while no secret is configured.
+saving answers 500, so Event Grid delivers again. A delivery that cannot be read (not JSON, nested too
+deep, fields of the wrong type or out of range) is a 400, which Event Grid does not retry. Disabled (403)
+while no secret is configured.
 """
 
 from __future__ import annotations
@@ -41,7 +43,15 @@ def cloudevents_handshake(request: Request) -> Response:
                                               "Allow": "POST, OPTIONS"})
 
 
-@router.post(PATH)
+_DOCUMENTED = {  # the body is read by veil.events.parse, so the OpenAPI (and schemathesis) learn it here
+    "parameters": [{"name": "secret", "in": "query", "required": True, "schema": {"type": "string"},
+                    "description": "VEIL_EVENTS_SECRET"}],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "description": "An Event Grid or CloudEvents 1.0 event, or an array of them (at most 1 MB)"}}}},
+}
+
+
+@router.post(PATH, openapi_extra=_DOCUMENTED)
 async def blob_created(request: Request):
     _authorize(request)
     try:

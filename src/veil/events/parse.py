@@ -1,4 +1,9 @@
-"""Blob Created events, Event Grid schema or CloudEvents 1.0 (notes §3.1-3.3), single or in an array."""
+"""Blob Created events, Event Grid schema or CloudEvents 1.0 (notes §3.1-3.3), single or in an array.
+
+Everything in a delivery is checked before it is used: JSON nested deeper than MAX_DEPTH, fields of the
+wrong type, text that is not valid Unicode and sizes outside the database's BIGINT are an EventError (the
+webhook's 400, the consumer's dead letter), never an exception of the parser or the database.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
 # Only these mean "a blob is completely committed" (notes §7.21); CreateFile fires for an empty HNS file first.
 COMMITTED_APIS = frozenset({"PutBlob", "PutBlockList", "CopyBlob", "FlushWithClose"})
 _SUBJECT = ("blobServices", "default", "containers")
+MAX_DEPTH = 16  # an Event Grid or CloudEvents delivery nests 4 deep
+MAX_SIZE = 2**63 - 1  # the database's BIGINT, where a job's upload size is kept
 
 
 class EventError(ValueError):
@@ -33,10 +40,35 @@ def events_in(body: bytes | str | Any) -> list[dict]:
             body = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise EventError(f"body is not JSON: {exc}") from None
+        except RecursionError:  # the C parser stops at the interpreter's recursion limit
+            raise EventError(f"body is nested more than {MAX_DEPTH} deep") from None
+    _check_depth(body)
     events = body if isinstance(body, list) else [body]
     if not events or not all(isinstance(e, dict) for e in events):
         raise EventError("expected an event object or a non-empty array of event objects")
     return events
+
+
+def _check_depth(body: Any) -> None:
+    """EventError when arrays and objects nest more than MAX_DEPTH deep (walked without recursion)."""
+    level, depth = [body], 0
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise EventError(f"body is nested more than {MAX_DEPTH} deep")
+        level = [child for node in level if isinstance(node, (list, dict))
+                 for child in (node.values() if isinstance(node, dict) else node)]
+
+
+def _text(value: Any) -> str | None:
+    """`value` when it is text that can be stored (valid UTF-8: JSON may carry lone surrogates), else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def event_type(event: dict) -> str:
@@ -50,8 +82,9 @@ def validation_code(event: dict) -> str | None:
     """The code of an Event Grid SubscriptionValidationEvent (notes §3.5), None for other events."""
     if event_type(event) != VALIDATION:
         return None
-    code = (event.get("data") or {}).get("validationCode")
-    if not isinstance(code, str) or not code:
+    data = event.get("data")
+    code = data.get("validationCode") if isinstance(data, dict) else None
+    if not _text(code):
         raise EventError("validation event without data.validationCode")
     return code
 
@@ -63,19 +96,18 @@ def blob_created(event: dict) -> BlobCreated | None:
     data = event.get("data")
     if not isinstance(data, dict):
         raise EventError("BlobCreated event without a data object")
-    if data.get("api") not in COMMITTED_APIS:
+    if _text(data.get("api")) not in COMMITTED_APIS:
         return None
     subject = event.get("subject")
-    parts = subject.strip("/").split("/", 5) if isinstance(subject, str) else []
+    parts = subject.strip("/").split("/", 5) if _text(subject) else []
     if len(parts) != 6 or tuple(parts[:3]) != _SUBJECT or parts[4] != "blobs" or not parts[3] or not parts[5]:
-        raise EventError(f"subject is not /blobServices/default/containers/<container>/blobs/<name>: {subject!r}")
+        raise EventError(f"subject is not /blobServices/default/containers/<container>/blobs/<name>: {subject!r:.200}")
     size = data.get("contentLength")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise EventError(f"data.contentLength is not a byte count: {size!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
+        raise EventError(f"data.contentLength is not a byte count: {size!r:.100}")
     etag = data.get("eTag")
     return BlobCreated(container=parts[3], blob=parts[5], size=size,
-                       etag=etag.strip('"') if isinstance(etag, str) and etag else None,
-                       event_id=event.get("id") if isinstance(event.get("id"), str) else None)
+                       etag=etag.strip('"') if _text(etag) else None, event_id=_text(event.get("id")))
 
 
 def blobs_created(body: bytes | str | Any) -> list[BlobCreated]:
