@@ -23,6 +23,8 @@ from veil.engine.tracking import iou_matrix
 from veil.engine.video import anonymize_video
 
 VEIL = Path(sys.executable).parent / "veil"
+# Segments of a second or two overlap by several times their length: let the service split anyway
+_TINY_SEGMENTS = {"video_segment_max_overhead": 10.0}
 
 
 def split_run(src: Path, dst: Path, config: ModelConfig, seconds: float):
@@ -196,7 +198,8 @@ def test_service_runs_segments_in_parallel_and_redoes_only_an_interrupted_one(tm
     from veil.queue import tasks as task_module
 
     src = make_clip(tmp_path / "long.mp4", frames=150, vfr=True, audio=True)
-    svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5))
+    svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5,
+                                     **_TINY_SEGMENTS))
     try:
         job_id = _video_job(svc, src.read_bytes())
         submitted = _record_submitted(monkeypatch)
@@ -256,7 +259,8 @@ def test_concurrent_jobs_share_the_worker_processes_segment_slots(tmp_path, monk
     from veil.jobs.service import build_service
 
     src = make_clip(tmp_path / "long.mp4", frames=150)
-    svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.0))
+    svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.0,
+                                     **_TINY_SEGMENTS))
     lock, running, peak, jobs_seen = threading.Lock(), [0], [0], set()
     submit = engine_segments.SegmentPool.submit
 
@@ -303,7 +307,8 @@ def test_celery_workers_take_segments_of_one_video(tmp_path, monkeypatch):
     from veil.queue.tasks import process_job
 
     src = make_clip(tmp_path / "long.mp4", frames=150, audio=True)
-    svc = build_service(settings_for(tmp_path / "data", worker="celery", video_segment_seconds=1.5))
+    svc = build_service(settings_for(tmp_path / "data", worker="celery", video_segment_seconds=1.5,
+                                     **_TINY_SEGMENTS))
     try:
         job_id = _video_job(svc, src.read_bytes())
         others: list[bool] = []
@@ -338,7 +343,8 @@ def test_cancel_stops_every_segment_and_leaves_no_segment_file(tmp_path, monkeyp
     from veil.queue.tasks import process_job
 
     src = make_clip(tmp_path / "long.mp4", frames=150, audio=True)
-    svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5))
+    svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5,
+                                     **_TINY_SEGMENTS))
     try:
         job_id = _video_job(svc, src.read_bytes())
         write = svc.store.write

@@ -112,11 +112,17 @@ class Settings(BaseSettings):
         60.0, ge=0, description="Videos longer than 1.5 times this are split at keyframes into segments of about "
         "this many seconds, processed in parallel (`veil anonymize --jobs N`; workers with worker_concurrency > 1) "
         "and joined without re-encoding; 0 never splits.")
+    video_segment_max_overhead: float = Field(
+        0.25, gt=0, description="In the service, a video gets so few segments that the frames their overlaps "
+        "analyse a second time stay within this fraction of its frames (longer segments than "
+        "video_segment_seconds otherwise); at most 256 segments in any case.")
     price_per_image: int = Field(1, ge=0, description="Credits per image.")
     price_per_video_minute: int = Field(5, ge=0, description="Credits per started minute of video.")
     price_per_archive_file: int = Field(
         0, ge=0, description="Extra credits per file inside an archive (on top of its image/video price).")
     price_minimum_per_job: int = Field(1, ge=0, description="The least any job costs.")
+    price_video_fps: int = Field(60, ge=1, description="Frames a second one video minute covers; a video with "
+                                 "more frames than that over its length is priced by its frame count at this rate.")
     callback_secret: str | None = Field(
         None, description="HMAC key signing callback bodies; when unset, generated once and kept in the "
         "database (the same for every process).")
@@ -175,7 +181,7 @@ class Settings(BaseSettings):
         from .jobs.pricing import Prices
 
         return Prices(per_image=self.price_per_image, per_video_minute=self.price_per_video_minute,
-                      per_archive_file=self.price_per_archive_file, minimum_per_job=self.price_minimum_per_job)
+                      per_archive_file=self.price_per_archive_file, minimum_per_job=self.price_minimum_per_job, video_fps=self.price_video_fps)
 
     def _secret(self, name: str, make) -> str:
         path = self.data_dir / "secrets.json"

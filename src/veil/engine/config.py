@@ -59,3 +59,4 @@ class MediaLimits:
 
     max_image_pixels: int = 120_000_000
     max_video_frame_pixels: int = 8192 * 4320
+    max_video_frames: int = 0  # the frames this video was priced for (the service sets it per file); 0: no bound

@@ -27,7 +27,8 @@ class MediaInfo:
     kind: Literal["image", "video"]
     width: int
     height: int
-    seconds: float  # 0 for an image
+    seconds: float  # 0 for an image; a video: the longer of its header's duration and its packets' span
+    frames: int = 0  # a video's frames (packets of its video stream); 0 for an image
 
 
 def probe(path: Path, limits: MediaLimits = MediaLimits()) -> MediaInfo:
@@ -49,17 +50,40 @@ def _probe_video(path: Path, limits: MediaLimits) -> MediaInfo:
         first = next(source.container.decode(source.video), None)
         if first is None:
             raise MediaError(f"{path.name}: no video frame could be decoded (corrupt or truncated file)")
-        seconds = source.duration
-        if not seconds:  # no duration in the headers: read the packets (no decoding)
-            seconds = 0.0
-            for packet in source.container.demux(source.video):
-                if packet.pts is not None and packet.time_base:
-                    seconds = max(seconds, float((packet.pts + (packet.duration or 0)) * packet.time_base))
-        return MediaInfo("video", source.width, source.height, seconds)
+        width, height, header = source.width, source.height, source.duration or 0.0
     except av.error.FFmpegError as exc:
         raise MediaError(f"{path.name}: corrupt or truncated video ({_reason(exc)})") from None
     finally:
         source.container.close()
+    frames, span = _packet_extent(path, limits)
+    return MediaInfo("video", width, height, max(header, span), frames)
+
+
+def _packet_extent(path: Path, limits: MediaLimits) -> tuple[int, float]:
+    """The video stream's packet count and the seconds its timestamps span (first start to last end),
+    read by demuxing from the start, without decoding."""
+    import av
+
+    from .video import _reason, open_source
+
+    source = open_source(path, limits)
+    frames, first, last = 0, None, None
+    try:
+        time_base = source.video.time_base
+        for packet in source.container.demux(source.video):
+            if not packet.size:
+                continue
+            frames += 1
+            if packet.pts is not None and time_base:
+                first = packet.pts if first is None else min(first, packet.pts)
+                end = packet.pts + (packet.duration or 0)
+                last = end if last is None else max(last, end)
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"{path.name}: corrupt or truncated video ({_reason(exc)})") from None
+    finally:
+        source.container.close()
+    span = float((last - first) * time_base) if first is not None and last is not None else 0.0
+    return frames, span
 
 
 # Signatures of the still-image formats we read, to call a file that Pillow cannot open "corrupt"

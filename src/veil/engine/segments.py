@@ -10,7 +10,9 @@
   start <= pts < end into a video-only file, with the encoder settings of the unsplit run. The overlaps
   come from the tracker's parameters: after the segment its look-ahead (`horizon`), before it the
   longest trail from an earlier detection, the gap bridged, the motion gate's memory of scans and a
-  margin, so boxes near a cut are those of an unsplit run.
+  margin, so boxes near a cut are those of an unsplit run. The number of segments is bounded (`MAX_SEGMENTS`,
+  and the overlaps' extra work against the frames written: `max_overhead`), so a file whose few frames are
+  spread over hours is not split into hundreds of segments that analyse more than they write.
 * **Stitch** (`stitch`): the segments' packets are copied in order into the output container (the
   decode timestamps kept increasing across the joins), interleaved with the source's audio, copied
   whole as in an unsplit run, with the same display matrix and language tags. The report is the
@@ -46,6 +48,7 @@ from .video_writer import FORMATS, VideoWriter, output_format
 Progress = Callable[[float], None]
 _NEVER = 2**62  # "end" / "stop" of the last segment
 SEGMENT_SUFFIX = ".mp4"  # segment files: H.264 in MP4 (the source's time base, exact pts)
+MAX_SEGMENTS = 256  # a video is never split further (4 h at the default 60 s; longer videos get longer segments)
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,11 @@ class Segment:
 
 
 def plan_segments(src: Path, config: ModelConfig, seconds: float, limits: MediaLimits = MediaLimits(),
-                  dst: Path | None = None) -> list[Segment]:
+                  dst: Path | None = None, max_overhead: float | None = None) -> list[Segment]:
     """The segments of `src` (one covering everything when it is not split: short, an output format
-    other than MP4/MOV/Matroska, or packets without timestamps)."""
+    other than MP4/MOV/Matroska, or packets without timestamps). At most `MAX_SEGMENTS`, and with
+    `max_overhead`, so few that the frames their overlaps analyse twice stay within that fraction of the
+    video's frames (fewer, longer segments than `seconds` then)."""
     source = open_source(Path(src), limits)
     try:
         video = source.video
@@ -94,8 +99,15 @@ def plan_segments(src: Path, config: ModelConfig, seconds: float, limits: MediaL
     if not keys or keys[0][0] != pts[0]:
         return whole
     key_pts = [k[0] for k in keys]
+    before, after = overlap_frames(config, (source.width, source.height), source.fps)
+    count = min(int(length / seconds + 0.5), MAX_SEGMENTS)
+    if max_overhead is not None:  # the overlaps' frames, count * (before + after), within max_overhead of all
+        count = min(count, int(len(pts) * max_overhead / (before + after)))
+    if count < 2:
+        return whole
+    seconds = length / count  # fewer, longer segments when the bounds above cut their number
     cuts = [0]  # frame indices
-    for n in range(1, int(length / seconds + 0.5)):
+    for n in range(1, count):
         target = pts[0] + round(n * seconds / tb)
         cut = _nearest(key_pts, target)
         if cut is None or abs(cut - target) * tb > seconds / 4:
@@ -105,7 +117,6 @@ def plan_segments(src: Path, config: ModelConfig, seconds: float, limits: MediaL
             cuts.append(index)
     if len(cuts) < 2:
         return whole
-    before, after = overlap_frames(config, (source.width, source.height), source.fps)
     segments = []
     for n, first in enumerate(cuts):
         last = cuts[n + 1] if n + 1 < len(cuts) else len(pts)  # exclusive

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[float], None]
 
 _QUEUE = 8
+_NO_LIMIT = 2**62
 _END = object()
 _EMPTY = Detections(track_ids=np.zeros(0, np.int64))
 
@@ -190,7 +191,7 @@ class _Job:
     # -- stage 1: demux and decode
     def _read(self, source: Source, q: queue.Queue) -> None:
         try:
-            for kind, item in _decode(source, self.src, self.segment):
+            for kind, item in _decode(source, self.src, self.limits, self.segment):
                 self._put(q, (kind, item))
         except _Stopped:
             return
@@ -333,13 +334,15 @@ def open_source(src: Path, limits: MediaLimits = MediaLimits()) -> Source:
         raise
 
 
-def _decode(source: Source, src: Path, segment: Segment | None = None) -> Iterator[tuple[str, object]]:
+def _decode(source: Source, src: Path, limits: MediaLimits,
+            segment: Segment | None = None) -> Iterator[tuple[str, object]]:
     """Video frames and audio packets in stream order: ("frame", (index, VideoFrame)) / ("packet", Packet).
     For a segment: from its keyframe on (frame indices counted from the keyframe's), only the frames of
-    its analysed span [warm, stop)."""
+    its analysed span [warm, stop). MediaError past `limits.max_video_frames` (what the video was priced for)."""
     streams = [source.video, *source.audio]
     last_pts = None
     index = 0
+    limit = limits.max_video_frames or _NO_LIMIT
     try:
         if segment is not None:
             index = segment.seek_index
@@ -347,6 +350,9 @@ def _decode(source: Source, src: Path, segment: Segment | None = None) -> Iterat
         for packet in source.container.demux(streams):
             if packet.stream is source.video:
                 for frame in packet.decode():
+                    if index >= limit:
+                        raise MediaError(f"{src.name}: the video holds more than the {limit} frames it was "
+                                         "priced for; nothing past them was processed")
                     if segment is not None:
                         if frame.pts is None or frame.pts < segment.seek:
                             continue  # before the keyframe (the seek landed earlier, or open-GOP leading)

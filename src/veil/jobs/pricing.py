@@ -6,8 +6,14 @@ Default price list (each value is a `VEIL_PRICE_*` setting, see `veil.settings`)
 |---|---|
 | an image (JPEG, PNG, WebP, BMP, TIFF, HEIC, ...) | 1 (`per_image`) |
 | a video, per *started* minute (0:59 → 1 minute, 1:00.5 → 2) | 5 (`per_video_minute`) |
+| ... a minute covers at most this many frames a second (faster video: frames / this rate) | 60 (`video_fps`) |
 | each file inside an archive, on top of its own image/video price | 0 (`per_archive_file`) |
 | the least any job costs | 1 (`minimum_per_job`) |
+
+A video's minutes are those it will take to process: the longer of its header's duration and the span
+of its frames' timestamps (a header may lie), and at least its frame count over `video_fps` (a file of
+10,000 frames crammed into one second is priced as the 167 s those frames are at 60 fps). The worker
+decodes no more frames than were priced (`MediaLimits.max_video_frames`).
 
 An archive costs the sum of its files. Whether a file can be processed is decided by
 `veil.engine.probe` from its content, exactly as the engine will decide it (an image is decoded,
@@ -40,6 +46,8 @@ class Prices(BaseModel):
     per_video_minute: int = Field(5, ge=0, description="Credits per started minute of video.")
     per_archive_file: int = Field(0, ge=0, description="Extra credits per file inside an archive.")
     minimum_per_job: int = Field(1, ge=0, description="The least a job costs.")
+    video_fps: int = Field(60, ge=1, description="Frames a second one video minute covers; a video with more "
+                           "frames than that over its length is priced by its frame count at this rate.")
 
 
 def cost_of(path: Path, prices: Prices | None = None, limits: ArchiveLimits | None = None,
@@ -89,5 +97,6 @@ def _member_price(path: Path, prices: Prices, media: MediaLimits) -> int:
 def _price(info: MediaInfo, prices: Prices) -> int:
     if info.kind == "image":
         return prices.per_image
-    minutes = max(1, math.ceil(round(info.seconds, 3) / 60))
+    seconds = max(info.seconds, info.frames / prices.video_fps)
+    minutes = max(1, math.ceil(round(seconds, 3) / 60))
     return minutes * prices.per_video_minute

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from sqlalchemy import select, update
@@ -214,16 +215,19 @@ def _anonymize(svc: JobService, task: Task, path: Path, dst: Path, config: Model
     """The engine on one file; a long video in segments (`veil.queue.segments`) when this worker runs
     several processes (VEIL_WORKER_CONCURRENCY > 1) or other Celery workers can take segments."""
     from ..engine.anonymize import anonymize
-    from ..engine.probe import media_kind
+    from ..engine.probe import media_kind, probe
 
     limits = svc.settings.media_limits()
+    video = media_kind(path) == "video"
+    if video:  # never decode more frames than pricing counted in these same bytes (their SHA-256 was checked)
+        limits = replace(limits, max_video_frames=probe(path, limits).frames)
     seconds = svc.settings.video_segment_seconds
     parallel = svc.settings.worker_concurrency > 1 or svc.settings.worker == "celery"
-    if seconds > 0 and parallel and media_kind(path) == "video":
+    if seconds > 0 and parallel and video:
         from ..engine.segments import plan_segments
         from .segments import anonymize_segments
 
-        plan = plan_segments(path, config, seconds, limits, dst)
+        plan = plan_segments(path, config, seconds, limits, dst, svc.settings.video_segment_max_overhead)
         if len(plan) > 1:
             return anonymize_segments(svc, task, path, dst, config, plan, progress, lease, work)
     return anonymize(path, dst, config, progress=progress, limits=limits)
