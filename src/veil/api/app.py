@@ -92,9 +92,12 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
                                           service.upload_rule))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError):
+        from .panel.params import invalid_page, is_panel_page
         from .schemas import validation_detail
 
+        if is_panel_page(request):  # a page of the panel answers with a page
+            return invalid_page(request, exc)
         return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
 
     @app.exception_handler(Exception)

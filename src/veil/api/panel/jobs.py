@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -12,17 +12,11 @@ from ...db.models import AdminUser, Job
 from ...jobs import credits, keys, previews, reports
 from ...jobs.service import FINAL, INPUT_CONTAINER, OUTPUT_CONTAINER, JobConflict, JobNotFound, job_status_number
 from . import security
+from .params import JOBS_PAGE_SIZE as PAGE_SIZE
+from .params import JobsQuery
 from .render import render
 
 router = APIRouter()
-PAGE_SIZE = 25
-
-
-def _date(text: str | None) -> date | None:
-    try:
-        return date.fromisoformat(text) if text else None
-    except ValueError:
-        return None
 
 
 def _progress(job: Job) -> dict:
@@ -32,16 +26,15 @@ def _progress(job: Job) -> dict:
 
 
 @router.get("/jobs")
-def jobs_page(request: Request, admin: AdminUser = Depends(security.current_admin),
-              key: str = "", status: str = "", kind: str = "", since: str = "", until: str = "",
-              page: int = Query(1, ge=1)):
+def jobs_page(request: Request, q: Annotated[JobsQuery, Query()], admin: AdminUser = Depends(security.current_admin)):
     db = request.app.state.service.db
-    where = reports.JobFilter(key_id=key or None, status=status if status in reports.STATES else None,
-                              kind=kind if kind in reports.KINDS else None, since=_date(since), until=_date(until))
-    jobs, total = reports.find_jobs(db, where, PAGE_SIZE, (page - 1) * PAGE_SIZE)
+    where = reports.JobFilter(key_id=q.key or None, status=q.status if q.status in reports.STATES else None,
+                              kind=q.kind if q.kind in reports.KINDS else None, since=q.since, until=q.until)
+    jobs, total = reports.find_jobs(db, where, PAGE_SIZE, (q.page - 1) * PAGE_SIZE)
     key_names = {k.id: k.name for k in keys.list_keys(db)}
-    query = {"key": key, "status": status, "kind": kind, "since": since, "until": until}
-    return render(request, "jobs.html", active="jobs", jobs=jobs, total=total, page=page,
+    query = {"key": q.key, "status": q.status, "kind": q.kind, "since": q.since.isoformat() if q.since else "",
+             "until": q.until.isoformat() if q.until else ""}
+    return render(request, "jobs.html", active="jobs", jobs=jobs, total=total, page=q.page,
                   pages=max(1, -(-total // PAGE_SIZE)), key_names=key_names, query=query,
                   filters=urlencode({k: v for k, v in query.items() if v}),
                   states=reports.STATES, kinds=reports.KINDS, kind_of=reports.kind_of, progress=_progress)

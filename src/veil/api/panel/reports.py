@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -11,49 +12,49 @@ from fastapi.responses import Response
 
 from ...db.models import AdminUser
 from ...jobs import keys, reports
+from ...storage.base import attachment_disposition
 from . import security
+from .params import DELIVERIES_PAGE_SIZE as PAGE_SIZE
+from .params import USAGE_PERIODS, DeliveriesQuery, UsageQuery
 from .render import render
 
 router = APIRouter()
-PERIODS = (7, 30, 90, 365)
-PAGE_SIZE = 50
 
 
-def _usage(request: Request, key: str, days: int) -> list[reports.UsageDay]:
-    return reports.usage_by_day(request.app.state.service.db, days if days in PERIODS else 30, key or None)
+def _usage(request: Request, q: UsageQuery) -> list[reports.UsageDay]:
+    return reports.usage_by_day(request.app.state.service.db, q.period, q.key or None)
 
 
 @router.get("/usage")
-def usage_page(request: Request, admin: AdminUser = Depends(security.current_admin), key: str = "",
-               days: int = Query(30)):
-    rows = _usage(request, key, days)
+def usage_page(request: Request, q: Annotated[UsageQuery, Query()],
+               admin: AdminUser = Depends(security.current_admin)):
+    rows = _usage(request, q)
     chart = {"days": [r.day.isoformat() for r in rows], "credits": [r.credits for r in rows],
              "files": [r.files for r in rows], "minutes": [r.video_minutes for r in rows]}
     totals = {"credits": sum(r.credits for r in rows), "files": sum(r.files for r in rows),
               "minutes": round(sum(r.video_minutes for r in rows), 1)}
-    return render(request, "usage.html", active="usage", rows=rows, chart=chart, totals=totals, key=key,
-                  days=days if days in PERIODS else 30, periods=PERIODS,
+    return render(request, "usage.html", active="usage", rows=rows, chart=chart, totals=totals, key=q.key,
+                  days=q.period, periods=USAGE_PERIODS,
                   keys=keys.list_keys(request.app.state.service.db))
 
 
 @router.get("/usage.csv")
-def usage_csv(request: Request, admin: AdminUser = Depends(security.current_admin), key: str = "",
-              days: int = Query(30)) -> Response:
+def usage_csv(request: Request, q: Annotated[UsageQuery, Query()],
+              admin: AdminUser = Depends(security.current_admin)) -> Response:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["day", "credits_spent", "files_anonymized", "video_minutes"])
-    for row in _usage(request, key, days):
+    for row in _usage(request, q):
         writer.writerow([row.day.isoformat(), row.credits, row.files, row.video_minutes])
-    name = f"veil-usage-{key[:8] or 'all'}-{days}d.csv"
-    return Response(out.getvalue(), media_type="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    name = f"veil-usage-{q.key[:8] or 'all'}-{q.period}d.csv"
+    return Response(out.getvalue(), media_type="text/csv", headers={"Content-Disposition": attachment_disposition(name)})
 
 
 @router.get("/deliveries")
-def deliveries_page(request: Request, admin: AdminUser = Depends(security.current_admin), status: str = "",
-                    key: str = "", page: int = Query(1, ge=1)):
+def deliveries_page(request: Request, q: Annotated[DeliveriesQuery, Query()],
+                    admin: AdminUser = Depends(security.current_admin)):
     db = request.app.state.service.db
-    status = status if status in reports.DELIVERY_STATES else ""
+    status, key, page = q.status if q.status in reports.DELIVERY_STATES else "", q.key, q.page
     rows, total = reports.find_deliveries(db, status or None, key or None, PAGE_SIZE, (page - 1) * PAGE_SIZE)
     filters = urlencode({k: v for k, v in {"status": status, "key": key}.items() if v})
     return render(request, "deliveries.html", active="deliveries", rows=rows, total=total, page=page,
