@@ -54,8 +54,11 @@ def context(browser, server):
     ctx = browser.new_context(base_url=server, viewport={"width": 1280, "height": 900}, accept_downloads=True)
     ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=server)
     ctx.set_default_timeout(20_000)
+    refused = []  # issue 18: the Content-Security-Policy must not refuse anything the panel itself loads
+    ctx.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
     yield ctx
     ctx.close()
+    assert not refused, refused
 
 
 def _sign_in(page, email: str, password: str) -> None:
@@ -105,6 +108,7 @@ def test_operator_journey(context, server, tmp_path, monkeypatch):
     assert seed_client.approve_job(api_key=key, job_id=job_id)
     playwright_api.expect(row.locator(".progress-label")).to_have_text("100 %", timeout=120_000)
     playwright_api.expect(row.locator(".badge")).to_have_text("completed")
+    assert row.locator(".progress-fill").evaluate("fill => fill.style.width") == "100%"  # set by admin.js
 
     # the job page: download the output
     row.get_by_role("link", name="tiny.jpg").click()
@@ -125,6 +129,12 @@ def test_operator_journey(context, server, tmp_path, monkeypatch):
     playwright_api.expect(line).to_contain_text("+25")
     playwright_api.expect(line).to_contain_text("invoice 2026-041")
     playwright_api.expect(line).to_contain_text(f"admin:{ADMIN}")
+
+    # usage: the charts (Chart.js from /admin/static, under the CSP) are drawn
+    page.goto("/admin/usage")
+    playwright_api.expect(page.locator("#chart-credits")).to_have_attribute("style", re.compile("height"))
+    assert page.locator("#chart-credits").evaluate("c => c.width") > 0
+    page.go_back()
 
     # revoke it: the client is refused with 401
     page.once("dialog", lambda dialog: dialog.accept())

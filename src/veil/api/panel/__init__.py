@@ -7,6 +7,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from .headers import PanelHeaders
 from .render import HERE, render
 from .security import FormRefused, SignInRequired
 
@@ -16,6 +17,7 @@ STATIC_URL = "/admin/static"
 def install(app: FastAPI) -> None:
     from . import auth, jobs, keys, reports
 
+    app.add_middleware(PanelHeaders)
     app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name="admin-static")
     for module in (auth, keys, jobs, reports):
         app.include_router(module.router, prefix="/admin", include_in_schema=False)
