@@ -7,12 +7,13 @@ import threading
 import uuid
 
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from _service_helpers import settings_for
 from veil.cli import main
-from veil.db.models import Job
+from veil.db.models import ApiKey, Job
 from veil.jobs.credits import InsufficientCredits, ledger
-from veil.jobs.keys import authenticate, create_key, get_key, hash_key
+from veil.jobs.keys import authenticate, create_key, get_key, hash_key, revoke_key
 from veil.jobs.service import JobService
 
 
@@ -37,9 +38,17 @@ def test_only_the_hash_is_stored_and_revoked_keys_fail(tmp_path):
     from veil.jobs.service import build_service
 
     svc = build_service(settings_for(tmp_path))
-    key, row = create_key(svc.db, 3)
-    assert row.key_hash == hash_key(key) and authenticate(svc.db, key).id == row.id
-    assert authenticate(svc.db, key.upper()) is None and authenticate(svc.db, None) is None
+    try:
+        key, row = create_key(svc.db, 3)
+        other, _ = create_key(svc.db, 3)
+        assert row.key_hash == hash_key(key) and authenticate(svc.db, key).id == row.id
+        with svc.db() as session:
+            assert key not in str(session.execute(select(*ApiKey.__table__.columns)).all())  # only its hash
+        assert authenticate(svc.db, key.upper()) is None and authenticate(svc.db, None) is None
+        assert revoke_key(svc.db, key).revoked
+        assert authenticate(svc.db, key) is None and authenticate(svc.db, other) is not None
+    finally:
+        svc.close()
 
 
 def _priced_job(svc: JobService, key_id: str, cost: int) -> str:
