@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -116,6 +117,11 @@ def video_frames(path: Path) -> list[tuple[float, int]]:
         return [(f.time, f.rotation) for f in c.decode(c.streams.video[0])]
 
 
+def gray_frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="gray") for f in c.decode(c.streams.video[0])]
+
+
 def audio_packets(path: Path) -> list[tuple[float, bytes]]:
     with av.open(str(path)) as c:
         s = c.streams.audio[0]
@@ -161,6 +167,9 @@ def test_crf_changes_quality(tmp_path):
     anonymize_video(src, lo, NO_MODELS.model_copy(update={"video_crf": 40}))
     anonymize_video(src, hi, NO_MODELS.model_copy(update={"video_crf": 10}))
     assert hi.stat().st_size > lo.stat().st_size
+    source = gray_frames(src)
+    psnr = {p: np.mean([cv2.PSNR(a, b) for a, b in zip(source, gray_frames(p))]) for p in (lo, hi)}
+    assert psnr[hi] > psnr[lo] + 5, psnr  # closer to the source, not only bigger
 
 
 def test_hevc_10bit_source(tmp_path):
@@ -202,7 +211,9 @@ def test_not_a_video_clear_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real clips, tracking
-def test_real_clip_faces_and_plates(shared_data, detection_models, tmp_path):
+def test_real_clip_plates_are_found_tracked_and_blurred(shared_data, detection_models, tmp_path):
+    """A parking lot (no faces): plates are reported on its frames, each with a track, and every reported
+    plate box with texture in the source (Laplacian variance >= 50) keeps at most a quarter of it."""
     src = cut_clip(shared_data / "videos" / "intel_car-detection.mp4", tmp_path / "cars.mp4", 4.0, start=15.5)
     dst = tmp_path / "out.mp4"
     config = ModelConfig(enable_lp=True, lp_track=True)
@@ -213,6 +224,14 @@ def test_real_clip_faces_and_plates(shared_data, detection_models, tmp_path):
     assert len(item["frames"]) == len(report.frames)
     assert sum(len(f["plates"]) for f in item["frames"]) > 0  # the parking lot has readable plates
     assert all(len(f["plates"]) == len(f["plate_tracks"]) for f in item["frames"])
+    before, after, textured = gray_frames(src), gray_frames(dst), 0
+    for frame in report.frames:
+        for x0, y0, x1, y1 in frame.detections.kind(PLATE).xyxy.astype(int):
+            detail = [cv2.Laplacian(f[frame.index][y0:y1, x0:x1], cv2.CV_64F).var() for f in (before, after)]
+            if detail[0] >= 50:
+                textured += 1
+                assert detail[1] <= 0.25 * detail[0], (frame.index, (x0, y0, x1, y1), detail)
+    assert textured >= 20
 
 
 def test_missed_detections_are_still_blurred(shared_data, detection_models, tmp_path):
