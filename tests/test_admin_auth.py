@@ -59,7 +59,27 @@ def test_cli_admin_create_prompts_for_the_password(tmp_path):
     assert PASSWORD not in (tmp_path / "veil.db").read_bytes().decode(errors="ignore")
 
 
-def test_failed_sign_ins_back_off_even_for_the_right_password(db):
+@pytest.fixture(autouse=True)
+def fresh_throttle(monkeypatch):
+    """Failed sign-ins are counted in the process: each test starts with none."""
+    monkeypatch.setattr(admins, "_throttle", admins._Throttle())
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Sign-in time that a test moves on by hand: `clock.advance(seconds)`."""
+    class Clock:
+        now = utcnow()
+
+        def advance(self, seconds: float) -> None:
+            self.now += timedelta(seconds=seconds)
+
+    clock = Clock()
+    monkeypatch.setattr(admins, "utcnow", lambda: clock.now)
+    return clock
+
+
+def test_failed_sign_ins_back_off_even_for_the_right_password(db, clock):
     admins.create_admin(db, "ops@example.com", PASSWORD)
     for _ in range(admins.FREE_FAILURES):
         assert admins.sign_in(db, "ops@example.com", "wrong", 1) is None
@@ -68,17 +88,15 @@ def test_failed_sign_ins_back_off_even_for_the_right_password(db):
     assert locked.value.seconds == 5
     with pytest.raises(admins.SignInLocked):  # while locked, the right password is refused too
         admins.sign_in(db, "ops@example.com", PASSWORD, 1)
-    with db.begin() as session:  # the lock runs out
-        session.execute(update(AdminUser).values(locked_until=utcnow() - timedelta(seconds=1)))
+    clock.advance(6)  # the lock runs out
     with pytest.raises(admins.SignInLocked) as again:  # the next failure doubles the wait
         admins.sign_in(db, "ops@example.com", "wrong", 1)
     assert again.value.seconds == 10
-    with db.begin() as session:
-        session.execute(update(AdminUser).values(locked_until=utcnow() - timedelta(seconds=1)))
+    clock.advance(11)
     assert admins.sign_in(db, "ops@example.com", PASSWORD, 1) is not None
     with db() as session:  # success resets the count
         assert session.scalar(select(AdminUser.failed_signins)) == 0
-    nobody = f"nobody-{uuid.uuid4().hex[:8]}@example.com"  # failures of unknown emails live in the process
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
     for _ in range(admins.FREE_FAILURES):  # an unknown email is answered and locked the same way
         assert admins.sign_in(db, nobody, PASSWORD, 1) is None
     with pytest.raises(admins.SignInLocked) as unknown:

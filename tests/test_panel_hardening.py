@@ -4,12 +4,20 @@ download names, security headers, and sign-in traffic that must not stall the AP
 from __future__ import annotations
 
 import re
+import threading
+import time
 
+import pytest
+import requests
 from fastapi.testclient import TestClient
 
-from test_admin_auth import _panel, _sign_in
+from _service_helpers import new_key, settings_for
+from test_admin_auth import PASSWORD, _csrf, _panel, _sign_in, clock, fresh_throttle  # noqa: F401 (fixtures)
+from veil.api.app import create_app
 from veil.db.models import Job
+from veil.jobs import admins
 from veil.jobs.keys import create_key
+from veil.storage.testing import serve_app
 
 
 def test_query_parameters_are_bounded_and_answered_with_a_page(tmp_path):
@@ -61,3 +69,96 @@ def test_panel_pages_send_security_headers_and_hold_no_inline_script_or_style(tm
                 assert all("src=" in attrs or 'type="application/json"' in attrs for attrs in scripts), scripts
                 assert not re.search(r"\sstyle=|<style|\son[a-z]+=", page.text)
         assert "content-security-policy" not in client.get("/docs").headers  # Swagger UI has its own inline script
+
+
+# ------------------------------------------------------------------ sign-in traffic (findings 3 and 6)
+def test_an_outsider_cannot_lock_the_owner_out_but_guessing_stays_slow(service, clock):
+    """Finding 6: failures count per email and address, per address, and per email over a window."""
+    db, owner, outsider = service.db, "198.51.100.7", "203.0.113.9"
+    admins.create_admin(db, "ops@example.com", PASSWORD)
+    waits = []
+    for _ in range(12):  # the outsider keeps guessing, each time the lock has run out
+        try:
+            admins.sign_in(db, "ops@example.com", "guess", 1, source=outsider)
+        except admins.SignInLocked as locked:
+            waits.append(locked.seconds)
+            clock.advance(locked.seconds)
+    assert waits[:4] == [5, 10, 20, 40]  # the back-off still doubles for the guesser
+    with pytest.raises(admins.SignInLocked):
+        admins.sign_in(db, "ops@example.com", "guess", 1, source=outsider)
+    with pytest.raises(admins.SignInLocked):  # and holds against the right password from there
+        admins.sign_in(db, "ops@example.com", PASSWORD, 1, source=outsider)
+    assert admins.sign_in(db, "ops@example.com", PASSWORD, 1, source=owner) is not None  # was SignInLocked
+    for n in range(admins.SOURCE_FREE_FAILURES):  # one address trying many emails backs off too
+        assert admins.sign_in(db, f"user{n}@example.com", "guess", 1, source="192.0.2.1") is None
+    with pytest.raises(admins.SignInLocked):
+        admins.sign_in(db, "another@example.com", "guess", 1, source="192.0.2.1")
+    clock.advance(admins.ACCOUNT_WINDOW.total_seconds())  # the outsider's failures leave the window
+    for n in range(admins.ACCOUNT_WINDOW_FAILURES - 1):  # a distributed guess: many addresses, one email
+        assert admins.sign_in(db, "ops@example.com", "guess", 1, source=f"10.0.{n}.1") is None
+    with pytest.raises(admins.SignInLocked):  # locks the account for every address, the owner's included
+        admins.sign_in(db, "ops@example.com", "guess", 1, source="10.1.0.1")
+    with pytest.raises(admins.SignInLocked):
+        admins.sign_in(db, "ops@example.com", PASSWORD, 1, source=owner)
+    clock.advance(admins.ACCOUNT_WINDOW.total_seconds())
+    assert admins.sign_in(db, "ops@example.com", PASSWORD, 1, source=owner) is not None
+    assert admins.source_key("2001:db8::1") == admins.source_key("2001:db8::ffff") == "2001:db8::/64"
+
+
+def test_the_panel_counts_failures_by_the_client_address(tmp_path):
+    app = create_app(settings_for(tmp_path, admin_email="ops@example.com", admin_password=PASSWORD))
+    with TestClient(app, client=("203.0.113.9", 4000)) as outsider:
+        owner = TestClient(app, client=("198.51.100.7", 4000))  # the same app, its lifespan running already
+        statuses = [_sign_in(outsider, "guess").status_code for _ in range(3)]
+        assert statuses == [401, 401, 429]
+        assert _sign_in(owner).status_code == 303
+
+
+@pytest.fixture
+def slow_checks(monkeypatch):
+    """argon2's verification made a blocking 1 s sleep, counting how many run at once."""
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def slow(password_hash: str, password: str) -> bool:
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(1.0)
+        with lock:
+            state["now"] -= 1
+        return False
+
+    monkeypatch.setattr(admins, "verify_password", slow)
+    return state
+
+
+def _signin_post(base: str, address: str, results: list) -> None:
+    with requests.Session() as http:
+        http.headers["X-Forwarded-For"] = address  # uvicorn trusts it from loopback: the client's address
+        page = http.get(f"{base}/admin/login", timeout=30)
+        results.append(http.post(f"{base}/admin/login", timeout=60, allow_redirects=False, data={
+            "csrf_token": _csrf(page.text), "email": f"guess-{address}@example.com", "password": "x"}).status_code)
+
+
+def test_sign_ins_run_off_the_event_loop_and_are_bounded(tmp_path, slow_checks):
+    """Finding 3: the password check ran on the event loop, so every request waited for it."""
+    app = create_app(settings_for(tmp_path))
+    with serve_app(app) as base:
+        key = new_key(app.state.service)
+        results: list[int] = []
+        posts = [threading.Thread(target=_signin_post, args=(base, f"10.0.0.{n}", results)) for n in range(3)]
+        posts += [threading.Thread(target=_signin_post, args=(base, "10.0.0.1", results))]  # the same address
+        for thread in posts:
+            thread.start()
+        latencies = []
+        while any(thread.is_alive() for thread in posts):
+            start = time.perf_counter()
+            assert requests.get(f"{base}/v1/jobs", headers={"access_token": key}, timeout=30).status_code == 200
+            latencies.append(time.perf_counter() - start)
+            time.sleep(0.1)
+        for thread in posts:
+            thread.join()
+    assert len(latencies) >= 10 and max(latencies) < 0.5, latencies  # was >= 1 s behind each check
+    assert slow_checks["most"] == 1  # VEIL_ADMIN_SIGNIN_CONCURRENCY
+    assert sorted(results) == [401, 401, 401, 429]  # a second sign-in from one address while one runs: 429

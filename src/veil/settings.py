@@ -52,6 +52,9 @@ class Settings(BaseSettings):
         "(for automated set-ups; otherwise `veil admin create EMAIL`).")
     admin_password: str | None = Field(None, description="Password of VEIL_ADMIN_EMAIL's account (10+ characters).")
     admin_session_hours: float = Field(12, gt=0, description="How long an admin panel sign-in lasts.")
+    admin_signin_concurrency: int = Field(
+        1, ge=1, description="Admin panel sign-ins checked at once (argon2id: ~170 ms of CPU, 64 MiB each; one "
+        "per source address); others wait up to 10 s, then 429.")
     worker: Literal["embedded", "celery", "none"] = Field(
         "embedded", description="`embedded`: worker threads inside `veil serve`; `celery`: send jobs to "
         "`veil worker` processes; `none`: API only.")

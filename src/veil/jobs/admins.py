@@ -1,15 +1,22 @@
 """Admin accounts for the web panel: argon2id password hashes, back-off after failed sign-ins, and
 server-side sessions (the browser holds a random token; only its sha256 is stored, so signing out
-or deleting an account ends the session everywhere)."""
+or deleting an account ends the session everywhere).
+
+Failed sign-ins are throttled three ways, so that guessing stays slow but an outsider cannot lock the owner
+out from another address (issue 18): per email *and source address* (the owner's own address keeps its own
+count), per source address over all emails (one address trying many accounts), and per email over all
+addresses in a sliding window (a distributed guess; more failures than one address can make under its
+back-off). The counts live in the API server's memory (the newest 10 000 of each kind)."""
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -19,32 +26,84 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..db.models import AdminSession, AdminUser, utcnow
 
 MIN_PASSWORD_LENGTH = 10
-FREE_FAILURES = 2  # wrong passwords allowed before the back-off starts
+FREE_FAILURES = 2  # wrong passwords for one email from one address before the back-off starts
+SOURCE_FREE_FAILURES = 10  # wrong passwords from one address, any emails, before the address backs off
+ACCOUNT_WINDOW, ACCOUNT_WINDOW_FAILURES = timedelta(minutes=15), 30  # one email, all addresses
 MAX_LOCK = timedelta(minutes=15)
 _hasher = PasswordHasher()  # argon2id, 64 MiB, 3 passes (RFC 9106 second recommendation)
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))  # verified against for unknown emails: same timing
 
 
-class _UnknownEmails:
-    """Failed sign-ins for emails without an account, in memory (the newest 10 000), so they back off too."""
+def _lock_for(failures: int, free: int) -> timedelta:
+    """0 for the first `free` failures, then 5 s, 10 s, 20 s, ... up to 15 minutes."""
+    if failures <= free:
+        return timedelta(0)
+    return min(timedelta(seconds=5 * 2 ** min(failures - free - 1, 10)), MAX_LOCK)
+
+
+class _Recent(OrderedDict):
+    """A dict that forgets its least recently written keys beyond `size`."""
 
     def __init__(self, size: int = 10_000) -> None:
-        self._seen: OrderedDict[str, tuple[int, datetime | None]] = OrderedDict()
-        self._size, self._lock = size, threading.Lock()
+        super().__init__()
+        self.size = size
 
-    def get(self, email: str, default: tuple[int, datetime | None]) -> tuple[int, datetime | None]:
+    def put(self, key, value) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class _Throttle:
+    """Failed sign-ins by (email, address), by address and by email, and the locks they lead to."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pairs, self._sources, self._accounts = _Recent(), _Recent(), _Recent()
+
+    def locked_until(self, email: str, source: str) -> datetime | None:
         with self._lock:
-            return self._seen.get(email, default)
+            window = self._accounts.get(email, ())
+            until = [self._pairs.get((email, source), (0, None))[1], self._sources.get(source, (0, None))[1],
+                     window[0] + ACCOUNT_WINDOW if len(window) >= ACCOUNT_WINDOW_FAILURES else None]
+        return max((u for u in until if u is not None), default=None)
 
-    def remember(self, email: str, state: tuple[int, datetime | None]) -> None:
+    def failed(self, email: str, source: str, now: datetime) -> timedelta:
+        """Count a failure; the lock it starts (0 when none)."""
         with self._lock:
-            self._seen[email] = state
-            self._seen.move_to_end(email)
-            while len(self._seen) > self._size:
-                self._seen.popitem(last=False)
+            locks = [self._count(self._pairs, (email, source), FREE_FAILURES, now),
+                     self._count(self._sources, source, SOURCE_FREE_FAILURES, now)]
+            window = self._accounts.get(email) or deque(maxlen=ACCOUNT_WINDOW_FAILURES)
+            window.append(now)
+            self._accounts.put(email, window)
+            if len(window) >= ACCOUNT_WINDOW_FAILURES and now - window[0] < ACCOUNT_WINDOW:
+                locks.append(window[0] + ACCOUNT_WINDOW - now)
+        return max(locks)
+
+    @staticmethod
+    def _count(table: _Recent, key, free: int, now: datetime) -> timedelta:
+        failures = table.get(key, (0, None))[0] + 1
+        lock = _lock_for(failures, free)
+        table.put(key, (failures, now + lock if lock else None))
+        return lock
+
+    def succeeded(self, email: str, source: str) -> None:
+        with self._lock:
+            self._pairs.pop((email, source), None)
+            self._sources.pop(source, None)
 
 
-_unknown = _UnknownEmails()
+_throttle = _Throttle()
+
+
+def source_key(address: str | None) -> str:
+    """What sign-ins are counted by: the IPv4 address, or the /64 network of an IPv6 one (one host's share)."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address or "-"
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
 
 
 class AdminError(ValueError):
@@ -102,41 +161,30 @@ def ensure_admin(db: sessionmaker[Session], email: str, password: str) -> bool:
     return True
 
 
-def _lock_for(failures: int) -> timedelta:
-    """0 for the first FREE_FAILURES failures, then 5 s, 10 s, 20 s, ... up to 15 minutes."""
-    if failures <= FREE_FAILURES:
-        return timedelta(0)
-    return min(timedelta(seconds=5 * 2 ** min(failures - FREE_FAILURES - 1, 10)), MAX_LOCK)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
-
-
-def sign_in(db: sessionmaker[Session], email: str, password: str, session_hours: float) -> SignedIn | None:
+def sign_in(db: sessionmaker[Session], email: str, password: str, session_hours: float,
+            source: str | None = None) -> SignedIn | None:
     """A new session for the right email and password; None when wrong; SignInLocked while backing off
     (even with the right password, so guessing gains nothing from the lock). Unknown emails back off the
-    same way, so neither the answer nor the lock tells whether an account exists."""
-    now, email = utcnow(), _normal_email(email)
-    with db() as session:
-        admin = session.scalar(select(AdminUser).where(AdminUser.email == email))
-    failures, locked_until = ((admin.failed_signins, _aware(admin.locked_until)) if admin is not None
-                              else _unknown.get(email, (0, None)))
+    same way, so neither the answer nor the lock tells whether an account exists. `source` is the client's
+    address (see the module's docstring)."""
+    now, email, source = utcnow(), _normal_email(email), source_key(source)
+    locked_until = _throttle.locked_until(email, source)
     if locked_until is not None and locked_until > now:
         raise SignInLocked(max(1, round((locked_until - now).total_seconds())))
+    with db() as session:
+        admin = session.scalar(select(AdminUser).where(AdminUser.email == email))
     if admin is None or not verify_password(admin.password_hash, password):
         if admin is None:
             verify_password(_DUMMY_HASH, password)  # the same work as for an account
-        lock = _lock_for(failures + 1)
-        if admin is not None:
+        else:
             with db.begin() as session:
                 session.execute(update(AdminUser).where(AdminUser.id == admin.id).values(
-                    failed_signins=AdminUser.failed_signins + 1, locked_until=now + lock if lock else None))
-        else:
-            _unknown.remember(email, (failures + 1, now + lock if lock else None))
+                    failed_signins=AdminUser.failed_signins + 1))
+        lock = _throttle.failed(email, source, now)
         if lock:
-            raise SignInLocked(round(lock.total_seconds()))
+            raise SignInLocked(max(1, round(lock.total_seconds())))
         return None
+    _throttle.succeeded(email, source)
     token = secrets.token_urlsafe(32)
     with db.begin() as session:
         session.execute(update(AdminUser).where(AdminUser.id == admin.id).values(

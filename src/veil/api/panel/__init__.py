@@ -7,6 +7,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from .gate import SignInGate
 from .headers import PanelHeaders
 from .render import HERE, render
 from .security import FormRefused, SignInRequired
@@ -18,6 +19,7 @@ def install(app: FastAPI) -> None:
     from . import auth, jobs, keys, reports
 
     app.add_middleware(PanelHeaders)
+    app.state.signin_gate = SignInGate(app.state.settings.admin_signin_concurrency)
     app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name="admin-static")
     for module in (auth, keys, jobs, reports):
         app.include_router(module.router, prefix="/admin", include_in_schema=False)

@@ -7,6 +7,7 @@ from fastapi.responses import RedirectResponse
 
 from ...jobs import admins
 from . import security
+from .gate import SignInBusy
 from .render import render
 
 router = APIRouter()
@@ -46,9 +47,15 @@ async def login(request: Request):
     form = await request.form()
     security.check_signin_form(request, form.get("csrf_token"))
     email, password = str(form.get("email", "")), str(form.get("password", ""))
-    svc = request.app.state.service
+    svc, source = request.app.state.service, admins.source_key(request.client.host if request.client else None)
     try:
-        signed_in = admins.sign_in(svc.db, email, password, svc.settings.admin_session_hours)
+        signed_in = await request.app.state.signin_gate.run(
+            source, admins.sign_in, svc.db, email, password, svc.settings.admin_session_hours, source)
+    except SignInBusy:
+        response = _signin_page(request, "Too many sign-ins at once: try again in a moment.", 429, email,
+                                form.get("next"))
+        response.headers["Retry-After"] = "1"
+        return response
     except admins.SignInLocked as exc:
         return _signin_page(request, f"Too many failed sign-ins: wait {exc.seconds} s before trying again.",
                             429, email, form.get("next"))
