@@ -104,15 +104,16 @@ def test_plate_is_not_detected_after_anonymization(detection_models, shared_data
     _assert_gone(before, _boxes(detect_file(dst, ModelConfig(enable_lp=True, lp_threshold=0.1)), PLATE))
 
 
-def test_plates_are_left_alone_unless_enabled(detection_models, shared_data, tmp_path):
-    """With the default config (faces only) the labelled plate's pixels come out unchanged (lossless PNG in
-    and out); with enable_lp they are changed."""
+def test_plates_are_blurred_by_default_and_left_alone_when_disabled(detection_models, shared_data, tmp_path):
+    """enable_lp defaults to on (the privacy-safe reading of the vendor's pages): with the default config the
+    labelled plate's pixels are changed; with enable_lp=false they come out unchanged (lossless PNG in and out)."""
     src = tmp_path / "car.png"
     Image.open(shared_data / PLATE_PHOTO).convert("RGB").save(src)
-    assert len(_boxes(detect_file(src, ModelConfig()), PLATE)) == 0
+    assert len(_boxes(detect_file(src, ModelConfig(enable_lp=False)), PLATE)) == 0
+    assert len(_boxes(detect_file(src, ModelConfig()), PLATE)) > 0
     x0, y0, x1, y1 = PLATE_BOX
     plate = np.asarray(Image.open(src))[y0:y1, x0:x1].astype(int)
-    for config, name in ((ModelConfig(), "off.png"), (ModelConfig(enable_lp=True), "on.png")):
+    for config, name in ((ModelConfig(enable_lp=False), "off.png"), (ModelConfig(), "on.png")):
         anonymize(src, tmp_path / name, config)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "off.png"))[y0:y1, x0:x1], plate)
     assert np.abs(np.asarray(Image.open(tmp_path / "on.png"))[y0:y1, x0:x1] - plate).mean() > 10

@@ -253,3 +253,66 @@ def test_openapi_documents_the_seed_routes_and_fields(client):
     job_id = _create(client, key, model_config={"enable_lp": True}).json()["job_id"]
     report = client.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()
     assert report["model_config"]["enable_lp"] is True and report["tasks"] == []
+
+
+def test_a_key_over_its_rate_limit_gets_429_with_retry_after_and_others_do_not(tmp_path):
+    with app_client(tmp_path, api_rate_limit="3/minute") as http:
+        busy, other = new_key(http.svc), new_key(http.svc)
+        answers = [http.get("/v1/jobs", headers={"access_token": busy}).status_code for _ in range(4)]
+        assert answers == [200, 200, 200, 429]
+        limited = http.get("/v1/jobs", headers={"access_token": busy})
+        assert limited.status_code == 429 and 1 <= int(limited.headers["Retry-After"]) <= 60
+        assert "too many requests" in limited.json()["detail"]
+        assert http.get("/v1/jobs", headers={"access_token": other}).status_code == 200  # another key: not slowed
+        assert http.get("/v1/jobs", headers={"access_token": "x" * 36}).status_code == 401  # no key: no count
+
+
+def test_an_invalid_rate_limit_stops_the_start_up_naming_the_setting():
+    from pydantic import ValidationError
+
+    from veil.settings import Settings
+
+    with pytest.raises(ValidationError, match="api_rate_limit"):
+        Settings(api_rate_limit="lots per second")
+
+
+def test_direct_upload_takes_the_reference_form_and_keeps_the_model_config_form(client):
+    """`PUT /v1/direct_upload/{name}?enable_lp=False` and `PUT /v1/direct_upload?file_name=..&model_config=<json>`
+    make the same job; a key in both places, or an unknown parameter, is a 422 naming it."""
+    key = new_key(client.svc)
+    headers = {"access_token": key, "x-ms-blob-type": "BlockBlob"}
+    data = jpeg_bytes()
+    jobs = []
+    for url in ("/v1/direct_upload/p.jpg?model=blur&enable_lp=False&blur_threshold=0.25&video_crf=30",
+                '/v1/direct_upload?file_name=p.jpg&model_config={"enable_lp":false,"blur_threshold":0.25,'
+                '"video_crf":30}'):
+        r = client.put(url, content=data, headers=headers, follow_redirects=False)
+        assert r.status_code == 307, r.text
+        assert r.headers["job_id"] == r.headers["x-veil-job-id"] == r.json()["job_id"]
+        assert r.headers["location"] == r.json()["url"]
+        jobs.append(client.svc.get_job(r.json()["job_id"]))
+    assert jobs[0].model_config_json == jobs[1].model_config_json
+    assert jobs[0].model_config_json["enable_lp"] is False and jobs[0].model_config_json["video_crf"] == 30
+    both = client.put('/v1/direct_upload/p.jpg?enable_lp=True&model_config={"enable_lp":true}', content=data,
+                      headers=headers, follow_redirects=False)
+    assert both.status_code == 422 and both.json()["detail"][0]["loc"] == ["query", "enable_lp"]
+    stray = client.put("/v1/direct_upload/p.jpg?file_name=q.jpg", content=data, headers=headers,
+                       follow_redirects=False)
+    assert stray.status_code == 422 and stray.json()["detail"][0]["loc"] == ["query", "file_name"]
+
+
+def test_defaults_find_and_track_plates(client):
+    """enable_lp and lp_track are on unless a client sends false (the privacy-safe reading of the vendor's pages)."""
+    key = new_key(client.svc)
+    r = client.post("/v1/create_upload_session", headers={"access_token": key},
+                    json={"file_name": "a.jpg", "file_size": 10, "model_config": {"blur_face": True}})
+    config = client.svc.get_job(r.json()["job_id"]).model_config_json
+    assert config["enable_lp"] is True and config["lp_track"] is True
+
+
+def test_the_upload_limit_is_the_references_4294967295_bytes(client):
+    key = new_key(client.svc)
+    for size, status in ((4294967295, 200), (4294967296, 413)):
+        r = client.post("/v1/create_upload_session", headers={"access_token": key},
+                        json={"file_name": "a.mp4", "file_size": size})
+        assert r.status_code == status, r.text

@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     servicebus_queue: str = Field("veil-uploads", description="Service Bus queue of Blob Created events.")
     servicebus_in_serve: bool = Field(
         True, description="`veil serve` consumes the Service Bus queue itself when a connection string is set.")
-    max_upload_bytes: int = Field(4 * GiB, description="Largest accepted upload (413 above it).")
+    max_upload_bytes: int = Field(4 * GiB - 1, description="Largest accepted upload (413 above it): 4294967295 "
+                                  "bytes, the vendor reference's limit.")
     upload_sas_seconds: int = Field(7 * 24 * 3600, description="Lifetime of upload URLs (7 days).")
     approval_timeout_seconds: int = Field(
         7 * 24 * 3600, gt=0, description="An upload not approved within this time fails and its file is deleted "
@@ -103,6 +104,13 @@ class Settings(BaseSettings):
         16 * 1024, gt=0, description="Slowest accepted upload body on average (after the idle allowance).")
     max_concurrent_uploads_per_key: int = Field(
         16, ge=1, description="Upload requests (Put Block / Put Blob) one API key may have in flight (503 above).")
+    api_rate_limit: str = Field(
+        "20/second; 600/minute", description="Requests one API key may make to /v1 (moving windows, `N/second`, "
+        "`N/minute`, `N/hour`, `;` between several); beyond them 429 with Retry-After. Uploads to the blob "
+        "endpoint are bounded by max_concurrent_uploads_per_key instead.")
+    api_rate_limit_storage: str = Field(
+        "memory://", description="Where the rate-limit counters live: `memory://` (one API server) or a Redis "
+        "URL shared by every API server (`redis://host:6379/1`).")
     max_json_body_bytes: int = Field(
         64 * 1024, gt=0, description="Largest JSON request body of the API (413 above it).")
     download_sas_seconds: int = Field(24 * 3600, description="Lifetime of download links (24 h).")
@@ -151,6 +159,14 @@ class Settings(BaseSettings):
         from .jobs.callbacks import parse_networks
 
         parse_networks(value)  # a ValueError naming the bad entry stops the start-up
+        return value
+
+    @field_validator("api_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        parse_many(value)  # a ValueError naming the bad limit stops the start-up
         return value
 
     # ----------------------------------------------------------------- derived values

@@ -22,6 +22,7 @@ from ..jobs.service import JobService, build_service
 from ..settings import Settings
 from ..storage.local import BLOB_PATH_PREFIX
 from .body_limit import BodyLimit
+from .ratelimit import KeyRateLimiter
 
 log = logging.getLogger("veil.api")
 
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
         BLOB_PATH_PREFIX + "/": None, "/v1/direct_upload": None, "/events/": 1024 * 1024})
     app.state.service = service
     app.state.settings = settings
+    app.state.rate_limiter = KeyRateLimiter(settings.api_rate_limit, settings.api_rate_limit_storage)
 
     from ..api.blob import UploadLimits, create_blob_router
     from . import admin, events, panel, public

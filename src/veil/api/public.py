@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from ..db.models import ApiKey
+from ..engine.config import ModelConfig
 from ..jobs import keys
 from ..jobs.credits import InsufficientCredits
 from ..jobs.service import JobConflict, JobNotFound, JobService, UploadSession, UploadTooLarge
@@ -29,10 +30,15 @@ def api_key(request: Request, token: str | None = Depends(_key_header)) -> ApiKe
     row = keys.authenticate(service(request).db, token)
     if row is None:
         raise HTTPException(401, "missing, invalid or revoked API key (send it in the `access_token` header)")
+    wait = request.app.state.rate_limiter.retry_after(row.id)
+    if wait is not None:
+        raise HTTPException(429, f"too many requests for this key; retry in {wait} s",
+                            headers={"Retry-After": str(wait)})
     return row
 
 
-router = APIRouter(prefix="/v1", tags=["public"], responses={401: {"model": schemas.Error}})
+router = APIRouter(prefix="/v1", tags=["public"], responses={401: {"model": schemas.Error},
+                                                              429: {"model": schemas.Error}})
 _NOT_FOUND = {404: {"model": schemas.Error, "description": "No such job for this key."}}
 
 
@@ -63,41 +69,100 @@ def start_upload(body: schemas.CreateUploadSessionRequest, key: ApiKey = Depends
     return {"session_uri": upload.session_uri, "job_id": upload.job.id, **upload.sas_parts, "expires_at": expires}
 
 
+_DIRECT_UPLOAD_DOC = {
+    307: {"description": "Re-send the same PUT to `Location` (a Put Blob with a write SAS). The job id is in the "
+          "`job_id` header (the vendor reference's), in `x-veil-job-id` and in the body."},
+    400: {"model": schemas.Error}, 411: {"model": schemas.Error}, 413: {"model": schemas.Error}}
+_OPTIONS = "Options as query parameters (`enable_lp=True&blur_threshold=0.3`...), each a `model_config` key"
+
+
+@router.put("/direct_upload/{file_name}", status_code=307, response_model=schemas.DirectUploadResponse,
+            responses=_DIRECT_UPLOAD_DOC, description="The vendor reference's form: create a job and redirect "
+            "(307) the upload to the blob store; requires `x-ms-blob-type: BlockBlob`. " + _OPTIONS
+            + "; an unknown parameter is a 422.")
+async def direct_upload_named(request: Request, file_name: str = Path(..., max_length=1000),
+                              key: ApiKey = Depends(api_key), svc: JobService = Depends(service),
+                              model: str = Query("blur", max_length=100),
+                              model_config: str | None = Query(None, description="model_config as JSON text.")):
+    return await _direct_upload(request, key, svc, file_name, model, model_config, {"model", "model_config"})
+
+
 @router.put("/direct_upload", status_code=307, response_model=schemas.DirectUploadResponse,
-            responses={307: {"description": "Re-send the same PUT to `Location` (a Put Blob with a write SAS). "
-                             "The job id is in the `x-veil-job-id` header and the body."},
-                       400: {"model": schemas.Error}, 411: {"model": schemas.Error},
-                       413: {"model": schemas.Error}})
+            responses=_DIRECT_UPLOAD_DOC, description="Create a job and redirect (307) the upload to the blob store; "
+            "requires `x-ms-blob-type: BlockBlob`. " + _OPTIONS + ", or all of them as `model_config=<JSON>`; "
+            "an unknown parameter is a 422.")
 async def direct_upload(request: Request, key: ApiKey = Depends(api_key), svc: JobService = Depends(service),
                         file_name: str = Query("upload", max_length=1000, description="Name of the uploaded file."),
-                        model: str = Query("blur"),
+                        model: str = Query("blur", max_length=100),
                         model_config: str | None = Query(None, description="model_config as JSON text.")):
-    """Create a job and redirect (307) the upload to the blob store; requires `x-ms-blob-type: BlockBlob`."""
+    return await _direct_upload(request, key, svc, file_name, model, model_config,
+                                {"file_name", "model", "model_config"})
+
+
+async def _direct_upload(request: Request, key: ApiKey, svc: JobService, file_name: str, model: str,
+                         model_config: str | None, named: set[str]) -> JSONResponse:
     if request.headers.get("x-ms-blob-type") != "BlockBlob":
         raise HTTPException(400, "the x-ms-blob-type header must be BlockBlob")
     length = request.headers.get("content-length")
     if length is None or not (length.isascii() and length.isdigit()):
         raise HTTPException(411, "Content-Length is required (send the file as bytes or a file object)")
+    config = query_config(request, model_config, named)
     try:
-        config = json.loads(model_config) if model_config else {}
         body = schemas.CreateUploadSessionRequest(file_name=file_name, file_size=int(length), model=model,
                                                   model_config=config)
-    except (ValueError, ValidationError) as exc:
-        detail = (schemas.validation_detail(exc.errors()) if isinstance(exc, ValidationError)
-                  else f"model_config: {exc}")
-        raise HTTPException(422, detail) from None
+    except ValidationError as exc:
+        raise HTTPException(422, schemas.validation_detail(exc.errors())) from None
     upload = _create(svc, key, body)
     try:  # the client sends the body before it reads our answer; let it finish, within the upload deadline
         async for _ in timed_body(request, int(length), UploadLimits.from_settings(svc.settings)):
             pass
     except BodyTooSlow:
         raise HTTPException(408, "the request body arrived too slowly", headers={"Connection": "close"}) from None
-    return JSONResponse({"job_id": upload.job.id, "session_uri": upload.session_uri}, status_code=307,
-                        headers={"Location": upload.session_uri, "x-veil-job-id": upload.job.id})
+    job_id, url = upload.job.id, upload.session_uri
+    return JSONResponse({"job_id": job_id, "url": url, "session_uri": url}, status_code=307,
+                        headers={"Location": url, "job_id": job_id, "x-veil-job-id": job_id})
+
+
+def query_config(request: Request, model_config: str | None, named: set[str]) -> dict:
+    """`model_config` from the query: the JSON of `model_config=` and the options given one by one as
+    parameters (Python-style `True`/`False` too). A parameter that is neither one of `named` nor a
+    `model_config` key, a key given twice, or JSON that is not an object is a 422 naming it."""
+    errors, config = [], {}
+    if model_config:
+        try:
+            config = json.loads(model_config)
+        except ValueError as exc:
+            errors.append(_error("model_config", f"not valid JSON ({exc})", "json_invalid"))
+        if not isinstance(config, dict):
+            errors.append(_error("model_config", "must be a JSON object", "dict_type"))
+            config = {}
+    for name, value in request.query_params.multi_items():
+        if name in named:
+            continue
+        field = ModelConfig.model_fields.get(name)
+        if field is None:
+            errors.append(_error(name, "unknown parameter (options: " + ", ".join(ModelConfig.model_fields)
+                                 + f"; also {', '.join(sorted(named))})", "extra_forbidden"))
+        elif name in config:
+            errors.append(_error(name, "given more than once", "duplicate"))
+        else:
+            try:
+                config[name] = TypeAdapter(field.annotation).validate_python(value, strict=False)
+            except ValidationError as exc:
+                errors.append(_error(name, exc.errors()[0]["msg"], exc.errors()[0]["type"]))
+    if errors:
+        raise HTTPException(422, schemas.validation_detail(errors))
+    return config
+
+
+def _error(name: str, msg: str, kind: str) -> dict:
+    return {"loc": ["query", name], "msg": msg, "type": kind}
 
 
 @router.post("/approve_job/{job_id}", response_model=schemas.ApproveResponse,
-             responses={202: {"model": schemas.ApproveResponse, "description": "Already approved (or finished)."},
+             responses={202: {"model": schemas.ApproveResponse,
+                              "description": "Already approved (or finished); or refused at pricing, expired or "
+                              "cancelled before approval: `detail` says why."},
                         302: {"model": schemas.ApproveResponse,
                               "description": "The upload is not complete yet; retry later (no Location header)."},
                         402: {"model": schemas.Error, "description": "The key's balance does not cover the cost."},
@@ -111,14 +176,18 @@ def approve_job(job_id: str, key: ApiKey = Depends(api_key), svc: JobService = D
     except InsufficientCredits as exc:
         raise HTTPException(402, str(exc)) from None
     job = svc.get_job(job_id, key.id)
+    # A job refused at pricing (or expired, or cancelled) answers 202 with the reason, never a 4xx: the seed's
+    # sample client retries every other status forever, and reads the failure from job_result after a 202.
+    never_ran = job.approved_at is None
     status, detail = {
         "approved": (200, "job approved"),
-        "already": (202, f"job already approved ({job.status})"),
+        "already": (202, f"job not approved ({job.status}): {svc.describe(job)}" if never_ran
+                    else f"job already approved ({job.status})"),
         "waiting": (302, "waiting for the upload to complete; retry in a few seconds"),
     }[outcome]
     # A 302 must carry no Location, or `requests` would follow it as a GET (notes §4).
-    return JSONResponse({"job_id": job.id, "detail": detail, "job_total_credit_cost": job.total_cost},
-                        status_code=status)
+    return JSONResponse({"job_id": job.id, "detail": detail, "job_total_credit_cost": job.total_cost,
+                         "total_credit_cost": job.total_cost}, status_code=status)
 
 
 @router.get("/job_result/{job_id}", response_model=schemas.JobReport, responses=_NOT_FOUND)

@@ -10,6 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..engine.config import ModelConfig
 
 BIGINT_MAX = 2**63 - 1  # the database's BIGINT: every integer a request stores or compares stays inside it
+MODELS = ("blur",)  # the vendor's list also has `syn` (synthetic faces): no permissively licensed package ships one
+
+
+def check_model(value: str) -> str:
+    """`value` if this server offers that model; a ValueError naming the ones it offers otherwise."""
+    if value not in MODELS:
+        raise ValueError(f"model {value[:40]!r} is not offered by this server; it offers: {', '.join(MODELS)}")
+    return value
 
 
 class _Body(BaseModel):
@@ -49,9 +57,15 @@ class CreateUploadSessionRequest(_Request):
                                   "above). The upload must match it.")
     content_type: str = Field("octet-stream", max_length=100,
                               description="The upload method you will use (informational).")
-    model: Literal["blur"] = Field("blur", description="Processing model; `blur` is the only one.")
+    model: str = Field("blur", max_length=100, json_schema_extra={"enum": list(MODELS)},
+                       description="Processing model: `blur` (the vendor's `syn` is not offered: 422).")
     config: ModelConfig = Field(default_factory=ModelConfig, alias="model_config",
                                 description="Detection/redaction options; unknown keys are rejected.")
+
+    @field_validator("model")
+    @classmethod
+    def _offered(cls, value: str) -> str:
+        return check_model(value)
 
 
 class CreateUploadSessionResponse(_Body):
@@ -69,14 +83,16 @@ class StartUploadResponse(CreateUploadSessionResponse):
 
 
 class DirectUploadResponse(_Body):
-    job_id: str
-    session_uri: str = Field(..., description="Where the body is redirected to (307, same as `Location`).")
+    job_id: str = Field(..., description="Also in the `job_id` and `x-veil-job-id` headers.")
+    url: str = Field(..., description="Where the body is redirected to (307, same as `Location`).")
+    session_uri: str = Field(..., description="The same URL (the seed's name for it).")
 
 
 class ApproveResponse(_Body):
     job_id: str
     detail: str
     job_total_credit_cost: int | None = None
+    total_credit_cost: int | None = Field(None, description="The same, under the vendor reference's name.")
 
 
 class TaskReport(_Body):
@@ -97,6 +113,7 @@ class JobReport(_Body):
     job_status_description: str
     job_total_credit_cost: int | None = Field(None, description="Credits approval reserves; known once the "
                                               "upload is complete.")
+    total_credit_cost: int | None = Field(None, description="The same, under the vendor reference's name.")
     state: Literal["created", "uploaded", "awaiting_approval", "queued", "running", "completed", "failed",
                    "cancelled"] = Field(..., description="Veil's state name behind job_status.")
     file_name: str

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
-    # --- the seed's options (names and defaults exactly as documented by the vendor) ---
+    # --- the seed's options (names as documented by the vendor; defaults too, except enable_lp and lp_track:
+    #     plates are found and tracked unless a client turns that off, see docs/api.md) ---
     blur_face: bool = Field(True, description="Anonymize faces.")
     blur_threshold: float = Field(
         0.5, ge=0.0, le=1.0,
@@ -25,12 +26,14 @@ class ModelConfig(BaseModel):
         "0.5 is the high-recall default, 1 keeps only certain detections.")
     lp_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="Licence-plate threshold on the same calibrated scale.")
-    enable_lp: bool = Field(False, description="Anonymize vehicle licence plates.")
+    enable_lp: bool = Field(True, description="Anonymize vehicle licence plates (on unless `false` is sent: the "
+                            "vendor's pages disagree on the default, Veil takes the privacy-safe one).")
     mask_blur: bool = Field(
         True, description="Blur inside a feathered ellipse (faces) / rounded rectangle (plates); "
         "false draws the seed's circle blur around each detection.")
     slicing: bool = Field(False, description="Tiled inference for high-resolution images and videos.")
-    lp_track: bool = Field(False, description="Track plates across video frames (no flashes).")
+    lp_track: bool = Field(True, description="Track plates across video frames, so a plate missed for a few frames "
+                           "stays blurred (on unless `false` is sent, like face_track; the vendor documents false).")
 
     # --- Veil extensions (documented in the README) ---
     face_track: bool = Field(True, description="Track faces across video frames (extension).")

@@ -483,6 +483,7 @@ class JobService:
             "job_status": job_status_number(job),
             "job_status_description": self.describe(job),
             "job_total_credit_cost": job.total_cost,
+            "total_credit_cost": job.total_cost,
             "state": job.status,
             "file_name": job.file_name,
             "file_size": job.uploaded_size if job.uploaded_size is not None else job.file_size,
