@@ -1,26 +1,47 @@
 """Issue 9 acceptance: schemathesis generates requests from the app's own OpenAPI (bounded examples, valid and
 invalid ones, in-process ASGI) and no answer is a 5xx. Half the calls carry a valid API key and admin token,
-so validation and the handlers behind it are reached, not only the 401s."""
+so validation and the handlers behind it are reached, not only the 401s.
+
+Issue 18: the same for the admin panel's routes (their query parameters; kept out of /docs, so their schema
+is made here from the panel's routers) and the Event Grid webhook, half the calls signed in (a panel session
+cookie) and with the webhook's secret."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import zlib
 from pathlib import Path
 
 import pytest
 import schemathesis
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
 from _service_helpers import new_key, settings_for
+from veil.api import events
 from veil.api.app import create_app
+from veil.jobs import admins
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 EXAMPLES = 30  # per operation: about 25 s of CPU for the whole API
 
 _data = tempfile.TemporaryDirectory(prefix="veil-schemathesis-")
-_app = create_app(settings_for(Path(_data.name), admin_token="admin-secret"))
+_app = create_app(settings_for(Path(_data.name), admin_token="admin-secret", events_secret="hook-secret",
+                               admin_email="ops@example.com", admin_password="panel-password-1"))
+PANEL_SCHEMA = "/panel-and-webhook-openapi.json"
+
+
+def _panel_and_webhook_schema() -> bytes:
+    """The OpenAPI of the panel's routers (under /admin) and the webhook, as a FastAPI app of their own."""
+    from veil.api.panel import auth, jobs, keys, reports
+
+    documented = FastAPI(title="Veil panel and webhook")
+    for module in (auth, keys, jobs, reports):
+        documented.include_router(module.router, prefix="/admin")
+    documented.include_router(events.router)
+    return json.dumps(documented.openapi()).encode()
 
 
 async def _without_lifespan(scope, receive, send):
@@ -31,26 +52,50 @@ async def _without_lifespan(scope, receive, send):
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
+    if scope["type"] == "http" and scope["path"] == PANEL_SCHEMA:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": _panel_and_webhook_schema()})
+        return
     await _app(scope, receive, send)
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", _without_lifespan)
+panel_schema = schemathesis.openapi.from_asgi(PANEL_SCHEMA, _without_lifespan)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _running():
     with TestClient(_app):
         _app.state.key = new_key(_app.state.service, credits=10)
+        _app.state.session = admins.sign_in(_app.state.service.db, "ops@example.com", "panel-password-1", 12).token
         yield
     _data.cleanup()
+
+
+def _half(case) -> bool:
+    return zlib.crc32(repr((case.body, case.query, case.path_parameters)).encode()) % 2 == 0
+
+
+def _no_server_error(case) -> None:
+    response = case.call()
+    assert response.status_code < 500, (case.method, case.path, case.path_parameters, case.query, case.body,
+                                        response.text[:500])
 
 
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_no_server_errors(case) -> None:
-    if zlib.crc32(repr((case.body, case.query, case.path_parameters)).encode()) % 2 == 0:
+    if _half(case):
         case.headers = {**(case.headers or {}), "access_token": _app.state.key,
                         "Authorization": "Bearer admin-secret"}
-    response = case.call()
-    assert response.status_code < 500, (case.method, case.path, case.path_parameters, case.query, case.body,
-                                        response.text[:500])
+    _no_server_error(case)
+
+
+@panel_schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_panel_and_webhook_no_server_errors(case) -> None:
+    if _half(case):
+        case.headers = {**(case.headers or {}), "Cookie": f"veil_admin={_app.state.session}"}
+        if case.path.startswith("/events/"):
+            case.query = {**(case.query or {}), "secret": "hook-secret"}
+    _no_server_error(case)
