@@ -4,7 +4,13 @@ ids, then Put Block List), approve it (the seed's loop: 302 means retry) and pol
 Prints requests/s, p50/p99 latency per route, errors (should be 0), the server's RSS at the start and
 every quarter of the run, and its peak RSS and open file descriptors. Not a test: figures only.
 
-    .venv/bin/python bench/load_test.py [--clients 50] [--seconds 60] [--size-mib 8]
+    .venv/bin/python bench/load_test.py [--clients 50] [--seconds 60] [--size-mib 8] [--signin-clients 3]
+
+With `--signin-clients N` (issue 18) the run is made twice on the same server: once as above, once with N
+anonymous clients beside the seed-style ones, each posting sign-ins with random emails and passwords as fast
+as it is answered, every one from a new source address (`X-Forwarded-For`, which uvicorn trusts from
+loopback: the worst case, no address ever backs off). A probe client with its own key times `GET /v1/jobs`
+every 0.2 s in both runs; the API's p99 (probe, and every seed-style request) is printed for both.
 
 The server is a separate process (`veil serve`, embedded defaults, a temporary data directory that is
 deleted afterwards) with `VEIL_WORKER=none`: jobs are priced (the upload is read and hashed) and
@@ -18,6 +24,8 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import random
+import re
 import shutil
 import subprocess
 import sys
@@ -123,9 +131,76 @@ def client(base: str, key: str, data: bytes, deadline: float, rec: Recorder) -> 
             rec.jobs += 1
 
 
+def signin_client(base: str, deadline: float, answers: dict[int, int], lock: threading.Lock) -> None:
+    """Anonymous sign-ins with random emails and passwords, each from a new address, until `deadline`."""
+    with requests.Session() as http:
+        while time.monotonic() < deadline:
+            http.headers["X-Forwarded-For"] = ".".join(["10"] + [str(random.randrange(256)) for _ in range(3)])
+            try:
+                page = http.get(f"{base}/admin/login", timeout=120)
+                token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+                status = http.post(f"{base}/admin/login", timeout=120, allow_redirects=False, data={
+                    "csrf_token": token, "email": f"{random.getrandbits(64):x}@example.com",
+                    "password": f"{random.getrandbits(64):x}"}).status_code
+            except (requests.RequestException, AttributeError):
+                status = 0
+            with lock:
+                answers[status] = answers.get(status, 0) + 1
+
+
+def probe(base: str, key: str, deadline: float, rec: Recorder) -> None:
+    while time.monotonic() < deadline:
+        rec.call("GET /v1/jobs (probe)", "GET", f"{base}/v1/jobs", (200,), headers={"access_token": key})
+        time.sleep(0.2)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(base: str, keys: list[str], probe_key: str, data: bytes, seconds: float, signin_clients: int,
+        server_pid: int) -> tuple[Recorder, float, list[float], dict[int, int]]:
+    """One bounded run: the seed-style clients, the probe and `signin_clients` anonymous sign-in clients."""
+    rec, answers, lock = Recorder(), {}, threading.Lock()
+    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(base, key, data, deadline, rec)) for key in keys]
+    threads.append(threading.Thread(target=probe, args=(base, probe_key, deadline, rec)))
+    threads += [threading.Thread(target=signin_client, args=(base, deadline, answers, lock))
+                for _ in range(signin_clients)]
+    for thread in threads:
+        thread.start()
+    rss = [proc_figures(server_pid)["rss"]]
+    for quarter in (1, 2, 3):
+        time.sleep(max(0.0, started + seconds * quarter / 4 - time.monotonic()))
+        rss.append(proc_figures(server_pid)["rss"])
+    for thread in threads:
+        thread.join(seconds + 300)
+    return rec, time.monotonic() - started, rss, answers
+
+
+def report(title: str, rec: Recorder, elapsed: float, size_mib: float, answers: dict[int, int]) -> dict[str, float]:
+    """Print one run's figures; the p99s (ms) of the probe and of all seed-style requests."""
+    total = sum(len(v) for v in rec.latency.values())
+    print(f"-- {title}")
+    print(f"jobs created, uploaded, approved and queued: {rec.jobs} in {elapsed:.1f} s "
+          f"({rec.jobs * size_mib / elapsed:.1f} MiB/s uploaded)")
+    print(f"requests: {total}, {total / elapsed:.1f}/s")
+    print(f"{'route':<24}{'count':>7}{'p50 ms':>10}{'p99 ms':>10}")
+    for route, values in rec.latency.items():
+        print(f"{route:<24}{len(values):>7}{percentile(values, 0.5) * 1000:>10.1f}{percentile(values, 0.99) * 1000:>10.1f}")
+    seed = [v for route, values in rec.latency.items() if "probe" not in route for v in values]
+    figures = {"probe": percentile(rec.latency["GET /v1/jobs (probe)"], 0.99) * 1000,
+               "seed": percentile(seed, 0.99) * 1000 if seed else float("nan")}
+    print(f"API p99: GET /v1/jobs (probe) {figures['probe']:.1f} ms, all seed-style requests {figures['seed']:.1f} ms")
+    if answers:
+        counts = ", ".join(f"{n}x {status or 'no answer'}" for status, n in sorted(answers.items()))
+        print(f"anonymous sign-ins answered: {sum(answers.values())} ({counts})")
+    print(f"errors: {len(rec.errors)}")
+    for text in rec.errors[:10]:
+        print(f"  {text}")
+    return figures
 
 
 def main() -> None:
@@ -133,31 +208,25 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--size-mib", type=float, default=8)
+    parser.add_argument("--signin-clients", type=int, default=0,
+                        help="a second run with this many anonymous sign-in clients beside the others")
     parser.add_argument("--port", type=int, default=18765)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="veil-load-"))
     server = start_server(work / "data", args.port)
     base = f"http://127.0.0.1:{args.port}"
+    runs = [("seed-style clients", 0)] + ([(f"the same with {args.signin_clients} anonymous sign-in clients",
+                                            args.signin_clients)] if args.signin_clients else [])
+    results = []
     try:
         keys = [requests.post(f"{base}/admin/api/keys", headers={"Authorization": f"Bearer {ADMIN}"},
                               json={"credits": 1_000_000, "name": f"load{n}"}).json()["key"]
-                for n in range(args.clients)]
+                for n in range(args.clients + 1)]
         data = padded_jpeg(int(args.size_mib * MIB))
         before = proc_figures(server.pid)
-        rec = Recorder()
-        deadline = time.monotonic() + args.seconds
-        started = time.monotonic()
-        threads = [threading.Thread(target=client, args=(base, key, data, deadline, rec)) for key in keys]
-        for thread in threads:
-            thread.start()
-        rss = [before["rss"]]
-        for quarter in (1, 2, 3):
-            time.sleep(max(0.0, started + args.seconds * quarter / 4 - time.monotonic()))
-            rss.append(proc_figures(server.pid)["rss"])
-        for thread in threads:
-            thread.join(args.seconds + 300)
-        elapsed = time.monotonic() - started
+        for title, signins in runs:
+            results.append((title, *run(base, keys[1:], keys[0], data, args.seconds, signins, server.pid)))
         after = proc_figures(server.pid)
     finally:
         server.terminate()
@@ -165,20 +234,15 @@ def main() -> None:
         log = (work / "server.log").read_text(errors="replace")
         shutil.rmtree(work, ignore_errors=True)
 
-    total = sum(len(v) for v in rec.latency.values())
-    print(f"veil serve (VEIL_WORKER=none), {args.clients} clients, {args.seconds:g} s, "
+    print(f"veil serve (VEIL_WORKER=none), {args.clients} clients, {args.seconds:g} s per run, "
           f"{args.size_mib:g} MiB per upload, {os.cpu_count()} CPUs")
-    print(f"jobs created, uploaded, approved and queued: {rec.jobs} in {elapsed:.1f} s "
-          f"({rec.jobs * args.size_mib / elapsed:.1f} MiB/s uploaded)")
-    print(f"requests: {total}, {total / elapsed:.1f}/s")
-    print(f"{'route':<24}{'count':>7}{'p50 ms':>10}{'p99 ms':>10}")
-    for route, values in rec.latency.items():
-        print(f"{route:<24}{len(values):>7}{percentile(values, 0.5) * 1000:>10.1f}{percentile(values, 0.99) * 1000:>10.1f}")
-    print(f"errors: {len(rec.errors)}")
-    for text in rec.errors[:10]:
-        print(f"  {text}")
-    rss.append(after["rss"])
-    print(f"server RSS (MiB) at 0, 1/4, 1/2, 3/4 and the end: {', '.join(f'{v:.0f}' for v in rss)} "
+    p99 = [report(title, rec, elapsed, args.size_mib, answers) for title, rec, elapsed, rss, answers in results]
+    if len(p99) == 2:
+        print(f"API p99 without / with sign-in traffic: probe {p99[0]['probe']:.1f} / {p99[1]['probe']:.1f} ms "
+              f"({p99[1]['probe'] / p99[0]['probe']:.2f}x), seed-style {p99[0]['seed']:.1f} / {p99[1]['seed']:.1f} ms "
+              f"({p99[1]['seed'] / p99[0]['seed']:.2f}x)")
+    rss = [before["rss"]] + [v for *_, run_rss, _ in results for v in run_rss[1:]] + [after["rss"]]
+    print(f"server RSS (MiB) at 0, each quarter of each run and the end: {', '.join(f'{v:.0f}' for v in rss)} "
           f"(peak {after['peak']:.0f}); open fds start {before['fds']:.0f}, end {after['fds']:.0f}")
     tracebacks = log.count("Traceback")
     if tracebacks:

@@ -47,7 +47,8 @@ def usage_csv(request: Request, q: Annotated[UsageQuery, Query()],
     for row in _usage(request, q):
         writer.writerow([row.day.isoformat(), row.credits, row.files, row.video_minutes])
     name = f"veil-usage-{q.key[:8] or 'all'}-{q.period}d.csv"
-    return Response(out.getvalue(), media_type="text/csv", headers={"Content-Disposition": attachment_disposition(name)})
+    return Response(out.getvalue(), media_type="text/csv",
+                    headers={"Content-Disposition": attachment_disposition(name)})
 
 
 @router.get("/deliveries")
