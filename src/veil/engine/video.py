@@ -30,6 +30,7 @@ report's `figures["rotation"]` gives the display rotation in degrees counter-clo
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -146,7 +147,7 @@ class _Job:
                 writer.abort()
             if isinstance(self._error, MediaError):
                 raise self._error
-            if isinstance(self._error, av.error.FFmpegError):
+            if isinstance(self._error, av.error.FFmpegError) and not _machine_fault(self._error):
                 raise MediaError(f"{self.src.name}: cannot process this video: {self._error}") from self._error
             raise self._error
         if writer is not None:
@@ -397,6 +398,11 @@ def _check_complete(source: Source, report: Report, src: Path) -> None:
         if missing > max(1.0, 5 / source.fps):
             raise MediaError(f"{src.name}: truncated or corrupt video: frames end at {last:.2f} s "
                              f"of {source.duration:.2f} s")
+
+
+def _machine_fault(exc: BaseException) -> bool:
+    """An error of this machine (its disk full, failing or read-only), not of the video: raised as it is."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
 
 
 def _reason(exc: BaseException) -> str:
