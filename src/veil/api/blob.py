@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import errno
 import hashlib
 import logging
 import re
@@ -185,9 +186,8 @@ def create_blob_router(
                                        request_id)
         except ClientDisconnect:
             response = _error_response(BlobError(400, "InvalidBlobOrBlock", "client disconnected"), request_id)
-        except Exception:  # a bug or a disk error: an Azure 500, never a traceback to the client
-            log.exception("blob endpoint failed: %s %s", request.method, request.url.path)
-            response = _error_response(BlobError(500, "InternalError"), request_id, head=head)
+        except Exception as exc:  # a bug or a disk error: an Azure 500 (503 for a full store), never a traceback
+            response = _unexpected_error(exc, request, request_id, head)
         if response.status_code >= 400 and request.method == "PUT":
             # The body may be unread (errors are decided first): close instead of draining it.
             response.headers["Connection"] = "close"
@@ -678,6 +678,20 @@ def _properties_headers(props: BlobProperties, overrides: dict[str, str]) -> dic
     }
     headers.update(overrides)  # SAS rsc* overrides (signed, §1.4)
     return headers
+
+
+def _unexpected_error(exc: Exception, request: Request, request_id: str, head: bool) -> Response:
+    """A full disk under the store (the body was not kept) is 503 ServerBusy, which clients retry, logged in
+    one line; anything else is a 500 InternalError with its traceback in the log."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        log.warning("blob endpoint: the store is out of space (%s): %s %s", exc.strerror, request.method,
+                    request.url.path)
+        response = _error_response(BlobError(503, "ServerBusy", "The upload store is out of space; retry later."),
+                                   request_id, head=head)
+        response.headers["Retry-After"] = "30"
+        return response
+    log.exception("blob endpoint failed: %s %s", request.method, request.url.path)
+    return _error_response(BlobError(500, "InternalError"), request_id, head=head)
 
 
 def _error_response(exc: BlobError, request_id: str, head: bool = False) -> Response:
