@@ -11,7 +11,8 @@ once its lease ran out (at the next start of an embedded `veil serve`, at once).
 file goes to the output container and its row is marked completed under its lease, so it is never run
 again. Progress is the sum of the segments' (weighted by frames; it only grows within a run); a cancel
 stops every running segment at its next frame; a segment the engine rejects fails the file. When all are
-completed, the segment files are joined into the task's output without re-encoding and then removed.
+completed, the segment files are joined into the task's output without re-encoding and then removed; a
+join that fails is Veil's fault (its own files), never the input's: the file fails as an internal error (refunded).
 """
 
 from __future__ import annotations
@@ -113,10 +114,18 @@ def anonymize_segments(svc: JobService, task, path: Path, dst: Path, config: Mod
         if not part.exists():  # finished by another worker or an earlier run
             with svc.store.open_read(OUTPUT_CONTAINER, rows[index].blob) as src, part.open("wb") as out:
                 shutil.copyfileobj(src, out, 1024 * 1024)
-    report = stitch(path, [parts[s.index] for s in plan], dst, config, limits)
+    try:
+        report = stitch(path, [parts[s.index] for s in plan], dst, config, limits)
+    except MediaError as exc:  # the input was read whole already: its segments are Veil's files, the fault Veil's
+        raise StitchFailed(f"the video's segments could not be joined ({exc})") from exc
     report.figures["detections"] = sum(r.detections or 0 for r in rows.values())
     shutil.rmtree(folder, ignore_errors=True)
     return report
+
+
+class StitchFailed(RuntimeError):
+    """Joining the finished segments failed: a fault of Veil (its own segment files), never of the input, so
+    the file fails as an internal error and its job is refunded."""
 
 
 def _claim_in_slot(svc: JobService, task_id: int, owner: str, plan: list[Segment],
