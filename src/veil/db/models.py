@@ -184,7 +184,9 @@ class DeploymentSecret(Base):
 
 
 class AdminUser(Base):
-    """An operator who signs in to the admin panel. Failed sign-ins back off (`locked_until`)."""
+    """An operator who signs in to the admin panel. `failed_signins` counts wrong passwords since the last
+    sign-in; the back-off itself is kept per address in the API server (`veil.jobs.admins`), and
+    `locked_until`, where it was kept before, is no longer set."""
 
     __tablename__ = "admin_users"
 
