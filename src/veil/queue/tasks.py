@@ -126,6 +126,7 @@ def process_job(job_id: str, service: JobService | None = None) -> bool:
         log.warning("job %s: stopped; another worker holds its lease", job_id)
     except Exception as exc:  # noqa: BLE001 - never leave a job running because of a bug or an outage
         log.exception("job %s failed", job_id)
+        shutil.rmtree(work, ignore_errors=True)  # first: on a full disk, the room to record the failure
         svc.finish(job_id, "failed", f"internal error: {_describe(exc, svc)}",
                    refund_reason="job failed through no fault of its input", owner=owner)
     finally:
@@ -188,6 +189,7 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
                 log.exception("job %s: file %s failed", job_id, path.name)
             error = (public_message(str(exc), svc.settings.data_dir) if input_fault
                      else f"internal error: {_describe(exc, svc)}")
+            dst.unlink(missing_ok=True)  # first: on a full disk (the database's too), the room to record it
             _set_task(svc, lease, task_id, status="failed", error=error, system_fault=not input_fault,
                       finished_at=utcnow())
             drop_segments(svc, task_id)
