@@ -38,13 +38,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import av
 import numpy as np
 
 from .config import MediaLimits, ModelConfig
 from .detections import FACE, PLATE, Detections
+from .document import normalized
 from .errors import MediaError
 from .report import FrameDetections, Report
 from .tracking import TrackingParams, VideoTracker
@@ -65,15 +66,22 @@ _EMPTY = Detections(track_ids=np.zeros(0, np.int64))
 
 
 def anonymize_video(src: Path, dst: Path, config: ModelConfig, progress: Progress | None = None,
-                    limits: MediaLimits = MediaLimits()) -> Report:
+                    limits: MediaLimits = MediaLimits(), record: Recorder | None = None) -> Report:
     """Anonymize the video `src` into `dst` (container chosen by dst's suffix, else the source's)."""
-    return _Job(Path(src), config, progress, limits=limits).run(Path(dst))
+    return _Job(Path(src), config, progress, limits=limits, record=record).run(Path(dst))
 
 
 def detect_video(src: Path, config: ModelConfig, progress: Progress | None = None,
-                 limits: MediaLimits = MediaLimits()) -> Report:
+                 limits: MediaLimits = MediaLimits(), record: Recorder | None = None) -> Report:
     """Detections of every frame of `src` (tracked, with track ids), without writing a video."""
-    return _Job(Path(src), config, progress, limits=limits).run(None)
+    return _Job(Path(src), config, progress, limits=limits, record=record).run(None)
+
+
+def render_video(src: Path, dst: Path, config: ModelConfig, plan: PlanFn, extra: Callable[[int], Detections],
+                 progress: Progress | None = None, limits: MediaLimits = MediaLimits()) -> Report:
+    """`src` anonymized into `dst` with no detector: `plan` hands the tracker each frame's candidates
+    (`veil.engine.render`), `extra` adds boxes to a frame's final ones."""
+    return _Job(Path(src), config, progress, limits=limits, plan=plan, extra=extra).run(Path(dst))
 
 
 # ----------------------------------------------------------------------------- the job
@@ -98,10 +106,18 @@ class _Job:
 
     def __init__(self, src: Path, config: ModelConfig, progress: Progress | None,
                  detect: DetectFn | None = None, limits: MediaLimits = MediaLimits(),
-                 segment: Segment | None = None) -> None:
+                 segment: Segment | None = None, plan: PlanFn | None = None,
+                 record: "Recorder | None" = None,
+                 extra: Callable[[int], Detections] | None = None) -> None:
         self.src, self.config, self.progress, self.limits = src, config, progress, limits
         self._detect = detect
         self.segment = segment
+        # Rendering from a detections document (`veil.engine.render`): `plan` replaces the detectors and
+        # their schedule, `extra` adds reviewer boxes to a frame's final ones; `record` is told the plan, then
+        # every frame's candidates (None where no detector ran) as they leave the detect stage.
+        self._plan = plan or (lambda source: detect_plan(config, (source.width, source.height), source.fps,
+                                                         self._detect))
+        self._record, self._extra = record, extra
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self.analysed = 0  # frames through the detect stage (progress is told from it)
@@ -119,7 +135,10 @@ class _Job:
 
     def _run(self, source: Source, dst: Path | None) -> Report:
         config = self.config
-        planner, params, tracked = detect_plan(config, (source.width, source.height), source.fps, self._detect)
+        plan = self._plan(source)
+        planner, params, tracked = plan
+        if self._record is not None:
+            self._record.start(source, plan)
         stride = planner.stride if planner else 1
         tracker = VideoTracker(params, (source.width, source.height),
                                {FACE: config.blur_threshold, PLATE: config.lp_threshold}, tracked)
@@ -129,7 +148,7 @@ class _Job:
         q_out: queue.Queue = queue.Queue(_QUEUE)
         threads = [
             threading.Thread(target=self._guard, args=(self._read, source, q_read), daemon=True),
-            threading.Thread(target=self._guard, args=(self._analyse, q_read, q_out, planner, tracker),
+            threading.Thread(target=self._guard, args=(self._analyse, q_read, q_out, plan, tracker),
                              daemon=True),
         ]
         for t in threads:
@@ -199,8 +218,8 @@ class _Job:
         self._put(q, _END)
 
     # -- stage 2: detect and track
-    def _analyse(self, q_in: queue.Queue, q_out: queue.Queue, planner: FrameDetector | None,
-                 tracker: VideoTracker) -> None:
+    def _analyse(self, q_in: queue.Queue, q_out: queue.Queue, plan: Plan, tracker: VideoTracker) -> None:
+        planner = plan[0]
         pending: deque = deque()  # frames and audio packets waiting for their boxes, in stream order
         finals: dict[int, Detections] = {}
         try:
@@ -214,6 +233,9 @@ class _Job:
                     continue
                 index, frame = payload
                 dets = planner(index, frame, lambda k, i=index: tracker.predict(i, k)) if planner else None
+                dets = None if dets is None else normalized(dets)  # as a document keeps them: renders draw the same
+                if self._record is not None:
+                    self._record.frame(index, None if frame.time is None else round(frame.time, 6), dets)
                 pending.append(("frame", (index, frame)))
                 finals.update(tracker.push(index, dets))
                 self.analysed += 1
@@ -231,7 +253,10 @@ class _Job:
                 index, frame = payload
                 if index not in finals:
                     return
-                payload = (index, frame, finals.pop(index))
+                dets = finals.pop(index)
+                if self._extra is not None:
+                    dets = Detections.concat([dets, self._extra(index)])
+                payload = (index, frame, dets)
             pending.popleft()
             self._put(q_out, (kind, payload))
 
@@ -285,8 +310,20 @@ class _Stopped(Exception):
     """A stage noticed that another one failed."""
 
 
+Plan = tuple["FrameDetector | None", TrackingParams, set[int]]  # planner (None: nothing to find), tracking, tracked kinds
+PlanFn = Callable[[Source], Plan]
+
+
+class Recorder(Protocol):
+    """Sees what the detect stage found (`veil.engine.render.VideoDocument` writes it to a document)."""
+
+    def start(self, source: Source, plan: Plan) -> None: ...
+
+    def frame(self, index: int, pts: float | None, candidates: Detections | None) -> None: ...
+
+
 def detect_plan(config: ModelConfig, size: tuple[int, int], fps: float, detect: DetectFn | None = None
-                ) -> tuple[FrameDetector | None, TrackingParams, set[int]]:
+                ) -> Plan:
     """The detect stage's planner (None when nothing is to be found), the tracker's parameters and the
     tracked kinds, for a video of `size` at `fps`."""
     kinds = frozenset(k for k, on in ((FACE, config.wants_faces), (PLATE, config.wants_plates)) if on)

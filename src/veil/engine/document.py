@@ -1,0 +1,268 @@
+"""Detections documents: what the detectors found in one file, kept so that a person can review it and the
+output can be rendered again (another threshold, mask or style, reviewer edits) without any detector.
+
+The format (version 1, `docs/detections.md`) is gzip-compressed JSON lines, written and read streaming:
+
+* line 1, the header: `{"format": "veil-detections", "version": 1, "media": "image"|"video", "width", "height",
+  "floor": {"faces": f, "plates": f}, "config": {model_config of the detection run}, "video": {"fps",
+  "stride", "scan", "frames"} | null}`. Every candidate scoring at or above `floor` (calibrated) is kept.
+* one line per frame (one for an image): `{"i": index, "pts": seconds|null, "ran": bool, "c": [[kind, x1, y1,
+  x2, y2, score], ...], "lm": {"n": [10 floats]}}`; `ran` is false where the video's detector skipped the
+  frame (the tracker bridges it); candidate `n` of frame `i` has the id `"i.n"`; `lm` holds face landmarks.
+* edit lines, appended later as gzip members of their own (the candidates are never rewritten):
+  `{"edit": {"op": ..., "by": who, "at": ISO time, ...}}`, see `Edit`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from .detections import FACE, KIND_NAMES, PLATE, Detections
+
+FORMAT, VERSION = "veil-detections", 1
+KIND_OF = {"face": FACE, "plate": PLATE}
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Header:
+    media: str
+    width: int
+    height: int
+    floor: dict[str, float]  # "faces"/"plates" -> calibrated score down to which every candidate is kept
+    config: dict[str, Any]  # the model_config the detection ran with
+    video: dict[str, Any] | None = None  # fps, stride, scan, frames
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "media": self.media, "width": self.width,
+                "height": self.height, "floor": self.floor, "config": self.config, "video": self.video}
+
+
+@dataclass
+class Frame:
+    index: int
+    pts: float | None
+    ran: bool  # False: the detector did not run on this frame
+    candidates: Detections  # every candidate, in id order ("index.n" for row n)
+
+    def ids(self) -> list[str]:
+        return [f"{self.index}.{n}" for n in range(len(self.candidates))]
+
+
+# ----------------------------------------------------------------------------- edits
+class _Edit(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    by: str = Field("", max_length=200, description="Who made the edit.")
+    at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+class AddBox(_Edit):
+    """A region the detectors missed: one box (an image: frame 0), or boxes on two or more frames of a video,
+    covering every frame between them (linearly interpolated)."""
+    op: Literal["add"]
+    kind: Literal["face", "plate"]
+    frames: dict[int, tuple[float, float, float, float]] = Field(..., min_length=1)
+
+    @field_validator("frames")
+    @classmethod
+    def _boxes(cls, frames: dict) -> dict:
+        for index, (x1, y1, x2, y2) in frames.items():
+            if index < 0 or not (x2 > x1 and y2 > y1):
+                raise ValueError(f"frame {index}: a box is [x1, y1, x2, y2] with x2 > x1 and y2 > y1")
+        return dict(sorted(frames.items()))
+
+
+class RemoveCandidates(_Edit):
+    """Candidates that are not faces or plates: never drawn, whatever the threshold."""
+    op: Literal["remove"]
+    ids: list[str] = Field(..., min_length=1)
+
+
+class KeepCandidates(_Edit):
+    """Candidates below the threshold that are real: drawn (and tracked) as if certain."""
+    op: Literal["keep"]
+    ids: list[str] = Field(..., min_length=1)
+
+
+class RemoveTrack(_Edit):
+    """Every candidate of a track (numbered as a render at the document's own config numbers them)."""
+    op: Literal["remove_track"]
+    track: int = Field(..., ge=1)
+
+
+Edit = Annotated[AddBox | RemoveCandidates | KeepCandidates | RemoveTrack, Field(discriminator="op")]
+EDITS = TypeAdapter(list[Edit])
+
+
+# ----------------------------------------------------------------------------- writing
+class DocumentWriter:
+    """Streams a document to `path` (gzip): the header now, then `frame(...)` in frame order, then `close()`."""
+
+    def __init__(self, path: Path, header: Header) -> None:
+        self._file = gzip.open(Path(path), "wt", encoding="utf-8", compresslevel=6)
+        self._line(header.to_json())
+
+    def frame(self, index: int, pts: float | None, candidates: Detections | None) -> None:
+        rows, marks = _rows(candidates if candidates is not None else Detections())
+        line: dict[str, Any] = {"i": index, "pts": pts, "ran": candidates is not None, "c": rows}
+        if marks:
+            line["lm"] = marks
+        self._line(line)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> DocumentWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _line(self, value: dict) -> None:
+        self._file.write(json.dumps(value, separators=(",", ":")) + "\n")
+
+
+def append_edits(path: Path, edits: list[Edit]) -> None:
+    """Record edits in the document: a gzip member of their own, appended (the candidates stay as written)."""
+    with gzip.open(Path(path), "at", encoding="utf-8") as f:
+        for edit in edits:
+            f.write(json.dumps({"edit": edit.model_dump()}, separators=(",", ":")) + "\n")
+
+
+# ----------------------------------------------------------------------------- reading
+def read_header(path: Path) -> Header:
+    with gzip.open(Path(path), "rt", encoding="utf-8") as f:
+        return _header(f.readline(), path)
+
+
+def iter_frames(path: Path) -> Iterator[Frame]:
+    """The document's frames in order, one line at a time (bounded memory)."""
+    with gzip.open(Path(path), "rt", encoding="utf-8") as f:
+        _header(f.readline(), path)
+        for line in f:
+            data = json.loads(line)
+            if "edit" in data:
+                continue
+            yield _frame(data)
+
+
+def read_edits(path: Path) -> list[Edit]:
+    edits = []
+    with gzip.open(Path(path), "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith('{"edit"'):
+                edits.append(json.loads(line)["edit"])
+    return EDITS.validate_python(edits)
+
+
+def _header(line: str, path: Path) -> Header:
+    try:
+        data = json.loads(line)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{Path(path).name}: not a Veil detections document")
+    if data.get("version") != VERSION:
+        raise ValueError(f"{Path(path).name}: detections document version {data.get('version')} (this Veil "
+                         f"reads version {VERSION})")
+    return Header(data["media"], data["width"], data["height"], data["floor"], data["config"], data.get("video"))
+
+
+def _frame(data: dict) -> Frame:
+    return Frame(data["i"], data["pts"], data["ran"], _detections(data["c"], data.get("lm") or {}))
+
+
+def normalized(candidates: Detections) -> Detections:
+    """`candidates` as a document stores them (boxes to 0.01 px, scores to 1e-5): what the pipeline draws
+    from, so that a render from the document draws exactly the same."""
+    return _detections(*_rows(candidates))
+
+
+def _rows(dets: Detections) -> tuple[list[list[float]], dict[str, list[float]]]:
+    rows, marks = [], {}
+    for n in range(len(dets)):
+        x1, y1, x2, y2 = (round(float(v), 2) for v in dets.xyxy[n])
+        rows.append([int(dets.kinds[n]), x1, y1, x2, y2, round(float(dets.scores[n]), 5)])
+        if dets.landmarks is not None and np.isfinite(dets.landmarks[n]).all():
+            marks[str(n)] = [round(float(v), 2) for v in dets.landmarks[n]]
+    return rows, marks
+
+
+def _detections(rows: list, marks: dict[str, list[float]]) -> Detections:
+    table = np.asarray(rows, np.float64).reshape(-1, 6)
+    landmarks = None
+    if marks:
+        landmarks = np.full((len(table), 10), np.nan, np.float32)
+        for n, values in marks.items():
+            landmarks[int(n)] = values
+    return Detections(table[:, 1:5], table[:, 5], table[:, 0].astype(np.int8), landmarks=landmarks)
+
+
+# ----------------------------------------------------------------------------- applying edits
+@dataclass
+class Review:
+    """A document's edits, resolved for rendering frame by frame."""
+    removed: set[str]
+    kept: set[str]
+    added: list[AddBox]
+
+    @classmethod
+    def of(cls, edits: list[Edit], track_ids: dict[int, set[str]] | None = None) -> Review:
+        removed, kept, added = set(), set(), []
+        for edit in edits:
+            if isinstance(edit, RemoveCandidates):
+                removed |= set(edit.ids)
+            elif isinstance(edit, KeepCandidates):
+                kept |= set(edit.ids)
+            elif isinstance(edit, AddBox):
+                added.append(edit)
+            elif isinstance(edit, RemoveTrack):
+                removed |= (track_ids or {}).get(edit.track, set())
+        return cls(removed, kept - removed, added)
+
+    def candidates(self, frame: Frame) -> Detections:
+        """The frame's candidates without the removed ones; kept ones scored 1.0."""
+        ids = frame.ids()
+        dets = frame.candidates
+        if not (self.removed or self.kept) or not len(dets):
+            return dets
+        keep = np.array([i not in self.removed for i in ids], bool)
+        scores = dets.scores.copy()
+        scores[[n for n, i in enumerate(ids) if i in self.kept]] = 1.0
+        dets = Detections(dets.xyxy, scores, dets.kinds, landmarks=dets.landmarks)
+        return dets[keep]
+
+    def boxes(self, index: int) -> Detections:
+        """Reviewer boxes on frame `index` (a span's boxes interpolated between its frames)."""
+        boxes, kinds = [], []
+        for edit in self.added:
+            box = _span_box(edit.frames, index)
+            if box is not None:
+                boxes.append(box)
+                kinds.append(KIND_OF[edit.kind])
+        return Detections(boxes, np.ones(len(boxes)), kinds, np.full(len(boxes), -1, np.int64))
+
+
+def _span_box(frames: dict[int, Box], index: int) -> Box | None:
+    keys = list(frames)
+    if index in frames:
+        return frames[index]
+    if len(keys) < 2 or not keys[0] < index < keys[-1]:
+        return None
+    after = next(k for k in keys if k > index)
+    before = max(k for k in keys if k < index)
+    t = (index - before) / (after - before)
+    return tuple((1 - t) * a + t * b for a, b in zip(frames[before], frames[after]))
+
+
+def kind_floor(header: Header, kind: int) -> float:
+    return float(header.floor[KIND_NAMES[kind]])
