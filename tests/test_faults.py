@@ -195,6 +195,7 @@ def test_scratch_disk_fills_while_a_video_is_processed(local, shared_data, tmp_p
     books.refunded(key_id, 100, report)
     reason = report["job_status_description"]  # the encoder's write or the database's, whichever failed first
     assert "internal error" in reason and ("No space left on device" in reason or "disk is full" in reason), report
+    assert "\n" not in reason and "sqlalche.me" not in reason and str(dep.data) not in reason, reason
     assert dep.outputs() == [] and dep.leftovers() == []
 
     again = _submit(dep, token, clip)

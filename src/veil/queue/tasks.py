@@ -308,7 +308,9 @@ def _suffix(name: str) -> str:
 
 
 def _describe(exc: Exception, svc: JobService) -> str:
-    """An unexpected error for the client: its type and text, without file names or server paths."""
+    """An unexpected error for the client: its type and text, without file names or server paths (nor the
+    statement and help link SQLAlchemy adds to a database driver's error)."""
+    exc = getattr(exc, "orig", None) or exc
     text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return f"{type(exc).__name__}: {public_message(text, svc.settings.data_dir)}"
 
