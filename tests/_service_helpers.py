@@ -47,6 +47,27 @@ def database_url_for(tmp: Path, server: str | None = None) -> str | None:
     return f"{server}{'&' if '?' in server else '?'}options=-csearch_path%3D{schema}"
 
 
+def assert_charged_once(db, job_id: str, opening: int) -> None:
+    """The job's key was debited once, by the job's cost (at least 1), and never refunded: the key's ledger
+    holds one entry for the job, its reserve, and the key's balance is `opening` less the cost (a second
+    debit shows in one or the other). `db` is a session factory or a database URL."""
+    from veil.db.models import ApiKey, Job
+    from veil.db.session import open_database
+    from veil.jobs.credits import ledger
+
+    engine, db = open_database(db) if isinstance(db, str) else (None, db)
+    try:
+        with db() as session:
+            job = session.get(Job, job_id)
+            balance = session.get(ApiKey, job.key_id).credits
+        assert job.total_cost >= 1
+        entries = [(e.kind, e.amount) for e in ledger(db, key_id=job.key_id) if e.job_id == job_id]
+        assert entries == [("reserve", -job.total_cost)] and balance == opening - job.total_cost, (entries, balance)
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
 def drop_test_schemas() -> None:
     """Drop the schemas database_url_for made (end of a PostgreSQL test session)."""
     server = os.environ.get("VEIL_TEST_DATABASE_URL")

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from _service_helpers import jpeg_bytes, settings_for, database_url_for
+from _service_helpers import assert_charged_once, jpeg_bytes, settings_for, database_url_for
 from veil.db.models import Job, utcnow
 from veil.jobs import callbacks
-from veil.jobs.keys import create_key, get_key
+from veil.jobs.keys import create_key
 from veil.jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, build_service
 from veil.queue import tasks
 from veil.queue.tasks import process_job
@@ -82,13 +82,13 @@ def test_expired_lease_is_swept_requeued_and_sent_again(svc):
 
 def test_redelivery_after_expiry_retakes_the_job_without_a_sweep(svc, monkeypatch):
     monkeypatch.setattr("veil.engine.anonymize.anonymize", _copy_engine)
-    key_id, job_id = _queued(svc)
+    _, job_id = _queued(svc)
     assert svc.leases.claim(job_id, "dead-worker")
     _expire(svc, job_id)
     assert process_job(job_id, svc) is True
     job = svc.get_job(job_id)
     assert job.status == "completed" and job.attempts == 2 and job.lease_owner is None
-    assert job.charged_credits == job.total_cost and get_key(svc.db, key_id).credits == 100 - job.total_cost
+    assert_charged_once(svc.db, job_id, 100)
 
 
 def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(svc, monkeypatch):
@@ -108,14 +108,14 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(svc, monkeypatch)
 
     seen_job = []
     monkeypatch.setattr("veil.engine.anonymize.anonymize", stalled_engine)
-    key_id, job_id = _queued(svc)
+    _, job_id = _queued(svc)
     seen_job.append(job_id)
     assert process_job(job_id, svc) is True
     assert seen == ["A"]
     job = svc.get_job(job_id)
     assert job.status == "running" and job.lease_owner == "worker-B" and job.progress == 0.0
     assert [t.status for t in job.tasks] == ["pending"] and svc.store.list(OUTPUT_CONTAINER) == []
-    assert job.charged_credits == job.total_cost and job.refunded_credits == 0
+    assert_charged_once(svc.db, job_id, 100)
 
 
 def test_a_worker_that_lost_its_lease_after_writing_its_output_deletes_it(svc, monkeypatch):
