@@ -18,6 +18,8 @@ import av
 import pytest
 import requests
 
+from _service_helpers import assert_charged_once
+
 pytestmark = pytest.mark.slow
 CLIP_FRAMES = 150
 
@@ -127,6 +129,7 @@ def test_kill_mid_video_then_restart_completes_the_job(tmp_path, shared_data, de
             frames = sum(1 for _ in container.decode(video=0))
         assert frames == CLIP_FRAMES
         assert report["credits_charged"] == report["job_total_credit_cost"]
+        assert_charged_once(f"sqlite:///{data / 'veil.db'}", job_id, 100)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
