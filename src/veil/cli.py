@@ -12,16 +12,22 @@ from .engine.config import ModelConfig
 
 
 def _model_config(config_json: str | None, overrides: dict) -> ModelConfig:
+def _model_config_dict(config_json: str | None) -> dict:
+    """--config as a dict: JSON text or a path to a JSON file."""
+    if not config_json:
+        return {}
+    text = Path(config_json).read_text() if Path(config_json).is_file() else config_json
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--config") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--config")
+    return data
+
+
     """Build a ModelConfig from --config (JSON text or a path to a JSON file) plus explicit flags."""
-    data: dict = {}
-    if config_json:
-        text = Path(config_json).read_text() if Path(config_json).is_file() else config_json
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--config") from None
-        if not isinstance(data, dict):
-            raise click.BadParameter("must be a JSON object", param_hint="--config")
+    data = _model_config_dict(config_json)
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return ModelConfig(**data)
@@ -145,9 +151,12 @@ def anonymize(inputs: tuple[Path, ...], output_dir: Path, jobs: int, **kwargs) -
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "json_out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Write detections here as {\"items\": [...]}.")
+              help="Write detections here as {\"items\": [...]}; with --candidates, the detections document.")
+@click.option("--candidates", is_flag=True,
+              help="Write one input's detections document (every candidate down to the floor, docs/detections.md) "
+              "for `veil render` and review.")
 @_config_options
-def detect(inputs: tuple[Path, ...], json_out: Path, **kwargs) -> None:
+def detect(inputs: tuple[Path, ...], json_out: Path, candidates: bool, **kwargs) -> None:
     """Detect faces and plates without changing anything; write boxes as JSON."""
     from tqdm import tqdm
 
@@ -155,7 +164,11 @@ def detect(inputs: tuple[Path, ...], json_out: Path, **kwargs) -> None:
     from .engine.errors import MediaError, ModelsMissing
 
     config, _ = _split_config(kwargs)
-    limits = _settings().media_limits()  # VEIL_MAX_IMAGE_PIXELS, VEIL_MAX_VIDEO_FRAME_PIXELS
+    settings = _settings()
+    limits = settings.media_limits()  # VEIL_MAX_IMAGE_PIXELS, VEIL_MAX_VIDEO_FRAME_PIXELS
+    if candidates:
+        _detect_document(inputs, json_out, config, limits, settings.detections_floor)
+        return
     items, failures = [], 0
     for src in tqdm(inputs, unit="file", disable=len(inputs) < 2):
         try:
@@ -175,6 +188,54 @@ def detect(inputs: tuple[Path, ...], json_out: Path, **kwargs) -> None:
 
 
 # ----------------------------------------------------------------------------- service
+def _detect_document(inputs: tuple[Path, ...], doc: Path, config: ModelConfig, limits, floor: float) -> None:
+    from .engine.errors import MediaError, ModelsMissing
+    from .engine.render import detect_document
+
+    if len(inputs) != 1:
+        raise click.UsageError("--candidates writes the document of one input: give exactly one")
+    try:
+        report = detect_document(inputs[0], doc, config, limits=limits, image_floor=floor)
+    except ModelsMissing as exc:
+        raise click.ClickException(str(exc)) from None
+    except MediaError as exc:
+        raise click.ClickException(f"{inputs[0]}: {exc}") from None
+    click.echo(f"wrote {doc} ({report.detection_count} regions at the thresholds; every candidate kept)")
+
+
+@main.command()
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("document", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the rendered file (same name and format as SRC).")
+@click.option("--config", "config_json", help="model_config overrides as JSON text or a JSON file: thresholds, "
+              "mask_blur, style, video_crf; turning a kind off.")
+@click.option("--edits", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A JSON list of edits to apply on top of the document's own (docs/detections.md).")
+def render(src: Path, document: Path, output_dir: Path, config_json: str | None, edits: Path | None) -> None:
+    """Write SRC anonymized from its detections DOCUMENT, without running a detector."""
+    from pydantic import ValidationError
+
+    from .engine.document import EDITS
+    from .engine.errors import MediaError
+    from .engine.render import render as render_file
+
+    overrides = _model_config_dict(config_json)
+    try:
+        extra = EDITS.validate_json(edits.read_bytes()) if edits else []
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--edits") from None
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dst = output_dir / src.name
+    if dst.resolve() == src.resolve():
+        raise click.UsageError("the output would overwrite the input; choose another --output-dir")
+    try:
+        report = render_file(src, document, dst, overrides, extra, limits=_settings().media_limits())
+    except (MediaError, ValueError) as exc:  # ValueError: a config or document a render cannot use
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{src} -> {dst} ({report.detection_count} regions redacted)")
+
+
 def _settings(data_dir: Path | None = None, **overrides):
     """Settings from VEIL_* variables, with the command's explicit options on top."""
     from .settings import Settings

@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     callback_secret: str | None = Field(
         None, description="HMAC key signing callback bodies; when unset, generated once and kept in the "
         "database (the same for every process).")
+    detections_floor: float = Field(
+        0.1, ge=0.0, le=1.0, description="Photos: detections documents keep every candidate down to this calibrated "
+        "score, so a reviewer can lower a threshold after the fact (videos: down to the threshold minus 0.2).")
     callback_timeout_seconds: float = Field(
         10.0, gt=0, description="Total time one callback attempt may take (connect, TLS, sending, the answer's "
         "headers), however slowly the receiver trickles.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import threading
@@ -153,6 +154,8 @@ def _run(svc: JobService, job_id: str, work: Path, lease: _Lease) -> None:
     else:
         files = [src]
     tasks = _ensure_tasks(svc, job_id, files, lease)
+    if job.attempts > 1:
+        _drop_stray_outputs(svc, job_id)
     try:
         _process(svc, job_id, work, config, tasks, lease)
     except _Cancelled:
@@ -233,6 +236,17 @@ def _anonymize(svc: JobService, task: Task, path: Path, dst: Path, config: Model
         if len(plan) > 1:
             return anonymize_segments(svc, task, path, dst, config, plan, progress, lease, work)
     return anonymize(path, dst, config, progress=progress, limits=limits)
+
+
+def _drop_stray_outputs(svc: JobService, job_id: str) -> None:
+    """A run after an interrupted one deletes the outputs an earlier run stored but could not record (the
+    database went away, or the worker died, between the two); recorded outputs and stored segments stay."""
+    job = svc.get_job(job_id)
+    recorded = {t.output_blob for t in job.tasks if t.output_blob}
+    for name in svc.store.list(OUTPUT_CONTAINER, f"{job_id}/"):
+        if name not in recorded and not re.fullmatch(r"[^/]+/\d+\.segment\d+\..*", name):
+            log.info("job %s: deleting %s, stored by an earlier run that could not record it", job_id, name)
+            svc.store.delete(OUTPUT_CONTAINER, name)
 
 
 def _cancelled(svc: JobService, job_id: str, tasks: list[tuple[int, Path]], owner: str) -> None:

@@ -1,0 +1,190 @@
+"""Detect once, render many (issue 20): a detections document and renders from it, on real footage.
+
+`veil anonymize` and `detect --candidates` + `render` give the same output; a render runs with no model;
+thresholds, removed and kept candidates, added boxes and spans and removed tracks do what they say."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_video import cut_clip
+from veil.engine.anonymize import anonymize
+from veil.engine.config import ModelConfig
+from veil.engine.detections import FACE, PLATE, Detections
+from veil.engine.document import EDITS, append_edits, iter_frames, read_edits
+from veil.engine.redact import redaction_mask
+from veil.engine.render import detect_document, render
+
+pytestmark = pytest.mark.slow
+
+CROWD = "facemask_faces/images/test_shutterstock_289132226.jpg"
+CAR_CLIP = "videos/intel_car-detection.mp4"
+
+
+@pytest.fixture(scope="module")
+def crowd(shared_data, detection_models, tmp_path_factory) -> tuple[Path, Path]:
+    """A crowd photo as lossless PNG (pixels compare exactly) and its document."""
+    d = tmp_path_factory.mktemp("crowd")
+    src = d / "crowd.png"
+    Image.open(shared_data / CROWD).convert("RGB").save(src)
+    detect_document(src, d / "crowd.doc", ModelConfig(enable_lp=False))
+    return src, d / "crowd.doc"
+
+
+@pytest.fixture(scope="module")
+def clip(shared_data, detection_models, tmp_path_factory) -> tuple[Path, Path]:
+    """6 s of the dev car clip (a car drives in, its plate found) and its document."""
+    d = tmp_path_factory.mktemp("clip")
+    src = cut_clip(shared_data / CAR_CLIP, d / "cars.mp4", 6.0, start=5.0)
+    detect_document(src, d / "cars.doc", ModelConfig())
+    return src, d / "cars.doc"
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24").astype(np.int16) for f in container.decode(video=0)]
+
+
+def _edit(**values):
+    return EDITS.validate_python([values])
+
+
+def test_anonymize_and_detect_then_render_give_the_same_photo(crowd, shared_data, tmp_path):
+    src, _ = crowd
+    jpeg = shared_data / CROWD
+    for path in (src, jpeg):
+        anonymize(path, tmp_path / f"one{path.suffix}", ModelConfig(), document=tmp_path / "one.doc")
+        detect_document(path, tmp_path / "two.doc", ModelConfig())
+        render(path, tmp_path / "two.doc", tmp_path / f"two{path.suffix}")
+        assert (tmp_path / f"one{path.suffix}").read_bytes() == (tmp_path / f"two{path.suffix}").read_bytes()
+
+
+def test_anonymize_and_detect_then_render_give_the_same_video(clip, tmp_path):
+    src, doc = clip
+    report = anonymize(src, tmp_path / "one.mp4", ModelConfig())
+    render(src, doc, tmp_path / "two.mp4")
+    one, two = _frames(tmp_path / "one.mp4"), _frames(tmp_path / "two.mp4")
+    assert len(one) == len(two) == len(report.frames)
+    assert all(np.array_equal(a, b) for a, b in zip(one, two))
+    assert any(len(f.detections.kind(PLATE)) for f in report.frames)  # the clip has something to blur
+
+
+def test_render_runs_with_the_model_directory_empty(crowd, tmp_path):
+    src, doc = crowd
+    render(src, doc, tmp_path / "here.png")
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    veil = Path(sys.executable).with_name("veil")
+    out = subprocess.run([str(veil), "render", str(src), str(doc), "-o", str(tmp_path / "cli")],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "VEIL_MODEL_DIR": str(empty)})
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "cli" / "crowd.png").read_bytes() == (tmp_path / "here.png").read_bytes()
+    control = subprocess.run([str(veil), "anonymize", str(src), "-o", str(tmp_path / "anon")],
+                             capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "VEIL_MODEL_DIR": str(empty)})
+    assert control.returncode != 0  # the same directory really holds no model
+
+
+def test_thresholds_pick_exactly_the_candidates_above_them(crowd, tmp_path):
+    src, doc = crowd
+    candidates = next(iter_frames(doc)).candidates.kind(FACE)
+    assert len(candidates) > len(candidates[candidates.scores >= 0.5])  # there are candidates below the default
+    for threshold in (0.15, 0.3, 0.5, 0.8):
+        report = render(src, doc, tmp_path / f"t{threshold}.png", {"blur_threshold": threshold})
+        drawn = report.frames[0].detections
+        expected = candidates[candidates.scores >= threshold]
+        assert np.array_equal(np.sort(drawn.scores), np.sort(expected.scores))
+        assert np.allclose(drawn.xyxy[np.argsort(drawn.scores)], expected.xyxy[np.argsort(expected.scores)])
+    with pytest.raises(ValueError, match="blur_threshold"):  # below the floor the document kept
+        render(src, doc, tmp_path / "low.png", {"blur_threshold": 0.05})
+
+
+def test_an_added_box_is_blurred_and_a_removed_candidate_is_left_as_it_was(crowd, tmp_path):
+    src, doc = crowd
+    plain = tmp_path / "plain.png"
+    plain_report = render(src, doc, plain)
+    frame = next(iter_frames(doc))
+    faces = frame.candidates
+    first = int(np.argmax(faces.scores))  # the surest face
+    x1, y1, x2, y2 = (int(v) for v in faces.xyxy[first])
+    source, before = _pixels(src), _pixels(plain)
+    assert np.abs(before[y1:y2, x1:x2] - source[y1:y2, x1:x2]).mean() > 5  # blurred in the plain render
+    box = (10.0, 10.0, 90.0, 70.0)  # a corner of the photo with texture and no face
+    assert not (before[10:70, 10:90] != source[10:70, 10:90]).any()
+    edits = _edit(op="add", kind="face", frames={0: box}, by="reviewer") + \
+        _edit(op="remove", ids=[f"0.{first}"], by="reviewer")
+    render(src, doc, tmp_path / "edited.png", edits=edits)
+    after = _pixels(tmp_path / "edited.png")
+    assert np.abs(after[12:68, 12:88] - source[12:68, 12:88]).mean() > 3  # the added box is blurred
+    assert np.array_equal(after[y1:y2, x1:x2], source[y1:y2, x1:x2])  # the removed face: the source's pixels
+    # Nothing changed away from the redacted regions (overlapping regions are blurred together, so a
+    # neighbour of the removed face may change where their regions meet).
+    drawn = Detections.concat([plain_report.frames[0].detections, Detections.of_kind([box], [1.0], FACE)])
+    near = cv2.dilate(redaction_mask(source.shape[:2], drawn, ModelConfig()).astype(np.uint8), np.ones((5, 5)))
+    changed = (after != before).any(axis=2)
+    assert changed.any() and not changed[near == 0].any()
+
+
+def test_edits_recorded_in_the_document_are_applied_and_kept_apart(crowd, tmp_path):
+    src, doc = crowd
+    copy = tmp_path / "copy.doc"
+    copy.write_bytes(doc.read_bytes())
+    candidates_before = next(iter_frames(copy)).candidates
+    weakest = int(np.argmin(candidates_before.scores))
+    append_edits(copy, _edit(op="keep", ids=[f"0.{weakest}"], by="ana@example.com"))
+    [edit] = read_edits(copy)
+    assert edit.by == "ana@example.com" and edit.at
+    assert np.array_equal(next(iter_frames(copy)).candidates.scores, candidates_before.scores)  # not rewritten
+    report = render(src, copy, tmp_path / "kept.png")
+    assert len(report.frames[0].detections) == len(render(src, doc, tmp_path / "plain.png").frames[0].detections) + 1
+
+
+def test_a_span_added_on_frames_10_and_40_covers_every_frame_between(clip, tmp_path):
+    """Drawn solid (black) to see it: the span's box is on every frame from 10 to 40, interpolated."""
+    src, doc = clip
+    solid = {"style": "solid"}
+    plain = render(src, doc, tmp_path / "plain.mp4", solid)
+    edits = _edit(op="add", kind="face", frames={10: (20.0, 300.0, 80.0, 360.0), 40: (80.0, 300.0, 140.0, 360.0)})
+    report = render(src, doc, tmp_path / "span.mp4", solid, edits=edits)
+    for frame, before in zip(report.frames, plain.frames):
+        extra = len(frame.detections) - len(before.detections)
+        assert extra == (1 if 10 <= frame.index <= 40 else 0), frame.index
+    f25 = report.frames[25].detections
+    assert np.allclose(f25.xyxy[f25.track_ids == -1][0], (50.0, 300.0, 110.0, 360.0))  # interpolated
+    edited = _frames(tmp_path / "span.mp4")
+    for index in range(9, 42):
+        x1 = 20 + 2 * (index - 10)  # the interpolated box's left edge
+        core = edited[index][315:345, x1 + 15:x1 + 45]
+        assert (core.mean() < 25) == (10 <= index <= 40), index
+
+
+def test_a_removed_track_is_unblurred_on_all_its_frames(clip, tmp_path):
+    src, doc = clip
+    plain = render(src, doc, tmp_path / "plain.mp4")
+    tracks = [int(t) for f in plain.frames for t in f.detections.track_ids if t > 0]
+    assert tracks, "the clip's plate must be tracked"
+    track = max(set(tracks), key=tracks.count)
+    frames = {f.index: f.detections.xyxy[f.detections.track_ids == track] for f in plain.frames
+              if (f.detections.track_ids == track).any()}
+    report = render(src, doc, tmp_path / "removed.mp4", edits=_edit(op="remove_track", track=track))
+    source, removed, blurred = _frames(src), _frames(tmp_path / "removed.mp4"), _frames(tmp_path / "plain.mp4")
+    for index, boxes in frames.items():
+        assert not (report.frames[index].detections.track_ids == track).any()
+        x1, y1, x2, y2 = (int(v) for v in boxes[0])
+        region = (slice(y1, y2), slice(x1, x2))
+        assert np.abs(removed[index][region] - source[index][region]).mean() < \
+            np.abs(blurred[index][region] - source[index][region]).mean()
