@@ -15,6 +15,8 @@ fi
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
+# the client distribution (client/, no engine dependency) first: the main package depends on it
+.venv/bin/pip install -q -e ./client
 if [ -n "$extras" ]; then
   .venv/bin/pip install -q -e ".[$extras]"
 else

@@ -188,3 +188,32 @@ def test_a_removed_track_is_unblurred_on_all_its_frames(clip, tmp_path):
         region = (slice(y1, y2), slice(x1, x2))
         assert np.abs(removed[index][region] - source[index][region]).mean() < \
             np.abs(blurred[index][region] - source[index][region]).mean()
+
+
+def test_the_per_file_report_says_where_to_look(crowd, clip, tmp_path):
+    """`veil anonymize --report`: drawn regions, and the candidates just under the threshold counted from the
+    document; a video's tracks and the longest span its tracker bridged."""
+    import json
+
+    from click.testing import CliRunner
+
+    from veil.cli import main
+
+    src, doc = crowd
+    out = CliRunner().invoke(main, ["anonymize", str(src), str(clip[0]), "-o", str(tmp_path / "out"),
+                                    "--report", str(tmp_path / "report.json"), "--no-enable-lp"])
+    assert out.exit_code == 0, out.output
+    photo, video = json.loads((tmp_path / "report.json").read_text())["files"]
+    scores = next(iter_frames(doc)).candidates.kind(FACE).scores
+    assert photo["faces"]["regions"] == int((scores >= 0.5).sum()) > 0
+    assert photo["faces"]["below_threshold"] == {"candidates": int(((scores >= 0.3) & (scores < 0.5)).sum()),
+                                                 "frames": int(((scores >= 0.3) & (scores < 0.5)).any()),
+                                                 "from": 0.3}
+    assert video["media"] == "video" and video["frames"] == 75 and video["plates"]["regions"] == 0  # plates off
+    from veil.engine.file_report import anonymize_with_summary
+
+    report, summary = anonymize_with_summary(clip[0], tmp_path / "cars.mp4", ModelConfig())
+    plates = summary["plates"]
+    assert plates["regions"] == sum(len(f.detections.kind(PLATE)) for f in report.frames) > 0
+    assert plates["tracks"] >= 1 and plates["frames"] <= 75
+    assert 0 < plates["longest_bridge"] < plates["frames"]  # the car's plate is led in before it is found

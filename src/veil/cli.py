@@ -101,12 +101,16 @@ def models_install(model_dir: Path | None) -> None:
               help="Worker processes for one video: above 1, videos longer than 1.5 segments "
               "(VEIL_VIDEO_SEGMENT_SECONDS) are split at keyframes and their segments run in parallel.")
 @_config_options
-def anonymize(inputs: tuple[Path, ...], output_dir: Path, jobs: int, **kwargs) -> None:
+@click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a JSON report per file: objects found by kind, tracks, frames with objects, candidates "
+              "just below the threshold (where to look first), the longest span tracking bridged.")
+def anonymize(inputs: tuple[Path, ...], output_dir: Path, jobs: int, report_out: Path | None, **kwargs) -> None:
     """Anonymize images and videos into OUTPUT_DIR."""
     from tqdm import tqdm
 
     from .engine.anonymize import anonymize as anonymize_file
     from .engine.errors import MediaError, ModelsMissing
+    from .engine.file_report import anonymize_with_summary, summarize
     from .engine.probe import media_kind
     from .engine.segments import anonymize_split
 
@@ -114,7 +118,7 @@ def anonymize(inputs: tuple[Path, ...], output_dir: Path, jobs: int, **kwargs) -
     settings = _settings()
     limits = settings.media_limits()  # VEIL_MAX_IMAGE_PIXELS, VEIL_MAX_VIDEO_FRAME_PIXELS
     output_dir.mkdir(parents=True, exist_ok=True)
-    failures, written = 0, set()
+    failures, written, summaries = 0, set(), []
     with tqdm(total=len(inputs), unit="file", disable=len(inputs) < 2) as files_bar:
         for src in inputs:
             dst = output_dir / src.name
@@ -128,9 +132,14 @@ def anonymize(inputs: tuple[Path, ...], output_dir: Path, jobs: int, **kwargs) -
                     if dst in written:
                         raise MediaError(f"another input named {src.name} was already written to {dst}")
                     if jobs > 1 and media_kind(src) == "video":
+                    summary = None
                         report = anonymize_split(src, dst, config, settings.video_segment_seconds, jobs,
                                                  progress, limits)
                     else:
+                        summary = summarize(report, None, config) if report_out else None
+                    elif report_out:
+                        report, summary = anonymize_with_summary(src, dst, config, progress, limits,
+                                                                 settings.detections_floor)
                         report = anonymize_file(src, dst, config, progress=progress, limits=limits)
                 except ModelsMissing as exc:
                     raise click.ClickException(str(exc)) from None
@@ -141,10 +150,14 @@ def anonymize(inputs: tuple[Path, ...], output_dir: Path, jobs: int, **kwargs) -
                     continue
             written.add(dst)
             tqdm.write(f"{src} -> {dst} ({report.detection_count} regions redacted)")
+            if summary is not None:
+                summaries.append({"file": str(src), "output": str(dst), **summary})
             for note in report.notes:
                 tqdm.write(f"  note: {note}")
             files_bar.update()
     if failures:
+    if report_out:
+        report_out.write_text(json.dumps({"files": summaries}, indent=1))
         sys.exit(1)
 
 

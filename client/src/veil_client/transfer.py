@@ -1,0 +1,219 @@
+"""Block-blob uploads and ranged downloads that survive a killed client (Azure Blob REST, SAS URLs).
+
+Upload: the file is cut into fixed-size blocks, `concurrency` of them in flight (Put Block, each with its
+Content-MD5 so the store verifies it), then committed with Put Block List. A journal file records each
+block the store acknowledged; run again, the upload asks the store which blocks it holds (Get Block List)
+and, where the store does not answer that (no read permission, or no such operation), trusts the journal,
+then sends only the rest. Download: into a part file with Range requests, resumed where it stopped, its
+size checked against the blob's before it is moved into place.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+
+from ._http import Http, check
+from .errors import ClientError, Unreachable
+
+MIB = 1024 * 1024
+BLOCK_SIZE = 4 * MIB
+Progress = Callable[[int], None]  # called with a number of bytes just transferred
+
+
+def block_id(index: int) -> str:
+    """Standard base64 of a fixed-width name (Azure wants every id of a blob the same length)."""
+    return base64.b64encode(f"veil-block-{index:08d}".encode()).decode()
+
+
+class Journal:
+    """Append-only record of an upload: a JSON header line, then one line per acknowledged block index.
+    A line cut short by a kill is ignored; a header that does not match the upload discards the record."""
+
+    def __init__(self, path: Path, header: dict) -> None:
+        self.path, self.header = path, header
+        self._lock = threading.Lock()
+
+    def load(self) -> set[int]:
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return set()
+        if not lines or _json(lines[0]) != self.header:
+            return set()
+        return {int(line) for line in lines[1:] if line.isdigit()}
+
+    def start(self, keep: set[int]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = "".join(f"{i}\n" for i in sorted(keep))
+        self.path.write_text(json.dumps(self.header) + "\n" + body)
+
+    def add(self, index: int) -> None:
+        with self._lock, open(self.path, "a") as f:
+            f.write(f"{index}\n")
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def session_uri_of(journal_path: Path) -> str | None:
+    """The upload URL a journal was written for (to resume a job created by an earlier run)."""
+    try:
+        return _json(journal_path.read_text().split("\n", 1)[0]).get("session_uri")
+    except (FileNotFoundError, AttributeError):
+        return None
+
+
+def upload(http: Http, session_uri: str, path: Path, journal_path: Path | None = None, *,
+           concurrency: int = 8, block_size: int = BLOCK_SIZE, checksum: bool = True,
+           progress: Progress | None = None, slots: threading.Semaphore | None = None) -> int:
+    """Upload `path` to `session_uri` as a block blob; returns the bytes sent by this call. `slots`, shared
+    by concurrent uploads, bounds the blocks in flight across all of them."""
+    size = path.stat().st_size
+    header = {"session_uri": session_uri, "size": size, "block_size": block_size}
+    journal = Journal(journal_path, header) if journal_path else None
+    count = -(-size // block_size)
+    have = _blocks_held(http, session_uri, block_size, count, journal)
+    if progress and have:
+        progress(sum(min(block_size, size - i * block_size) for i in have))
+    sent = _put_blocks(http, session_uri, path, sorted(set(range(count)) - have), journal, concurrency,
+                       block_size, checksum, progress, slots or threading.Semaphore(concurrency))
+    xml = "<?xml version='1.0' encoding='utf-8'?><BlockList>" + \
+        "".join(f"<Latest>{block_id(i)}</Latest>" for i in range(count)) + "</BlockList>"
+    response = http.request("PUT", session_uri + "&comp=blocklist", data=xml.encode(),
+                            headers={"Content-Type": "application/xml"})
+    if response.status_code == 400 and response.headers.get("x-ms-error-code") == "InvalidBlockList" and have:
+        if journal:  # the store no longer holds blocks the journal listed (expired): send everything
+            journal.remove()
+        return sent + upload(http, session_uri, path, journal_path, concurrency=concurrency,
+                             block_size=block_size, checksum=checksum, progress=progress, slots=slots)
+    if not (response.status_code in (409, 412) and _retried(response)):
+        # 409/412 after a retry: the lost try committed the blob, which the store now keeps (Veil freezes an input)
+        check(response, "Put Block List", ok=(201,))
+    if journal:
+        journal.remove()
+    return sent
+
+
+def _blocks_held(http: Http, session_uri: str, block_size: int, count: int, journal: Journal | None) -> set[int]:
+    """Indices of the blocks already staged: from Get Block List where the store answers it, else the journal."""
+    if journal is None:
+        return set()
+    recorded = journal.load()
+    held = _get_block_list(http, session_uri, block_size) if recorded else None
+    have = recorded if held is None else {i for i in range(count) if block_id(i) in held}
+    journal.start(have)
+    return have
+
+
+def _get_block_list(http: Http, session_uri: str, block_size: int) -> set[str] | None:
+    """Get Block List (uncommitted): ids of the staged blocks (the last may be short); None when not offered."""
+    try:
+        response = http.request("GET", session_uri + "&comp=blocklist&blocklisttype=uncommitted")
+    except Unreachable:
+        return None
+    if response.status_code == 404:
+        return set()
+    if response.status_code != 200:
+        return None  # 400 UnsupportedQueryParameter, 403 (a write-only SAS): the journal decides
+    try:
+        root = ET.fromstring(response.content)
+    except ET.ParseError:
+        return None
+    return {block.findtext("Name", "") for block in root.iter("Block")
+            if 0 < int(block.findtext("Size", "0")) <= block_size}
+
+
+def _put_blocks(http: Http, session_uri: str, path: Path, todo: list[int], journal: Journal | None,
+                concurrency: int, block_size: int, checksum: bool, progress: Progress | None,
+                slots: threading.Semaphore) -> int:
+    fd = os.open(path, os.O_RDONLY)
+
+    def put(index: int) -> int:
+        with slots:
+            data = os.pread(fd, block_size, index * block_size)
+            headers = {"Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()} if checksum else {}
+            url = f"{session_uri}&comp=block&blockid={quote(block_id(index), safe='')}"
+            check(http.request("PUT", url, data=data, headers=headers), f"Put Block {index}", ok=(201,))
+        if journal:
+            journal.add(index)
+        if progress:
+            progress(len(data))
+        return len(data)
+
+    pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="veil-block")
+    try:
+        futures = [pool.submit(put, index) for index in todo]
+        return sum(future.result() for future in futures)
+    finally:
+        pool.shutdown(cancel_futures=True)  # after a failure, blocks not yet started are not sent
+        os.close(fd)
+
+
+def download(http: Http, url: str, dest: Path, part: Path, *, progress: Progress | None = None,
+             attempts: int = 20) -> int:
+    """Download `url` to `dest` by way of `part` (resumed from its length with a Range request); returns
+    the blob's size. `dest` appears only complete, with the size the server announced."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(attempts):
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = http.request("GET", url, headers=headers, stream=True)
+        with response:
+            if response.status_code == 416:  # the part is longer than the blob: start again
+                part.unlink()
+                continue
+            check(response, f"download {dest.name}", ok=(200, 206))
+            if response.status_code == 200:
+                offset = 0
+            total = _total_size(response, offset)
+            if progress and offset:
+                progress(offset)
+            try:
+                with open(part, "r+b" if offset else "wb") as f:
+                    f.seek(offset)
+                    f.truncate()
+                    for chunk in response.iter_content(chunk_size=MIB):
+                        f.write(chunk)
+                        if progress:
+                            progress(len(chunk))
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout):
+                continue  # resume from what reached the disk
+        if total is None or part.stat().st_size == total:
+            size = part.stat().st_size
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, dest)
+            return size
+    raise ClientError(f"download {dest.name}: incomplete after {attempts} attempts")
+
+
+def _retried(response: requests.Response) -> bool:
+    """Whether urllib3 sent this request more than once (an earlier try may have reached the server)."""
+    retries = getattr(response.raw, "retries", None)
+    return bool(retries is not None and retries.history)
+
+
+def _total_size(response: requests.Response, offset: int) -> int | None:
+    if response.status_code == 206:
+        total = response.headers.get("Content-Range", "").rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    length = response.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
+
+
+def _json(text: str) -> dict | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
