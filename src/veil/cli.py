@@ -8,11 +8,9 @@ from pathlib import Path
 
 import click
 
-from . import submit as submit_module
 from .engine.config import ModelConfig
 
 
-def _model_config(config_json: str | None, overrides: dict) -> ModelConfig:
 def _model_config_dict(config_json: str | None) -> dict:
     """--config as a dict: JSON text or a path to a JSON file."""
     if not config_json:
@@ -27,6 +25,7 @@ def _model_config_dict(config_json: str | None) -> dict:
     return data
 
 
+def _model_config(config_json: str | None, overrides: dict) -> ModelConfig:
     """Build a ModelConfig from --config (JSON text or a path to a JSON file) plus explicit flags."""
     data = _model_config_dict(config_json)
     data.update({k: v for k, v in overrides.items() if v is not None})
@@ -101,17 +100,17 @@ def models_install(model_dir: Path | None) -> None:
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes for one video: above 1, videos longer than 1.5 segments "
               "(VEIL_VIDEO_SEGMENT_SECONDS) are split at keyframes and their segments run in parallel.")
-@_config_options
 @click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON report per file: objects found by kind, tracks, frames with objects, candidates "
               "just below the threshold (where to look first), the longest span tracking bridged.")
+@_config_options
 def anonymize(inputs: tuple[Path, ...], output_dir: Path, jobs: int, report_out: Path | None, **kwargs) -> None:
     """Anonymize images and videos into OUTPUT_DIR."""
     from tqdm import tqdm
 
     from .engine.anonymize import anonymize as anonymize_file
-    from .engine.errors import MediaError, ModelsMissing
     from .engine.file_report import anonymize_with_summary, summarize
+    from .engine.errors import MediaError, ModelsMissing
     from .engine.probe import media_kind
     from .engine.segments import anonymize_split
 
@@ -132,15 +131,15 @@ def anonymize(inputs: tuple[Path, ...], output_dir: Path, jobs: int, report_out:
                         raise MediaError("the output would overwrite the input; choose another --output-dir")
                     if dst in written:
                         raise MediaError(f"another input named {src.name} was already written to {dst}")
-                    if jobs > 1 and media_kind(src) == "video":
                     summary = None
+                    if jobs > 1 and media_kind(src) == "video":
                         report = anonymize_split(src, dst, config, settings.video_segment_seconds, jobs,
                                                  progress, limits)
-                    else:
                         summary = summarize(report, None, config) if report_out else None
                     elif report_out:
                         report, summary = anonymize_with_summary(src, dst, config, progress, limits,
                                                                  settings.detections_floor)
+                    else:
                         report = anonymize_file(src, dst, config, progress=progress, limits=limits)
                 except ModelsMissing as exc:
                     raise click.ClickException(str(exc)) from None
@@ -150,15 +149,15 @@ def anonymize(inputs: tuple[Path, ...], output_dir: Path, jobs: int, report_out:
                     tqdm.write(f"error: {src}: {exc}", file=sys.stderr)
                     continue
             written.add(dst)
-            tqdm.write(f"{src} -> {dst} ({report.detection_count} regions redacted)")
             if summary is not None:
                 summaries.append({"file": str(src), "output": str(dst), **summary})
+            tqdm.write(f"{src} -> {dst} ({report.detection_count} regions redacted)")
             for note in report.notes:
                 tqdm.write(f"  note: {note}")
             files_bar.update()
-    if failures:
     if report_out:
         report_out.write_text(json.dumps({"files": summaries}, indent=1))
+    if failures:
         sys.exit(1)
 
 
@@ -201,7 +200,6 @@ def detect(inputs: tuple[Path, ...], json_out: Path, candidates: bool, **kwargs)
         sys.exit(1)
 
 
-# ----------------------------------------------------------------------------- service
 def _detect_document(inputs: tuple[Path, ...], doc: Path, config: ModelConfig, limits, floor: float) -> None:
     from .engine.errors import MediaError, ModelsMissing
     from .engine.render import detect_document
@@ -250,6 +248,7 @@ def render(src: Path, document: Path, output_dir: Path, config_json: str | None,
     click.echo(f"{src} -> {dst} ({report.detection_count} regions redacted)")
 
 
+# ----------------------------------------------------------------------------- service
 def _settings(data_dir: Path | None = None, **overrides):
     """Settings from VEIL_* variables, with the command's explicit options on top."""
     from .settings import Settings
@@ -476,16 +475,6 @@ def credits_add(key_or_id: str, amount: int, data_dir: Path | None) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(f"balance: {balance}")
 
-
-
-# ----------------------------------------------------------------------------- client
-@main.command(epilog=submit_module.EXIT_HELP)
-@submit_module.submit_options
-@_config_options
-def submit(**kwargs) -> None:
-    """Send files and folders to a server as jobs (N in flight), approve, wait, download; resumable."""
-    config, kwargs = _split_config(kwargs)
-    submit_module.run_submit(config.model_dump(exclude_unset=True), **kwargs)
 
 if __name__ == "__main__":
     main()
