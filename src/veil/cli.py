@@ -259,6 +259,14 @@ def _settings(data_dir: Path | None = None, **overrides):
     return Settings(**values)
 
 
+def _where(data_dir: Path | None) -> str:
+    """The database the key commands use, for the user: its URL (password hidden) or the SQLite file."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(_settings(data_dir).db_url)
+    return url.database if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)
+
+
 def _db(data_dir: Path | None):
     from .db.session import open_database
 
@@ -268,7 +276,8 @@ def _db(data_dir: Path | None):
 
 
 _data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-                                help="Data directory (VEIL_DATA_DIR, default ./data).")
+                                help="Data directory (VEIL_DATA_DIR, default ~/.local/share/veil on Linux; the "
+                                "same for every command).")
 
 
 @main.command()
@@ -283,14 +292,32 @@ def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
 
     from .logs import configure
 
+    from .doctor import record_address
+
     settings = _settings(data_dir, host=host, port=port)
-    configure(settings.log_http)
+    configure(settings.log_http, log_format=settings.log_format)
     app = create_app(settings)
+    record_address(settings)
     data = settings.data_dir.resolve()
     click.echo(f"Veil on {settings.base_url}  (API {settings.base_url}/v1, docs {settings.base_url}/docs, "
-               f"admin panel {settings.base_url}/admin, data {data})")
-    click.echo(f"Get an API key: veil keys create --credits 100 --data-dir {data}")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", log_config=None)
+               f"admin panel {settings.base_url}/admin, health /healthz /readyz /metrics, data {data})")
+    if "data_dir" not in settings.model_fields_set and Path("data", "veil.db").is_file():
+        click.echo(f"note: ./data/veil.db is the old default data dir's database; this server uses {data} "
+                   "(set VEIL_DATA_DIR=./data to keep using the old one)")
+    click.echo(f"Get an API key: {_veil_on_path()} keys create --credits 100 --data-dir {data}")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", log_config=None,
+                timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)))
+
+
+def _veil_on_path() -> str:
+    """How to run this `veil` from a shell: `veil` when that is the one on PATH, else its full path."""
+    import shutil
+
+    this = Path(sys.argv[0]).resolve()
+    found = shutil.which("veil")
+    if found and Path(found).resolve() == this:
+        return "veil"
+    return str(this) if this.name == "veil" else f"{sys.executable} -m veil.cli"
 
 
 @main.command()
@@ -309,9 +336,15 @@ def worker(concurrency: int | None, data_dir: Path | None) -> None:
     from .queue.celery_app import app, dispatch
     from .queue.sweeper import Sweeper
 
+    from .metrics import serve_metrics
+    from .queue.shutdown import on_celery_shutdown
+
     settings = _settings(data_dir, worker_concurrency=concurrency)
-    configure(settings.log_http)
+    configure(settings.log_http, log_format=settings.log_format)
     _load_models()
+    on_celery_shutdown(settings.shutdown_grace_seconds)  # SIGTERM: finish the file, else hand the job back
+    if settings.metrics_port is not None:
+        serve_metrics(settings.metrics_port)
     service = build_service(settings, dispatch=dispatch)
     tasks.use_service(service)
     sweeper = Sweeper(service, api=False)
@@ -326,16 +359,18 @@ def worker(concurrency: int | None, data_dir: Path | None) -> None:
 
 
 @main.command()
+@click.option("--host", help="Address of the `veil serve` to probe (VEIL_HOST; default: where it last listened).")
+@click.option("--port", type=int, help="Its port (VEIL_PORT; default: where `veil serve` last listened).")
 @_data_dir_option
-def doctor(data_dir: Path | None) -> None:
+def doctor(host: str | None, port: int | None, data_dir: Path | None) -> None:
     """Check this process's configuration (VEIL_*): database, store with a signed-URL round trip, broker,
     Service Bus, models, scratch space. Names what is wrong; exit status 1 when anything is."""
     from pydantic import ValidationError
 
-    from .doctor import run_checks
+    from .doctor import run_checks, served_settings
 
     try:
-        settings = _settings(data_dir)
+        settings = served_settings(_settings(data_dir, host=host, port=port))
     except ValidationError as exc:
         raise click.ClickException(f"the settings are invalid: {exc}") from None
     failed = 0
@@ -376,7 +411,7 @@ def events(data_dir: Path | None) -> None:
     settings = _settings(data_dir)
     if not settings.servicebus_connection_string:
         raise click.ClickException("set VEIL_SERVICEBUS_CONNECTION_STRING (and VEIL_SERVICEBUS_QUEUE)")
-    configure(settings.log_http)
+    configure(settings.log_http, log_format=settings.log_format)
     service = build_service(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -403,8 +438,8 @@ def keys_create(credits_: int, name: str, data_dir: Path | None) -> None:
     from .jobs.keys import create_key
 
     key, row = create_key(_db(data_dir), credits_, name, actor="cli")
-    click.echo(f"created key id {row.id} ({row.name or 'no name'}) with {row.credits} credits; keep the key, "
-               "it cannot be shown again:")
+    click.echo(f"created key id {row.id} ({row.name or 'no name'}) with {row.credits} credits in "
+               f"{_where(data_dir)}; keep the key, it cannot be shown again:")
     click.echo(key)
 
 

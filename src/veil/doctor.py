@@ -4,6 +4,7 @@ returning a short description of what works, or raising with what does not."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import uuid
@@ -14,6 +15,27 @@ from urllib.parse import urlsplit
 from .settings import Settings
 
 GiB = 1024**3
+SERVED = "serve.json"
+
+
+def record_address(settings: Settings) -> None:
+    """`veil serve` notes where it listens (`<data_dir>/serve.json`), so that `veil doctor` on the same data
+    dir probes that port, not the default."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / SERVED).write_text(json.dumps({"host": settings.host, "port": settings.port}))
+
+
+def served_settings(settings: Settings) -> Settings:
+    """`settings` with the host and port `veil serve` last listened on with this data dir, unless the
+    address was given (VEIL_PUBLIC_URL, VEIL_HOST, VEIL_PORT or --host/--port)."""
+    path = settings.data_dir / SERVED
+    if settings.model_fields_set & {"public_url", "host", "port"} or not path.is_file():
+        return settings
+    try:
+        served = json.loads(path.read_text())
+        return settings.model_copy(update={"host": str(served["host"]), "port": int(served["port"])})
+    except (ValueError, KeyError, TypeError):
+        return settings
 
 
 def run_checks(settings: Settings) -> Iterator[tuple[str, bool, str]]:

@@ -23,7 +23,9 @@ GiB = 1024**3
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VEIL_", extra="ignore")
 
-    data_dir: Path = Field(Path("data"), description="Where the database, blobs and secrets live.")
+    data_dir: Path = Field(
+        default_factory=lambda: _default_data_dir(), description="Where the database, blobs and secrets live; "
+        "the same for every command wherever it runs (Linux: ~/.local/share/veil).")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default SQLite at <data_dir>/veil.db. "
         "PostgreSQL: postgresql+psycopg://user:pass@host/db.")
@@ -83,6 +85,18 @@ class Settings(BaseSettings):
         "sends no events (Azure without Event Grid, Azurite); 0 turns polling off.")
     housekeeping_seconds: float = Field(600.0, gt=0, description="How often stale upload sessions expire.")
     log_http: bool = Field(False, description="Log every Azure SDK / HTTP client request (noisy).")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text`: one line per record naming its job; `json`: one JSON object per line with "
+        "`job_id` and `key_id` fields (service commands).")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="`veil worker`: serve this process's Prometheus metrics "
+        "on this port (`veil serve` has them at /metrics); unset: none.")
+    metrics_token: str | None = Field(
+        None, description="When set, `/metrics` answers only requests with `Authorization: Bearer <this>`.")
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, `veil serve` and `veil worker` take no more work and give the file (or "
+        "segment) in progress this long to finish; what cannot finish is handed back at once (lease released, "
+        "resumed by another worker) and logged.")
     events_secret: str | None = Field(
         None, description="Secret of the Event Grid webhook (/events/blob-created?secret=...); unset "
         "disables the route.")
@@ -216,6 +230,12 @@ class Settings(BaseSettings):
             os.chmod(tmp, 0o600)
             tmp.replace(path)
         return stored[name]
+
+
+def _default_data_dir() -> Path:
+    import platformdirs
+
+    return platformdirs.user_data_path("veil")
 
 
 def _new_b64_key() -> str:

@@ -1,5 +1,6 @@
 """`create_app(settings)`: the whole service on one port — public API (/v1), embedded blob endpoint,
-admin API (/admin/api), admin panel (/admin), Event Grid webhook (/events), OpenAPI (/docs, /redoc, their
+admin API (/admin/api), admin panel (/admin), Event Grid webhook (/events), /healthz, /readyz and /metrics
+(`health`), OpenAPI (/docs, /redoc, their
 assets served from the pinned `fastapi-offline` wheel so they render offline) — with the embedded worker,
 the sweeper (leases, re-sends, upload polling, housekeeping) and the Service Bus consumer (when configured)
 started and stopped in the lifespan."""
@@ -19,6 +20,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..jobs.service import JobService, build_service
+from ..logs import key_scope
+from ..metrics import database_registry
 from ..settings import Settings
 from ..storage.local import BLOB_PATH_PREFIX
 from .body_limit import BodyLimit
@@ -70,7 +73,9 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
             stop_events.set()
             sweeper.stop()
             if worker is not None:
-                worker.stop()
+                worker.stop(settings.shutdown_grace_seconds)
+            for pool in app.state.readiness_pools.values():
+                pool.shutdown(wait=False, cancel_futures=True)
             service.close()
 
     app = FastAPI(title="Veil", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -81,11 +86,15 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     app.state.service = service
     app.state.settings = settings
     app.state.rate_limiter = KeyRateLimiter(settings.api_rate_limit, settings.api_rate_limit_storage)
+    app.state.metrics_registry = database_registry(service.db)
+    app.state.readiness_pools = {}
+    app.add_middleware(_KeyScope)
 
     from ..api.blob import UploadLimits, create_blob_router
-    from . import admin, events, panel, public
+    from . import admin, events, health, panel, public
 
     app.include_router(public.router)
+    app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(events.router)
     panel.install(app)
@@ -111,6 +120,19 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
                              "request_id": request_id}, status_code=500)
 
     return app
+
+
+class _KeyScope:
+    """Each HTTP request's log lines (its access line included) name the API key it authenticated with."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        with key_scope():
+            await self.app(scope, receive, send)
 
 
 def _offline_docs(app: FastAPI) -> None:

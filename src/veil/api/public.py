@@ -15,6 +15,7 @@ from ..engine.config import ModelConfig
 from ..jobs import keys
 from ..jobs.credits import InsufficientCredits
 from ..jobs.service import JobConflict, JobNotFound, JobService, UploadSession, UploadTooLarge
+from ..logs import name_key
 from . import schemas
 from .blob import BodyTooSlow, UploadLimits, timed_body
 
@@ -30,6 +31,7 @@ def api_key(request: Request, token: str | None = Depends(_key_header)) -> ApiKe
     row = keys.authenticate(service(request).db, token)
     if row is None:
         raise HTTPException(401, "missing, invalid or revoked API key (send it in the `access_token` header)")
+    name_key(row.id)
     wait = request.app.state.rate_limiter.retry_after(row.id)
     if wait is not None:
         raise HTTPException(429, f"too many requests for this key; retry in {wait} s",

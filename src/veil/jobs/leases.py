@@ -84,6 +84,23 @@ class Leases:
                 sent.append(job_id)
         return expired, sent
 
+    def hand_back(self, job_id: str, owner: str) -> bool:
+        """A worker shutting down gives its job back at once (`veil.queue.shutdown`): its running file and the
+        segments it ran are pending again, the job queued without a lease (its progress kept) and sent, so any
+        worker resumes it without waiting for the lease to run out. False when `owner` no longer held it."""
+        with self.db.begin() as session:
+            if session.execute(update(Job).where(holds(job_id, owner)).values(
+                    status="queued", lease_owner=None, lease_expires_at=None, dispatched_at=None)).rowcount != 1:
+                return False
+            session.execute(update(Task).where(Task.job_id == job_id, Task.status == "running")
+                            .values(status="pending"))
+            tasks = select(Task.id).where(Task.job_id == job_id).scalar_subquery()
+            session.execute(update(VideoSegment).where(VideoSegment.task_id.in_(tasks), VideoSegment.status == "running",
+                                                       VideoSegment.lease_owner == owner)
+                            .values(status="pending", lease_owner=None, lease_expires_at=None))
+        self._send(job_id)
+        return True
+
     def queued_ids(self, limit: int = 10) -> list[str]:
         with self.db() as session:
             return list(session.scalars(select(Job.id).where(Job.status == "queued")

@@ -91,7 +91,7 @@ def job_status_number(job: Job) -> int:
         return 100
     if job.status in ("failed", "cancelled"):
         return 200
-    if job.status == "running":
+    if job.status == "running" or (job.status == "queued" and job.progress > 0):  # queued again: progress kept
         return max(1, min(99, int(job.progress * 100)))
     return 0
 

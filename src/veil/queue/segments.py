@@ -35,6 +35,7 @@ from ..engine.segments import Segment, SegmentPool, stitch
 from ..jobs.leases import holds
 from ..jobs.names import public_message
 from ..jobs.service import OUTPUT_CONTAINER, JobService
+from .shutdown import HandBack, process_drain
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,10 @@ def anonymize_segments(svc: JobService, task, path: Path, dst: Path, config: Mod
                     raise MediaError(failed[0].error or "a segment could not be processed")
                 if all(r.status == "completed" for r in rows.values()):
                     break
-                while len(mine) < slots and \
+                lease.drain.check()  # shutting down: the grace period is over
+                if lease.drain.requested and not mine:
+                    raise HandBack()  # shutting down: this worker's segments finished, no new one is taken
+                while len(mine) < slots and not lease.drain.requested and \
                         (segment := _claim_in_slot(svc, task.id, lease.owner, plan, free)) is not None:
                     try:
                         mine[pool.submit(path, segment, parts[segment.index], config, limits)] = segment
@@ -151,6 +155,8 @@ def process_segment(job_id: str, task_id: int, index: int, svc: JobService) -> b
     from .tasks import new_owner
 
     owner = new_owner()
+    if process_drain.requested:
+        return False  # shutting down: the job's own worker, or the next, runs it
     segment = _claim(svc, task_id, owner, index=index)
     if segment is None:
         return False
@@ -165,7 +171,7 @@ def process_segment(job_id: str, task_id: int, index: int, svc: JobService) -> b
             held = session.execute(update(VideoSegment).where(_owned(task_id, owner), VideoSegment.index == index)
                                    .values(progress=fraction, lease_expires_at=_expiry(svc))).rowcount
             job = session.get(Job, job_id)
-        if not held or job is None or job.status != "running" or job.cancel_requested:
+        if not held or job is None or job.status != "running" or job.cancel_requested or process_drain.overdue():
             raise _Released()
 
     try:

@@ -25,14 +25,16 @@ import uuid
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 
 from ..db.models import Job, Task, utcnow
 from ..engine.config import ModelConfig
 from ..jobs.leases import holds
 from ..jobs.names import output_name, public_message, safe_name
 from ..jobs.service import OUTPUT_CONTAINER, InputChanged, JobService
-from ..logs import current_job
+from ..logs import bind_key, current_job, unbind_key
+from ..metrics import HANDED_BACK, file_meter
+from .shutdown import Drain, HandBack, process_drain
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,8 @@ class _Lease:
     """The job's lease while this worker runs it: a heartbeat thread renews it every third of its length;
     `check()` raises _LeaseLost once a renewal found it taken."""
 
-    def __init__(self, svc: JobService, job_id: str, owner: str) -> None:
-        self.svc, self.job_id, self.owner = svc, job_id, owner
+    def __init__(self, svc: JobService, job_id: str, owner: str, drain: Drain = process_drain) -> None:
+        self.svc, self.job_id, self.owner, self.drain = svc, job_id, owner, drain
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"veil-lease-{job_id[:8]}", daemon=True)
@@ -105,20 +107,24 @@ def new_owner() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-def process_job(job_id: str, service: JobService | None = None) -> bool:
+def process_job(job_id: str, service: JobService | None = None, drain: Drain | None = None) -> bool:
     """Claim a job and run it to a final state; does nothing (False) when it is finished or another
-    worker holds its lease (a message delivered twice)."""
+    worker holds its lease (a message delivered twice). When `drain` (a shutdown; default this process's)
+    begins, the job is handed back (`veil.queue.shutdown`) unless its files finish within the grace period."""
     svc = service or default_service()
+    drain = drain or process_drain
     owner = new_owner()
     if not svc.leases.claim(job_id, owner):
         log.info("job %s: not taken (finished, or running under another worker's lease)", job_id)
         return False
-    token = current_job.set(job_id)
+    token, key_token = current_job.set(job_id), bind_key(svc.get_job(job_id).key_id)
     work = svc.settings.data_dir / "work" / f"{job_id}.{owner.rsplit(':', 1)[1]}"
     log.info("job %s: started by %s", job_id, owner)
     try:
-        with _Lease(svc, job_id, owner) as lease:
+        with _Lease(svc, job_id, owner, drain) as lease:
             _run(svc, job_id, work, lease)
+    except HandBack:
+        _hand_back(svc, job_id, owner)
     except InputChanged as exc:
         log.warning("job %s: %s", job_id, exc)
         svc.finish(job_id, "failed", f"{exc}; nothing was processed and the credits were refunded",
@@ -133,7 +139,17 @@ def process_job(job_id: str, service: JobService | None = None) -> bool:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         current_job.reset(token)
+        unbind_key(key_token)
     return True
+
+
+def _hand_back(svc: JobService, job_id: str, owner: str) -> None:
+    job = svc.get_job(job_id)
+    left = sum(t.status not in ("completed", "failed") for t in job.tasks)
+    if svc.leases.hand_back(job_id, owner):
+        HANDED_BACK.inc()
+        log.warning("job %s: handed back at shutdown with %d of %d files unfinished (progress %d %%, kept); lease "
+                    "released, queued for another worker", job_id, left, len(job.tasks), round(job.progress * 100))
 
 
 def _run(svc: JobService, job_id: str, work: Path, lease: _Lease) -> None:
@@ -175,6 +191,8 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
         if task.status in ("completed", "failed"):
             continue
         progress.check_cancel(force=True)
+        if lease.drain.requested:
+            raise HandBack()
         _set_task(svc, lease, task_id, status="running")
         dst = work / "out" / safe_name(path.name)
         try:
@@ -182,7 +200,7 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
             lease.check()
             blob = f"{job_id}/{task.index}.{run_tag}{_suffix(path.name)}"  # this run's own name
             svc.store.write(OUTPUT_CONTAINER, blob, dst)
-        except (_Cancelled, _LeaseLost):
+        except (_Cancelled, _LeaseLost, HandBack):
             if not lease.lost.is_set():
                 _set_task(svc, lease, task_id, status="pending")
             raise
@@ -224,18 +242,21 @@ def _anonymize(svc: JobService, task: Task, path: Path, dst: Path, config: Model
 
     limits = svc.settings.media_limits()
     video = media_kind(path) == "video"
+    frames = 1
     if video:  # never decode more frames than pricing counted in these same bytes (their SHA-256 was checked)
-        limits = replace(limits, max_video_frames=probe(path, limits).frames)
+        frames = probe(path, limits).frames
+        limits = replace(limits, max_video_frames=frames)
     seconds = svc.settings.video_segment_seconds
     parallel = svc.settings.worker_concurrency > 1 or svc.settings.worker == "celery"
-    if seconds > 0 and parallel and video:
-        from ..engine.segments import plan_segments
-        from .segments import anonymize_segments
+    with file_meter("video" if video else "image", frames, progress) as progress:
+        if seconds > 0 and parallel and video:
+            from ..engine.segments import plan_segments
+            from .segments import anonymize_segments
 
-        plan = plan_segments(path, config, seconds, limits, dst, svc.settings.video_segment_max_overhead)
-        if len(plan) > 1:
-            return anonymize_segments(svc, task, path, dst, config, plan, progress, lease, work)
-    return anonymize(path, dst, config, progress=progress, limits=limits)
+            plan = plan_segments(path, config, seconds, limits, dst, svc.settings.video_segment_max_overhead)
+            if len(plan) > 1:
+                return anonymize_segments(svc, task, path, dst, config, plan, progress, lease, work)
+        return anonymize(path, dst, config, progress=progress, limits=limits)
 
 
 def _drop_stray_outputs(svc: JobService, job_id: str) -> None:
@@ -346,6 +367,7 @@ class _Progress:
 
     def for_file(self, index: int):
         def report(fraction: float) -> None:
+            self.lease.drain.check()
             self._write((index + min(max(fraction, 0.0), 1.0)) / self.files)
             self.check_cancel()
         return report
@@ -360,8 +382,9 @@ class _Progress:
             return
         self._written, self._last_write = value, now
         with self.svc.db.begin() as session:
+            value = min(value, 0.99)  # never below what an earlier run reached (a resumed file starts again)
             result = session.execute(update(Job).where(holds(self.job_id, self.lease.owner))
-                                     .values(progress=min(value, 0.99)))
+                                     .values(progress=case((Job.progress < value, value), else_=Job.progress)))
         if result.rowcount != 1:
             self.lease.lost.set()
             raise _LeaseLost()
