@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from . import submit as submit_module
 from .engine.config import ModelConfig
 
 
@@ -510,6 +511,16 @@ def credits_add(key_or_id: str, amount: int, data_dir: Path | None) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(f"balance: {balance}")
 
+
+
+# ----------------------------------------------------------------------------- client
+@main.command(epilog=submit_module.EXIT_HELP)
+@submit_module.submit_options
+@_config_options
+def submit(**kwargs) -> None:
+    """Send files and folders to a server as jobs (N in flight), approve, wait, download; resumable."""
+    config, kwargs = _split_config(kwargs)
+    submit_module.run_submit(config.model_dump(exclude_unset=True), **kwargs)
 
 if __name__ == "__main__":
     main()
