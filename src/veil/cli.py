@@ -512,7 +512,6 @@ def credits_add(key_or_id: str, amount: int, data_dir: Path | None) -> None:
     click.echo(f"balance: {balance}")
 
 
-
 # ----------------------------------------------------------------------------- client
 @main.command(epilog=submit_module.EXIT_HELP)
 @submit_module.submit_options
@@ -521,6 +520,7 @@ def submit(**kwargs) -> None:
     """Send files and folders to a server as jobs (N in flight), approve, wait, download; resumable."""
     config, kwargs = _split_config(kwargs)
     submit_module.run_submit(config.model_dump(exclude_unset=True), **kwargs)
+
 
 if __name__ == "__main__":
     main()
