@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -37,7 +39,7 @@ import seed_client
 from _service_helpers import padded_jpeg, settings_for
 from test_segments import _TINY_SEGMENTS, _video_job
 from test_video import make_clip
-from test_scaleout import PG_SERVER, Deployment, _clip, _outputs, _report, _session, _submit, _unavailable, _wait
+from test_scaleout import PG_SERVER, Deployment, _clip, _outputs, _report, _session, _submit, _wait
 from veil.db.session import open_database
 from veil.jobs import credits
 from veil.jobs.keys import create_key, get_key
@@ -423,46 +425,54 @@ class _PrivateRedis:
             self.proc.wait(10)
 
 
-@pytest.fixture(scope="module")
-def scaled(tmp_path_factory, detection_models, shared_data, azurite_connection_string):
+@contextmanager
+def _postgresql_behind_a_proxy() -> Iterator[tuple[str, str, _TcpProxy]]:
+    """A schema of its own on the shared PostgreSQL server (not `veil_t_…`, which a PostgreSQL run of the suite
+    drops when its session ends) and a proxy to the server: (direct URL, URL through the proxy, proxy)."""
     from sqlalchemy import create_engine, text
 
-    if shutil.which("redis-server") is None:
-        _unavailable("redis-server", RuntimeError("not installed"))
-    root = tmp_path_factory.mktemp("faults-scaled")
+    schema = f"veil_faults_{uuid.uuid4().hex[:12]}"
     try:
-        # a schema of its own: not `veil_t_…`, which a PostgreSQL run of the suite drops when its session ends
-        schema = f"veil_faults_{uuid.uuid4().hex[:12]}"
         admin = create_engine(PG_SERVER.replace("postgresql://", "postgresql+psycopg://", 1),
                               isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        direct = f"{PG_SERVER}{'&' if '?' in PG_SERVER else '?'}options=-csearch_path%3D{schema}"
     except Exception as exc:  # noqa: BLE001
-        _unavailable("PostgreSQL", exc)
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    direct = f"{PG_SERVER}{'&' if '?' in PG_SERVER else '?'}options=-csearch_path%3D{schema}"
     server = urlsplit(PG_SERVER)
     proxy = _TcpProxy((server.hostname, server.port or 5432))
-    proxied = direct.replace(f"@{server.netloc.split('@')[-1]}/", f"@127.0.0.1:{proxy.port}/", 1)
-    broker, books = _PrivateRedis(root), _Books.open(direct)
-    env = {**os.environ, "VEIL_DATABASE_URL": proxied, "VEIL_STORAGE_BACKEND": "azure",
-           "VEIL_AZURE_CONNECTION_STRING": azurite_connection_string, "VEIL_WORKER": "celery",
-           "VEIL_CELERY_BROKER_URL": broker.url, "VEIL_JOB_LEASE_SECONDS": "9", "VEIL_SWEEP_SECONDS": "1",
-           "VEIL_UPLOAD_POLL_SECONDS": "0.5", "VEIL_REDISPATCH_SECONDS": "20"}
-    env.pop("VEIL_CALLBACK_SECRET", None)
-    dep = Deployment(root, env, free_port())
     try:
-        broker.start()
-        dep.start_api()
-        dep.start_worker("worker-1")
-        yield dep, proxy, broker, books
+        yield direct, direct.replace(f"@{server.netloc.split('@')[-1]}/", f"@127.0.0.1:{proxy.port}/", 1), proxy
     finally:
-        dep.close()
-        broker.stop()
         proxy.close()
-        books.close()
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory, detection_models, shared_data, azurite_connection_string):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    root = tmp_path_factory.mktemp("faults-scaled")
+    with _postgresql_behind_a_proxy() as (direct, proxied, proxy):
+        broker, books = _PrivateRedis(root), _Books.open(direct)
+        env = {**os.environ, "VEIL_DATABASE_URL": proxied, "VEIL_STORAGE_BACKEND": "azure",
+               "VEIL_AZURE_CONNECTION_STRING": azurite_connection_string, "VEIL_WORKER": "celery",
+               "VEIL_CELERY_BROKER_URL": broker.url, "VEIL_JOB_LEASE_SECONDS": "9", "VEIL_SWEEP_SECONDS": "1",
+               "VEIL_UPLOAD_POLL_SECONDS": "0.5", "VEIL_REDISPATCH_SECONDS": "20"}
+        env.pop("VEIL_CALLBACK_SECRET", None)
+        dep = Deployment(root, env, free_port())
+        try:
+            broker.start()
+            dep.start_api()
+            dep.start_worker("worker-1")
+            yield dep, proxy, broker, books
+        finally:
+            dep.close()
+            broker.stop()
+            books.close()
 
 
 def _submit_heavy(dep: Deployment, token: str, clip: Path) -> str:
@@ -495,6 +505,53 @@ def test_postgresql_goes_away_mid_job_and_comes_back(scaled, shared_data, tmp_pa
     token, key_id = books.key(100)
     after = _submit(dep, token, _clip(shared_data, tmp_path / "short.mp4", frames=25))
     books.charged_once(key_id, 100, _wait(dep, token, after, lambda r: r["job_status"] in (100, 200), 120))
+
+
+def test_postgresql_lost_just_after_an_output_was_stored_leaves_no_stray_output(tmp_path, monkeypatch):
+    """The output is stored, then the database goes away before the task is marked completed: that run stops,
+    nothing recorded (whether its output was recorded is unknown to it, so it cannot delete it), and the run that
+    takes the job after its lease ran out deletes that stray output and completes the job with the only output
+    in the store, charged once."""
+    from veil.jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, build_service
+    from veil.queue.tasks import process_job
+
+    with _postgresql_behind_a_proxy() as (_, proxied, proxy):
+        svc = build_service(settings_for(tmp_path / "data", database_url=proxied, job_lease_seconds=3))
+        try:
+            books = _Books(svc.db)
+            token, key_id = books.key(100)
+            data = padded_jpeg(20_000)
+            job = svc.create_job(key_id, "photo.jpg", len(data)).job
+            svc.store.write(INPUT_CONTAINER, job.input_blob, io.BytesIO(data))
+            svc.on_blob_created(INPUT_CONTAINER, job.input_blob, len(data))
+            while svc.approve(key_id, job.id) == "waiting":
+                time.sleep(0.1)
+            write, cuts = svc.store.write, []
+
+            def write_then_lose_the_database(container, name, src):
+                size = write(container, name, src)
+                if container == OUTPUT_CONTAINER and not cuts:
+                    cuts.append(name)
+                    proxy.cut()
+                return size
+
+            monkeypatch.setattr(svc.store, "write", write_then_lose_the_database)
+            try:
+                process_job(job.id, svc)
+            except Exception:  # noqa: BLE001 - the failure could not be recorded either (the worker loop logs it)
+                pass
+            proxy.restore()
+            assert cuts and svc.get_job(job.id).status == "running"
+            deadline = time.monotonic() + 30
+            while svc.leases.sweep()[0] != [job.id]:  # its lease runs out: queued again
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+            assert process_job(job.id, svc)
+            report = svc.report(svc.get_job(job.id))
+            books.charged_once(key_id, 100, report)
+            assert svc.store.list(OUTPUT_CONTAINER) == [svc.get_job(job.id).tasks[0].output_blob]
+        finally:
+            svc.close()
 
 
 def test_redis_restarts_mid_job(scaled, shared_data, tmp_path):
