@@ -90,12 +90,10 @@ def test_readyz_names_an_unreachable_database_with_503(tmp_path, detection_model
         _wait(lambda: http.get("/readyz").status_code == 200, 30)
 
 
-def test_metrics_follow_a_running_job(tmp_path, detection_models, monkeypatch):
-    """The real engine on a real clip, held mid-file (at half its frames) while /metrics is scraped."""
+def hold_engine_at_half(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """The real engine, held in its first file once half its frames are done: (halfway, go_on) events."""
     import veil.engine.anonymize as engine
 
-    frames = 60
-    clip = make_clip(tmp_path / "clip.mp4", frames=frames, size=(320, 240))
     halfway, go_on = threading.Event(), threading.Event()
     real = engine.anonymize
 
@@ -108,6 +106,14 @@ def test_metrics_follow_a_running_job(tmp_path, detection_models, monkeypatch):
         return real(src, dst, config, progress=report, **kwargs)
 
     monkeypatch.setattr(engine, "anonymize", held_at_half)
+    return halfway, go_on
+
+
+def test_metrics_follow_a_running_job(tmp_path, detection_models, monkeypatch):
+    """The real engine on a real clip, held mid-file (at half its frames) while /metrics is scraped."""
+    frames = 60
+    clip = make_clip(tmp_path / "clip.mp4", frames=frames, size=(320, 240))
+    halfway, go_on = hold_engine_at_half(monkeypatch)
     with app_client(tmp_path / "data", worker="embedded", worker_poll_seconds=0.1) as http:
         key = new_key(http.svc, 100)
         data = clip.read_bytes()

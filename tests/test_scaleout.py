@@ -5,7 +5,9 @@ with VEIL_WORKER=celery and two `veil worker` processes, each a process group of
 - four jobs at once, run by both workers;
 - the API server killed and started again while a worker runs a job: the job completes;
 - `kill -9` of the process group of the worker running a video: the other worker completes the job
-  within two minutes of the kill, charged once, and only it produced an output.
+  within two minutes of the kill, charged once, and only it produced an output;
+- SIGTERM to the worker running a video (issue 22, graceful shutdown, no grace period): it hands the job
+  back at once (lease released, logged) and exits; the other worker completes it, progress never falling.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def deployment(tmp_path_factory, detection_models, shared_data) -> Iterator[Depl
         env = {**os.environ, "VEIL_DATABASE_URL": database, "VEIL_STORAGE_BACKEND": "azure",
                "VEIL_AZURE_CONNECTION_STRING": connection_string, "VEIL_WORKER": "celery",
                "VEIL_CELERY_BROKER_URL": REDIS_URL, "VEIL_JOB_LEASE_SECONDS": "15", "VEIL_SWEEP_SECONDS": "1",
-               "VEIL_UPLOAD_POLL_SECONDS": "0.5"}
+               "VEIL_UPLOAD_POLL_SECONDS": "0.5", "VEIL_SHUTDOWN_GRACE_SECONDS": "0"}
         env.pop("VEIL_CALLBACK_SECRET", None)
         deployment = Deployment(root, env, free_port())
         try:
@@ -269,3 +271,37 @@ def test_kill_9_of_a_worker_mid_video(deployment, shared_data, tmp_path):
         out.write_bytes(r.content)
     with av.open(str(out)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 200
+
+
+def test_sigterm_to_a_worker_mid_video_hands_the_job_to_the_other(deployment, shared_data, tmp_path):
+    from veil.db.models import Job
+    from veil.db.session import open_database
+
+    key = deployment.key(100)
+    job_id = _submit(deployment, key, _clip(shared_data, tmp_path / "long.mp4", frames=300))
+    seen: list[int] = []
+    _wait(deployment, key, job_id, lambda r: seen.append(r["job_status"]) or r["job_status"] >= 5, 180)
+    assert seen[-1] < 100, "finished before it could be interrupted; use a longer clip"
+    victim = _runner(deployment, job_id)
+    survivor = ({"worker-1", "worker-2"} - {victim}).pop()
+    proc = deployment.procs.pop(victim)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(120)  # Celery's warm shutdown: the task hands the job back after the grace period and returns
+    assert f"job {job_id}: handed back at shutdown" in deployment.log(victim), deployment.log(victim)[-3000:]
+    engine, db = open_database(deployment.env["VEIL_DATABASE_URL"])
+    try:
+        with db() as session:  # released at once: never the stopped worker's lease again
+            assert f":{proc.pid}:" not in (session.get(Job, job_id).lease_owner or "")
+    finally:
+        engine.dispose()
+    report = _wait(deployment, key, job_id, lambda r: seen.append(r["job_status"]) or r["job_status"] in (100, 200),
+                   300)
+    try:
+        assert report["job_status"] == 100, report
+        assert seen == sorted(seen), seen  # progress never moved backwards
+        assert f"job {job_id}: started by" in deployment.log(survivor)
+        assert _producers(deployment, job_id) == [survivor]
+        assert len([o for o in _outputs(deployment, job_id) if o.endswith(".mp4")]) == 1  # the survivor's only
+        assert_charged_once(deployment.env["VEIL_DATABASE_URL"], job_id, 100)
+    finally:
+        deployment.start_worker(victim)  # the suite's two workers again
