@@ -1,12 +1,13 @@
-"""Upload a 2 GiB file through the embedded blob store on loopback with the seed's client loop
-(4 MiB blocks, URL-safe block ids, then the block list), download it back, and print MB/s and
-the server's peak RSS. Not a test: figures only.
+"""Upload a 2 GiB file through the embedded blob store on loopback, with the seed's client loop (4 MiB
+blocks one at a time, URL-safe block ids, then the block list) and with the `veil_client` library (4 MiB
+blocks, 8 in flight, Content-MD5 each), on plain loopback and through a loopback proxy that adds 25 ms each
+way (tests/_client_proxy.py, as a real network does); download it back; print MB/s, the ratio client/seed,
+and the peak RSS of the server and of each uploading process. Not a test: figures only.
 
-    .venv/bin/python bench/bench_upload.py [--size-mib 2048] [--workdir /tmp]
+    .venv/bin/python bench/bench_upload.py [--size-mib 2048] [--delay-ms 25] [--workdir /tmp]
 
-The server is a separate process (uvicorn + the `veil.api.blob` router) so its peak RSS
-(VmHWM from /proc) measures the endpoint alone. All files go to a temporary directory that is
-deleted afterwards.
+The server, the proxy and each upload are separate processes, so each peak RSS (VmHWM from /proc)
+measures one of them alone. All files go to a temporary directory that is deleted afterwards.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from pathlib import Path
 import requests
 
 MIB = 1024 * 1024
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+NAMES = {"seed": "seed loop (1 block at a time)", "client": "veil_client (8 blocks in flight, Content-MD5)",
+         "client-no-md5": "veil_client (8 in flight, no Content-MD5)"}
 
 
 def serve(root: Path, port: int, key: bytes) -> None:
@@ -39,6 +43,12 @@ def serve(root: Path, port: int, key: bytes) -> None:
     app = FastAPI()
     app.include_router(create_blob_router(store, lambda c, b, s: print(f"committed {c}/{b}: {s} bytes", flush=True)))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> tuple[float, float]:
@@ -88,14 +98,60 @@ def vendor_upload(session_uri: str, file_name: str) -> tuple[int, float]:
     return len(block_ids), time.perf_counter() - t
 
 
+def upload_child(how: str, session_uri: str, file_name: str) -> None:
+    """In a process of its own: one upload; prints its seconds and the process's peak RSS in MiB."""
+    t = time.perf_counter()
+    if how == "seed":
+        vendor_upload(session_uri, file_name)
+    else:
+        from veil_client._http import Http
+        from veil_client.transfer import upload
+
+        upload(Http(), session_uri, Path(file_name), concurrency=8, checksum=how == "client")
+    times = os.times()
+    print(time.perf_counter() - t, peak_rss_mib(os.getpid())[1], times.user + times.system)
+
+
+def run_proxy(target: int, delay: float) -> None:
+    sys.path.insert(0, str(TESTS))
+    from _client_proxy import Proxy
+
+    proxy = Proxy(delay=delay)
+    proxy.target = target
+    print(proxy.port, flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def wait_for(url: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{url} did not start") from None
+            time.sleep(0.1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=2048)
+    parser.add_argument("--delay-ms", type=float, default=25.0, help="the proxy's delay each way")
     parser.add_argument("--workdir", default="/tmp")
     parser.add_argument("--serve", nargs=3, metavar=("ROOT", "PORT", "KEYHEX"), help=argparse.SUPPRESS)
+    parser.add_argument("--proxy", nargs=2, metavar=("PORT", "DELAY"), help=argparse.SUPPRESS)
+    parser.add_argument("--upload", nargs=3, metavar=("HOW", "URL", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(Path(args.serve[0]), int(args.serve[1]), bytes.fromhex(args.serve[2]))
+        return
+    if args.proxy:
+        run_proxy(int(args.proxy[0]), float(args.proxy[1]))
+        return
+    if args.upload:
+        upload_child(*args.upload)
         return
 
     from veil.storage.local import LocalBlobStore
@@ -103,7 +159,7 @@ def main() -> None:
 
     size = args.size_mib * MIB
     work = Path(tempfile.mkdtemp(prefix="veil-bench-upload-", dir=args.workdir))
-    server = None
+    children: list[subprocess.Popen] = []
     try:
         src = work / "input.bin"
         t = time.perf_counter()
@@ -113,48 +169,54 @@ def main() -> None:
         port, key = free_port(), os.urandom(32)
         root = work / "store"
         server = subprocess.Popen([sys.executable, __file__, "--serve", str(root), str(port), key.hex()])
-        store = LocalBlobStore(root, "veilbench", key, f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the blob server did not start") from None
-                time.sleep(0.1)
+        children.append(server)
+        base = f"http://127.0.0.1:{port}"
+        wait_for(f"{base}/", server)
+        proxy = subprocess.Popen([sys.executable, __file__, "--proxy", str(port), str(args.delay_ms / 1000)],
+                                 stdout=subprocess.PIPE, text=True)
+        children.append(proxy)
+        proxied = f"http://127.0.0.1:{proxy.stdout.readline().strip()}"
         rss0, _ = peak_rss_mib(server.pid)
+        print(f"server RSS at start: {rss0:.0f} MiB; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
-        session_uri = store.signed_upload_url("uploads", "bench.bin", timedelta(hours=1))
-        t = time.perf_counter()
-        blocks, commit_s = vendor_upload(session_uri, str(src))
-        upload_s = time.perf_counter() - t
-        _, peak_upload = peak_rss_mib(server.pid)
-        assert store.size("uploads", "bench.bin") == size
+        mb, seconds = size / 1e6, {}
+        for label, url in (("loopback", base), (f"proxy +{args.delay_ms:g} ms each way", proxied)):
+            store = LocalBlobStore(root, "veilbench", key, url)  # signs URLs pointing at `url`
+            for how in ("seed", "client", "client-no-md5"):
+                blob = f"{how}-{len(seconds)}.bin"
+                session_uri = store.signed_upload_url("uploads", blob, timedelta(hours=1))
+                server_cpu = cpu_seconds(server.pid)
+                out = subprocess.run([sys.executable, __file__, "--upload", how, session_uri, str(src)],
+                                     capture_output=True, text=True, check=True).stdout.split()
+                seconds[label, how] = float(out[0])
+                assert store.size("uploads", blob) == size
+                name = NAMES[how]
+                print(f"upload {label:22} {name:44} {float(out[0]):6.1f} s {mb / float(out[0]):5.0f} MB/s, "
+                      f"CPU s client {float(out[2]):4.1f} server {cpu_seconds(server.pid) - server_cpu:4.1f}; "
+                      f"peak RSS client {float(out[1]):3.0f} MiB server {peak_rss_mib(server.pid)[1]:3.0f} MiB")
+                if len(seconds) != 2:  # the loopback client upload stays, for the download
+                    store.delete("uploads", blob)
+            print(f"  client / seed loop on {label}: {seconds[label, 'seed'] / seconds[label, 'client']:.1f}x "
+                  f"({seconds[label, 'seed'] / seconds[label, 'client-no-md5']:.1f}x without Content-MD5)")
 
+        store = LocalBlobStore(root, "veilbench", key, base)
         dest = work / "output.bin"
         t = time.perf_counter()
         digest = hashlib.sha256()
-        with requests.get(store.signed_download_url("uploads", "bench.bin", timedelta(hours=1)), stream=True) as r:
+        with requests.get(store.signed_download_url("uploads", "client-1.bin", timedelta(hours=1)), stream=True) as r:
             r.raise_for_status()
             with open(dest, "wb") as f:
                 for chunk in r.iter_content(chunk_size=MIB):
                     f.write(chunk)
                     digest.update(chunk)
         download_s = time.perf_counter() - t
-        _, peak_all = peak_rss_mib(server.pid)
         assert digest.hexdigest() == sha, "downloaded bytes differ from the upload"
-
-        mb = size / 1e6
-        print(f"upload   {size / MIB:.0f} MiB in {blocks} blocks of 4 MiB + block list: {upload_s:.1f} s, "
-              f"{mb / upload_s:.0f} MB/s (of which the block list commit: {commit_s:.1f} s)")
-        print(f"download (requests stream, 1 MiB chunks, sha256 checked): {download_s:.1f} s, {mb / download_s:.0f} MB/s")
-        print(f"server RSS: {rss0:.0f} MiB at start, peak {peak_upload:.0f} MiB after upload, "
-              f"peak {peak_all:.0f} MiB after download")
+        print(f"download (requests stream, 1 MiB chunks, sha256 checked): {download_s:.1f} s, "
+              f"{mb / download_s:.0f} MB/s; server peak RSS {peak_rss_mib(server.pid)[1]:.0f} MiB")
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=10)
+        for child in children:
+            child.terminate()
+            child.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,7 +1,9 @@
 """A loopback HTTP reverse proxy for client tests and the upload bench: it counts the request body bytes
 it forwarded to Put Block (`block_bytes`, what the server received), waits `delay` seconds each way (a
 network's latency), and fails a share `fail` of requests: a 503 ServerBusy answer, a reset connection
-(before forwarding; for GET and PUT also after, the answer lost), or a download cut half way."""
+(before forwarding; for GET and PUT also after, the answer lost), or a download cut half way (and the
+next `cut_next` downloads whatever `fail` says). POSTs are never reset after forwarding: a client cannot
+know whether a lost create_upload_session made a job."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ CHUNK = 1024 * 1024
 class Proxy:
     def __init__(self, delay: float = 0.0, fail: float = 0.0, seed: int = 0) -> None:
         self.delay, self.fail, self.target = delay, fail, 0
+        self.cut_next = 0  # downloads to cut half way whatever `fail` says
         self.block_bytes = 0
         self.faults: dict[str, int] = {}
         self._random = random.Random(seed)
@@ -32,12 +35,16 @@ class Proxy:
 
     def fault(self, method: str, path: str) -> str | None:
         """None, or the fault this request gets: "503", "reset", "reset-after" or "cut"."""
+        download = method == "GET" and "/blob/" in path
         with self._lock:
-            if self.fail <= 0 or self._random.random() >= self.fail:
+            if download and self.cut_next > 0:
+                self.cut_next -= 1
+                kind = "cut"
+            elif self.fail <= 0 or self._random.random() >= self.fail:
                 return None
-            kinds = ["503", "reset"] + (["reset-after"] if method in ("GET", "PUT") else [])
-            download = method == "GET" and "/blob/" in path
-            kind = "cut" if download and self._random.random() < 0.5 else self._random.choice(kinds)
+            else:
+                kinds = ["503", "reset"] + (["reset-after"] if method in ("GET", "PUT") else [])
+                kind = "cut" if download and self._random.random() < 0.5 else self._random.choice(kinds)
             self.faults[kind] = self.faults.get(kind, 0) + 1
             return kind
 

@@ -110,7 +110,8 @@ class _Bars:
                 if bar is not None:
                     bar.close()
                     del self.bars[rel]
-                tqdm.write(f"{phase.split(':')[0]:9} {rel}{phase[phase.find(':'):] if ':' in phase else ''}")
+                status, _, error = phase.partition(": ")
+                tqdm.write(f"{status:9} {rel}{': ' + error if error else ''}", file=sys.stderr if error else None)
                 self.overall.update()
                 return
             if bar is None:

@@ -147,8 +147,8 @@ class _Run:
             entry.job_id, entry.status = job.id, "created"
             save(entry)
             journal = self.manifest.state / "uploads" / f"{job.id}.jsonl"
-        job = self.client.job(entry.job_id or "", session_uri_of(journal) or job.session_uri
-                              if entry.status == "created" else None)
+        else:
+            job = self.client.job(entry.job_id or "", session_uri_of(journal))
         if entry.status == "created":
             done = _Fraction(entry.size, lambda f: self.event(rel, "upload", f))
             job.upload(src, journal, done.add)

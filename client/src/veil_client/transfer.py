@@ -46,7 +46,7 @@ class Journal:
 
     def load(self) -> set[int]:
         try:
-            lines = self.path.read_text().splitlines()
+            lines = self.path.read_text().split("\n")[:-1]  # the last is empty, or a line the kill cut short
         except FileNotFoundError:
             return set()
         if not lines or _json(lines[0]) != self.header:
@@ -170,25 +170,22 @@ def download(http: Http, url: str, dest: Path, part: Path, *, progress: Progress
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         response = http.request("GET", url, headers=headers, stream=True)
         with response:
-            if response.status_code == 416:  # the part is longer than the blob: start again
-                part.unlink()
-                continue
-            check(response, f"download {dest.name}", ok=(200, 206))
-            if response.status_code == 200:
-                offset = 0
-            total = _total_size(response, offset)
-            if progress and offset:
-                progress(offset)
-            try:
-                with open(part, "r+b" if offset else "wb") as f:
-                    f.seek(offset)
-                    f.truncate()
-                    for chunk in response.iter_content(chunk_size=MIB):
-                        f.write(chunk)
-                        if progress:
-                            progress(len(chunk))
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout):
-                continue  # resume from what reached the disk
+            if response.status_code == 416:  # nothing after `offset`: complete, or longer than the blob
+                total = _total_size(response, offset)
+                if total != offset:
+                    part.unlink()
+                    continue
+            else:
+                check(response, f"download {dest.name}", ok=(200, 206))
+                if response.status_code == 200:
+                    offset = 0
+                total = _total_size(response, offset)
+                if progress and offset:
+                    progress(offset)
+                try:
+                    _append(response, part, offset, progress)
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout):
+                    continue  # resume from what reached the disk
         if total is None or part.stat().st_size == total:
             size = part.stat().st_size
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -203,8 +200,19 @@ def _retried(response: requests.Response) -> bool:
     return bool(retries is not None and retries.history)
 
 
+def _append(response: requests.Response, part: Path, offset: int, progress: Progress | None) -> None:
+    with open(part, "r+b" if offset else "wb") as f:
+        f.seek(offset)
+        f.truncate()
+        for chunk in response.iter_content(chunk_size=MIB):
+            f.write(chunk)
+            if progress:
+                progress(len(chunk))
+
+
 def _total_size(response: requests.Response, offset: int) -> int | None:
-    if response.status_code == 206:
+    """The blob's size: from Content-Range (206, and 416's `bytes */N`), else Content-Length."""
+    if response.status_code in (206, 416):
         total = response.headers.get("Content-Range", "").rpartition("/")[2]
         return int(total) if total.isdigit() else None
     length = response.headers.get("Content-Length")
