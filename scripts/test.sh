@@ -10,7 +10,8 @@ for arg in "$@"; do
   case "$arg" in tests*|*.py|*::*) exit 0 ;; esac  # a chosen subset: no second run
 done
 SERVICE_TESTS=(tests/test_api_public.py tests/test_keys_credits.py tests/test_worker.py tests/test_job_lease.py
-               tests/test_events.py tests/test_upload_guard.py tests/test_strict_input.py tests/test_api_azure_backend.py)
+               tests/test_events.py tests/test_upload_guard.py tests/test_strict_input.py tests/test_api_azure_backend.py
+               tests/test_review_service.py)
 if ! pg_isready -q -h 127.0.0.1 2>/dev/null; then
   echo "PostgreSQL is not running on 127.0.0.1: the service tests ran on SQLite only" >&2
   [ -z "${CI:-}" ] || exit 1

@@ -137,6 +137,12 @@ class Settings(BaseSettings):
         60.0, ge=0, description="Videos longer than 1.5 times this are split at keyframes into segments of about "
         "this many seconds, processed in parallel (`veil anonymize --jobs N`; workers with worker_concurrency > 1) "
         "and joined without re-encoding; 0 never splits.")
+    render_price_fraction: float = Field(
+        0.2, ge=0.0, le=1.0, description="A render of a completed job (POST /v1/render_job) costs this fraction of "
+        "the job's price, at least 1 credit; a job's first render after review is included in its price.")
+    detections_floor: float = Field(
+        0.1, ge=0.0, le=1.0, description="Photos: detections documents keep every candidate down to this calibrated "
+        "score, so a reviewer can lower a threshold after the fact (videos: down to the threshold minus 0.2).")
     video_segment_max_overhead: float = Field(
         0.25, gt=0, description="In the service, a video gets so few segments that the frames their overlaps "
         "analyse a second time stay within this fraction of its frames (longer segments than "
@@ -151,9 +157,6 @@ class Settings(BaseSettings):
     callback_secret: str | None = Field(
         None, description="HMAC key signing callback bodies; when unset, generated once and kept in the "
         "database (the same for every process).")
-    detections_floor: float = Field(
-        0.1, ge=0.0, le=1.0, description="Photos: detections documents keep every candidate down to this calibrated "
-        "score, so a reviewer can lower a threshold after the fact (videos: down to the threshold minus 0.2).")
     callback_timeout_seconds: float = Field(
         10.0, gt=0, description="Total time one callback attempt may take (connect, TLS, sending, the answer's "
         "headers), however slowly the receiver trickles.")

@@ -14,6 +14,7 @@ from ..db.models import ApiKey
 from ..engine.config import ModelConfig
 from ..jobs import keys
 from ..jobs.credits import InsufficientCredits
+from ..jobs.review import InvalidRender, request_render
 from ..jobs.service import JobConflict, JobNotFound, JobService, UploadSession, UploadTooLarge
 from ..logs import name_key
 from . import schemas
@@ -245,6 +246,26 @@ def cancel_job(job_id: str, key: ApiKey = Depends(api_key), svc: JobService = De
 def delete_job_files(job_id: str, key: ApiKey = Depends(api_key), svc: JobService = Depends(service)):
     """Delete a finished job's input and output files from the store (download links stop working)."""
     return _report_after(svc, lambda: svc.delete_files(key.id, job_id))
+
+
+@router.post("/render_job/{job_id}", status_code=202, response_model=schemas.JobReport,
+             responses={**_NOT_FOUND, 402: {"model": schemas.Error}, 409: {"model": schemas.Error}})
+def render_job(job_id: str, body: schemas.RenderRequest, key: ApiKey = Depends(api_key),
+               svc: JobService = Depends(service)):
+    """Render the job's files again from their detections documents, without detecting: `model_config`
+    overrides (thresholds, mask, style) and per-task edits (docs/detections.md). A job awaiting review gets its
+    first render included; a completed job's render costs a fraction of its price (402 when the balance does not
+    cover it). Progress as for a job, then 100 with new download links; the old ones work until then."""
+    try:
+        return svc.report(request_render(svc, key.id, job_id, body.config, body.edits))
+    except InvalidRender as exc:
+        raise HTTPException(422, [{"loc": exc.loc, "msg": exc.msg, "type": "value_error"}]) from None
+    except InsufficientCredits as exc:
+        raise HTTPException(402, str(exc)) from None
+    except JobNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except JobConflict as exc:
+        raise HTTPException(409, str(exc)) from None
 
 
 def _report_after(svc: JobService, action) -> dict:

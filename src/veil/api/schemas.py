@@ -104,6 +104,10 @@ class TaskReport(_Body):
     status: Literal["pending", "running", "completed", "failed"]
     error: str | None = Field(None, description="Why this file failed.")
     detections: int | None = Field(None, description="Regions redacted in this file.")
+    detections_link: str | None = Field(None, description="Signed, expiring URL of this file's detections "
+                                        "document (docs/detections.md): every candidate, for review and renders.")
+    report: dict | None = Field(None, description="What was found and drawn, and where a reviewer should look "
+                                "first (docs/detections.md).")
 
 
 class JobReport(_Body):
@@ -114,8 +118,8 @@ class JobReport(_Body):
     job_total_credit_cost: int | None = Field(None, description="Credits approval reserves; known once the "
                                               "upload is complete.")
     total_credit_cost: int | None = Field(None, description="The same, under the vendor reference's name.")
-    state: Literal["created", "uploaded", "awaiting_approval", "queued", "running", "completed", "failed",
-                   "cancelled"] = Field(..., description="Veil's state name behind job_status.")
+    state: Literal["created", "uploaded", "awaiting_approval", "queued", "running", "awaiting_review", "completed",
+                   "failed", "cancelled"] = Field(..., description="Veil's state name behind job_status.")
     file_name: str
     file_size: int | None
     model: str
@@ -130,6 +134,14 @@ class JobReport(_Body):
     finished_at: datetime | None
     updated_at: datetime
     tasks: list[TaskReport]
+
+
+class RenderRequest(_Request):
+    config: dict = Field(default_factory=dict, alias="model_config", description="Overrides of the job's "
+                         "model_config: thresholds, mask_blur, style, video_crf; turning a kind off.")
+    edits: dict[str, list[dict]] = Field(default_factory=dict, max_length=10_000, description="Per task index "
+                                         "(as text), a list of edits (docs/detections.md): add, remove, keep, "
+                                         "remove_track.")
 
 
 class JobList(_Body):

@@ -3,6 +3,8 @@ registrations and deliveries, admin accounts and their sign-in sessions.
 
 Job.status is the state machine (see `veil.jobs.service`):
 created → uploaded → awaiting_approval → queued → running → completed | failed | cancelled
+(with model_config.review: running → awaiting_review → queued by a render → running → completed;
+a completed job's render: completed → queued → running → completed)
 (created/uploaded may also go straight to failed when the upload is unusable).
 """
 
@@ -81,6 +83,8 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # last sent to the queue
     upload_etag: Mapped[str | None] = mapped_column(String(100))  # of the upload event last handled
+    render_request: Mapped[dict | None] = mapped_column(JSON)  # {"config": overrides, "edits": {task index: [...]}}
+    renders: Mapped[int] = mapped_column(Integer, default=0)  # renders requested after the job's own run
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     uploaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     approved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -113,6 +117,9 @@ class Task(Base):
     detections: Mapped[int | None] = mapped_column(Integer)
     media: Mapped[str | None] = mapped_column(String(10))  # "image" | "video" once processed
     media_seconds: Mapped[float | None] = mapped_column(Float)  # a video's duration
+    detections_blob: Mapped[str | None] = mapped_column(String(300))  # its detections document (output container)
+    summary: Mapped[dict | None] = mapped_column(JSON)  # the per-file report (veil.engine.file_report)
+    render_pending: Mapped[bool] = mapped_column(Boolean, default=False)  # a requested render has not drawn it yet
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     job: Mapped[Job] = relationship(back_populates="tasks")

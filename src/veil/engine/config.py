@@ -41,6 +41,8 @@ class ModelConfig(BaseModel):
         "blur", description="How a detected region is made unrecognisable (extension).")
     video_crf: int = Field(
         20, ge=0, le=51, description="H.264 constant rate factor for video output; lower is better quality (extension).")
+    review: bool = Field(False, description="The service detects, then waits for a reviewer's render call before "
+                         "writing any output (extension; the engine ignores it).")
 
     @property
     def wants_faces(self) -> bool:

@@ -60,7 +60,7 @@ class Frame:
 
 # ----------------------------------------------------------------------------- edits
 class _Edit(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # lax: JSON object keys are text ("10")
     by: str = Field("", max_length=200, description="Who made the edit.")
     at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -141,13 +141,13 @@ def append_edits(path: Path, edits: list[Edit]) -> None:
 # ----------------------------------------------------------------------------- reading
 def read_header(path: Path) -> Header:
     with gzip.open(Path(path), "rt", encoding="utf-8") as f:
-        return _header(f.readline(), path)
+        return parse_header(f.readline(), path)
 
 
 def iter_frames(path: Path) -> Iterator[Frame]:
     """The document's frames in order, one line at a time (bounded memory)."""
     with gzip.open(Path(path), "rt", encoding="utf-8") as f:
-        _header(f.readline(), path)
+        parse_header(f.readline(), path)
         for line in f:
             data = json.loads(line)
             if "edit" in data:
@@ -164,7 +164,7 @@ def read_edits(path: Path) -> list[Edit]:
     return EDITS.validate_python(edits)
 
 
-def _header(line: str, path: Path) -> Header:
+def parse_header(line: str, path: Path | str) -> Header:
     try:
         data = json.loads(line)
     except ValueError:

@@ -19,7 +19,8 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".tx
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
                   ".ts", ".mts")
 KINDS = ("image", "video", "archive")
-STATES = ("created", "uploaded", "awaiting_approval", "queued", "running", "completed", "failed", "cancelled")
+STATES = ("created", "uploaded", "awaiting_approval", "queued", "running", "awaiting_review", "completed", "failed",
+          "cancelled")
 _SPENDING = ("reserve", "refund")  # ledger kinds whose sum is what jobs cost (reservations less refunds)
 
 

@@ -439,8 +439,9 @@ class JobService:
             raise JobConflict(f"job is {job.status}; cancel it or wait until it finishes before deleting its files")
         self.store.delete(INPUT_CONTAINER, job.input_blob)
         for task in job.tasks:
-            if task.output_blob:
-                self.store.delete(OUTPUT_CONTAINER, task.output_blob)
+            for blob in (task.output_blob, task.detections_blob):
+                if blob:
+                    self.store.delete(OUTPUT_CONTAINER, blob)
         with self.db.begin() as session:
             session.execute(update(Job).where(Job.id == job_id).values(files_deleted=True))
         return self.get_job(job_id, key_id)
@@ -475,9 +476,13 @@ class JobService:
             if task.status == "completed" and task.output_blob and not job.files_deleted:
                 link = self.store.signed_download_url(OUTPUT_CONTAINER, task.output_blob, expires,
                                                       filename=task.output_file)
+            detections = None
+            if task.detections_blob and not job.files_deleted:
+                detections = self.store.signed_download_url(OUTPUT_CONTAINER, task.detections_blob, expires,
+                                                            filename=f"{task.output_file}.detections.gz")
             tasks.append({"task_id": task.index, "input_file": task.input_name, "output_file": task.output_file,
                           "download_link": link, "status": task.status, "error": task.error,
-                          "detections": task.detections})
+                          "detections": task.detections, "detections_link": detections, "report": task.summary})
         return {
             "job_id": job.id,
             "job_status": job_status_number(job),
@@ -509,6 +514,8 @@ class JobService:
             return "upload received; computing the cost"
         if job.status == "awaiting_approval":
             return f"uploaded; awaiting approval (cost {job.total_cost} credits)"
+        if job.status == "awaiting_review":
+            return f"detected; awaiting review: POST /v1/render_job/{job.id} writes the outputs"
         if job.status == "queued":
             return "waiting in queue"
         if job.status == "running":

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 
+from ..jobs.review import expire_unreviewed
 from ..jobs.service import JobService
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class Sweeper:
         self._duties = [("sweep", service.leases.sweep, settings.sweep_seconds)]
         if api:
             self._duties.append(("housekeeping", service.housekeeping, settings.housekeeping_seconds))
+            self._duties.append(("review expiry", lambda: expire_unreviewed(service), settings.housekeeping_seconds))
             self._duties.append(("stalled pricing", lambda: service.price_pending(STALLED_PRICING_SECONDS), 60.0))
             if settings.upload_poll_seconds > 0:
                 self._duties.append(("upload polling", service.poll_uploads, settings.upload_poll_seconds))

@@ -135,12 +135,21 @@ def process_job(job_id: str, service: JobService | None = None, drain: Drain | N
         log.exception("job %s failed", job_id)
         shutil.rmtree(work, ignore_errors=True)  # first: on a full disk, the room to record the failure
         svc.finish(job_id, "failed", f"internal error: {_describe(exc, svc)}",
-                   refund_reason="job failed through no fault of its input", owner=owner)
+                   refund_reason="job failed through no fault of its input", owner=owner, keep=_kept(svc, job_id))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         current_job.reset(token)
         unbind_key(key_token)
     return True
+
+
+def _kept(svc: JobService, job_id: str) -> int:
+    """What a job failing through Veil's fault keeps of its reservation: nothing (its own run, or the first render
+    after review, included in its price), or for a paid render the job's own price (the render's cost is refunded)."""
+    job = svc.get_job(job_id)
+    if job.render_request is None or not job.render_request.get("cost"):  # a job's own run, or its first render
+        return 0
+    return job.reserved_credits - job.refunded_credits - job.render_request["cost"]
 
 
 def _hand_back(svc: JobService, job_id: str, owner: str) -> None:
@@ -173,6 +182,11 @@ def _run(svc: JobService, job_id: str, work: Path, lease: _Lease) -> None:
     if job.attempts > 1:
         _drop_stray_outputs(svc, job_id)
     try:
+        if config.review or job.render_request is not None:
+            from .rendering import run_review  # it builds on this module's lease and progress
+
+            run_review(svc, job, work, config, tasks, lease)
+            return
         _process(svc, job_id, work, config, tasks, lease)
     except _Cancelled:
         _cancelled(svc, job_id, tasks, lease.owner)
@@ -195,8 +209,9 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
             raise HandBack()
         _set_task(svc, lease, task_id, status="running")
         dst = work / "out" / safe_name(path.name)
+        doc = work / "out" / f"{task.index}.detections.gz"
         try:
-            report = _anonymize(svc, task, path, dst, config, progress.for_file(index), lease, work)
+            report = _anonymize(svc, task, path, dst, config, progress.for_file(index), lease, work, doc)
             lease.check()
             blob = f"{job_id}/{task.index}.{run_tag}{_suffix(path.name)}"  # this run's own name
             svc.store.write(OUTPUT_CONTAINER, blob, dst)
@@ -205,38 +220,65 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
                 _set_task(svc, lease, task_id, status="pending")
             raise
         except Exception as exc:  # noqa: BLE001 - one bad file fails only its own task
-            input_fault = _is_media_error(exc)
-            if not input_fault:
-                log.exception("job %s: file %s failed", job_id, path.name)
-            error = (public_message(str(exc), svc.settings.data_dir) if input_fault
-                     else f"internal error: {_describe(exc, svc)}")
-            dst.unlink(missing_ok=True)  # first: on a full disk (the database's too), the room to record it
-            _set_task(svc, lease, task_id, status="failed", error=error, system_fault=not input_fault,
-                      finished_at=utcnow())
+            fail_task(svc, lease, task_id, path, dst, exc)
             drop_segments(svc, task_id)
         else:
             media = getattr(report, "media", None)
             count = getattr(report, "detection_count", None)
             if media == "video":
                 count = report.figures.get("detections", count)  # segments: their counts' sum
+            doc_blob, summary = store_document(svc, task, run_tag, doc, config, report)
             try:
                 _set_task(svc, lease, task_id, status="completed", output_blob=blob, finished_at=utcnow(),
-                          detections=count, media=media,
+                          detections=count, media=media, detections_blob=doc_blob, summary=summary,
                           media_seconds=report.figures.get("seconds") if media == "video" else None)
             except _LeaseLost:
-                svc.store.delete(OUTPUT_CONTAINER, blob)  # the job is another worker's now: leave no output
+                for stored in (blob, doc_blob):  # the job is another worker's now: leave no output
+                    if stored:
+                        svc.store.delete(OUTPUT_CONTAINER, stored)
                 raise
             log.info("job %s: file %s done (output %s)", job_id, task.index, blob)
             drop_segments(svc, task_id)
         finally:
             dst.unlink(missing_ok=True)
+            doc.unlink(missing_ok=True)
         progress.file_done(index)
 
 
+def fail_task(svc: JobService, lease: _Lease, task_id: int, path: Path, dst: Path, exc: Exception) -> None:
+    """Record why one file failed: the input's fault (MediaError, its message) or Veil's (logged, refundable)."""
+    input_fault = _is_media_error(exc)
+    if not input_fault:
+        log.exception("job %s: file %s failed", lease.job_id, path.name)
+    error = (public_message(str(exc), svc.settings.data_dir) if input_fault
+             else f"internal error: {_describe(exc, svc)}")
+    dst.unlink(missing_ok=True)  # first: on a full disk (the database's too), the room to record it
+    _set_task(svc, lease, task_id, status="failed", error=error, system_fault=not input_fault, finished_at=utcnow())
+
+
+def store_document(svc: JobService, task: Task, run_tag: str, doc: Path, config: ModelConfig,
+                   report) -> tuple[str | None, dict | None]:
+    """Store a file's detections document beside its output; returns its blob (None when the run made no
+    document: a video in segments) and the file's summary (`veil.engine.file_report`)."""
+    from ..engine.document import iter_frames
+    from ..engine.file_report import summarize
+    from ..engine.report import Report
+
+    if not isinstance(report, Report):
+        return None, None
+    summary = summarize(report, iter_frames(doc) if doc.is_file() else None, config)
+    if not doc.is_file():
+        return None, summary
+    blob = f"{task.job_id}/{task.index}.{run_tag}.detections.gz"
+    svc.store.write(OUTPUT_CONTAINER, blob, doc)
+    return blob, summary
+
+
 def _anonymize(svc: JobService, task: Task, path: Path, dst: Path, config: ModelConfig, progress, lease: _Lease,
-               work: Path):
-    """The engine on one file; a long video in segments (`veil.queue.segments`) when this worker runs
-    several processes (VEIL_WORKER_CONCURRENCY > 1) or other Celery workers can take segments."""
+               work: Path, doc: Path | None = None):
+    """The engine on one file (writing its detections document to `doc`); a long video in segments
+    (`veil.queue.segments`, no document) when this worker runs several processes (VEIL_WORKER_CONCURRENCY > 1)
+    or other Celery workers can take segments."""
     from ..engine.anonymize import anonymize
     from ..engine.probe import media_kind, probe
 
@@ -256,14 +298,15 @@ def _anonymize(svc: JobService, task: Task, path: Path, dst: Path, config: Model
             plan = plan_segments(path, config, seconds, limits, dst, svc.settings.video_segment_max_overhead)
             if len(plan) > 1:
                 return anonymize_segments(svc, task, path, dst, config, plan, progress, lease, work)
-        return anonymize(path, dst, config, progress=progress, limits=limits)
+        return anonymize(path, dst, config, progress=progress, limits=limits, document=doc,
+                         image_floor=svc.settings.detections_floor)
 
 
 def _drop_stray_outputs(svc: JobService, job_id: str) -> None:
     """A run after an interrupted one deletes the outputs an earlier run stored but could not record (the
     database went away, or the worker died, between the two); recorded outputs and stored segments stay."""
     job = svc.get_job(job_id)
-    recorded = {t.output_blob for t in job.tasks if t.output_blob}
+    recorded = {blob for t in job.tasks for blob in (t.output_blob, t.detections_blob) if blob}
     for name in svc.store.list(OUTPUT_CONTAINER, f"{job_id}/"):
         if name not in recorded and not re.fullmatch(r"[^/]+/\d+\.segment\d+\..*", name):
             log.info("job %s: deleting %s, stored by an earlier run that could not record it", job_id, name)

@@ -1,0 +1,170 @@
+"""Detect once, render many, in the service (issue 20): every task keeps its detections document beside its
+output; `POST /v1/render_job/{id}` renders again with overrides and edits, priced and reserved like an
+approval; `model_config.review: true` waits for that call, which the seed's client sits through unchanged.
+The jobs run through the real worker code (`process_job`) on SQLite, or PostgreSQL in the second run."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from _service_helpers import app_client, new_key, seed_upload
+from veil.jobs.credits import ledger
+from veil.queue.tasks import process_job
+
+PHOTO = "dlib_faces/images/dlib_2008_001322.jpg"
+BOX = [10, 10, 70, 60]  # a corner with no face
+
+
+@pytest.fixture()
+def client(tmp_path, detection_models):
+    with app_client(tmp_path, render_price_fraction=0.5) as http:
+        yield http
+
+
+def _job(http, key: str, data: bytes, config: dict) -> str:
+    r = http.post("/v1/create_upload_session", headers={"access_token": key},
+                  json={"file_name": "photo.jpg", "file_size": len(data), "model_config": config})
+    assert r.status_code == 200, r.text
+    seed_upload(http, r.json()["session_uri"], data)
+    assert http.post(f"/v1/approve_job/{r.json()['job_id']}", headers={"access_token": key}).status_code == 200
+    return r.json()["job_id"]
+
+
+def _result(http, key: str, job_id: str) -> dict:
+    return http.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()
+
+
+def _download(http, link: str) -> bytes:
+    r = http.get(link)
+    assert r.status_code == 200
+    return r.content
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def _render(http, key: str, job_id: str, body: dict):
+    return http.post(f"/v1/render_job/{job_id}", headers={"access_token": key}, json=body)
+
+
+def test_a_job_keeps_its_document_and_renders_again_with_overrides_and_edits(client, shared_data):
+    key = new_key(client.svc, credits=10)
+    data = (shared_data / PHOTO).read_bytes()
+    job_id = _job(client, key, data, {"enable_lp": False})
+    process_job(job_id, client.svc)
+    first = _result(client, key, job_id)
+    assert first["job_status"] == 100
+    [task] = first["tasks"]
+    document = gzip.decompress(_download(client, task["detections_link"])).decode().splitlines()
+    assert json.loads(document[0])["format"] == "veil-detections" and len(document) == 2
+    assert task["report"]["faces"]["regions"] == task["detections"] > 0
+    old_link, old_output = task["download_link"], _download(client, task["download_link"])
+
+    body = {"model_config": {"style": "solid"}, "edits": {"0": [{"op": "add", "kind": "face", "frames": {"0": BOX},
+                                                                 "by": "ana@example.com"}]}}
+    queued = _render(client, key, job_id, body)
+    assert queued.status_code == 202, queued.text
+    assert queued.json()["job_status"] == 0 and queued.json()["tasks"][0]["download_link"]  # the old one still
+    assert _download(client, old_link) == old_output
+    process_job(job_id, client.svc)
+    second = _result(client, key, job_id)
+    assert second["job_status"] == 100, second["job_status_description"]
+    [task] = second["tasks"]
+    output = _pixels(_download(client, task["download_link"]))
+    x1, y1, x2, y2 = BOX
+    assert output[y1 + 5:y2 - 5, x1 + 5:x2 - 5].mean() < 20  # the added box, drawn solid
+    assert task["detections"] == first["tasks"][0]["detections"] + 1 and task["report"]["edits"] == 1
+    entries = [(e.kind, e.amount) for e in ledger(client.svc.db, key_id=client.svc.get_job(job_id).key_id)]
+    assert entries[-2:] == [("reserve", -1), ("reserve", -1)]  # the job (1), then the render (half, at least 1)
+    assert second["credits_charged"] == 2
+
+
+def test_review_waits_for_a_render_and_its_first_render_is_included(client, shared_data):
+    key = new_key(client.svc, credits=10)
+    job_id = _job(client, key, (shared_data / PHOTO).read_bytes(), {"review": True, "enable_lp": False})
+    process_job(job_id, client.svc)
+    waiting = _result(client, key, job_id)
+    assert waiting["state"] == "awaiting_review" and waiting["job_status"] == 0
+    assert "awaiting review" in waiting["job_status_description"]
+    [task] = waiting["tasks"]
+    assert task["download_link"] is None and task["detections_link"] and task["report"]["faces"]["regions"] > 0
+    assert _render(client, key, job_id, {"model_config": {"blur_threshold": 0.3}}).status_code == 202
+    process_job(job_id, client.svc)
+    done = _result(client, key, job_id)
+    assert done["job_status"] == 100 and done["tasks"][0]["download_link"]
+    assert done["credits_charged"] == 1  # the render was included
+
+
+def test_render_requests_are_validated(client, shared_data):
+    key, other = new_key(client.svc, credits=10), new_key(client.svc)
+    job_id = _job(client, key, (shared_data / PHOTO).read_bytes(), {"enable_lp": False})
+    assert _render(client, key, job_id, {}).status_code == 409  # not finished yet
+    process_job(job_id, client.svc)
+    assert _render(client, other, job_id, {}).status_code == 404  # another key's job
+    bad = [({"model_config": {"slicing": True}}, ["model_config", "slicing"]),
+           ({"model_config": {"enable_lp": True}}, ["model_config", "enable_lp"]),
+           ({"model_config": {"blur_threshold": 0.01}}, ["model_config"]),
+           ({"edits": {"0": [{"op": "add", "kind": "face", "frames": {"0": [0, 0, 5000, 10]}}]}},
+            ["edits", "0", 0, "frames", 0]),
+           ({"edits": {"0": [{"op": "remove", "ids": ["0.999"]}]}}, ["edits", "0", 0, "ids"]),
+           ({"edits": {"0": [{"op": "paint"}]}}, ["edits", "0"]),
+           ({"edits": {"7": []}}, ["edits", "7"])]
+    for body, loc in bad:
+        r = _render(client, key, job_id, body)
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["detail"][0]["loc"][:len(loc)] == loc, (body, r.json())
+    assert client.svc.get_job(job_id).status == "completed"  # nothing was queued or charged
+    assert [e.kind for e in ledger(client.svc.db, key_id=client.svc.get_job(job_id).key_id)][-1] == "reserve"
+
+
+@pytest.mark.slow
+def test_concurrent_render_calls_on_a_balance_that_covers_one(tmp_path, shared_data, detection_models):
+    """Twenty render calls at once over three completed jobs, the balance covering one render: exactly one
+    is accepted, the others answered 402 or 409, the balance never below zero."""
+    from _live_server import veil_server
+    from veil.db.session import open_database
+    from veil.jobs.keys import create_key
+
+    data_dir = tmp_path / "data"
+    with veil_server(data_dir, env={"VEIL_RENDER_PRICE_FRACTION": "1", "VEIL_API_RATE_LIMIT": "1000/second"}) as base:
+        engine, db = open_database(f"sqlite:///{data_dir / 'veil.db'}")
+        key, row = create_key(db, 3)
+        jobs = []
+        for _ in range(3):
+            r = requests.post(f"{base}/v1/create_upload_session", headers={"access_token": key}, timeout=30,
+                              json={"file_name": "p.jpg", "file_size": len(photo := (shared_data / PHOTO).read_bytes()),
+                                    "model_config": {"enable_lp": False}})
+            uri = r.json()["session_uri"]
+            assert requests.put(uri, data=photo, headers={"x-ms-blob-type": "BlockBlob"}, timeout=30).status_code == 201
+            jobs.append(r.json()["job_id"])
+        for job_id in jobs:
+            while requests.post(f"{base}/v1/approve_job/{job_id}", headers={"access_token": key},
+                                timeout=30).status_code == 302:
+                threading.Event().wait(0.2)
+        for job_id in jobs:
+            while requests.get(f"{base}/v1/job_result/{job_id}", headers={"access_token": key},
+                               timeout=30).json()["job_status"] != 100:
+                threading.Event().wait(0.3)
+        with ThreadPoolExecutor(20) as pool:  # balance now 0: one more credit covers one render
+            from veil.jobs.credits import add_credits
+
+            add_credits(db, row.id, 1, reason="test")
+            answers = list(pool.map(lambda n: requests.post(f"{base}/v1/render_job/{jobs[n % 3]}",
+                                                            headers={"access_token": key}, json={},
+                                                            timeout=60).status_code, range(20)))
+        assert answers.count(202) == 1 and set(answers) <= {202, 402, 409}, answers
+        with db() as session:
+            from veil.db.models import ApiKey
+
+            assert session.get(ApiKey, row.id).credits == 0
+        engine.dispose()
