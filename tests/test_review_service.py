@@ -168,3 +168,49 @@ def test_concurrent_render_calls_on_a_balance_that_covers_one(tmp_path, shared_d
 
             assert session.get(ApiKey, row.id).credits == 0
         engine.dispose()
+
+
+@pytest.mark.slow
+def test_the_seed_client_unchanged_sits_through_review(tmp_path, shared_data, detection_models, monkeypatch):
+    """`review: true` with the seed's sample client running in a thread: it keeps polling (job_status 0) while
+    the job awaits review, and downloads the rendered output once a reviewer's render call went through."""
+    import seed_client
+    from _live_server import veil_server
+    from veil.db.session import open_database
+    from veil.jobs.keys import create_key
+
+    data_dir = tmp_path / "data"
+    with veil_server(data_dir) as base:
+        engine, db = open_database(f"sqlite:///{data_dir / 'veil.db'}")
+        key, _ = create_key(db, 10)
+        engine.dispose()
+        monkeypatch.setattr(seed_client, "API_URL", f"{base}/v1")
+        monkeypatch.setattr(seed_client, "SLEEP_SECONDS", 0.3)
+        out = tmp_path / "out"
+        out.mkdir()
+        photo = tmp_path / "photo.jpg"
+        photo.write_bytes((shared_data / PHOTO).read_bytes())
+        monkeypatch.chdir(out)
+        client = threading.Thread(target=seed_client.process_file, daemon=True,
+                                  kwargs={"file_name": str(photo), "api_key": key,
+                                          "model_config": {"review": True, "enable_lp": False}})
+        client.start()
+        headers = {"access_token": key}
+        job = None
+        for _ in range(600):
+            jobs = requests.get(f"{base}/v1/jobs", headers=headers, timeout=30).json()["jobs"]
+            job = jobs[0] if jobs else None
+            if job and job["state"] == "awaiting_review":
+                break
+            threading.Event().wait(0.2)
+        assert job and job["state"] == "awaiting_review" and job["job_status"] == 0
+        threading.Event().wait(1.0)
+        assert client.is_alive() and not list(out.iterdir())  # still polling, nothing written yet
+        r = requests.post(f"{base}/v1/render_job/{job['job_id']}", headers=headers, timeout=30,
+                          json={"model_config": {"style": "solid"}})
+        assert r.status_code == 202, r.text
+        client.join(timeout=300)
+        assert not client.is_alive()
+        [written] = list(out.iterdir())
+        output, source = _pixels(written.read_bytes()), _pixels(photo.read_bytes())
+        assert output.shape == source.shape and (np.abs(output - source).max(axis=2) > 100).mean() > 0.002
