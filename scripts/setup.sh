@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
-# Creates .venv, installs Veil (with extras given as $1, e.g. "test") and its models. Idempotent.
+# Creates .venv and installs Veil and veil-client (client/) from the lock file, every distribution checked
+# against its hashes (requirements.lock; with "test" as $1, requirements-test.lock, which adds the test tools;
+# refresh them with scripts/lock.sh), the system packages of deploy/system-packages.txt, and the models.
+# Idempotent, and reaches no package index when nothing is missing or changed since its last run
+# (.venv/.veil-setup records the lock, pyproject.toml and client/pyproject.toml it installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-}"
-# libarchive reads the zip/tar/7z/rar uploads (libarchive-c loads it with ctypes)
-if ! ldconfig -p 2>/dev/null | grep -q "libarchive\.so"; then
-  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libarchive13 >/dev/null \
-      || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libarchive13t64 >/dev/null; }
-  else
-    echo "setup: install libarchive (Debian/Ubuntu: apt-get install libarchive13; macOS: brew install libarchive)" >&2
-  fi
-fi
+case "${1:-}" in
+  "") lock=requirements.lock ;;
+  test) lock=requirements-test.lock ;;
+  *) echo "setup: unknown extras '$1' (none: the service; test: the service and the test tools)" >&2; exit 2 ;;
+esac
+sh deploy/install-system-packages.sh
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-# the client distribution (client/, no engine dependency) first: the main package depends on it
-.venv/bin/pip install -q -e ./client
-if [ -n "$extras" ]; then
-  .venv/bin/pip install -q -e ".[$extras]"
-else
-  .venv/bin/pip install -q -e .
+stamp="$(cat "$lock" pyproject.toml client/pyproject.toml | sha256sum | cut -d' ' -f1) $lock"
+if [ "$(cat .venv/.veil-setup 2>/dev/null)" != "$stamp" ] || ! .venv/bin/python -c "import veil, veil_client" 2>/dev/null
+then
+  pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
+  "${pip[@]}" install --require-hashes -r "$lock"
+  # the two distributions of this repository (client/ first: the main package depends on it), their
+  # dependencies and build backend (setuptools) all installed from the lock above
+  "${pip[@]}" install --no-deps --no-build-isolation -e ./client -e .
+  echo "$stamp" > .venv/.veil-setup
 fi
 .venv/bin/veil models install
