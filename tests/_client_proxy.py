@@ -1,9 +1,9 @@
 """A loopback HTTP reverse proxy for client tests and the upload bench: it counts the request body bytes
-it forwarded to Put Block (`block_bytes`, what the server received), waits `delay` seconds each way (a
-network's latency), and fails a share `fail` of requests: a 503 ServerBusy answer, a reset connection
-(before forwarding; for GET and PUT also after, the answer lost), or a download cut half way (and the
-next `cut_next` downloads whatever `fail` says). POSTs are never reset after forwarding: a client cannot
-know whether a lost create_upload_session made a job."""
+it forwarded to Put Block (`block_bytes`, what the server received, and `blocks_without_md5`), waits
+`delay` seconds each way (a network's latency), and fails a share `fail` of requests: a 503 ServerBusy
+answer, a reset connection (before forwarding; for GET and PUT also after, the answer lost), or a download
+cut half way (and the next `cut_next` downloads whatever `fail` says). POSTs are never reset after
+forwarding: a client cannot know whether a lost create_upload_session made a job."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Proxy:
     def __init__(self, delay: float = 0.0, fail: float = 0.0, seed: int = 0) -> None:
         self.delay, self.fail, self.target = delay, fail, 0
         self.cut_next = 0  # downloads to cut half way whatever `fail` says
-        self.block_bytes = 0
+        self.block_bytes = self.blocks_without_md5 = 0
         self.faults: dict[str, int] = {}
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -48,10 +48,11 @@ class Proxy:
             self.faults[kind] = self.faults.get(kind, 0) + 1
             return kind
 
-    def counted(self, path: str, length: int) -> None:
+    def counted(self, path: str, length: int, md5: bool) -> None:
         if "comp=block" in path and "comp=blocklist" not in path:
             with self._lock:
                 self.block_bytes += length
+                self.blocks_without_md5 += not md5
 
     def close(self) -> None:
         self.server.shutdown()
@@ -82,7 +83,7 @@ def _handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
             response = self._send_upstream(body, headers)
             if response.status == 201 and body:
-                proxy.counted(self.path, len(body))
+                proxy.counted(self.path, len(body), "Content-MD5" in self.headers)
             time.sleep(proxy.delay)
             if fault == "reset-after":
                 response.read()

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from _client_proxy import Proxy
 from _live_server import veil_command, veil_server
 from _service_helpers import jpeg_bytes, padded_jpeg
 from test_video import make_clip
-from veil_client import Client, ClientError, KeyRefused, Unreachable, walk
+from veil_client import Client, ClientError, JobFailed, KeyRefused, Unreachable, walk
 from veil_client._http import Http
 from veil_client.transfer import Journal
 
@@ -195,6 +196,7 @@ def test_max_credits_refuses_before_approval(live: Live, folder: Path, tmp_path:
     rows = _manifest(out).values()
     assert [r["status"] for r in rows] == ["refused", "refused"] and all("5 credits" in r["error"] for r in rows)
     assert live.balance(key) == 20 and not list(out.glob("clips/*"))
+    assert "cost      clip0.mp4: 5 credits" in run.stdout and "refused   clip0.mp4: costs 5" in run.stderr
 
 
 def test_wrong_key_and_file_over_the_limit_are_one_line_with_their_exit_status(live: Live, tmp_path: Path):
@@ -225,6 +227,12 @@ def test_library_submit_wait_download_and_unreachable(live: Live, tmp_path: Path
     [out] = job.download(tmp_path / "out", report)
     assert Image.open(out).size == (200, 150) and live.balance(key) == 1
     assert job.report()["model_config"]["enable_lp"] is False
+    cancelled = Client(live.api, key).submit(photo)
+    assert cancelled.priced() == 1
+    assert cancelled.cancel()["state"] == "cancelled"
+    with pytest.raises(JobFailed, match="cancel"):
+        cancelled.approve()
+    assert live.balance(key) == 1  # nothing charged for the cancelled job
     with pytest.raises(KeyRefused):
         Client(live.api, "11111111-1111-1111-1111-111111111111").submit(photo)
     with pytest.raises(Unreachable):
@@ -253,6 +261,7 @@ def test_300_mb_upload_killed_half_way_resumes_without_resending(live: Live, tmp
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     print(f"sent before the kill {first / size:.0%}, after it {live.proxy.block_bytes / size:.0%}")
     assert live.proxy.block_bytes < 0.6 * size, (first, live.proxy.block_bytes)
+    assert live.proxy.blocks_without_md5 == 0  # every block carried its Content-MD5 (the store checked it)
     [job] = live.jobs(key)
     assert job["state"] == "completed" and job["file_size"] == size and job["credits_charged"] == 1
     assert Image.open(out / _manifest(out)["big.jpg"]["outputs"][0]).size == Image.open(big).size
@@ -301,3 +310,32 @@ def test_journal_keeps_acknowledged_blocks_and_drops_a_line_cut_by_a_kill(tmp_pa
         f.write("1")  # killed before the newline: "1" may be the start of "17"
     assert Journal(journal.path, header).load() == {0, 2}
     assert Journal(journal.path, {**header, "size": 11}).load() == set()  # the file changed: start over
+
+
+def test_resume_asks_the_store_get_block_list_over_the_journal(azurite_connection_string, tmp_path: Path):
+    """Against Azurite with a read-write SAS: the store's Get Block List, not the journal, decides what is
+    sent again (the journal claims a block the store never got, and misses one it did get)."""
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import BlobServiceClient, generate_blob_sas
+
+    from veil_client import transfer
+
+    service = BlobServiceClient.from_connection_string(azurite_connection_string)
+    container = service.create_container("resume")
+    sas = generate_blob_sas(service.account_name, "resume", "in.bin", account_key=service.credential.account_key,
+                            permission="racw", expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    url = f"{container.url}/in.bin?{sas}"
+    src, block = tmp_path / "in.bin", 64 * 1024
+    src.write_bytes(os.urandom(4 * block + 1000))
+    http, journal = Http(), tmp_path / "in.jsonl"
+    header = {"session_uri": url, "size": src.stat().st_size, "block_size": block}
+    transfer.Journal(journal, header).start(set())
+    transfer._put_blocks(http, url, src, [0, 2, 3], None, 2, block, True, None, threading.Semaphore(2))
+    transfer.Journal(journal, header).start({0, 1})  # 1 never reached the store; 2 and 3 did, unrecorded
+    sent = transfer.upload(http, url, src, journal, concurrency=2, block_size=block)
+    assert sent == block + 1000  # blocks 1 and 4 (the last, 1000 bytes): what the store lacked (the journal
+    # alone would send 2, 3 and 4, then everything again when the commit found no block 1)
+    assert not journal.exists()
+    size = transfer.download(http, url, tmp_path / "out.bin", tmp_path / "out.part")
+    assert size == src.stat().st_size and (tmp_path / "out.bin").read_bytes() == src.read_bytes()

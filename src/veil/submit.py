@@ -114,6 +114,9 @@ class _Bars:
                 tqdm.write(f"{status:9} {rel}{': ' + error if error else ''}", file=sys.stderr if error else None)
                 self.overall.update()
                 return
+            if phase.startswith("cost: "):  # before approval
+                tqdm.write(f"{'cost':9} {rel}: {phase[6:]}")
+                return
             if bar is None:
                 bar = self.bars[rel] = tqdm(total=100, unit="%", leave=False, bar_format="{desc} {bar} {n}%",
                                              disable=None)

@@ -158,10 +158,11 @@ class _Run:
             self.event(rel, "pricing", 0.0)
             entry.cost = job.priced()
             save(entry)
+            self.event(rel, f"cost: {entry.cost} credits", 0.0)
             if self.max_credits is not None and entry.cost > self.max_credits:
                 raise CreditsRefused(f"costs {entry.cost} credits, over --max-credits {self.max_credits}; "
                                      "not approved")
-            self.event(rel, f"approve ({entry.cost} credits)", 0.0)
+            self.event(rel, "approve", 0.0)
             job.approve()
             entry.status = "approved"
             save(entry)
