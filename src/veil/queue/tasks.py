@@ -32,7 +32,7 @@ from ..engine.config import ModelConfig
 from ..jobs.leases import holds
 from ..jobs.names import output_name, public_message, safe_name
 from ..jobs.service import OUTPUT_CONTAINER, InputChanged, JobService
-from ..logs import bind_key, current_job, unbind_key
+from ..logs import bind_key, current_job, name_key, unbind_key
 from ..metrics import HANDED_BACK, file_meter
 from .shutdown import Drain, HandBack, process_drain
 
@@ -117,10 +117,11 @@ def process_job(job_id: str, service: JobService | None = None, drain: Drain | N
     if not svc.leases.claim(job_id, owner):
         log.info("job %s: not taken (finished, or running under another worker's lease)", job_id)
         return False
-    token, key_token = current_job.set(job_id), bind_key(svc.get_job(job_id).key_id)
+    token, key_token = current_job.set(job_id), bind_key()
     work = svc.settings.data_dir / "work" / f"{job_id}.{owner.rsplit(':', 1)[1]}"
-    log.info("job %s: started by %s", job_id, owner)
     try:
+        name_key(svc.get_job(job_id).key_id)
+        log.info("job %s: started by %s", job_id, owner)
         with _Lease(svc, job_id, owner, drain) as lease:
             _run(svc, job_id, work, lease)
     except HandBack:
