@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from fractions import Fraction
@@ -374,3 +375,19 @@ def test_detector_input_grows_with_the_resolution(tmp_path):
         _Job(src, config, None, detect=recorder).run(None)
     assert sides["qhd"] == {(854, FACE), (1708, PLATE)}  # 2560 / 3 and 2560 * 2 / 3, even (4:2:0)
     assert sides["small"] == {(640, FACE), (960, PLATE)}
+
+
+def test_the_documented_x264_preset_setting_takes_effect(tmp_path):
+    """VEIL_X264_PRESET (the README's name; the code once read VEIL_X264X264_PRESET) reaches the encoder: x264
+    writes its options into the stream, and ultrafast turns CABAC off where the default veryfast has it on."""
+    src = make_clip(tmp_path / "in.mp4", frames=10)
+    script = ("import sys; from pathlib import Path; from veil.engine.config import ModelConfig; "
+              "from veil.engine.video import anonymize_video; "
+              "anonymize_video(Path(sys.argv[1]), Path(sys.argv[2]), ModelConfig(blur_face=False, enable_lp=False))")
+    for preset, cabac in ((None, b"cabac=1"), ("ultrafast", b"cabac=0")):
+        env = {k: v for k, v in os.environ.items() if k != "VEIL_X264_PRESET"}
+        if preset:
+            env["VEIL_X264_PRESET"] = preset
+        dst = tmp_path / f"out-{preset}.mp4"
+        subprocess.run([sys.executable, "-c", script, str(src), str(dst)], check=True, env=env, timeout=120)
+        assert cabac in dst.read_bytes(), preset

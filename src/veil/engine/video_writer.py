@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .video import Source
 
 FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
-X264_PRESET = os.environ.get("VEIL_X264X264_PRESET", "veryfast")
+X264_PRESET = os.environ.get("VEIL_X264_PRESET", "veryfast")
 
 
 class VideoWriter:
