@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -218,21 +219,26 @@ def test_wrong_key_and_file_over_the_limit_are_one_line_with_their_exit_status(l
 def test_library_submit_wait_download_and_unreachable(live: Live, tmp_path: Path):
     photo = tmp_path / "street.jpg"
     photo.write_bytes(jpeg_bytes(200, 150, seed=7))
-    key = live.key(2)
+    key = live.key(10)
     job = Client(live.api, key).submit(photo, {"enable_lp": False})
     assert job.priced() == 1
     job.approve()
-    statuses: list[int] = []
-    report = job.wait(progress=statuses.append)
+    report = job.wait()
     [out] = job.download(tmp_path / "out", report)
-    assert Image.open(out).size == (200, 150) and live.balance(key) == 1
+    assert Image.open(out).size == (200, 150) and live.balance(key) == 9
     assert job.report()["model_config"]["enable_lp"] is False
+    box = (20, 30, 90, 100)
+    job.render({"style": "solid"}, {"0": [{"op": "add", "kind": "face", "frames": {"0": list(box)}}]})
+    [again] = job.download(tmp_path / "rendered", job.wait())
+    assert np.asarray(Image.open(out).crop(box)).std() > 40  # noise: nothing was drawn there at first
+    assert np.asarray(Image.open(again).crop((30, 40, 80, 90))).std() < 5  # the added box, solid
+    before = live.balance(key)
     cancelled = Client(live.api, key).submit(photo)
     assert cancelled.priced() == 1
     assert cancelled.cancel()["state"] == "cancelled"
     with pytest.raises(JobFailed, match="cancel"):
         cancelled.approve()
-    assert live.balance(key) == 1  # nothing charged for the cancelled job
+    assert live.balance(key) == before  # nothing charged for the cancelled job
     with pytest.raises(KeyRefused):
         Client(live.api, "11111111-1111-1111-1111-111111111111").submit(photo)
     with pytest.raises(Unreachable):

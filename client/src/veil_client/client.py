@@ -1,5 +1,5 @@
 """`Client(url, key)` and `Job`: the vendor's routes (create_upload_session, approve_job, job_result), plus
-Veil's cancel where the server offers it."""
+Veil's cancel and render where the server offers them."""
 
 from __future__ import annotations
 
@@ -149,12 +149,23 @@ class Job:
         return paths
 
     def cancel(self) -> dict:
-        """Cancel (Veil's extension; refunds what was not processed). `NotOffered` on a server without it."""
-        response = self.client.http.request("POST", f"{self.client.url}/jobs/{self.id}/cancel",
-                                            headers={"access_token": self.client.key})
+        """Cancel (Veil's extension; refunds what was not processed); the report. `NotOffered` on a server
+        without it."""
+        return self._extension(f"/jobs/{self.id}/cancel", "job cancel", ok=(200,))
+
+    def render(self, model_config: dict | None = None, edits: dict[str, list[dict]] | None = None) -> dict:
+        """Draw the outputs again from the job's detections, without detecting (Veil's render_job): `model_config`
+        overrides (thresholds, style, ...), `edits` per task index (docs/detections.md). Then `wait()` and
+        `download()` as for the job. `NotOffered` on a server without it; `CreditsRefused` on 402."""
+        body = {"model_config": model_config or {}, "edits": edits or {}}
+        return self._extension(f"/render_job/{self.id}", "render", ok=(202,), json=body)
+
+    def _extension(self, route: str, what: str, ok: tuple[int, ...], **kwargs: Any) -> dict:
+        response = self.client.http.request("POST", self.client.url + route, headers={"access_token": self.client.key},
+                                            **kwargs)
         if response.status_code in (404, 405) and detail(response) in ("Not Found", "Method Not Allowed"):
-            raise NotOffered("this server offers no job cancel")  # the framework's answer for an unknown route
-        return check(response, f"cancel job {self.id}").json()
+            raise NotOffered(f"this server offers no {what}")  # the framework's answer for an unknown route
+        return check(response, f"{what} of job {self.id}", ok).json()
 
     def _raise_if_failed(self, report: dict) -> None:
         if report["job_status"] == FAILED:
