@@ -207,6 +207,12 @@ def test_wrong_key_and_file_over_the_limit_are_one_line_with_their_exit_status(l
     wrong = live.submit("00000000-0000-0000-0000-000000000000", str(photo), "-o", str(tmp_path / "out"))
     assert wrong.returncode == 3
     assert wrong.stderr.strip().splitlines()[-1].startswith("error: create a job for p.jpg: HTTP 401")
+    config = tmp_path / "client.toml"  # the server and the key from the config file alone
+    config.write_text(f'server = "{live.api}"\nkey = "00000000-0000-0000-0000-000000000000"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("VEIL_API_KEY", "VEIL_SERVER")}
+    from_file = subprocess.run([*veil_command(), "submit", str(photo), "-o", str(tmp_path / "out3")], text=True,
+                               capture_output=True, env={**env, "VEIL_CLIENT_CONFIG": str(config)}, timeout=120)
+    assert from_file.returncode == 3 and "HTTP 401" in from_file.stderr, from_file.stderr
     huge = tmp_path / "in2" / "huge.mp4"
     huge.parent.mkdir()
     with open(huge, "wb") as f:
