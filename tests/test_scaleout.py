@@ -209,7 +209,8 @@ def _producers(dep: Deployment, job_id: str) -> list[str]:
 def _outputs(dep: Deployment, job_id: str) -> list[str]:
     from veil.storage.azure import AzureBlobStore
 
-    return AzureBlobStore(dep.env["VEIL_AZURE_CONNECTION_STRING"]).list("outputs", f"{job_id}/")
+    names = AzureBlobStore(dep.env["VEIL_AZURE_CONNECTION_STRING"]).list("outputs", f"{job_id}/")
+    return [name for name in names if not name.endswith(".detections.gz")]  # the anonymized files only
 
 
 def test_seed_client_end_to_end(deployment, shared_data, tmp_path, monkeypatch):
@@ -278,9 +279,9 @@ def test_sigterm_to_a_worker_mid_video_hands_the_job_to_the_other(deployment, sh
     from veil.db.session import open_database
 
     key = deployment.key(100)
-    job_id = _submit(deployment, key, _clip(shared_data, tmp_path / "long.mp4", frames=300))
+    job_id = _submit(deployment, key, _clip(shared_data, tmp_path / "long.mp4", frames=370, width=768))
     seen: list[int] = []
-    _wait(deployment, key, job_id, lambda r: seen.append(r["job_status"]) or r["job_status"] >= 5, 180)
+    _wait(deployment, key, job_id, lambda r: seen.append(r["job_status"]) or r["job_status"] > 0, 180)
     assert seen[-1] < 100, "finished before it could be interrupted; use a longer clip"
     victim = _runner(deployment, job_id)
     survivor = ({"worker-1", "worker-2"} - {victim}).pop()
@@ -305,3 +306,42 @@ def test_sigterm_to_a_worker_mid_video_hands_the_job_to_the_other(deployment, sh
         assert_charged_once(deployment.env["VEIL_DATABASE_URL"], job_id, 100)
     finally:
         deployment.start_worker(victim)  # the suite's two workers again
+
+
+def test_kill_9_of_a_worker_mid_render(deployment, shared_data, tmp_path):
+    """A render job (POST /v1/render_job) runs on a Celery worker under a lease like any job: `kill -9` of the
+    worker drawing it, and the other worker completes the render; the render is charged once, the job's
+    previous output stays downloadable until the new one replaces it, one output remains."""
+    from veil.db.session import open_database
+    from veil.jobs.credits import ledger
+
+    for name in ("worker-1", "worker-2"):
+        if name not in deployment.procs:
+            deployment.start_worker(name)
+    key = deployment.key(100)
+    job_id = _submit(deployment, key, _clip(shared_data, tmp_path / "render.mp4", frames=400, width=960))
+    done = _wait(deployment, key, job_id, lambda r: r["job_status"] in (100, 200), 300)
+    assert done["job_status"] == 100 and done["tasks"][0]["detections_link"], done
+    first_link = done["tasks"][0]["download_link"]
+    r = requests.post(f"{deployment.api_url}/render_job/{job_id}", headers={"access_token": key}, timeout=30,
+                      json={"model_config": {"style": "pixelate"}})
+    assert r.status_code == 202, r.text
+    _wait(deployment, key, job_id, lambda r: 0 < r["job_status"] < 100, 120)
+    with requests.get(first_link, timeout=60) as old:
+        assert old.status_code == 200  # the previous output while the render runs
+    victim = _runner(deployment, job_id)
+    deployment.kill(victim)
+    report = _wait(deployment, key, job_id, lambda r: r["job_status"] in (100, 200), 180)
+    assert report["job_status"] == 100, report
+    assert report["tasks"][0]["download_link"] != first_link and len(_outputs(deployment, job_id)) == 1
+    engine, db = open_database(deployment.env["VEIL_DATABASE_URL"])
+    try:
+        with db() as session:
+            from veil.db.models import Job
+
+            key_id = session.get(Job, job_id).key_id
+        entries = [(e.kind, e.amount) for e in ledger(db, key_id=key_id) if e.job_id == job_id]
+    finally:
+        engine.dispose()
+    cost = report["job_total_credit_cost"]
+    assert entries == [("reserve", -cost), ("reserve", -max(1, -(-cost // 5)))], entries  # job, render: once each

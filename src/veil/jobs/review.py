@@ -67,7 +67,7 @@ def request_render(svc: JobService, key_id: str, job_id: str, overrides: dict, e
     with svc.db.begin() as session:
         moved = session.execute(
             update(Job).where(Job.id == job_id, Job.status == job.status, Job.render_request.is_(None))
-            .values(status="queued", render_request=request, progress=0.0, renders=Job.renders + (not included),
+            .values(status="queued", render_request=request, progress=0.0, renders=Job.renders + int(not included),
                     reserved_credits=Job.reserved_credits + cost, finished_at=None, dispatched_at=None,
                     description="render queued"))
         if moved.rowcount != 1:
