@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import tomllib
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -67,9 +68,7 @@ def run_submit(config: dict, paths: tuple[Path, ...], server: str | None, key: s
                            max_credits=max_credits, on_event=bars.event)
     finally:
         bars.close()
-    counts: dict[str, int] = {}
-    for entry in result.entries:
-        counts[entry.status] = counts.get(entry.status, 0) + 1
+    counts = Counter(entry.status for entry in result.entries)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     click.echo(f"{summary}; {sum(e.cost or 0 for e in result.entries if e.status == 'completed')} credits; "
                f"manifest: {output_dir / 'manifest.json'}")
