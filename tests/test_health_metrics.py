@@ -199,3 +199,17 @@ def test_json_log_lines_carry_the_job_id_and_the_key_id(tmp_path, detection_mode
     assert started["job_id"] == job_id and started["key_id"]
     access = [r for r in records if r["logger"] == "uvicorn.access" and f"/v1/job_result/{job_id}" in r["message"]]
     assert access and all(r["key_id"] == started["key_id"] for r in access)
+
+
+def test_a_worker_serves_its_own_metrics_on_its_port():
+    """`veil worker` with VEIL_METRICS_PORT: this process's work figures on a port of its own (the
+    deployment's figures are the API servers')."""
+    from veil.metrics import serve_metrics
+    from veil.storage.testing import free_port
+
+    port = free_port()
+    serve_metrics(port, host="127.0.0.1")
+    names = {family.name for family in text_string_to_metric_families(
+        requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)}
+    assert {"veil_frames_processed", "veil_processing_seconds", "veil_jobs_handed_back"} <= names
+    assert "veil_jobs" not in names
