@@ -22,6 +22,10 @@ then
   # the two distributions of this repository (client/ first: the main package depends on it), their
   # dependencies and build backend (setuptools) all installed from the lock above
   "${pip[@]}" install --no-deps --no-build-isolation -e ./client -e .
+  if ! problems=$(.venv/bin/python -m pip check --disable-pip-version-check); then  # e.g. a dependency not locked
+    printf '%s\nsetup: %s does not meet pyproject.toml: refresh it with bash scripts/lock.sh\n' "$problems" "$lock" >&2
+    exit 1
+  fi
   echo "$stamp" > .venv/.veil-setup
 fi
 .venv/bin/veil models install
