@@ -67,7 +67,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from veil.engine.config import ModelConfig
-    from veil.engine.video_writer import X264_PRESET
+    from veil.settings import engine_settings
+
+    X264_PRESET = engine_settings().x264_preset
 
     frames = frame_count(args.clip)
     work = Path(tempfile.mkdtemp(prefix="veil-bench-render-"))

@@ -128,7 +128,9 @@ def main() -> None:
 
     from veil.engine.config import ModelConfig
     from veil.engine.runtime import describe
-    from veil.engine.video_writer import X264_PRESET
+    from veil.settings import engine_settings
+
+    X264_PRESET = engine_settings().x264_preset
 
     configs = {"veil": json.loads(args.config)} if args.config else {f"veil {k}": v for k, v in CONFIGS.items()}
     frames = frame_count(args.clip)

@@ -70,6 +70,7 @@ def _split_config(kwargs: dict) -> tuple[ModelConfig, dict]:
 @click.version_option(package_name="veil")
 def main() -> None:
     """Veil: anonymize faces and licence plates in images, videos and archives."""
+    _settings()  # every VEIL_* variable checked at start-up: a bad value is one line naming it
 
 
 # ----------------------------------------------------------------------------- models
@@ -252,12 +253,15 @@ def render(src: Path, document: Path, output_dir: Path, config_json: str | None,
 # ----------------------------------------------------------------------------- service
 def _settings(data_dir: Path | None = None, **overrides):
     """Settings from VEIL_* variables, with the command's explicit options on top."""
-    from .settings import Settings
+    from .settings import SettingsError, load
 
     values = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["data_dir"] = data_dir
-    return Settings(**values)
+    try:
+        return load(**values)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _where(data_dir: Path | None) -> str:

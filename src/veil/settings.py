@@ -1,4 +1,5 @@
-"""Service settings: every field is a `VEIL_<NAME>` environment variable (listed in the README).
+"""Settings, engine and service: every field is a `VEIL_<NAME>` environment variable (listed in the README).
+Nothing else in Veil reads the environment.
 
 The embedded store's account key, when not set, is generated once and kept in
 `<data_dir>/secrets.json`; the callback signing secret, when not set, is generated once and kept in the
@@ -12,15 +13,69 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1024**3
+_S = TypeVar("_S", bound="EngineSettings")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
-class Settings(BaseSettings):
+def _default_model_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "veil" / "models"
+
+
+class EngineSettings(BaseSettings):
+    """The engine's tuning, the same for `veil anonymize` and the service's workers (`engine_settings()`)."""
+
+    model_config = SettingsConfigDict(env_prefix="VEIL_", extra="ignore")
+
+    execution_provider: Literal["auto", "cpu", "cuda", "openvino"] = Field(
+        "auto", description="Inference runtime: `auto` (CUDA if present, else OpenVINO bfloat16 on CPUs that "
+        "compute bfloat16 natively, else ONNX Runtime's CPU provider), `cpu`, `cuda` or `openvino`.")
+    openvino_precision: Literal["auto", "f32", "bf16"] = Field(
+        "auto", description="OpenVINO inference precision (`auto`: bf16 where the CPU computes it natively).")
+    ort_threads: int | None = Field(
+        None, ge=0, description="ONNX Runtime intra-op threads (0: its own choice); unset: the physical cores.")
+    model_dir: Path = Field(default_factory=_default_model_dir, description="Where the models are kept "
+                            "(default `$XDG_CACHE_HOME/veil/models`, i.e. `~/.cache/veil/models`).")
+    x264_preset: Literal[X264_PRESETS] = Field("veryfast", description="x264 preset of video output.")  # type: ignore[valid-type]
+    video_face_side: int = Field(640, ge=64, le=8192, description="Longest side of a video scan's face detector "
+                                 "input (small videos are upscaled to it).")
+    video_plate_side: int = Field(960, ge=64, le=8192, description="The same for the plate detector.")
+    video_detect_fps: float = Field(4.0, gt=0, le=240, description="Face detector runs a second of video "
+                                    "(tracked faces; the tracker bridges the frames between).")
+    video_plate_detect_fps: float = Field(15.0, gt=0, le=240, description="Plate detector runs a second of video "
+                                          "(tracked plates).")
+    video_face_scan_fps: float = Field(2.0, gt=0, le=240, description="Scans for new faces a second of video.")
+    video_plate_scan_fps: float = Field(5.0, gt=0, le=240, description="Scans for new plates a second of video.")
+    video_tile_fps: float = Field(1.0, gt=0, le=240, description="With slicing, tiles added to a scan a second.")
+    video_full_scan_fps: float = Field(0.5, gt=0, le=240, description="Whole-frame scans a second, whatever "
+                                       "changed.")
+
+
+class SettingsError(ValueError):
+    """A VEIL_* variable with a value Veil cannot use; the message names it (one line per bad variable)."""
+
+
+def load(cls: type[_S] = None, **values) -> _S:  # type: ignore[assignment]
+    """`cls(**values)` (default `Settings`), raising SettingsError that names each bad VEIL_* variable."""
+    cls = cls or Settings
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        lines = [f"VEIL_{'_'.join(str(p) for p in e['loc'][:1]).upper()}: {e['msg']}" for e in exc.errors()]
+        raise SettingsError("; ".join(lines)) from None
+
+
+def engine_settings() -> EngineSettings:
+    """The engine's settings as the environment gives them now; a bad value raises naming the setting."""
+    return load(EngineSettings)
+
+
+class Settings(EngineSettings):
     model_config = SettingsConfigDict(env_prefix="VEIL_", extra="ignore")
 
     data_dir: Path = Field(

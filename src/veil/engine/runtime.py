@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from ..settings import engine_settings
 
 _PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -34,7 +35,7 @@ def available_providers() -> list[str]:
 
 def resolve_provider(provider: str | None = None) -> str:
     """The provider `create_session` uses: cpu, cuda or openvino (ValueError when unknown or not installed)."""
-    choice = (provider or os.environ.get("VEIL_EXECUTION_PROVIDER") or "auto").strip().lower()
+    choice = (provider or engine_settings().execution_provider).strip().lower()
     if choice not in _CHOICES:
         raise ValueError(f"unknown execution provider {choice!r}; choose one of {', '.join(_CHOICES)}")
     available = available_providers()
@@ -130,9 +131,7 @@ class OpenVinoSession:
 
 
 def _openvino_precision() -> str:
-    choice = os.environ.get("VEIL_OPENVINO_PRECISION", "auto").strip().lower()
-    if choice not in _PRECISIONS:
-        raise ValueError(f"VEIL_OPENVINO_PRECISION must be one of {', '.join(_PRECISIONS)}, got {choice!r}")
+    choice = engine_settings().openvino_precision
     if choice == "auto":
         return "bf16" if _native_bf16() else "f32"
     return choice
@@ -168,14 +167,8 @@ def _session_options() -> ort.SessionOptions:
 
 
 def _thread_count() -> int:
-    env = os.environ.get("VEIL_ORT_THREADS", "").strip()
-    if env:
-        try:
-            threads = int(env)
-        except ValueError:
-            raise ValueError(f"VEIL_ORT_THREADS must be an integer, got {env!r}") from None
-        if threads < 0:
-            raise ValueError(f"VEIL_ORT_THREADS must be >= 0, got {threads}")
+    threads = engine_settings().ort_threads
+    if threads is not None:
         return threads  # 0 lets ONNX Runtime decide
     return physical_cores()
 

@@ -24,7 +24,6 @@ give the same boxes); the whole frame every 1 / `_FULL_SCAN_FPS` seconds or when
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable
 
@@ -36,6 +35,9 @@ from .config import ModelConfig
 from .detect import TilePick
 from .detections import FACE, PLATE, Detections
 from .yuv import FramePixels
+from ..settings import engine_settings
+
+_TUNING = engine_settings()  # read once: the detector's schedule is fixed for the process
 
 # Detects on one image: (RGB image, kinds to look for, side=None, tiles=None) -> Detections in that
 # image's pixels. `side`: the whole-image pass's longest input side (default: the image's own);
@@ -43,8 +45,8 @@ from .yuv import FramePixels
 DetectFn = Callable[..., Detections]
 
 # A full-frame scan runs on a copy whose longest side is this, per kind ...
-_DETECT_SIDE = {FACE: int(os.environ.get("VEIL_VIDEO_FACE_SIDE", "640")),
-                PLATE: int(os.environ.get("VEIL_VIDEO_PLATE_SIDE", "960"))}
+_DETECT_SIDE = {FACE: _TUNING.video_face_side,
+                PLATE: _TUNING.video_plate_side}
 # ... and at least this fraction of the frame's longest side, so the smallest object found (in source
 # pixels) does not grow with the resolution: at a fixed 640 px a 4K face would need to be twice
 # as large as a 1080p one to be seen. Plates at 2/3 (1280 px for 1080p): with 8 detector runs/s,
@@ -54,16 +56,16 @@ _MIN_DETECT_FRACTION = {FACE: 1 / 3, PLATE: 2 / 3}
 # bridges the frames in between. Plates need more: small plates on moving cars drift out of a
 # bridged box, and a plate often scores high in one frame and low in the next (leaked plate-frames
 # on the 1080p bench clip, full scans only: 22 of 184 at 8 runs/s, 4 at 10, 0 at 15).
-_DETECT_FPS = {FACE: float(os.environ.get("VEIL_VIDEO_DETECT_FPS", "4")),
-               PLATE: float(os.environ.get("VEIL_VIDEO_PLATE_DETECT_FPS", "15"))}
+_DETECT_FPS = {FACE: _TUNING.video_detect_fps,
+               PLATE: _TUNING.video_plate_detect_fps}
 # Scans per second for tracked kinds (the rest of the detector runs are crops). Plates at 5: at 3 a
 # fast plate that one scan missed was first found two scans later, and the look-ahead's box (moved
 # at most one box size back from the first detection) did not reach it (1 leaked plate-frame of 10
 # checked on a 221-frame cut of the 1080p bench clip; 0 at 5).
-_SCAN_FPS = {FACE: float(os.environ.get("VEIL_VIDEO_FACE_SCAN_FPS", "2")),
-             PLATE: float(os.environ.get("VEIL_VIDEO_PLATE_SCAN_FPS", "5"))}
+_SCAN_FPS = {FACE: _TUNING.video_face_scan_fps,
+             PLATE: _TUNING.video_plate_scan_fps}
 # Slicing tiles per second, per kind (one tile each time; see the module docstring).
-_TILE_FPS = float(os.environ.get("VEIL_VIDEO_TILE_FPS", "1"))
+_TILE_FPS = _TUNING.video_tile_fps
 # Motion gating (tracked kinds): a scan looks only where the picture changed since any of that kind's
 # last _GATE_MEMORY scans (16x16 block means of the luma differ by more than _GATE_DIFF levels, well
 # above sensor noise; so an object that arrives and stops gets that many scans to be found) plus
@@ -76,7 +78,7 @@ _GATE_BLOCK = 16
 _GATE_DIFF = 6.0
 _GATE_MEMORY = 3
 _GATE_MAX = 0.5
-_FULL_SCAN_FPS = float(os.environ.get("VEIL_VIDEO_FULL_SCAN_FPS", "0.5"))
+_FULL_SCAN_FPS = _TUNING.video_full_scan_fps
 # A crop spans the predicted box plus this many box sizes on each side (the object moves, the
 # prediction is rough), and at least _CROP_MIN source pixels; crops that overlap are joined. The plate
 # detector needs context: on the parking-lot dev clip a fast plate inside a 96 px crop was not found

@@ -16,12 +16,12 @@ from .config import ModelConfig
 from .detections import Detections
 from .report import Report
 from .video_redact import copy_frame_props, redact_any, redact_yuv
+from ..settings import engine_settings
 
 if TYPE_CHECKING:
     from .video import Source
 
 FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
-X264_PRESET = os.environ.get("VEIL_X264_PRESET", "veryfast")
 
 
 class VideoWriter:
@@ -86,7 +86,7 @@ class VideoWriter:
             cc.sample_aspect_ratio = src.sample_aspect_ratio
         crf = str(self.config.video_crf)
         if codec == "libx264":
-            cc.options = {"crf": crf, "preset": X264_PRESET}
+            cc.options = {"crf": crf, "preset": engine_settings().x264_preset}
         else:
             cc.options = {"crf": crf, "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
             self.report.notes.append("WebM cannot hold H.264: video encoded as VP9")

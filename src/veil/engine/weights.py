@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ModelsMissing
+from ..settings import engine_settings
 
 ModelName = Literal["centerface", "plates"]
 
@@ -79,11 +80,7 @@ def model_dir() -> Path:
 
 
 def _default_dir() -> Path:
-    env = os.environ.get("VEIL_MODEL_DIR")
-    if env:
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache).expanduser() / "veil" / "models"
+    return engine_settings().model_dir.expanduser()
 
 
 def model_path(name: ModelName, directory: Path | None = None) -> Path:
