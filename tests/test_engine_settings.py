@@ -76,3 +76,15 @@ def test_a_bad_value_stops_a_command_with_one_line_naming_it(tmp_path):
         assert out.returncode != 0
         assert name in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_veil_config_prints_the_effective_settings_with_secrets_masked():
+    veil = Path(sys.executable).with_name("veil")
+    out = subprocess.run([str(veil), "config"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "VEIL_ORT_THREADS": "2", "VEIL_ADMIN_TOKEN": "very-secret-token"})
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line for line in out.stdout.splitlines()}
+    assert rows["VEIL_ORT_THREADS"].split()[1:] == ["2", "(environment)"]
+    assert rows["VEIL_X264_PRESET"].split()[1:] == ["veryfast", "(default)"]
+    assert "****" in rows["VEIL_ADMIN_TOKEN"] and "very-secret-token" not in out.stdout
+    assert set(rows) >= {f"VEIL_{name.upper()}" for name in EngineSettings.model_fields}

@@ -285,6 +285,16 @@ _data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, p
                                 "same for every command).")
 
 
+@main.command("config")
+@_data_dir_option
+def config_command(data_dir: Path | None) -> None:
+    """Print the effective settings (secrets masked) and where each came from."""
+    from .settings import effective
+
+    for variable, value, source in effective(_settings(data_dir)):
+        click.echo(f"{variable:<40} {value:<40} ({source})")
+
+
 @main.command()
 @click.option("--host", help="Address to bind (VEIL_HOST, default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to bind (VEIL_PORT, default 8000).")

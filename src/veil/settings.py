@@ -298,3 +298,19 @@ def _default_data_dir() -> Path:
 
 def _new_b64_key() -> str:
     return base64.b64encode(secrets.token_bytes(64)).decode()
+
+
+_SECRET_WORDS = ("key", "token", "secret", "password", "connection_string")
+
+
+def effective(settings: EngineSettings) -> list[tuple[str, str, str]]:
+    """(variable, value, where it came from) for every setting, secrets masked: what `veil config` prints."""
+    rows = []
+    for name in type(settings).model_fields:
+        variable = f"VEIL_{name.upper()}"
+        value = getattr(settings, name)
+        shown = "—" if value is None else str(value)
+        if value is not None and any(word in name for word in _SECRET_WORDS):
+            shown = "****"
+        rows.append((variable, shown, "environment" if variable in os.environ else "default"))
+    return rows
