@@ -214,3 +214,24 @@ def test_the_seed_client_unchanged_sits_through_review(tmp_path, shared_data, de
         [written] = list(out.iterdir())
         output, source = _pixels(written.read_bytes()), _pixels(photo.read_bytes())
         assert output.shape == source.shape and (np.abs(output - source).max(axis=2) > 100).mean() > 0.002
+
+
+def test_cancelling_a_queued_render_or_a_job_awaiting_review(client, shared_data):
+    """A paid render cancelled before a worker took it: the job is completed as before, the render refunded;
+    a job awaiting review cancelled: refunded whole (nothing was delivered)."""
+    key = new_key(client.svc, credits=10)
+    job_id = _job(client, key, (shared_data / PHOTO).read_bytes(), {"enable_lp": False})
+    process_job(job_id, client.svc)
+    link = _result(client, key, job_id)["tasks"][0]["download_link"]
+    assert _render(client, key, job_id, {}).status_code == 202
+    r = client.post(f"/v1/jobs/{job_id}/cancel", headers={"access_token": key})
+    assert r.status_code == 200 and r.json()["state"] == "completed", r.text
+    assert r.json()["credits_charged"] == 1 and r.json()["tasks"][0]["download_link"]
+    assert _download(client, link)  # the output is still there
+    review = _job(client, key, (shared_data / PHOTO).read_bytes(), {"review": True, "enable_lp": False})
+    process_job(review, client.svc)
+    r = client.post(f"/v1/jobs/{review}/cancel", headers={"access_token": key})
+    assert r.json()["state"] == "cancelled" and r.json()["credits_charged"] == 0
+    from veil.jobs.keys import get_key
+
+    assert get_key(client.svc.db, client.svc.get_job(job_id).key_id).credits == 9  # only the first job's cost

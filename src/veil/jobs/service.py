@@ -43,7 +43,7 @@ from typing import Any, Literal
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from ..db.models import Job, utcnow
+from ..db.models import Job, Task, utcnow
 from ..engine.config import ModelConfig
 from ..logs import current_job
 from ..settings import Settings
@@ -420,7 +420,14 @@ class JobService:
             raise JobConflict(f"job is already {job.status}")
         with self.db.begin() as session:
             row = session.get(Job, job_id, with_for_update=True)
-            if row.status in WAITING:
+            paid_render = (row.render_request or {}).get("cost")
+            if row.status == "queued" and paid_render:  # a render not started: the job stays as it was
+                credits.refund(session, row.key_id, row.id, paid_render, "render cancelled before it started")
+                row.refunded_credits += paid_render
+                row.status, row.description, row.render_request = "completed", "render cancelled", None
+                row.progress, row.finished_at = 1.0, utcnow()
+                session.execute(update(Task).where(Task.job_id == job_id).values(render_pending=False))
+            elif row.status in WAITING or row.status == "awaiting_review":
                 row.status, row.description, row.finished_at = "cancelled", "cancelled by the client", utcnow()
                 self._refund(session, row, "job cancelled before processing")
             elif row.status == "running":
