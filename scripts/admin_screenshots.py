@@ -23,6 +23,7 @@ import sqlite3
 import sys
 import tempfile
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -50,13 +51,18 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _run_job(key: str, path: Path, callback: str | None = None) -> str:
-    upload_url, job_id = seed_client.get_upload_url(api_key=key, file_name=str(path), model_config=CONFIG)
+def _run_job(key: str, path: Path, callback: str | None = None, config: dict = CONFIG) -> str:
+    upload_url, job_id = seed_client.get_upload_url(api_key=key, file_name=str(path), model_config=config)
     if callback:
         requests.post(f"{seed_client.API_URL}/notify_on_job_status", headers={"access_token": key},
                       json={"callback_url": callback, "job_id": job_id}, timeout=10).raise_for_status()
     seed_client.upload_file(session_uri=upload_url, file_name=str(path))
     assert seed_client.approve_job(api_key=key, job_id=job_id)
+    if config.get("review"):  # detected, then waiting for a reviewer (the seed's client would keep polling)
+        while requests.get(f"{seed_client.API_URL}/job_result/{job_id}", headers={"access_token": key},
+                           timeout=10).json()["state"] != "awaiting_review":
+            time.sleep(0.5)
+        return job_id
     tasks = seed_client.wait_for_job_to_complete(job_id=job_id, api_key=key)
     assert isinstance(tasks, list), f"job {job_id} did not complete: {tasks}"
     return job_id
@@ -95,6 +101,62 @@ def _spread_over_days(db: Path, job_days: dict[str, int]) -> None:
                          (shift, job_id))
 
 
+def _review_pages(page, out: Path, key: str, photo: Path, clip: Path | None) -> None:
+    """The review queue, a photo's and a video's review pages (a candidate toggled, a box drawn, a render
+    compared), the Accounts page; at laptop and phone width."""
+    from playwright.sync_api import expect
+
+    photo_job = _run_job(key, photo, config={**CONFIG, "review": True})
+    video_job = _run_job(key, clip, config={**CONFIG, "review": True, "lp_threshold": 0.6}) if clip else None
+    page.goto("/admin/jobs?queue=review")
+    _save(page, out / "review-queue.png")
+    page.goto(f"/admin/jobs/{photo_job}/review")
+    expect(page.locator("#cand-list .cand-row").first).to_be_visible()
+    page.locator("#overlay g.c-drawn rect").first.click()
+    _draw(page, (0.04, 0.05, 0.16, 0.2))
+    page.wait_for_load_state("networkidle")
+    _save(page, out / "review-photo.png", full_page=False)
+    page.get_by_role("button", name="Render…").click()
+    _save(page, out / "review-render.png", full_page=False)
+    page.locator("#confirm-ok").click()
+    expect(page.locator("#compare")).to_be_visible(timeout=120_000)
+    page.wait_for_load_state("networkidle")
+    page.locator("#compare").scroll_into_view_if_needed()
+    _save(page, out / "review-compare.png", full_page=False)
+    if video_job:
+        page.goto(f"/admin/jobs/{video_job}/review")
+        expect(page.locator("#cand-list")).to_be_attached()
+        page.wait_for_load_state("networkidle")
+        page.keyboard.press("n")
+        page.wait_for_load_state("networkidle")
+        page.wait_for_timeout(500)
+        _save(page, out / "review-video.png", full_page=False)
+    page.goto("/admin/accounts")
+    _save(page, out / "accounts.png")
+    page.set_viewport_size(PHONE)
+    page.goto(f"/admin/jobs/{photo_job}/review")
+    expect(page.locator("#cand-list .cand-row").first).to_be_visible()
+    _save(page, out / "phone-review-photo.png", full_page=False)
+    if video_job:
+        page.goto(f"/admin/jobs/{video_job}/review")
+        page.wait_for_load_state("networkidle")
+        _save(page, out / "phone-review-video.png", full_page=False)
+    page.goto("/admin/jobs?queue=review")
+    _save(page, out / "phone-review-queue.png", full_page=False)
+    page.set_viewport_size(LAPTOP)
+
+
+def _draw(page, fractions) -> None:
+    """Drag a box over the review picture, at fractions of its width and height."""
+    r = page.locator("#overlay").bounding_box()
+    x1, y1, x2, y2 = (r["x"] + f * r["width"] if n % 2 == 0 else r["y"] + f * r["height"]
+                      for n, f in enumerate(fractions))
+    page.mouse.move(x1, y1)
+    page.mouse.down()
+    page.mouse.move(x2, y2, steps=5)
+    page.mouse.up()
+
+
 def _save(page, path: Path, full_page: bool = True) -> None:
     png = page.screenshot(full_page=full_page)
     image = Image.open(io.BytesIO(png)).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
@@ -109,6 +171,7 @@ def main() -> None:
     parser.add_argument("--video-start", type=float, default=0.0, help="where the clip starts in --video (s)")
     parser.add_argument("--video-seconds", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "admin")
+    parser.add_argument("--review-only", action="store_true", help="only the review pages and Accounts")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -131,10 +194,19 @@ def main() -> None:
             browser = launch_chromium(p)
             page = browser.new_page(base_url=base, viewport=LAPTOP)
             page.goto("/admin/login")
-            _save(page, args.out / "sign-in.png", full_page=False)
+            if not args.review_only:
+                _save(page, args.out / "sign-in.png", full_page=False)
             page.get_by_label("Email").fill(ADMIN)
             page.get_by_label("Password").fill(PASSWORD)
             page.get_by_role("button", name="Sign in").click()
+            clip = _cut(args.video, args.video_start, args.video_seconds, tmp / "parking-lot.mp4") if args.video else None
+            if args.review_only:
+                page.get_by_label("Name").fill("Review desk")
+                page.get_by_label("Opening credits").fill("100")
+                page.get_by_role("button", name="Create key").click()
+                _review_pages(page, args.out, page.locator("#new-key").inner_text().strip(), photo, clip)
+                browser.close()
+                return
 
             keys = {}
             for name, credits in (("Mobile app", 500), ("Partner uploads", 120), ("Staging", 0)):
@@ -151,7 +223,6 @@ def main() -> None:
             image_job = _run_job(keys["Mobile app"], photo, f"{hook}/ok")
             video_job = None
             if args.video:
-                clip = _cut(args.video, args.video_start, args.video_seconds, tmp / "parking-lot.mp4")
                 video_job = _run_job(keys["Partner uploads"], clip, f"{hook}/ok")
                 jobs[video_job] = 2
             _spread_over_days(tmp / "data" / "veil.db", jobs)
@@ -185,6 +256,7 @@ def main() -> None:
             expect(page.locator(".opblock").first).to_be_visible()
             _save(page, args.out / "docs.png", full_page=False)
 
+            _review_pages(page, args.out, keys["Mobile app"], photo, clip)
             page.set_viewport_size(PHONE)
             page.goto("/admin/jobs")
             _save(page, args.out / "phone-jobs.png", full_page=False)

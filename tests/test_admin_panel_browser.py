@@ -18,7 +18,8 @@ import requests
 from PIL import Image
 
 import seed_client
-from _live_server import CHROMIUM, launch_chromium, veil_command, veil_server
+from _browser import browser  # noqa: F401  (a fixture)
+from _live_server import CHROMIUM, veil_command, veil_server
 from _service_helpers import jpeg_bytes
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
@@ -39,14 +40,6 @@ def server(tmp_path_factory, detection_models):
     assert made.returncode == 0, made.stderr
     with veil_server(data, {"VEIL_ADMIN_EMAIL": ADMIN, "VEIL_ADMIN_PASSWORD": PASSWORD}) as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        chromium = launch_chromium(p)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -492,16 +492,19 @@ def admin() -> None:
 @click.argument("email")
 @click.password_option("--password", prompt="Password (10+ characters)",
                        help="Asked for when not given (VEIL_ADMIN_PASSWORD at start-up is the other way).")
+@click.option("--role", type=click.Choice(["admin", "reviewer", "viewer"]), default="admin", show_default=True,
+              help="admin: everything; reviewer: jobs, review and render (no keys, credits, usage, deliveries "
+                   "or system); viewer: read only.")
 @_data_dir_option
-def admin_create(email: str, password: str, data_dir: Path | None) -> None:
-    """Create an admin account that signs in to the panel with EMAIL and a password."""
+def admin_create(email: str, password: str, role: str, data_dir: Path | None) -> None:
+    """Create a panel account that signs in with EMAIL and a password."""
     from .jobs.admins import AdminError, create_admin
 
     try:
-        row = create_admin(_db(data_dir), email, password)
+        row = create_admin(_db(data_dir), email, password, role)
     except AdminError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"created admin {row.email}")
+    click.echo(f"created {row.role} {row.email}")
 
 
 @main.group()

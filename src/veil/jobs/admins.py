@@ -16,20 +16,22 @@ import secrets
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from ..db.models import AdminSession, AdminUser, utcnow
+from ..db.models import AdminSession, AdminUser, Job, ReviewClaim, ReviewEntry, utcnow
 
 MIN_PASSWORD_LENGTH = 10
 FREE_FAILURES = 2  # wrong passwords for one email from one address before the back-off starts
 SOURCE_FREE_FAILURES = 10  # wrong passwords from one address, any emails, before the address backs off
 ACCOUNT_WINDOW, ACCOUNT_WINDOW_FAILURES = timedelta(minutes=15), 30  # one email, all addresses
 MAX_LOCK = timedelta(minutes=15)
+ROLES = ("admin", "reviewer", "viewer")  # everything; jobs, review and render; read only
+CLAIM_TTL = timedelta(minutes=2)  # a review page renews its claim every 30 s while it stays open
 _hasher = PasswordHasher()  # argon2id, 64 MiB, 3 passes (RFC 9106 second recommendation)
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))  # verified against for unknown emails: same timing
 
@@ -137,9 +139,12 @@ def _normal_email(email: str) -> str:
     return email.strip().lower()
 
 
-def create_admin(db: sessionmaker[Session], email: str, password: str) -> AdminUser:
-    """A new admin account; AdminError when the email is taken or malformed or the password too short."""
+def create_admin(db: sessionmaker[Session], email: str, password: str, role: str = "admin") -> AdminUser:
+    """A new panel account; AdminError when the email is taken or malformed, the password too short or the
+    role not one of ROLES."""
     email = _normal_email(email)
+    if role not in ROLES:
+        raise AdminError(f"the role must be one of {', '.join(ROLES)}, not {role!r}")
     if "@" not in email or len(email) > 254 or any(c.isspace() for c in email):
         raise AdminError(f"not an email address: {email!r}")
     if len(password) < MIN_PASSWORD_LENGTH:
@@ -147,7 +152,7 @@ def create_admin(db: sessionmaker[Session], email: str, password: str) -> AdminU
     with db.begin() as session:
         if session.scalar(select(AdminUser.id).where(AdminUser.email == email)):
             raise AdminError(f"an admin account for {email} exists already")
-        row = AdminUser(email=email, password_hash=hash_password(password))
+        row = AdminUser(email=email, password_hash=hash_password(password), role=role)
         session.add(row)
     return row
 
@@ -216,3 +221,83 @@ def sign_out(db: sessionmaker[Session], token: str | None) -> None:
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- roles
+def list_admins(db: sessionmaker[Session]) -> list[AdminUser]:
+    with db() as session:
+        return list(session.scalars(select(AdminUser).order_by(AdminUser.email)))
+
+
+def set_role(db: sessionmaker[Session], admin_id: str, role: str) -> None:
+    """Change an account's role; AdminError for an unknown role or account, or for taking the role of the
+    last admin (someone must still be able to manage accounts)."""
+    if role not in ROLES:
+        raise AdminError(f"the role must be one of {', '.join(ROLES)}, not {role!r}")
+    with db.begin() as session:
+        row = session.get(AdminUser, admin_id, with_for_update=True)
+        if row is None:
+            raise AdminError("no such account")
+        if row.role == "admin" and role != "admin":
+            others = session.scalar(select(func.count(AdminUser.id)).where(
+                AdminUser.role == "admin", AdminUser.id != admin_id))
+            if not others:
+                raise AdminError(f"{row.email} is the last admin: make another account admin first")
+        row.role = role
+
+
+# ----------------------------------------------------------------------------- review queue, claims and log
+def review_queue(db: sessionmaker[Session], limit: int, offset: int) -> tuple[list[Job], int]:
+    """Jobs awaiting review, oldest first, with their tasks; and how many there are."""
+    waiting = Job.status == "awaiting_review"
+    with db() as session:
+        jobs = list(session.scalars(select(Job).where(waiting).options(selectinload(Job.tasks))
+                                    .order_by(Job.updated_at, Job.id).limit(limit).offset(offset)))
+        return jobs, session.scalar(select(func.count(Job.id)).where(waiting)) or 0
+
+
+def awaiting_review(db: sessionmaker[Session]) -> int:
+    with db() as session:
+        return session.scalar(select(func.count(Job.id)).where(Job.status == "awaiting_review")) or 0
+
+
+def claim(db: sessionmaker[Session], job_id: str, email: str) -> str:
+    """Claim a job for review, or renew this account's claim. Returns who holds the claim now: `email`, or
+    another account whose claim has not expired (a soft claim: the page shows it, nothing is refused)."""
+    now = utcnow()
+    with db.begin() as session:
+        row = session.get(ReviewClaim, job_id, with_for_update=True)
+        if row is not None and row.admin_email != email and _aware(row.expires_at) > now:
+            return row.admin_email
+        if row is None:
+            session.add(ReviewClaim(job_id=job_id, admin_email=email, expires_at=now + CLAIM_TTL))
+        else:
+            row.admin_email, row.expires_at = email, now + CLAIM_TTL
+    return email
+
+
+def release(db: sessionmaker[Session], job_id: str, email: str) -> None:
+    with db.begin() as session:
+        session.execute(delete(ReviewClaim).where(ReviewClaim.job_id == job_id, ReviewClaim.admin_email == email))
+
+
+def claims(db: sessionmaker[Session], job_ids: list[str]) -> dict[str, str]:
+    """{job id: the email of who reviews it} for the unexpired claims among `job_ids`."""
+    with db() as session:
+        rows = session.scalars(select(ReviewClaim).where(ReviewClaim.job_id.in_(job_ids)))
+        return {r.job_id: r.admin_email for r in rows if _aware(r.expires_at) > utcnow()}
+
+
+def record(db: sessionmaker[Session], job_id: str, email: str, action: str, detail: str) -> None:
+    with db.begin() as session:
+        session.add(ReviewEntry(job_id=job_id, admin_email=email, action=action, detail=detail[:2000]))
+
+
+def review_log(db: sessionmaker[Session], job_id: str) -> list[ReviewEntry]:
+    with db() as session:
+        return list(session.scalars(select(ReviewEntry).where(ReviewEntry.job_id == job_id)
+                                    .order_by(ReviewEntry.id)))
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)  # SQLite hands back naive UTC

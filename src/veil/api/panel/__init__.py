@@ -10,18 +10,18 @@ from fastapi.staticfiles import StaticFiles
 from .gate import SignInGate
 from .headers import PanelHeaders
 from .render import HERE, render
-from .security import FormRefused, SignInRequired
+from .security import FormRefused, RoleRefused, SignInRequired
 
 STATIC_URL = "/admin/static"
 
 
 def install(app: FastAPI) -> None:
-    from . import auth, jobs, keys, reports
+    from . import accounts, auth, jobs, keys, reports, review
 
     app.add_middleware(PanelHeaders)
     app.state.signin_gate = SignInGate(app.state.settings.admin_signin_concurrency)
     app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name="admin-static")
-    for module in (auth, keys, jobs, reports):
+    for module in (auth, keys, jobs, review, reports, accounts):
         app.include_router(module.router, prefix="/admin", include_in_schema=False)
 
     @app.get("/admin/{rest:path}", include_in_schema=False)
@@ -40,3 +40,9 @@ def install(app: FastAPI) -> None:
         return render(request, "message.html", status_code=403, title="Form refused",
                       message="This form was not sent from an open panel page (its security token is missing or "
                               "out of date). Go back, reload the page and try again.")
+
+    @app.exception_handler(RoleRefused)
+    async def _role_refused(request: Request, exc: RoleRefused):
+        return render(request, "message.html", status_code=403, title="Not for your role",
+                      message="Your account's role does not allow this page or action. An admin can change "
+                              "roles on the Accounts page.")

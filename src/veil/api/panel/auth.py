@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 
+from ...db.models import AdminUser
 from ...jobs import admins
 from . import security
 from .gate import SignInBusy
@@ -13,17 +14,22 @@ from .render import render
 router = APIRouter()
 
 
-def _next_page(value: str | None) -> str:
+def _next_page(value: str | None, default: str = "/admin/keys") -> str:
     """Only a panel path (never another site) is a place to go back to after signing in."""
     if value and value.startswith("/admin/") and not value.startswith("/admin/login") and "//" not in value:
         return value
-    return "/admin/keys"
+    return default
+
+
+def start_page(admin: AdminUser) -> str:
+    """Where an account starts: keys for admins, the review queue for reviewers and viewers."""
+    return "/admin/keys" if admin.role == "admin" else "/admin/jobs?queue=review"
 
 
 @router.get("")
 @router.get("/")
-def home() -> RedirectResponse:
-    return RedirectResponse("/admin/keys", status_code=303)
+def home(admin: AdminUser = Depends(security.current_admin)) -> RedirectResponse:
+    return RedirectResponse(start_page(admin), status_code=303)
 
 
 def _signin_page(request: Request, error: str = "", status_code: int = 200, email: str = "",
@@ -31,7 +37,7 @@ def _signin_page(request: Request, error: str = "", status_code: int = 200, emai
     binding, new = security.signin_binding(request)
     csrf = security.csrf_token(security.form_secret(request), binding)
     response = render(request, "login.html", status_code=status_code, csrf=csrf, error=error, email=email,
-                      next_page=_next_page(next_page or request.query_params.get("next")))
+                      next_page=_next_page(next_page or request.query_params.get("next"), ""))
     if new:
         security.set_cookie(request, response, security.SIGNIN_COOKIE, binding, max_age=3600)
     return response
@@ -61,7 +67,7 @@ async def login(request: Request):
                             429, email, form.get("next"))
     if signed_in is None:
         return _signin_page(request, "Wrong email or password.", 401, email, form.get("next"))
-    response = RedirectResponse(_next_page(form.get("next")), status_code=303)
+    response = RedirectResponse(_next_page(form.get("next"), start_page(signed_in.admin)), status_code=303)
     security.set_cookie(request, response, security.SESSION_COOKIE, signed_in.token,
                         max_age=int(svc.settings.admin_session_hours * 3600))
     response.delete_cookie(security.SIGNIN_COOKIE, path=security.COOKIE_PATH)

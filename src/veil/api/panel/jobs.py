@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from ...db.models import AdminUser, Job
-from ...jobs import credits, keys, previews, reports
+from ...jobs import admins, credits, keys, previews, reports
 from ...jobs.service import FINAL, INPUT_CONTAINER, OUTPUT_CONTAINER, JobConflict, JobNotFound, job_status_number
 from . import security
 from .params import JOBS_PAGE_SIZE as PAGE_SIZE
@@ -28,13 +28,18 @@ def _progress(job: Job) -> dict:
 @router.get("/jobs")
 def jobs_page(request: Request, q: Annotated[JobsQuery, Query()], admin: AdminUser = Depends(security.current_admin)):
     db = request.app.state.service.db
-    where = reports.JobFilter(key_id=q.key or None, status=q.status if q.status in reports.STATES else None,
-                              kind=q.kind if q.kind in reports.KINDS else None, since=q.since, until=q.until)
-    jobs, total = reports.find_jobs(db, where, PAGE_SIZE, (q.page - 1) * PAGE_SIZE)
+    queue = q.queue == "review"
+    if queue:
+        jobs, total = admins.review_queue(db, PAGE_SIZE, (q.page - 1) * PAGE_SIZE)
+    else:
+        where = reports.JobFilter(key_id=q.key or None, status=q.status if q.status in reports.STATES else None,
+                                  kind=q.kind if q.kind in reports.KINDS else None, since=q.since, until=q.until)
+        jobs, total = reports.find_jobs(db, where, PAGE_SIZE, (q.page - 1) * PAGE_SIZE)
     key_names = {k.id: k.name for k in keys.list_keys(db)}
-    query = {"key": q.key, "status": q.status, "kind": q.kind, "since": q.since.isoformat() if q.since else "",
-             "until": q.until.isoformat() if q.until else ""}
-    return render(request, "jobs.html", active="jobs", jobs=jobs, total=total, page=q.page,
+    query = {"queue": "review" if queue else "", "key": q.key, "status": q.status, "kind": q.kind,
+             "since": q.since.isoformat() if q.since else "", "until": q.until.isoformat() if q.until else ""}
+    return render(request, "jobs.html", active="review" if queue else "jobs", queue=queue,
+                  claims=admins.claims(db, [j.id for j in jobs]), jobs=jobs, total=total, page=q.page,
                   pages=max(1, -(-total // PAGE_SIZE)), key_names=key_names, query=query,
                   filters=urlencode({k: v for k, v in query.items() if v}),
                   states=reports.STATES, kinds=reports.KINDS, kind_of=reports.kind_of, progress=_progress)
@@ -66,7 +71,8 @@ def _job_page(request: Request, job_id: str, status_code: int = 200, error: str 
     return render(request, "job.html", status_code=status_code, active="jobs", job=job, report=report, key=key,
                   kind=reports.kind_of(job.file_name), progress=_progress(job), error=error,
                   ledger=credits.ledger(svc.db, job_id=job.id), final=job.status in FINAL,
-                  done=request.query_params.get("done"))
+                  done=request.query_params.get("done"), review_log=admins.review_log(svc.db, job.id),
+                  reviewable=not job.files_deleted and any(t.detections_blob and t.media for t in job.tasks))
 
 
 @router.get("/jobs/{job_id}")
@@ -87,12 +93,12 @@ def _act(request: Request, job_id: str, action: str):
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel(request: Request, job_id: str, form: dict = Depends(security.checked_form)):
+def cancel(request: Request, job_id: str, form: dict = Depends(security.admin_form)):
     return _act(request, job_id, "cancel")
 
 
 @router.post("/jobs/{job_id}/delete-files")
-def delete_files(request: Request, job_id: str, form: dict = Depends(security.checked_form)):
+def delete_files(request: Request, job_id: str, form: dict = Depends(security.admin_form)):
     return _act(request, job_id, "delete-files")
 
 

@@ -20,12 +20,12 @@ def _actor(admin: AdminUser) -> str:
 
 
 @router.get("/keys")
-def keys_page(request: Request, admin: AdminUser = Depends(security.current_admin)):
+def keys_page(request: Request, admin: AdminUser = Depends(security.admin_only)):
     return render(request, "keys.html", active="keys", rows=reports.key_rows(request.app.state.service.db))
 
 
 @router.post("/keys")
-def create_key(request: Request, form: dict = Depends(security.checked_form)):
+def create_key(request: Request, form: dict = Depends(security.admin_form)):
     db = request.app.state.service.db
     name = form.get("name", "").strip()[:200]
     opening = _whole_number(form.get("credits", "0") or "0")
@@ -52,12 +52,12 @@ def _key_page(request: Request, key_id: str, status_code: int = 200, **extra):
 
 
 @router.get("/keys/{key_id}")
-def key_page(request: Request, key_id: str, admin: AdminUser = Depends(security.current_admin)):
+def key_page(request: Request, key_id: str, admin: AdminUser = Depends(security.admin_only)):
     return _key_page(request, key_id)
 
 
 @router.post("/keys/{key_id}/rename")
-def rename(request: Request, key_id: str, form: dict = Depends(security.checked_form)):
+def rename(request: Request, key_id: str, form: dict = Depends(security.admin_form)):
     try:
         keys.rename_key(request.app.state.service.db, key_id, form.get("name", ""))
     except keys.KeyNotFound:
@@ -66,7 +66,7 @@ def rename(request: Request, key_id: str, form: dict = Depends(security.checked_
 
 
 @router.post("/keys/{key_id}/revoke")
-def revoke(request: Request, key_id: str, form: dict = Depends(security.checked_form)):
+def revoke(request: Request, key_id: str, form: dict = Depends(security.admin_form)):
     try:
         keys.revoke_key(request.app.state.service.db, key_id)
     except keys.KeyNotFound:
@@ -75,7 +75,7 @@ def revoke(request: Request, key_id: str, form: dict = Depends(security.checked_
 
 
 @router.post("/keys/{key_id}/credits")
-def change_credits(request: Request, key_id: str, form: dict = Depends(security.checked_form)):
+def change_credits(request: Request, key_id: str, form: dict = Depends(security.admin_form)):
     amount, reason = _whole_number(form.get("amount", "")), form.get("reason", "").strip()[:500]
     if amount is None or amount == 0:
         return _key_page(request, key_id, 422, error="Amount must be a whole number other than 0 "

@@ -39,6 +39,7 @@ class _Query(BaseModel):
 
 
 class JobsQuery(_Query):
+    queue: Choice = ""  # "review": the jobs awaiting review, oldest first
     key: KeyId = ""
     status: Choice = ""
     kind: Choice = ""

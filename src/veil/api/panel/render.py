@@ -8,6 +8,8 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
 
+from ...jobs import admins
+
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")  # autoescapes .html
 
@@ -47,6 +49,8 @@ templates.env.globals.update(took=_seconds_between)
 def render(request: Request, name: str, /, status_code: int = 200, **context):
     """Render a page with what the layout needs (the admin, the CSRF token, the version)."""
     context.setdefault("admin", getattr(request.state, "admin", None))
+    if context["admin"] is not None:  # the navigation's review count
+        context.setdefault("review_count", admins.awaiting_review(request.app.state.service.db))
     context.setdefault("csrf", getattr(request.state, "csrf", ""))
     context.setdefault("version", request.app.version)
     response = templates.TemplateResponse(request, name, context, status_code=status_code)

@@ -27,7 +27,7 @@ def _usage(request: Request, q: UsageQuery) -> list[reports.UsageDay]:
 
 @router.get("/usage")
 def usage_page(request: Request, q: Annotated[UsageQuery, Query()],
-               admin: AdminUser = Depends(security.current_admin)):
+               admin: AdminUser = Depends(security.admin_only)):
     rows = _usage(request, q)
     chart = {"days": [r.day.isoformat() for r in rows], "credits": [r.credits for r in rows],
              "files": [r.files for r in rows], "minutes": [r.video_minutes for r in rows]}
@@ -40,7 +40,7 @@ def usage_page(request: Request, q: Annotated[UsageQuery, Query()],
 
 @router.get("/usage.csv")
 def usage_csv(request: Request, q: Annotated[UsageQuery, Query()],
-              admin: AdminUser = Depends(security.current_admin)) -> Response:
+              admin: AdminUser = Depends(security.admin_only)) -> Response:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["day", "credits_spent", "files_anonymized", "video_minutes"])
@@ -53,7 +53,7 @@ def usage_csv(request: Request, q: Annotated[UsageQuery, Query()],
 
 @router.get("/deliveries")
 def deliveries_page(request: Request, q: Annotated[DeliveriesQuery, Query()],
-                    admin: AdminUser = Depends(security.current_admin)):
+                    admin: AdminUser = Depends(security.admin_only)):
     db = request.app.state.service.db
     status, key, page = q.status if q.status in reports.DELIVERY_STATES else "", q.key, q.page
     rows, total = reports.find_deliveries(db, status or None, key or None, PAGE_SIZE, (page - 1) * PAGE_SIZE)
@@ -64,7 +64,7 @@ def deliveries_page(request: Request, q: Annotated[DeliveriesQuery, Query()],
 
 
 @router.get("/system")
-def system_page(request: Request, admin: AdminUser = Depends(security.current_admin)):
+def system_page(request: Request, admin: AdminUser = Depends(security.admin_only)):
     svc = request.app.state.service
     return render(request, "system.html", active="system",
                   info=reports.system_info(svc.settings, svc.db, svc.store))

@@ -33,6 +33,13 @@ class FormRefused(Exception):
     """A post without a valid CSRF token."""
 
 
+class RoleRefused(Exception):
+    """A signed-in account whose role does not allow this page or action: a 403 page."""
+
+
+REVIEWERS = ("admin", "reviewer")  # who may edit and render; viewers only look
+
+
 def csrf_token(secret: str, bound_to: str) -> str:
     return hmac.new(secret.encode(), b"csrf:" + bound_to.encode(), hashlib.sha256).hexdigest()
 
@@ -72,6 +79,22 @@ def current_admin(request: Request) -> AdminUser:
     return admin
 
 
+def admin_only(request: Request) -> AdminUser:
+    """Dependency of the pages only the `admin` role sees (keys, credits, usage, deliveries, system, accounts)."""
+    return _role(current_admin(request), ("admin",))
+
+
+def reviewer(request: Request) -> AdminUser:
+    """Dependency of what edits or renders (admin and reviewer; a viewer gets 403)."""
+    return _role(current_admin(request), REVIEWERS)
+
+
+def _role(admin: AdminUser, roles: tuple[str, ...]) -> AdminUser:
+    if admin.role not in roles:
+        raise RoleRefused()
+    return admin
+
+
 async def checked_form(request: Request) -> dict[str, str]:
     """Dependency of every signed-in POST: the form's fields, once its CSRF token is checked."""
     current_admin(request)
@@ -79,6 +102,22 @@ async def checked_form(request: Request) -> dict[str, str]:
     if not csrf_valid(form_secret(request), request.cookies.get(SESSION_COOKIE), form.get("csrf_token")):
         raise FormRefused()
     return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+async def admin_form(request: Request) -> dict[str, str]:
+    """`checked_form` for the admin role's actions."""
+    form = await checked_form(request)
+    _role(request.state.admin, ("admin",))
+    return form
+
+
+def checked_call(request: Request) -> AdminUser:
+    """Dependency of the review pages' JSON posts (fetch): a reviewer or admin, and the CSRF token in the
+    X-CSRF-Token header."""
+    admin = reviewer(request)
+    if not csrf_valid(form_secret(request), request.cookies.get(SESSION_COOKIE), request.headers.get("x-csrf-token")):
+        raise FormRefused()
+    return admin
 
 
 def check_signin_form(request: Request, presented: str | None) -> None:
