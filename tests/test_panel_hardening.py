@@ -166,3 +166,26 @@ def test_sign_ins_run_off_the_event_loop_and_are_bounded(tmp_path, slow_checks):
     assert slow_checks["most"] == 1  # VEIL_ADMIN_SIGNIN_CONCURRENCY
     assert slow_checks["nice"] == {10}  # below the API's threads
     assert sorted(results) == [401, 401, 401, 429]  # a second sign-in from one address while one runs: 429
+
+
+def test_password_checks_are_rate_limited_per_address_and_overall():
+    """Beyond its rates a sign-in is refused before any password check (argon2id's CPU and memory traffic slow
+    every other request on a small machine): per source address, and for the whole server."""
+    import asyncio
+
+    from veil.api.panel.gate import SignInBusy, SignInGate
+
+    checks: list[str] = []
+    gate = SignInGate(1, per_source="2/minute", overall="3/minute")
+
+    async def attempt(source: str) -> str:
+        try:
+            return await gate.run(source, lambda: checks.append(source) or "checked")
+        except SignInBusy:
+            return "refused"
+
+    async def scenario() -> list[str]:
+        return [await attempt(source) for source in ("a", "a", "a", "b", "c")]
+
+    assert asyncio.run(scenario()) == ["checked", "checked", "refused", "checked", "refused"]
+    assert checks == ["a", "a", "b"]  # the refused ones never reached the check

@@ -112,6 +112,12 @@ class Settings(EngineSettings):
     admin_signin_concurrency: int = Field(
         1, ge=1, description="Admin panel sign-ins checked at once (argon2id: ~170 ms of CPU, 64 MiB each; one "
         "per source address); others wait up to 10 s, then 429.")
+    admin_signin_rate: str = Field(
+        "10/minute", description="Password checks one source address may cause (moving window; `N/second`, "
+        "`N/minute`, `;` between several); beyond it sign-ins from there get 429 at once.")
+    admin_signin_rate_overall: str = Field(
+        "60/minute", description="Password checks for the whole server (argon2id slows every other request on a "
+        "small machine); beyond it sign-ins get 429 at once.")
     worker: Literal["embedded", "celery", "none"] = Field(
         "embedded", description="`embedded`: worker threads inside `veil serve`; `celery`: send jobs to "
         "`veil worker` processes; `none`: API only.")
@@ -236,7 +242,7 @@ class Settings(EngineSettings):
         parse_networks(value)  # a ValueError naming the bad entry stops the start-up
         return value
 
-    @field_validator("api_rate_limit")
+    @field_validator("api_rate_limit", "admin_signin_rate", "admin_signin_rate_overall")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         from limits import parse_many

@@ -19,7 +19,9 @@ def install(app: FastAPI) -> None:
     from . import accounts, auth, jobs, keys, reports, review
 
     app.add_middleware(PanelHeaders)
-    app.state.signin_gate = SignInGate(app.state.settings.admin_signin_concurrency)
+    settings = app.state.settings
+    app.state.signin_gate = SignInGate(settings.admin_signin_concurrency, per_source=settings.admin_signin_rate,
+                                       overall=settings.admin_signin_rate_overall)
     app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name="admin-static")
     for module in (auth, keys, jobs, review, reports, accounts):
         app.include_router(module.router, prefix="/admin", include_in_schema=False)

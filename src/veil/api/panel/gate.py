@@ -2,7 +2,11 @@
 their own, never on the event loop, at most `slots` at once for the whole server and one at a time per source
 address. A sign-in waits up to `wait_s` for a slot (first come, first served) and is then refused (429), so
 anonymous sign-in traffic can fill neither the event loop nor the thread pool the API's handlers run in. The
-threads run at a lower CPU priority (nice +10 on Linux), so on a small machine the API's threads come first."""
+threads run at a lower CPU priority (nice +10 on Linux), so on a small machine the API's threads come first.
+Password checks are also rate-limited, per source address and for the whole server (moving windows of the
+`limits` library): argon2id is memory-hard, and a stream of checks slows every other request on a small
+machine through its CPU and memory traffic, whatever its priority; beyond the rates a sign-in is refused at
+once (429), before any check."""
 
 from __future__ import annotations
 
@@ -15,6 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import anyio
+from limits import parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
 T = TypeVar("T")
 
@@ -32,8 +39,11 @@ def _lower_priority() -> None:
 
 
 class SignInGate:
-    def __init__(self, slots: int, wait_s: float = 10) -> None:
+    def __init__(self, slots: int, wait_s: float = 10, per_source: str = "10/minute", overall: str = "60/minute"
+                 ) -> None:
         self.slots, self.wait_s = slots, wait_s
+        self._rates = [(item, True) for item in parse_many(per_source)] + [(item, False) for item in parse_many(overall)]
+        self._windows = MovingWindowRateLimiter(MemoryStorage())
         self._threads = ThreadPoolExecutor(slots, thread_name_prefix="veil-signin", initializer=_lower_priority)
         self._busy: set[str] = set()  # sources with a sign-in in flight (touched on the event loop only)
         self._limiters: dict[int, anyio.CapacityLimiter] = {}  # one per event loop (tests start several)
@@ -41,7 +51,7 @@ class SignInGate:
     async def run(self, source: str, check: Callable[..., T], *args) -> T:
         """`check(*args)` in a sign-in thread once a slot is free; SignInBusy when `source` has a sign-in in
         flight already or no slot frees up within `wait_s`."""
-        if source in self._busy:
+        if source in self._busy or not self._within_rates(source):
             raise SignInBusy()
         self._busy.add(source)
         try:
@@ -61,3 +71,12 @@ class SignInGate:
                 limiter.release()
         finally:
             self._busy.discard(source)
+
+    def _within_rates(self, source: str) -> bool:
+        """Counts a password check against the rates; False (not counted) when one is used up."""
+        keys = [(item, ("source", source) if per_source else ("all",)) for item, per_source in self._rates]
+        if not all(self._windows.test(item, *key) for item, key in keys):
+            return False
+        for item, key in keys:
+            self._windows.hit(item, *key)
+        return True
