@@ -9,61 +9,9 @@ from pathlib import Path
 import click
 
 from . import submit as submit_module
+from .batch import regions
+from .cli_options import config_options, model_config_dict, split_config
 from .engine.config import ModelConfig
-
-
-def _model_config_dict(config_json: str | None) -> dict:
-    """--config as a dict: JSON text or a path to a JSON file."""
-    if not config_json:
-        return {}
-    text = Path(config_json).read_text() if Path(config_json).is_file() else config_json
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--config") from None
-    if not isinstance(data, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--config")
-    return data
-
-
-def _model_config(config_json: str | None, overrides: dict) -> ModelConfig:
-    """Build a ModelConfig from --config (JSON text or a path to a JSON file) plus explicit flags."""
-    data = _model_config_dict(config_json)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return ModelConfig(**data)
-    except Exception as exc:  # pydantic.ValidationError: name the offending keys
-        raise click.BadParameter(str(exc), param_hint="--config") from None
-
-
-def _config_options(func):
-    """The ModelConfig fields as CLI flags (same names as the API, with dashes)."""
-    options = [
-        click.option("--config", "config_json", help="model_config as JSON text or a JSON file."),
-        click.option("--blur-face/--no-blur-face", default=None, help="Anonymize faces (default on)."),
-        click.option("--blur-threshold", type=float, help="Face threshold, calibrated 0..1 (default 0.5)."),
-        click.option("--enable-lp/--no-enable-lp", default=None, help="Anonymize licence plates (default on)."),
-        click.option("--lp-threshold", type=float, help="Plate threshold, calibrated 0..1 (default 0.5)."),
-        click.option("--mask-blur/--circle-blur", "mask_blur", default=None,
-                     help="Feathered ellipse/rounded-rectangle mask (default) or the seed's circle blur."),
-        click.option("--slicing/--no-slicing", default=None, help="Tiled inference for high resolution."),
-        click.option("--lp-track/--no-lp-track", default=None, help="Track plates across video frames (default on)."),
-        click.option("--face-track/--no-face-track", default=None, help="Track faces across video frames."),
-        click.option("--style", type=click.Choice(["blur", "pixelate", "solid"]), help="Redaction style."),
-        click.option("--video-crf", type=int, help="H.264 CRF for video output (default 20)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-_CONFIG_KEYS = ("blur_face", "blur_threshold", "enable_lp", "lp_threshold", "mask_blur", "slicing",
-                "lp_track", "face_track", "style", "video_crf")
-
-
-def _split_config(kwargs: dict) -> tuple[ModelConfig, dict]:
-    overrides = {k: kwargs.pop(k) for k in _CONFIG_KEYS}
-    return _model_config(kwargs.pop("config_json"), overrides), kwargs
 
 
 @click.group()
@@ -96,108 +44,62 @@ def models_install(model_dir: Path | None) -> None:
 
 # ----------------------------------------------------------------------------- engine
 @main.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for the anonymized files (same names and formats as the inputs).")
+              help="Directory for the anonymized files (same names and formats as the inputs; a folder's layout "
+              "kept; an archive's files in a folder named after it).")
+@click.option("--include", multiple=True, help="In folders, only files matching this pattern (repeatable), "
+              "e.g. '*.mp4'.")
+@click.option("--exclude", multiple=True, help="In folders, leave out files matching this pattern (repeatable).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes for one video: above 1, videos longer than 1.5 segments "
               "(VEIL_VIDEO_SEGMENT_SECONDS) are split at keyframes and their segments run in parallel.")
 @click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON report per file: objects found by kind, tracks, frames with objects, candidates "
               "just below the threshold (where to look first), the longest span tracking bridged.")
-@_config_options
-def anonymize(inputs: tuple[Path, ...], output_dir: Path, jobs: int, report_out: Path | None, **kwargs) -> None:
-    """Anonymize images and videos into OUTPUT_DIR."""
-    from tqdm import tqdm
+@config_options
+def anonymize(inputs: tuple[Path, ...], output_dir: Path, include: tuple[str, ...], exclude: tuple[str, ...],
+              jobs: int, report_out: Path | None, **kwargs) -> None:
+    """Anonymize images, videos, folders of them and archives (zip, tar, 7z, rar) into OUTPUT_DIR."""
+    from .batch import Batch, Options, exit_on_signals, find_inputs
 
-    from .engine.anonymize import anonymize as anonymize_file
-    from .engine.file_report import anonymize_with_summary, summarize
-    from .engine.errors import MediaError, ModelsMissing
-    from .engine.probe import media_kind
-    from .engine.segments import anonymize_split
-
-    config, _ = _split_config(kwargs)
+    config, _ = split_config(kwargs)
     settings = _settings()
-    limits = settings.media_limits()  # VEIL_MAX_IMAGE_PIXELS, VEIL_MAX_VIDEO_FRAME_PIXELS
-    output_dir.mkdir(parents=True, exist_ok=True)
-    failures, written, summaries = 0, set(), []
-    with tqdm(total=len(inputs), unit="file", disable=len(inputs) < 2) as files_bar:
-        for src in inputs:
-            dst = output_dir / src.name
-            with tqdm(total=100, desc=src.name, unit="%", leave=False, disable=len(inputs) > 1) as bar:
-                def progress(fraction: float, bar=bar) -> None:
-                    bar.n = round(100 * fraction)
-                    bar.refresh()
-                try:
-                    if dst.resolve() == src.resolve():
-                        raise MediaError("the output would overwrite the input; choose another --output-dir")
-                    if dst in written:
-                        raise MediaError(f"another input named {src.name} was already written to {dst}")
-                    summary = None
-                    if jobs > 1 and media_kind(src) == "video":
-                        report = anonymize_split(src, dst, config, settings.video_segment_seconds, jobs,
-                                                 progress, limits)
-                        summary = summarize(report, None, config) if report_out else None
-                    elif report_out:
-                        report, summary = anonymize_with_summary(src, dst, config, progress, limits,
-                                                                 settings.detections_floor)
-                    else:
-                        report = anonymize_file(src, dst, config, progress=progress, limits=limits)
-                except ModelsMissing as exc:
-                    raise click.ClickException(str(exc)) from None
-                except MediaError as exc:
-                    failures += 1
-                    files_bar.update()
-                    tqdm.write(f"error: {src}: {exc}", file=sys.stderr)
-                    continue
-            written.add(dst)
-            if summary is not None:
-                summaries.append({"file": str(src), "output": str(dst), **summary})
-            tqdm.write(f"{src} -> {dst} ({report.detection_count} regions redacted)")
-            for note in report.notes:
-                tqdm.write(f"  note: {note}")
-            files_bar.update()
+    options = Options(config, settings.media_limits(), jobs, settings.video_segment_seconds,  # VEIL_MAX_*_PIXELS
+                      report_out is not None, settings.detections_floor)
+    batch = Batch(output_dir, options)
+    with exit_on_signals():
+        batch.run(find_inputs(inputs, include, exclude, output_dir))
+    if batch.skipped:
+        click.echo("skipped (not an image, a video or an archive): " + ", ".join(batch.skipped))
     if report_out:
-        report_out.write_text(json.dumps({"files": summaries}, indent=1))
-    if failures:
+        report_out.write_text(json.dumps({"files": batch.summaries}, indent=1))
+    if batch.failures:
         sys.exit(1)
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "json_out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Write detections here as {\"items\": [...]}; with --candidates, the detections document.")
+@click.option("--json", "json_out", required=True,
+              type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="Write detections here as {\"items\": [...]} (- for standard output); with --candidates, the "
+              "detections document.")
 @click.option("--candidates", is_flag=True,
               help="Write one input's detections document (every candidate down to the floor, docs/detections.md) "
               "for `veil render` and review.")
-@_config_options
+@config_options(output=False)
 def detect(inputs: tuple[Path, ...], json_out: Path, candidates: bool, **kwargs) -> None:
     """Detect faces and plates without changing anything; write boxes as JSON."""
-    from tqdm import tqdm
+    from .batch import detect_all, exit_on_signals
 
-    from .engine.anonymize import detect_file
-    from .engine.errors import MediaError, ModelsMissing
-
-    config, _ = _split_config(kwargs)
+    config, _ = split_config(kwargs)
     settings = _settings()
     limits = settings.media_limits()  # VEIL_MAX_IMAGE_PIXELS, VEIL_MAX_VIDEO_FRAME_PIXELS
-    if candidates:
-        _detect_document(inputs, json_out, config, limits, settings.detections_floor)
-        return
-    items, failures = [], 0
-    for src in tqdm(inputs, unit="file", disable=len(inputs) < 2):
-        try:
-            report = detect_file(src, config, limits=limits)
-        except ModelsMissing as exc:
-            raise click.ClickException(str(exc)) from None
-        except MediaError as exc:
-            failures += 1
-            tqdm.write(f"error: {src}: {exc}", file=sys.stderr)
-            items.append({"file": str(src), "error": str(exc)})
-            continue
-        items.append(report.to_json(str(src)))
-    json_out.write_text(json.dumps({"items": items}))
-    click.echo(f"wrote {json_out} ({len(items)} files)")
+    with exit_on_signals():
+        if candidates:
+            _detect_document(inputs, json_out, config, limits, settings.detections_floor)
+            return
+        failures = detect_all(inputs, json_out, config, limits)
     if failures:
         sys.exit(1)
 
@@ -208,13 +110,15 @@ def _detect_document(inputs: tuple[Path, ...], doc: Path, config: ModelConfig, l
 
     if len(inputs) != 1:
         raise click.UsageError("--candidates writes the document of one input: give exactly one")
+    if str(doc) == "-":
+        raise click.UsageError("--candidates writes a file: give --json its path")
     try:
         report = detect_document(inputs[0], doc, config, limits=limits, image_floor=floor)
     except ModelsMissing as exc:
         raise click.ClickException(str(exc)) from None
     except MediaError as exc:
         raise click.ClickException(f"{inputs[0]}: {exc}") from None
-    click.echo(f"wrote {doc} ({report.detection_count} regions at the thresholds; every candidate kept)")
+    click.echo(f"wrote {doc} ({regions(report.detection_count)} at the thresholds; every candidate kept)")
 
 
 @main.command()
@@ -234,7 +138,7 @@ def render(src: Path, document: Path, output_dir: Path, config_json: str | None,
     from .engine.errors import MediaError
     from .engine.render import render as render_file
 
-    overrides = _model_config_dict(config_json)
+    overrides = model_config_dict(config_json)
     try:
         extra = EDITS.validate_json(edits.read_bytes()) if edits else []
     except ValidationError as exc:
@@ -243,11 +147,14 @@ def render(src: Path, document: Path, output_dir: Path, config_json: str | None,
     dst = output_dir / src.name
     if dst.resolve() == src.resolve():
         raise click.UsageError("the output would overwrite the input; choose another --output-dir")
+    from .batch import exit_on_signals
+
     try:
-        report = render_file(src, document, dst, overrides, extra, limits=_settings().media_limits())
+        with exit_on_signals():
+            report = render_file(src, document, dst, overrides, extra, limits=_settings().media_limits())
     except (MediaError, ValueError) as exc:  # ValueError: a config or document a render cannot use
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{src} -> {dst} ({report.detection_count} regions redacted)")
+    click.echo(f"{src} -> {dst} ({regions(report.detection_count)} redacted)")
 
 
 # ----------------------------------------------------------------------------- service
@@ -532,10 +439,10 @@ def credits_add(key_or_id: str, amount: int, data_dir: Path | None) -> None:
 # ----------------------------------------------------------------------------- client
 @main.command(epilog=submit_module.EXIT_HELP)
 @submit_module.submit_options
-@_config_options
+@config_options
 def submit(**kwargs) -> None:
     """Send files and folders to a server as jobs (N in flight), approve, wait, download; resumable."""
-    config, kwargs = _split_config(kwargs)
+    config, kwargs = split_config(kwargs)
     submit_module.run_submit(config.model_dump(exclude_unset=True), **kwargs)
 
 

@@ -7,3 +7,8 @@ class MediaError(Exception):
 
 class ModelsMissing(RuntimeError):
     """The detection models are not installed; `veil models install` fixes it."""
+
+
+class NotMedia(MediaError):
+    """The input's content is not an image or a video at all (a text file, a document): a folder's walk skips
+    such files and lists them."""

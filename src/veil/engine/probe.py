@@ -8,7 +8,9 @@ demuxer, which would read any file named `.jpg` as a one-frame video, does not c
 an image is decoded (a JPEG at 1/8 scale: every byte is still read, so a truncated file shows), a
 video's first frame is decoded and its duration read; pictures over `MediaLimits` are refused from
 their header. GIF and animated WebP are refused with a clear message (convert animations to MP4):
-their output would have to be a video, which is not what the client asked for.
+their output would have to be a video, which is not what the client asked for. An archive (zip, tar,
+7z, rar, a compressed stream) is never read as media, even where FFmpeg would (a stored zip of JPEGs
+reads as an MJPEG video): its files are taken out first (`veil.jobs.archive`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Literal
 
 from . import image_io
 from .config import MediaLimits
-from .errors import MediaError
+from .errors import MediaError, NotMedia
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,29 @@ _IMAGE_MAGIC = [(b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 
 
+# Magic numbers of the container/compression formats that hold files (content, never the file name).
+_ARCHIVE_MAGIC: list[tuple[int, bytes, str]] = [
+    (0, b"PK\x03\x04", "zip"),
+    (0, b"PK\x05\x06", "zip"),  # empty zip
+    (0, b"\x1f\x8b", "gzip"),
+    (0, b"BZh", "bzip2"),
+    (0, b"\xfd7zXZ\x00", "xz"),
+    (0, b"7z\xbc\xaf\x27\x1c", "7z"),
+    (0, b"Rar!\x1a\x07\x01\x00", "rar5"),
+    (0, b"Rar!\x1a\x07\x00", "rar"),
+    (257, b"ustar", "tar"),
+]
+ARCHIVE_SNIFF_BYTES = 512
+
+
+def archive_format(head: bytes) -> str | None:
+    """The archive/compression format these leading bytes belong to ("rar5" is RAR 5), or None."""
+    for offset, magic, name in _ARCHIVE_MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    return None
+
+
 def media_kind(path: Path) -> Literal["image", "video"]:
     """"image" or "video" from the file's content; MediaError naming the problem otherwise."""
     path = Path(path)
@@ -108,9 +133,15 @@ def media_kind(path: Path) -> Literal["image", "video"]:
                          + ("; convert an animation to MP4)" if image_format == "GIF" else ")"))
     if (magic := _image_magic(path)) is not None:
         raise MediaError(f"cannot decode image, the {magic} file is corrupt or truncated")
+    with open(path, "rb") as f:
+        packed = archive_format(f.read(ARCHIVE_SNIFF_BYTES))
+    if packed is not None:
+        what = f"{packed}-compressed file" if packed in ("gzip", "bzip2", "xz") else f"{packed.rstrip('5')} archive"
+        raise MediaError(f"a {what}, not an image or a video (an archive's files are processed one by one, "
+                         "never the archive itself as media)")
     if _is_video(path):
         return "video"
-    raise MediaError(f"not an image or a video (unrecognised content; images: {image_io.FORMAT_NAMES}; "
+    raise NotMedia(f"not an image or a video (unrecognised content; images: {image_io.FORMAT_NAMES}; "
                      "videos: any container and codec FFmpeg decodes)")
 
 
@@ -130,13 +161,13 @@ def _image_magic(path: Path) -> str | None:
 
 
 def _is_video(path: Path) -> bool:
-    """True if FFmpeg (PyAV) opens `path` as a container with a video stream (not a still-image pipe)."""
+    """True if FFmpeg (PyAV) opens `path` as a container with a video stream (not a still-image pipe, not text)."""
     import av
 
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             name = container.format.name or ""
-            if name == "image2" or name.endswith("_pipe"):
+            if name in ("image2", "tty") or name.endswith("_pipe"):  # tty: any text file, as ANSI art
                 return False
             return any(stream.type == "video" and not stream.disposition & av.stream.Disposition.attached_pic
                        for stream in container.streams)

@@ -32,6 +32,7 @@ from .report import FrameDetections, Report
 from .tracking import Tracker, TrackingParams
 from .video import detect_video, render_video
 from .video_detect import LOW_SCORE_MARGIN
+from .video_writer import discard
 
 Progress = Callable[[float], None]
 IMAGE_FLOOR = 0.1  # photos: candidates kept down to this calibrated score (98.5 % of crowd faces, DESIGN.md)
@@ -248,4 +249,4 @@ def atomic_output(dst: Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, dst)
     finally:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)

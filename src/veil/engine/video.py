@@ -21,6 +21,10 @@ Pipeline (three threads, bounded queues, so memory does not grow with the video'
   detection is converted to RGB, redacted and written back (`veil.engine.video_redact`), so pixels
   outside the redaction mask are bit-identical to the decoded source. `VEIL_X264_PRESET`
   (veryfast) sets the encoder's preset. Long videos may be split (`veil.engine.segments`).
+* **Odd inputs.** Frames whose picture size differs from the first frame's (two recordings joined)
+  are scaled to the first size; timestamps that put frames closer than `_MAX_FPS` allows (38
+  frames within 3 ms) are broken: the detect stage is then scheduled by frame counts, as at
+  `_NOMINAL_FPS`. Either is said in the report's notes.
 * **Errors.** Unreadable, corrupt or truncated input raises `MediaError` with a plain message; the
   output is written to a temporary file in the destination folder and renamed only on success.
 
@@ -50,6 +54,7 @@ from .errors import MediaError
 from .report import FrameDetections, Report
 from .tracking import TrackingParams, VideoTracker
 from .video_detect import DetectFn, FrameDetector, default_detect
+from .video_redact import copy_frame_props
 from .video_writer import VideoWriter
 
 if TYPE_CHECKING:
@@ -60,6 +65,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[float], None]
 
 _QUEUE = 8
+_MAX_FPS = 300.0  # above any real-time capture rate but slow-motion sensors', which files store slowed down
+_NOMINAL_FPS = 30.0
 _NO_LIMIT = 2**62
 _END = object()
 _EMPTY = Detections(track_ids=np.zeros(0, np.int64))
@@ -96,6 +103,7 @@ class Source:
     expected_frames: int  # from the container index, 0 if unknown
     duration: float | None  # seconds, None if unknown
     dropped: list[str] = field(default_factory=list)  # streams not carried over
+    notes: list[str] = field(default_factory=list)  # for the report: broken timestamps, a size change
 
 
 class _Job:
@@ -171,6 +179,7 @@ class _Job:
             raise self._error
         if writer is not None:
             writer.finish()
+        report.notes += source.notes
         report.figures.update({"frame_count": len(report.frames), "fps": round(source.fps, 3),
                                "seconds": round(source.duration or 0.0, 3), "detect_stride": stride})
         if self.progress:
@@ -360,13 +369,18 @@ def open_source(src: Path, limits: MediaLimits = MediaLimits()) -> Source:
         dropped = [f"{s.type} stream #{s.index}" for s in container.streams
                    if s is not video and s not in audio]
         rate = video.average_rate or video.guessed_rate or video.base_rate
+        fps, notes = float(rate) if rate else 0.0, []
+        if fps > _MAX_FPS:
+            notes.append(f"broken timestamps ({fps:.0f} frames a second by them): detection was scheduled by "
+                         f"frame counts, as at {_NOMINAL_FPS:.0f} frames a second")
+            fps = _NOMINAL_FPS
         duration = None
         if video.duration is not None and video.time_base:
             duration = float(video.duration * video.time_base)
         elif container.duration:
             duration = container.duration / av.time_base
         return Source(container, video, audio, video.codec_context.width, video.codec_context.height,
-                       float(rate) if rate else 0.0, int(video.frames or 0), duration, dropped)
+                      fps, int(video.frames or 0), duration, dropped, notes)
     except MediaError:
         container.close()
         raise
@@ -396,6 +410,8 @@ def _decode(source: Source, src: Path, limits: MediaLimits,
                             continue  # before the keyframe (the seek landed earlier, or open-GOP leading)
                         if frame.pts >= segment.stop:
                             return
+                    if (frame.width, frame.height) != (source.width, source.height):
+                        frame = _first_size(frame, index, source)
                     last_pts = _fix_pts(frame, last_pts, source)
                     if segment is None or frame.pts >= segment.warm:
                         yield "frame", (index, frame)
@@ -404,6 +420,16 @@ def _decode(source: Source, src: Path, limits: MediaLimits,
                 yield "packet", packet
     except av.error.FFmpegError as exc:
         raise MediaError(f"{src.name}: corrupt or truncated video ({_reason(exc)})") from None
+
+
+def _first_size(frame: av.VideoFrame, index: int, source: Source) -> av.VideoFrame:
+    """`frame` scaled to the video's first picture size (the encoder, tracker and boxes keep one size)."""
+    if not any(note.startswith("the picture size changes") for note in source.notes):
+        source.notes.append(f"the picture size changes at frame {index} ({frame.width} x {frame.height}, first "
+                            f"{source.width} x {source.height}): frames of another size were scaled to the first")
+    scaled = frame.reformat(width=source.width, height=source.height)
+    copy_frame_props(frame, scaled)
+    return scaled
 
 
 def _fix_pts(frame: av.VideoFrame, last_pts: int | None, source: Source) -> int:

@@ -41,7 +41,7 @@ class VideoWriter:
         try:
             self.out = av.open(str(self.tmp), "w", format=fmt)
         except BaseException:
-            self.tmp.unlink(missing_ok=True)
+            discard(self.tmp)
             raise
         if source.dropped:
             report.notes.append("dropped (may hold identifying text): " + ", ".join(source.dropped))
@@ -166,7 +166,16 @@ class VideoWriter:
             self.out.close()
         except Exception:  # noqa: BLE001 - already failing; the temp file goes anyway
             pass
-        self.tmp.unlink(missing_ok=True)
+        discard(self.tmp)
+
+
+def discard(tmp: Path) -> None:
+    """Remove a temporary file if it is there; a folder that cannot be written (the error being raised says
+    so) must not replace that error with its own."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def output_format(source: Source) -> str:

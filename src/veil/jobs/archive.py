@@ -42,25 +42,15 @@ import libarchive.exception
 import libarchive.ffi
 from pydantic import BaseModel, Field
 
+from ..engine.probe import ARCHIVE_SNIFF_BYTES as _SNIFF_BYTES
+from ..engine.probe import archive_format
+
 _CHUNK = 1024 * 1024
 MAX_NAME_BYTES = 255  # a file name on every common file system
 
-# Magic numbers of the container/compression formats we recognise (content, never the file name).
-_MAGIC: list[tuple[int, bytes, str]] = [
-    (0, b"PK\x03\x04", "zip"),
-    (0, b"PK\x05\x06", "zip"),  # empty zip
-    (0, b"\x1f\x8b", "gzip"),
-    (0, b"BZh", "bzip2"),
-    (0, b"\xfd7zXZ\x00", "xz"),
-    (0, b"7z\xbc\xaf\x27\x1c", "7z"),
-    (0, b"Rar!\x1a\x07\x01\x00", "rar5"),
-    (0, b"Rar!\x1a\x07\x00", "rar"),
-    (257, b"ustar", "tar"),
-]
 # libarchive's reader for each: (format, filter). Compressed streams must hold a tar archive.
 _READERS = {"zip": ("zip", "none"), "7z": ("7zip", "none"), "rar": ("rar", "none"), "rar5": ("rar5", "none"),
             "tar": ("tar", "none"), "gzip": ("tar", "gzip"), "bzip2": ("tar", "bzip2"), "xz": ("tar", "xz")}
-_SNIFF_BYTES = 512
 _JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 _is_encrypted = libarchive.ffi.libarchive.archive_entry_is_encrypted
@@ -88,14 +78,6 @@ class Member:
     name: str
     size: int | None  # as declared in the header (None when the format does not say)
     blocks: Callable[[], Iterator[bytes]]
-
-
-def archive_format(head: bytes) -> str | None:
-    """The archive/compression format these leading bytes belong to ("rar5" is RAR 5), or None."""
-    for offset, magic, name in _MAGIC:
-        if head[offset:offset + len(magic)] == magic:
-            return name
-    return None
 
 
 def is_archive(path: Path) -> bool:

@@ -1,0 +1,6 @@
+"""`python -m veil`: the `veil` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main(prog_name="veil")

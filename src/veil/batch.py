@@ -1,0 +1,273 @@
+"""`veil anonymize` over many inputs: files, folders and archives, one progress bar, one line per problem.
+
+- **Folders** are walked as `veil submit` walks them (`veil_client.batch.walk`: recursive, sorted, hidden
+  files left out, `--include` / `--exclude` patterns on the path inside the folder or the file name); the
+  outputs keep the layout under the output folder. Files whose content is not an image, a video or an
+  archive are skipped and listed at the end (given by name, they are an error).
+- **Archives** (zip, tar, 7z, rar; by content, never by name) are taken apart as the service takes an upload
+  apart (`veil.jobs.archive.expand_archive`, with its rules: root-level files only, no nested archives,
+  bomb limits): one output per member, in a folder named after the archive (`pics.zip` -> `out/pics/`),
+  as `veil submit` lays out a job's outputs. An archive is never handed to the engine as media.
+- **Errors** a user can cause (a corrupt file, a refused archive, an output folder that cannot be written)
+  are one line each and the batch goes on; the exit status is 1 when any file failed.
+- **Signals**: SIGTERM unwinds like Ctrl-C, so no temporary `.NAME.<hex>.part` file is left behind; the
+  exit status is 130 after SIGINT, 143 after SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from .engine.config import MediaLimits, ModelConfig
+from .engine.errors import MediaError, ModelsMissing, NotMedia
+
+Progress = Callable[[float], None]
+_BAR = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]"  # no rate: "1895%/s" says nothing
+
+
+def regions(count: int) -> str:
+    return f"{count} region{'' if count == 1 else 's'}"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `veil anonymize` does to each file."""
+
+    config: ModelConfig
+    limits: MediaLimits
+    jobs: int = 1  # worker processes for one video (segments)
+    segment_seconds: float = 60.0
+    summaries: bool = False  # --report: a summary per file
+    floor: float = 0.1  # --report: candidates kept down to this score
+
+
+@dataclass
+class Batch:
+    """One `veil anonymize` run: call `run(inputs)`, then read `failures`, `skipped` and `summaries`."""
+
+    output_dir: Path
+    options: Options
+    failures: int = 0
+    skipped: list[str] = field(default_factory=list)
+    summaries: list[dict] = field(default_factory=list)
+    _written: set[Path] = field(default_factory=set)
+
+    def run(self, inputs: list[tuple[Path, str, bool]]) -> None:
+        """`inputs` from `find_inputs`: (file, its path under the output folder, found in a folder)."""
+        from .jobs.archive import is_archive
+
+        with _Bar(len(inputs)) as bar:
+            self._bar = bar
+            for unit, (src, rel, walked) in enumerate(inputs):
+                try:
+                    packed = is_archive(src)
+                except OSError as exc:
+                    self._error(str(src), _os_message(exc))
+                    continue
+                if packed:
+                    self._archive(src, self.output_dir / rel, unit)
+                else:
+                    self._file(src, str(src), self.output_dir / rel, unit, 1.0, walked)
+
+    def _archive(self, src: Path, dst: Path, unit: int) -> None:
+        from .jobs.archive import ArchiveError, expand_archive
+
+        folder = dst.parent / _stem(dst.name)
+        with tempfile.TemporaryDirectory(prefix="veil-archive-") as tmp:
+            try:
+                members = expand_archive(src, Path(tmp))
+            except ArchiveError as exc:
+                self._error(str(src), str(exc))
+                return
+            except OSError as exc:
+                self._error(str(src), _os_message(exc))
+                return
+            if not members:
+                self._error(str(src), "the archive holds no files")
+                return
+            for n, member in enumerate(members):
+                self._file(member, f"{src}/{member.name}", folder / member.name, unit + n / len(members),
+                           1 / len(members), False)
+
+    def _file(self, src: Path, label: str, dst: Path, start: float, share: float, walked: bool) -> None:
+        self._bar.start(label, start, share)
+        try:
+            if dst.resolve() == src.resolve():
+                raise MediaError("the output would overwrite the input; choose another --output-dir")
+            if dst in self._written:
+                raise MediaError(f"another input named {src.name} was already written to {dst}")
+            _check_writable(dst.parent)
+            report, summary = self._process(src, dst)
+        except ModelsMissing as exc:
+            raise click.ClickException(str(exc)) from None
+        except NotMedia as exc:
+            if walked:
+                self.skipped.append(label)
+            else:
+                self._error(label, str(exc))
+            return
+        except MediaError as exc:
+            self._error(label, str(exc))
+            return
+        except OSError as exc:  # an output folder that cannot be written, a disk that is full
+            self._error(label, _os_message(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a fault of ours with this file: the others still run
+            self._error(label, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        self._written.add(dst)
+        if summary is not None:
+            self.summaries.append({"file": label, "output": str(dst), **summary})
+        tqdm.write(f"{label} -> {dst} ({regions(report.detection_count)} redacted)")
+        for note in report.notes:
+            tqdm.write(f"  note: {note}")
+
+    def _process(self, src: Path, dst: Path):
+        from .engine.anonymize import anonymize
+        from .engine.file_report import anonymize_with_summary, summarize
+        from .engine.probe import media_kind
+        from .engine.segments import anonymize_split
+
+        opts, progress = self.options, self._bar.progress
+        if opts.jobs > 1 and media_kind(src) == "video":
+            report = anonymize_split(src, dst, opts.config, opts.segment_seconds, opts.jobs, progress, opts.limits)
+            return report, summarize(report, None, opts.config) if opts.summaries else None
+        if opts.summaries:
+            return anonymize_with_summary(src, dst, opts.config, progress, opts.limits, opts.floor)
+        return anonymize(src, dst, opts.config, progress=progress, limits=opts.limits), None
+
+    def _error(self, label: str, message: str) -> None:
+        self.failures += 1
+        tqdm.write(f"error: {label}: {message}", file=sys.stderr)
+
+
+def detect_all(inputs: tuple[Path, ...], json_out: Path, config: ModelConfig, limits: MediaLimits) -> int:
+    """`veil detect --json`: every input's detections as {"items": [...]} in `json_out` ("-": standard
+    output), a failed input as {"file", "error"}; returns how many failed."""
+    from .engine.anonymize import detect_file
+
+    items, failures = [], 0
+    for src in tqdm(inputs, unit="file", disable=len(inputs) < 2, file=sys.stderr):
+        try:
+            report = detect_file(src, config, limits=limits)
+        except ModelsMissing as exc:
+            raise click.ClickException(str(exc)) from None
+        except MediaError as exc:
+            failures += 1
+            tqdm.write(f"error: {src}: {exc}", file=sys.stderr)
+            items.append({"file": str(src), "error": str(exc)})
+            continue
+        items.append(report.to_json(str(src)))
+    text = json.dumps({"items": items})
+    if str(json_out) == "-":
+        click.echo(text)
+    else:
+        json_out.write_text(text)
+        click.echo(f"wrote {json_out} ({len(items)} files)")
+    return failures
+
+
+def find_inputs(paths: tuple[Path, ...], include: tuple[str, ...], exclude: tuple[str, ...],
+                output_dir: Path) -> list[tuple[Path, str, bool]]:
+    """(file, its path under the output folder, found in a folder) for the files and folders given; the
+    output folder itself is never walked."""
+    from veil_client.batch import walk
+    from veil_client.errors import ClientError
+
+    found = []
+    for path in paths:
+        if not path.is_dir():
+            found.append((path, path.name, False))
+            continue
+        try:
+            found += [(file, rel, True) for file, rel in walk([path], include, exclude, skip=output_dir)]
+        except ClientError as exc:
+            raise click.ClickException(str(exc)) from None
+    if not found:
+        raise click.ClickException("no input files (check --include / --exclude)")
+    return found
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the main thread is, so that every `finally` removes what it would leave."""
+
+
+@contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """Run a command so that SIGINT exits 130 and SIGTERM 143, after the temporary files are gone."""
+    def terminate(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except _Terminated:
+        click.echo("terminated", err=True)
+        sys.exit(128 + signal.SIGTERM)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(128 + signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Bar:
+    """One bar for the whole batch, in files: a file's progress moves it within that file's share, the
+    description names the file (`2/5 clips/a.mp4`); redrawn when the whole percent changes."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.bar = tqdm(total=count, bar_format=_BAR, leave=False, file=sys.stderr)
+        self.begin, self.share, self.shown = 0.0, 1.0, -1
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+    def start(self, label: str, begin: float, share: float) -> None:
+        self.begin, self.share, self.shown = begin, share, -1
+        self.bar.set_description_str(label if self.count == 1 else f"{int(begin) + 1}/{self.count} {label}",
+                                     refresh=False)
+        self.progress(0.0)
+
+    def progress(self, fraction: float) -> None:
+        value = self.begin + self.share * min(max(fraction, 0.0), 1.0)
+        percent = int(100 * value / self.count)
+        if percent != self.shown:
+            self.shown = percent
+            self.bar.n = value
+            self.bar.refresh()
+
+
+def _stem(name: str) -> str:
+    """`pics.zip` -> `pics`, `pics.tar.gz` -> `pics`."""
+    stem = Path(name).stem
+    return Path(stem).stem if Path(stem).suffix.lower() == ".tar" else stem
+
+
+def _check_writable(folder: Path) -> None:
+    """OSError naming the folder when no file can be created in it (read-only, not permitted)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write into {folder}: {exc.strerror}") from None
+
+
+def _os_message(exc: OSError) -> str:
+    if exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return exc.strerror or str(exc)

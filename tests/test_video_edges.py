@@ -1,0 +1,83 @@
+"""Videos that break assumptions (issue 22 items 3 and 5): a picture size that changes mid-stream (two
+recordings joined) and broken timestamps (38 frames within 3 ms). Clips are built here with PyAV."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from test_video import make_clip
+import veil.engine.video_detect as vd
+from veil.engine.config import ModelConfig
+from veil.engine.detections import PLATE, Detections
+from veil.engine.video import _Job
+
+VEIL = Path(sys.executable).parent / "veil"
+
+
+def joined_clip(tmp_path: Path) -> Path:
+    """Two MPEG-TS recordings of different sizes, joined byte for byte (as `cat a.ts b.ts` does)."""
+    first = make_clip(tmp_path / "a.ts", frames=20, size=(160, 120))
+    second = make_clip(tmp_path / "b.ts", frames=20, size=(192, 144))
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    return joined
+
+
+def burst_clip(path: Path, frames: int = 38) -> Path:
+    """An MP4 whose frames are 7/90000 s apart: 38 frames within 3 ms (a broken muxer's timestamps)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 90000)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((120, 160, 3), 4 * i, np.uint8), format="rgb24")
+            frame.pts = 7 * i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def nothing(image, kinds, side=None, tiles=None) -> Detections:
+    return Detections()
+
+
+def test_a_size_change_mid_stream_is_scaled_to_the_first_size_and_said(tmp_path):
+    src = joined_clip(tmp_path)
+    report = _Job(src, ModelConfig(), None, detect=nothing).run(tmp_path / "out.ts")
+    assert len(report.frames) == 40
+    assert any("picture size changes at frame 20" in note for note in report.notes), report.notes
+    with av.open(str(tmp_path / "out.ts")) as out:
+        assert {(f.width, f.height) for f in out.decode(video=0)} == {(160, 120)}
+
+
+def test_veil_anonymize_processes_a_joined_recording_without_a_traceback(detection_models, tmp_path):
+    src = joined_clip(tmp_path)
+    result = subprocess.run([str(VEIL), "anonymize", str(src), str(tmp_path / "a.ts"), "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "note: the picture size changes at frame 20 (192 x 144, first 160 x 120)" in result.stdout
+    with av.open(str(tmp_path / "out" / "joined.ts")) as out:
+        assert sum(1 for _ in out.decode(video=0)) == 40
+
+
+def test_broken_timestamps_schedule_detection_by_frame_counts_and_say_so(tmp_path):
+    """By its timestamps the clip runs at over 1000 frames a second, so plates (scanned for a few times a
+    second of video) would be looked for on frame 0 only; by frame counts, as at 30 frames a second."""
+    src = burst_clip(tmp_path / "burst.mp4")
+    looked: list[int] = []
+
+    def count(image, kinds, side=None, tiles=None) -> Detections:
+        looked.append(1)
+        return Detections()
+
+    report = _Job(src, ModelConfig(blur_face=False, enable_lp=True, lp_track=True), None, detect=count).run(None)
+    assert len(report.frames) == 38
+    assert len(looked) >= 38 // round(30 / vd._SCAN_FPS[PLATE]) > 1  # no tracks: scans only, no crops
+    assert any(note.startswith("broken timestamps") and "frame counts" in note for note in report.notes)
