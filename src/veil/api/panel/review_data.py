@@ -20,6 +20,7 @@ from ...engine.document import Header, parse_header, read_edits
 from ...engine.render import track_candidates
 
 NEAR = 0.2  # "just below the threshold": within this of it (the per-file report's below_threshold)
+MAX_LANES = 300  # the timeline's lanes: the longest tracks (a synthetic worst case has tens of thousands)
 
 
 class Bounded(OrderedDict):
@@ -76,7 +77,11 @@ class LocalFiles:
 @dataclass
 class DocIndex:
     """A document's candidates as arrays: `frame` and `n` (its id is "frame.n"), `table` rows [kind, x1, y1,
-    x2, y2, score], `track` (0: none; a video's tracks as a render at the document's config numbers them)."""
+    x2, y2, score], `track` (0: none; a video's tracks as a render at the document's config numbers them).
+
+    Reading the lines takes about a second for an hour of 1080p30 video; its tracks (the tracker run over every
+    frame) may take much longer, so they are found in a thread of their own and the timeline gets its lanes
+    once they are ready (`tracks_ready`)."""
     header: Header
     frames: int
     pts: np.ndarray
@@ -86,31 +91,46 @@ class DocIndex:
     table: np.ndarray
     track: np.ndarray
     edits: list = field(default_factory=list)
+    lanes: list = field(default_factory=list)
+    tracks_ready: bool = True
 
     @classmethod
-    def load(cls, doc: Path) -> DocIndex:
-        pts, ran, frame, n, rows = [], [], [], [], []
+    def load(cls, doc: Path, tracks_in_background: bool = True) -> DocIndex:
         with gzip.open(doc, "rt", encoding="utf-8") as f:
             header = parse_header(f.readline(), doc)
-            for line in f:
-                if line.startswith('{"edit"'):
-                    continue
-                data = json.loads(line)
-                pts.append(data["pts"] if data["pts"] is not None else np.nan)
-                ran.append(data["ran"])
-                for k, row in enumerate(data["c"]):
-                    frame.append(data["i"])
-                    n.append(k)
-                    rows.append(row)
-        track = np.zeros(len(frame), np.int32)
-        if header.media == "video" and rows:
-            where = {f"{i}.{k}": m for m, (i, k) in enumerate(zip(frame, n))}
-            for track_id, ids in track_candidates(doc).items():
-                track[[where[i] for i in ids]] = track_id
-        return cls(header, len(pts), np.asarray(pts, np.float64), np.asarray(ran, bool),
-                   np.asarray(frame, np.int32), np.asarray(n, np.int16),
-                   np.asarray(rows, np.float32).reshape(-1, 6), track,
-                   [e.model_dump() for e in read_edits(doc)])
+            pts, ran, counts, rows = _scan(f)
+        frame = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+        n = (np.arange(len(frame)) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int16)
+        index = cls(header, len(counts), pts, ran, frame, n, rows, np.zeros(len(frame), np.int32),
+                    [e.model_dump() for e in read_edits(doc)])
+        if header.media == "video" and len(rows):
+            index.tracks_ready = False
+            if tracks_in_background:
+                threading.Thread(target=index._find_tracks, args=(doc,), daemon=True, name="veil-tracks").start()
+            else:
+                index._find_tracks(doc)
+        return index
+
+    def _find_tracks(self, doc: Path) -> None:
+        first = np.r_[0, np.cumsum(np.bincount(self.frame, minlength=self.frames))]  # row of "i.0"
+        track = np.zeros(len(self.frame), np.int32)
+        for track_id, ids in track_candidates(doc).items():
+            rows = [first[int(i)] + int(k) for i, k in (c.split(".") for c in ids)]
+            track[rows] = track_id
+        order = np.lexsort((self.frame, track))
+        order = order[track[order] > 0]
+        lanes = []
+        if len(order):
+            tracks, frames = track[order], self.frame[order]
+            starts = np.flatnonzero(np.r_[True, tracks[1:] != tracks[:-1]])
+            for a, b in zip(starts, np.r_[starts[1:], len(order)]):
+                f = frames[a:b]
+                cut = np.flatnonzero(np.diff(f) > 1)
+                lanes.append({"track": int(tracks[a]), "kind": int(self.table[order[a], 0]),
+                              "runs": np.c_[np.r_[f[0], f[cut + 1]], np.r_[f[cut], f[-1]]].tolist()})
+        lanes.sort(key=lambda lane: lane["runs"][0][0] - lane["runs"][-1][1])  # the longest first
+        self.track, self.lanes = track, sorted(lanes[:MAX_LANES], key=lambda lane: lane["runs"][0][0])
+        self.tracks_ready = True
 
     def candidates(self, start: int = 0, stop: int | None = None) -> list[list]:
         """[id, kind, x1, y1, x2, y2, score, track] of the frames start..stop-1."""
@@ -119,20 +139,43 @@ class DocIndex:
                  round(float(self.table[m, 5]), 3), int(self.track[m])] for m in range(lo, hi)]
 
     def timeline(self, thresholds: dict[int, float]) -> dict:
-        """A video's lanes (one per track: kind, the runs of frames with a candidate of its own; the gaps
-        between them are bridged) and the places to look: frames with a candidate within NEAR below the
-        threshold of its kind that no track draws."""
-        lanes = []
-        for track_id in np.unique(self.track[self.track > 0]):
-            rows = np.flatnonzero(self.track == track_id)
-            frames = self.frame[rows]
-            breaks = np.flatnonzero(np.diff(frames) > 1)
-            starts, ends = np.r_[frames[0], frames[breaks + 1]], np.r_[frames[breaks], frames[-1]]
-            lanes.append({"track": int(track_id), "kind": int(self.table[rows[0], 0]),
-                          "runs": [[int(a), int(b)] for a, b in zip(starts, ends)]})
+        """A video's lanes (one per track, the MAX_LANES longest: kind, the runs of frames with a candidate of
+        its own; the gaps between them are bridged) and the places to look: frames with a candidate within
+        NEAR below the threshold of its kind that no track draws."""
         limit = np.array([thresholds.get(int(k), 1.0) for k in self.table[:, 0]], np.float32) if len(self.table) \
             else np.zeros(0, np.float32)
         scores = self.table[:, 5]
         near = (scores < limit) & (scores >= limit - NEAR) & (self.track == 0)
-        return {"frames": self.frames, "fps": (self.header.video or {}).get("fps"), "lanes": lanes,
-                "marks": sorted({int(f) for f in self.frame[near]})}
+        return {"frames": self.frames, "fps": (self.header.video or {}).get("fps"), "lanes": self.lanes,
+                "tracks_ready": self.tracks_ready, "marks": np.unique(self.frame[near]).tolist()}
+
+
+def _scan(lines) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pts, ran, candidates per frame, candidate rows) of a document's frame lines, in frame order. The lines
+    are those `DocumentWriter` writes ({"i":..,"pts":..,"ran":..,"c":[[...],...],"lm":...}): their numbers are
+    read by NumPy in one go (a JSON parse of every line takes three times as long for an hour of video);
+    a line of another shape is parsed as JSON."""
+    pts, ran, counts, parts = [], [], [], []
+    for line in lines:
+        if line.startswith('{"edit"'):
+            continue
+        at = line.find('"c":[')
+        if not line.startswith('{"i":') or at < 0:
+            data = json.loads(line)
+            cands = json.dumps(data["c"], separators=(",", ":"))
+            when, did = data["pts"], data["ran"]
+        else:
+            end = at + 6 if line.startswith("[]", at + 4) else line.find("]]", at) + 2
+            cands = line[at + 4:end]
+            when = line[line.find('"pts":') + 6:line.find(',"ran":')]
+            did = line.startswith("true", line.find('"ran":') + 6)
+        count = cands.count("[") - 1
+        counts.append(count)
+        if count:
+            parts.append(cands)
+        pts.append(np.nan if when in (None, "null") else float(when))
+        ran.append(did)
+    values = np.fromstring(",".join(parts).translate({91: 32, 93: 32}), sep=",", dtype=np.float64) if parts \
+        else np.zeros(0)
+    return (np.asarray(pts, np.float64), np.asarray(ran, bool), np.asarray(counts, np.int64),
+            values.astype(np.float32).reshape(-1, 6))

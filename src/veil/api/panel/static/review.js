@@ -254,7 +254,13 @@
     clearTimeout(timer);
     timer = setTimeout(function () {
       api(base + "/timeline.json?face=" + state.thresholds.face + "&plate=" + state.thresholds.plate).then(function (data) {
+        if (state.tracksPending && data.tracks_ready) {  // the candidates' track ids are known now
+          state.frames = {}; state.loading = {};
+          ensureFrames(state.frame).then(draw);
+        }
+        state.tracksPending = !data.tracks_ready;
         state.timeline = data; drawTimeline();
+        if (!data.tracks_ready) setTimeout(loadTimeline, 2000);
       });
     }, 150);
   }
