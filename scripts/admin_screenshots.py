@@ -20,6 +20,7 @@ import http.server
 import io
 import json
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +34,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 import seed_client  # noqa: E402  (the vendor's sample client, as a customer runs it)
-from _live_server import launch_chromium, veil_server  # noqa: E402
+from _live_server import launch_chromium, veil_command, veil_server  # noqa: E402
 from veil.storage.testing import free_port  # noqa: E402
 
 ADMIN, PASSWORD = "ops@example.com", "screenshots-only-1"
@@ -189,6 +190,10 @@ def main() -> None:
             Image.linear_gradient("L").resize((640, 480)).convert("RGB").save(photo)
         env = {"VEIL_ADMIN_EMAIL": ADMIN, "VEIL_ADMIN_PASSWORD": PASSWORD, "VEIL_CALLBACK_ATTEMPTS": "2",
                "VEIL_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8"}
+        (tmp / "data").mkdir()
+        for email, role in (("ana@example.com", "reviewer"), ("contractor@example.com", "viewer")):  # Accounts
+            subprocess.run([*veil_command(), "admin", "create", email, "--role", role, "--data-dir", str(tmp / "data")],
+                           input=f"{PASSWORD}\n{PASSWORD}\n", text=True, check=True, capture_output=True)
         with veil_server(tmp / "data", env) as base, sync_playwright() as p:
             seed_client.API_URL, seed_client.SLEEP_SECONDS = f"{base}/v1", 0.5
             browser = launch_chromium(p)

@@ -144,7 +144,8 @@
       button.innerHTML = "";
       var name = document.createElement("span"); name.textContent = c.kind + (c.track ? " · track " + c.track : "");
       var score = document.createElement("span"); score.className = "mono"; score.textContent = c.score.toFixed(2);
-      var chip = document.createElement("span"); chip.className = "chip chip-" + s.split(" ")[0]; chip.textContent = s.replace("far", "").replace("locked", "(recorded)").trim();
+      var chip = document.createElement("span"); chip.className = "chip chip-" + s.split(" ")[0]; chip.textContent = { drawn: "blurred", below: "below", removed: "removed", kept: "kept" }[s.split(" ")[0]] + (s.indexOf("locked") > 0 ? " ✓" : "");
+      if (s.indexOf("locked") > 0) chip.title = "recorded by an earlier render";
       button.append(name, score, chip);
       button.setAttribute("aria-pressed", String(s.indexOf("drawn") === 0 || s.indexOf("kept") === 0));
       button.title = setup.canEdit ? "Toggle " + c.id : c.id;
@@ -228,7 +229,7 @@
   function zoom(step) {
     if (step !== undefined) state.zoom = step === 0 ? 1 : Math.min(8, Math.max(1, state.zoom * (step > 0 ? 1.5 : 1 / 1.5)));
     // fitted: the whole picture in the window's height (a video leaves room for its frame bar and timeline)
-    var room = window.innerHeight * (isVideo ? 0.52 : 0.7), fit = Math.min($("viewport").clientWidth, room * setup.width / setup.height);
+    var room = window.innerHeight * (isVideo ? 0.52 : 0.66), fit = Math.min($("viewport").clientWidth, room * setup.width / setup.height);
     canvasBox.style.width = Math.floor(fit * state.zoom) + "px";
     draw();
   }
