@@ -312,3 +312,35 @@ def test_two_reviewers_see_the_claim(server, signed_in, shared_data, tmp_path):
     expect(ana.locator(f'tr[data-job="{job_id}"]')).to_contain_text("free")
     ben.goto(f"/admin/jobs/{job_id}/review/0")
     expect(ben.locator("#claim")).to_have_text("You are reviewing this job: others see that.")
+
+
+def test_an_archive_is_reviewed_file_by_file(server, signed_in, shared_data, tmp_path):
+    import zipfile
+
+    base, key = server
+    photo = (shared_data / PHOTO).read_bytes()
+    archive = tmp_path / "two.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("first.jpg", photo)
+        z.writestr("second.jpg", photo)
+    job_id = _submit(key, archive, tmp_path)
+    page = signed_in(REVIEWER)
+    page.goto(f"/admin/jobs/{job_id}/review")
+    expect(page.get_by_role("heading", name=re.compile("first.jpg"))).to_be_visible()
+    page.get_by_role("link", name="Next file →").click()
+    expect(page.get_by_role("heading", name=re.compile("second.jpg"))).to_be_visible()
+    expect(page.locator("#picture")).to_have_js_property("complete", True)
+    assert page.locator("#picture").evaluate("img => img.naturalWidth") > 0  # the file, out of the archive
+    corner = [10, 10, 90, 70]
+    _drag(page, corner)
+    page.get_by_role("link", name="← Previous file").click()  # the unsent box stays with its file
+    expect(page.get_by_role("heading", name=re.compile("first.jpg"))).to_be_visible()
+    _render(page)
+    done = _result(key, job_id)
+    assert done["job_status"] == 100
+    first, second = (_pixels(requests.get(t["download_link"], timeout=30).content) for t in done["tasks"])
+    source = _pixels(photo)
+    x1, y1, x2, y2 = corner
+    inner = (slice(y1 + 4, y2 - 4), slice(x1 + 4, x2 - 4))
+    assert second[inner].std() < source[inner].std() * 0.8  # the box drawn on the second file
+    assert np.abs(first[inner] - source[inner]).mean() < 3  # not on the first

@@ -16,7 +16,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import ValidationError
 
 from ...db.models import AdminUser, Job, Task
-from ...jobs import admins, credits, keys
+from ...jobs import admins, credits, keys, reports
+from ...jobs.archive import ArchiveError
 from ...jobs.review import InvalidRender, render_cost, request_render
 from ...jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, JobConflict, JobNotFound
 from ..schemas import RenderRequest
@@ -57,7 +58,7 @@ def _index(request: Request, task: Task) -> DocIndex:
 def _not_found(request: Request):
     return render(request, "message.html", status_code=404, title="Nothing to review",
                   message="This job has no file with a detections document to review (its files were deleted, "
-                          "it is an archive, or it ran before documents were kept).", active="review")
+                          "its video ran in segments, or it ran before documents were kept).", active="review")
 
 
 @router.get("/jobs/{job_id}/review")
@@ -134,14 +135,16 @@ def picture(request: Request, job_id: str, index: int, which: str, frame: int = 
     except _Missing:
         return Response(status_code=404)
     svc = request.app.state.service
-    if which == "before":
-        where = (INPUT_CONTAINER, job.input_blob)
-    elif which == "after" and task.status == "completed" and task.output_blob and not task.render_pending:
-        where = (OUTPUT_CONTAINER, task.output_blob)
-    else:
-        return Response(status_code=404)
-    path = _files.path(svc.store, *where)
     try:
+        if which == "before" and reports.kind_of(job.file_name) == "archive":  # the file, from the archive
+            path = _files.member(svc.store, INPUT_CONTAINER, job.input_blob, task.input_name)
+        elif which == "before":
+            path = _files.path(svc.store, INPUT_CONTAINER, job.input_blob)
+        elif which == "after" and task.status == "completed" and task.output_blob and not task.render_pending:
+            path = _files.path(svc.store, OUTPUT_CONTAINER, task.output_blob)
+        else:
+            return Response(status_code=404)
+
         if task.media == "video":
             doc = _index(request, task)
             if frame >= doc.frames:
@@ -149,7 +152,7 @@ def picture(request: Request, job_id: str, index: int, which: str, frame: int = 
             data = _frames.jpeg(path, doc.pts, frame, REVIEW_SIDE)
         else:
             data = _photo(path)
-    except (OSError, ValueError, IndexError, UnidentifiedImageError):
+    except (OSError, ValueError, IndexError, UnidentifiedImageError, ArchiveError):
         return Response(status_code=404)
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
 

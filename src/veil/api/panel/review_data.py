@@ -63,6 +63,21 @@ class LocalFiles:
     def path(self, store, container: str, blob: str) -> Path:
         return self._files.get_or_make((container, blob), lambda: self._fetch(store, container, blob))
 
+    def member(self, store, container: str, blob: str, name: str) -> Path:
+        """One file of an archive blob, extracted (with the archive checks of `veil.jobs.archive`)."""
+        def extract() -> Path:
+            from ...jobs.archive import iter_member_files
+
+            archive = self.path(store, container, blob)
+            for member, file in iter_member_files(archive, work_dir=self._dir):
+                if member == name:
+                    dst = self._dir / f"{len(os.listdir(self._dir))}-member{file.suffix}"
+                    shutil.copyfile(file, dst)
+                    return dst
+            raise FileNotFoundError(f"{name} is not in the archive")
+
+        return self._files.get_or_make((container, blob, name), extract)
+
     def _fetch(self, store, container: str, blob: str) -> Path:
         with store.open_read(container, blob) as src:
             name = getattr(src, "name", None)
