@@ -244,6 +244,10 @@ def test_reviewer_covers_a_span_of_video_frames_with_the_keyboard(server, signed
     _frame_is(page, 20)
     expect(page.locator("#overlay g.c-added:not(.key)")).to_have_count(1)  # interpolated between them
     _render(page)
+    page.keyboard.press("ArrowRight")  # before and after follow the frame shown
+    expect(page.locator("#compare-after")).to_have_attribute("src", re.compile(r"after\.jpg\?frame=21&"))
+    before, after = (_pixels(page.request.get(f"/admin/jobs/{job_id}/review/0/{which}.jpg?frame=21").body())
+                     for which in ("before", "after"))
 
     done = _result(key, job_id)
     assert done["job_status"] == 100, done["job_status_description"]
@@ -256,6 +260,7 @@ def test_reviewer_covers_a_span_of_video_frames_with_the_keyboard(server, signed
     blurred = [output[i][inner].std() < source[i][inner].std() * 0.45 for i in range(40)]
     assert all(blurred[5:31]), [i for i in range(5, 31) if not blurred[i]]
     assert not any(blurred[:5]) and not any(blurred[31:]), [i for i in range(31, 40) if blurred[i]]
+    assert after[inner].std() < before[inner].std() * 0.45  # the page's "after" is the output's frame 21
 
 
 def test_roles_reviewer_and_viewer(server, signed_in, shared_data, tmp_path):

@@ -128,8 +128,10 @@ def timeline(request: Request, job_id: str, index: int, face: float = Query(0.5,
 
 @router.get("/jobs/{job_id}/review/{index}/{which}.jpg")
 def picture(request: Request, job_id: str, index: int, which: str, frame: int = Query(0, ge=0),
+            side: int = Query(REVIEW_SIDE, ge=160, le=REVIEW_SIDE),
             admin: AdminUser = Depends(security.current_admin)) -> Response:
-    """The input ("before") or the output ("after") at review resolution: a photo, or one frame of a video."""
+    """The input ("before") or the output ("after") at review resolution: a photo, or one frame of a video
+    (`side`: its long side, smaller while playing)."""
     try:
         job, task = _reviewable(request, job_id, index)
     except _Missing:
@@ -149,7 +151,7 @@ def picture(request: Request, job_id: str, index: int, which: str, frame: int = 
             doc = _index(request, task)
             if frame >= doc.frames:
                 return Response(status_code=404)
-            data = _frames.jpeg(path, doc.pts, frame, REVIEW_SIDE)
+            data = _frames.jpeg(path, doc.pts, frame, side)
         else:
             data = _photo(path)
     except (OSError, ValueError, IndexError, UnidentifiedImageError, ArchiveError):

@@ -245,7 +245,8 @@
   function show(index) {
     index = Math.max(0, Math.min(setup.frames - 1, index));
     state.frame = index;
-    picture.src = base + "/before.jpg?frame=" + index;
+    picture.src = base + "/before.jpg?frame=" + index + (playing ? "&side=480" : "");  // playing: lower resolution
+    if (isVideo && !$("compare").hidden) compare();  // before and after follow the frame
     if (isVideo) { $("scrubber").value = index; $("frame-label").textContent = index + (setup.fps ? " · " + (index / setup.fps).toFixed(2) + " s" : ""); }
     ensureFrames(index).then(draw);
     if (index + WINDOW / 2 < setup.frames) ensureFrames(index + WINDOW / 2);
@@ -285,6 +286,8 @@
     var canvas = $("timeline");
     if (!canvas || !state.timeline) return;
     var data = state.timeline, lanes = data.lanes.length, ratio = window.devicePixelRatio || 1;
+    $("timeline-note").textContent = data.marks.length + " place" + (data.marks.length === 1 ? "" : "s") + " to look, " +
+      (data.tracks_ready ? lanes + " track" + (lanes === 1 ? "" : "s") : "finding tracks…");
     var width = canvas.clientWidth, laneH = Math.max(4, Math.min(14, (100 - 16) / Math.max(1, lanes)));
     var height = 18 + lanes * laneH + 4;
     canvas.width = width * ratio; canvas.height = height * ratio; canvas.style.height = height + "px";
@@ -419,12 +422,13 @@
   }
   function done(final) {
     if (final !== "completed") { notice("The render ended " + final + ": see the job's page."); return; }
+    stamp = "&v=" + Date.now();
     setup.rendered = true;
     compare();
     $("render").disabled = false;
   }
+  var stamp = "&v=" + Date.now();
   function compare() {
-    var stamp = "&v=" + Date.now();
     $("compare-before").src = base + "/before.jpg?frame=" + state.frame;
     $("compare-after").src = base + "/after.jpg?frame=" + state.frame + stamp;
     $("compare").hidden = false;
@@ -449,7 +453,7 @@
   window.addEventListener("resize", function () { zoom(); });
   zoom(0);
   picture.addEventListener("load", draw);
-  if (setup.rendered && !isVideo) compare();
+  if (setup.rendered) compare();
   if (isVideo) loadTimeline();
   show(0);
 })();
