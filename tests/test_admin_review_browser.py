@@ -199,7 +199,8 @@ def test_reviewer_fixes_a_photo_and_renders(server, signed_in, shared_data, tmp_
 
     # the job page records who rendered, with the edits
     page.goto(f"/admin/jobs/{job_id}")
-    expect(page.locator("#review-log")).to_contain_text(f"{REVIEWER} render: 2 edits")
+    expect(page.locator("#review-log")).to_contain_text(f"{REVIEWER} render: 2 edits (file 0: remove {face_id}; "
+                                                        "add face on frame 0)")
 
 
 def _frame_is(page, index: int) -> None:
@@ -317,6 +318,14 @@ def test_two_reviewers_see_the_claim(server, signed_in, shared_data, tmp_path):
     expect(ana.locator(f'tr[data-job="{job_id}"]')).to_contain_text("free")
     ben.goto(f"/admin/jobs/{job_id}/review/0")
     expect(ben.locator("#claim")).to_have_text("You are reviewing this job: others see that.")
+
+    # a render the job's document cannot serve is refused with the field named, nothing queued
+    token = ben.locator("input[name=csrf_token]").first.input_value()
+    bad = ben.request.post(f"/admin/jobs/{job_id}/render", headers={"X-CSRF-Token": token},
+                           data={"edits": {"0": [{"op": "add", "kind": "face", "frames": {"0": [0, 0, 9000, 10]}}]}})
+    assert bad.status == 422 and bad.json()["error"].startswith("edits › 0 › 0 › frames › 0: the box must lie inside")
+    no_token = ben.request.post(f"/admin/jobs/{job_id}/render", data={})
+    assert no_token.status == 403 and _result(key, job_id)["state"] == "awaiting_review"
 
 
 def test_an_archive_is_reviewed_file_by_file(server, signed_in, shared_data, tmp_path):

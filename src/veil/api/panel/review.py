@@ -191,11 +191,29 @@ async def render_job(request: Request, job_id: str, admin: AdminUser = Depends(s
         return JSONResponse({"error": f"Not enough credits on the job's key: {exc}"}, 402)
     except JobConflict as exc:
         return JSONResponse({"error": f"Not possible now: {exc}."}, 409)
-    count = sum(len(v) for v in edits.values())
-    changed = ", ".join(f"{k} {v}" for k, v in body.config.items())
-    admins.record(svc.db, job_id, admin.email, "render",
-                  f"{count} edit{'' if count == 1 else 's'}" + (f"; {changed}" if changed else ""))
+    admins.record(svc.db, job_id, admin.email, "render", _summary(body.config, edits))
     return JSONResponse({"queued": True}, 202)
+
+
+def _summary(config: dict, edits: dict[str, list]) -> str:
+    """"2 edits (file 0: remove 0.3; add face on frames 5-30); blur_threshold 0.35" for the review log."""
+    count = sum(len(v) for v in edits.values())
+    parts = []
+    for index, value in sorted(edits.items()):
+        shown = []
+        for e in value:
+            if e.get("op") == "add":
+                frames = sorted(int(f) for f in e.get("frames", {}))
+                shown.append(f"add {e.get('kind')} on frame{'s' if len(frames) > 1 else ''} "
+                             f"{frames[0]}{f'-{frames[-1]}' if len(frames) > 1 else ''}" if frames else "add")
+            elif e.get("op") == "remove_track":
+                shown.append(f"remove track {e.get('track')}")
+            else:
+                shown.append(f"{e.get('op')} {', '.join(map(str, e.get('ids', [])[:10]))}")
+        parts.append(f"file {index}: {'; '.join(shown)}")
+    text = f"{count} edit{'' if count == 1 else 's'}" + (f" ({' · '.join(parts)})" if parts else "")
+    changed = ", ".join(f"{k} {v}" for k, v in config.items())
+    return text + (f"; {changed}" if changed else "")
 
 
 @router.post("/jobs/{job_id}/claim")
