@@ -1,6 +1,7 @@
-"""Admin accounts for the web panel: argon2id password hashes, back-off after failed sign-ins, and
+"""Accounts for the web panel: argon2id password hashes, back-off after failed sign-ins, and
 server-side sessions (the browser holds a random token; only its sha256 is stored, so signing out
-or deleting an account ends the session everywhere).
+or deleting an account ends the session everywhere). Each account has a role (`ROLES`: admin, reviewer,
+viewer; the panel enforces them); reviewers' soft claims on jobs and the review log live here too.
 
 Failed sign-ins are throttled three ways, so that guessing stays slow but an outsider cannot lock the owner
 out from another address (issue 18): per email *and source address* (the owner's own address keeps its own
