@@ -244,6 +244,24 @@ def test_reviewer_covers_a_span_of_video_frames_with_the_keyboard(server, signed
     page.keyboard.press("Shift+ArrowLeft")
     _frame_is(page, 20)
     expect(page.locator("#overlay g.c-added:not(.key)")).to_have_count(1)  # interpolated between them
+
+    # Shift+T removes the selected candidate's whole track: on the next frame too
+    expect(page.locator("#timeline-note")).to_contain_text(re.compile(r"\d+ tracks?$"))
+    row = page.locator("#cand-list .cand-row", has_text="track").first
+    track = re.search(r"track (\d+)", row.inner_text()).group(1)
+    row.click()
+    page.keyboard.press("Shift+T")
+    same_track = page.locator("#cand-list .cand-row", has_text=f"track {track}")
+    for steps in range(1, 6):  # the next frame the detector ran on
+        page.keyboard.press("ArrowRight")
+        _frame_is(page, 20 + steps)
+        page.wait_for_load_state("networkidle")
+        if same_track.count():
+            break
+    expect(same_track.locator(".chip")).to_have_text("removed")
+    for _ in range(steps):
+        page.keyboard.press("ArrowLeft")
+    _frame_is(page, 20)
     _render(page)
     page.keyboard.press("ArrowRight")  # before and after follow the frame shown
     expect(page.locator("#compare-after")).to_have_attribute("src", re.compile(r"after\.jpg\?frame=21&"))
