@@ -39,7 +39,7 @@ from sqlalchemy import select
 
 import seed_client
 from _service_helpers import padded_jpeg, settings_for
-from test_scaleout import PG_SERVER, Deployment, _clip, _outputs, _report, _session, _submit, _wait
+from test_scaleout import PG_SERVER, Deployment, _blobs, _clip, _report, _session, _submit, _wait
 from test_segments import _TINY_SEGMENTS, _video_job
 from test_video import make_clip
 from veil.db.session import open_database
@@ -513,7 +513,7 @@ def test_postgresql_goes_away_mid_job_and_comes_back(scaled, shared_data, tmp_pa
     finally:
         proxy.restore()
     books.charged_once(key_id, 1000, _wait(dep, token, job_id, lambda r: r["job_status"] in (100, 200), 240))
-    assert _files_done(dep, job_id) == 1 and set(_outputs(dep, job_id)) == books.recorded(job_id)
+    assert _files_done(dep, job_id) == 1 and set(_blobs(dep, job_id)) == books.recorded(job_id)
     assert dep.log("worker-1").count(f"job {job_id}: started by") == 2  # the cut stopped the first run
     token, key_id = books.key(100)
     after = _submit(dep, token, _clip(shared_data, tmp_path / "short.mp4", frames=25))
@@ -585,6 +585,6 @@ def test_redis_restarts_mid_job(scaled, shared_data, tmp_path):
     broker.start()
     for token, key_id, job_id, credit in ((t1, k1, running, 1000), (t2, k2, waiting, 100)):
         books.charged_once(key_id, credit, _wait(dep, token, job_id, lambda r: r["job_status"] in (100, 200), 240))
-        assert _files_done(dep, job_id) == 1 and set(_outputs(dep, job_id)) == books.recorded(job_id)
+        assert _files_done(dep, job_id) == 1 and set(_blobs(dep, job_id)) == books.recorded(job_id)
     after = _submit(dep, t3, _clip(shared_data, tmp_path / "after.mp4", frames=30))
     books.charged_once(k3, 100, _wait(dep, t3, after, lambda r: r["job_status"] in (100, 200), 120))

@@ -1,6 +1,7 @@
 """With `{"enable_lp": true}` alone, plates are tracked (lp_track defaults to true): no plate of the dev car clip
 can be detected again on its output. Checked with the photo detector (more views and passes than the video
-pipeline) on every third output frame, on ONNX Runtime's CPU provider (the figures' runtime: bfloat16
+pipeline), at a lower bar than the anonymizer's (0.4: a plate a person might still read), on every third
+output frame, on ONNX Runtime's CPU provider (the figures' runtime: bfloat16
 runtimes score a few candidates differently), in a fresh process so that no cached detector is reused."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from veil.engine.video import anonymize_video
 
 src, dst, config, every = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
 anonymize_video(src, dst, ModelConfig(**config))
-detector = get_detector(ModelConfig(blur_face=False, enable_lp=True))
+detector = get_detector(ModelConfig(blur_face=False, enable_lp=True, lp_threshold=0.4))
 found = {}
 with av.open(str(dst)) as container:
     for index, frame in enumerate(container.decode(video=0)):
@@ -51,6 +52,6 @@ def test_no_plate_of_the_car_clip_is_detectable_on_its_output(detection_models, 
 
 def test_control_untracked_plates_leak_a_frame(detection_models, shared_data, tmp_path):
     """The check above can fail: untracked (the vendor's lp_track default), frame 96's white car keeps a
-    readable rear plate for the detector."""
+    readable rear plate for the detector (0.48 there; tracked, nothing on these frames scores even 0.3)."""
     found = _plates_found_again(shared_data, tmp_path, {"enable_lp": True, "lp_track": False}, every=3)
     assert "96" in found

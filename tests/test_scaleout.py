@@ -202,15 +202,26 @@ def _runner(dep: Deployment, job_id: str) -> str:
     return name
 
 
+def _both_workers(dep: Deployment) -> None:
+    """Start again a worker an earlier test killed or stopped: the next test needs a survivor."""
+    for name in ("worker-1", "worker-2"):
+        if name not in dep.procs:
+            dep.start_worker(name)
+
+
 def _producers(dep: Deployment, job_id: str) -> list[str]:
     return [n for n in ("worker-1", "worker-2") if f"job {job_id}: file 0 done" in dep.log(n)]
 
 
-def _outputs(dep: Deployment, job_id: str) -> list[str]:
+def _blobs(dep: Deployment, job_id: str) -> list[str]:
+    """Everything stored for the job in the output container: outputs and detections documents."""
     from veil.storage.azure import AzureBlobStore
 
-    names = AzureBlobStore(dep.env["VEIL_AZURE_CONNECTION_STRING"]).list("outputs", f"{job_id}/")
-    return [name for name in names if not name.endswith(".detections.gz")]  # the anonymized files only
+    return AzureBlobStore(dep.env["VEIL_AZURE_CONNECTION_STRING"]).list("outputs", f"{job_id}/")
+
+
+def _outputs(dep: Deployment, job_id: str) -> list[str]:
+    return [name for name in _blobs(dep, job_id) if not name.endswith(".detections.gz")]  # anonymized files
 
 
 def test_seed_client_end_to_end(deployment, shared_data, tmp_path, monkeypatch):
@@ -278,6 +289,7 @@ def test_sigterm_to_a_worker_mid_video_hands_the_job_to_the_other(deployment, sh
     from veil.db.models import Job
     from veil.db.session import open_database
 
+    _both_workers(deployment)
     key = deployment.key(100)
     job_id = _submit(deployment, key, _clip(shared_data, tmp_path / "long.mp4", frames=370, width=768))
     seen: list[int] = []
@@ -315,9 +327,7 @@ def test_kill_9_of_a_worker_mid_render(deployment, shared_data, tmp_path):
     from veil.db.session import open_database
     from veil.jobs.credits import ledger
 
-    for name in ("worker-1", "worker-2"):
-        if name not in deployment.procs:
-            deployment.start_worker(name)
+    _both_workers(deployment)
     key = deployment.key(100)
     job_id = _submit(deployment, key, _clip(shared_data, tmp_path / "render.mp4", frames=400, width=960))
     done = _wait(deployment, key, job_id, lambda r: r["job_status"] in (100, 200), 300)
