@@ -235,3 +235,27 @@ def test_cancelling_a_queued_render_or_a_job_awaiting_review(client, shared_data
     from veil.jobs.keys import get_key
 
     assert get_key(client.svc.db, client.svc.get_job(job_id).key_id).credits == 9  # only the first job's cost
+
+
+def test_the_panel_job_page_shows_where_to_look(tmp_path, shared_data, detection_models):
+    """The per-file report on the admin panel's job page: regions per kind and the candidates just below the
+    threshold, from the task's report."""
+    from fastapi.testclient import TestClient
+
+    from _service_helpers import settings_for
+    from test_admin_auth import PASSWORD, _sign_in
+    from veil.api.app import create_app
+
+    app = create_app(settings_for(tmp_path, admin_email="ops@example.com", admin_password=PASSWORD))
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        http.svc = app.state.service
+        key = new_key(http.svc, credits=10)
+        crowd = shared_data / "facemask_faces/images/test_shutterstock_289132226.jpg"
+        job_id = _job(http, key, crowd.read_bytes(), {"enable_lp": False})
+        process_job(job_id, http.svc)
+        summary = http.svc.get_job(job_id).tasks[0].summary["faces"]
+        assert summary["below_threshold"]["candidates"] > 0  # this crowd has faces just below 0.5
+        assert _sign_in(http, next_page=f"/admin/jobs/{job_id}").status_code == 303
+        page = http.get(f"/admin/jobs/{job_id}").text
+        assert f"faces: {summary['regions']}" in page
+        assert f"{summary['below_threshold']['candidates']} just below the threshold" in page
