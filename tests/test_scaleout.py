@@ -139,20 +139,26 @@ def deployment(tmp_path_factory, detection_models, shared_data) -> Iterator[Depl
 
 
 def _clip(shared_data: Path, dst: Path, frames: int, width: int = 640) -> Path:
-    """The first `frames` frames of the test video, scaled to `width`, 25 fps H.264."""
+    """`frames` frames of the test video (played again from the start when it is shorter), scaled to `width`,
+    25 fps H.264."""
     if dst.exists():
         return dst
-    with av.open(str(shared_data / VIDEO)) as inp, av.open(str(dst), "w") as out:
-        src = inp.streams.video[0]
+    with av.open(str(dst), "w") as out:
         stream = out.add_stream("libx264", rate=Fraction(25))
-        stream.width, stream.height = width, round(src.height * width / src.width / 2) * 2
         stream.pix_fmt = "yuv420p"
-        for i, frame in enumerate(inp.decode(src)):
-            if i >= frames:
-                break
-            frame = frame.reformat(width=stream.width, height=stream.height, format="yuv420p")
-            frame.pts = None
-            out.mux(stream.encode(frame))
+        written = 0
+        while written < frames:
+            with av.open(str(shared_data / VIDEO)) as inp:
+                src = inp.streams.video[0]
+                if not written:  # sized once, before the encoder opens
+                    stream.width, stream.height = width, round(src.height * width / src.width / 2) * 2
+                for frame in inp.decode(src):
+                    if written >= frames:
+                        break
+                    frame = frame.reformat(width=stream.width, height=stream.height, format="yuv420p")
+                    frame.pts, frame.time_base = written, Fraction(1, 25)
+                    out.mux(stream.encode(frame))
+                    written += 1
         out.mux(stream.encode())
     return dst
 
@@ -195,9 +201,15 @@ def _wait(dep: Deployment, key: str, job_id: str, until, seconds: float) -> dict
 
 
 def _runner(dep: Deployment, job_id: str) -> str:
-    """The worker whose log says it started the job most recently."""
-    starts = {name: dep.log(name).rfind(f"job {job_id}: started by") for name in ("worker-1", "worker-2")}
-    name, at = max(starts.items(), key=lambda item: item[1])
+    """The worker whose log says it started the job most recently (the line may reach the file a moment after
+    the job's progress reaches the database)."""
+    deadline = time.monotonic() + 15
+    while True:
+        starts = {name: dep.log(name).rfind(f"job {job_id}: started by") for name in ("worker-1", "worker-2")}
+        name, at = max(starts.items(), key=lambda item: item[1])
+        if at >= 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert at >= 0, f"no worker started {job_id}"
     return name
 
@@ -291,7 +303,7 @@ def test_sigterm_to_a_worker_mid_video_hands_the_job_to_the_other(deployment, sh
 
     _both_workers(deployment)
     key = deployment.key(100)
-    job_id = _submit(deployment, key, _clip(shared_data, tmp_path / "long.mp4", frames=370, width=768))
+    job_id = _submit(deployment, key, _clip(shared_data, tmp_path / "long.mp4", frames=1500, width=768))
     seen: list[int] = []
     _wait(deployment, key, job_id, lambda r: seen.append(r["job_status"]) or r["job_status"] > 0, 180)
     assert seen[-1] < 100, "finished before it could be interrupted; use a longer clip"
