@@ -138,16 +138,17 @@ def deployment(tmp_path_factory, detection_models, shared_data) -> Iterator[Depl
             engine.dispose()
 
 
-def _clip(shared_data: Path, dst: Path, frames: int, width: int = 640) -> Path:
-    """`frames` frames of the test video (played again from the start when it is shorter), scaled to `width`,
-    25 fps H.264."""
+def _clip(shared_data: Path, dst: Path, frames: int, width: int = 640, loop: bool = False) -> Path:
+    """The first `frames` frames of the test video (all of it if shorter; with `loop`, played again until
+    there are `frames`), scaled to `width`, 25 fps H.264."""
     if dst.exists():
         return dst
     with av.open(str(dst), "w") as out:
         stream = out.add_stream("libx264", rate=Fraction(25))
         stream.pix_fmt = "yuv420p"
-        written = 0
-        while written < frames:
+        written, passes = 0, 0
+        while written < frames and (loop or not passes):
+            passes += 1
             with av.open(str(shared_data / VIDEO)) as inp:
                 src = inp.streams.video[0]
                 if not written:  # sized once, before the encoder opens
@@ -156,7 +157,9 @@ def _clip(shared_data: Path, dst: Path, frames: int, width: int = 640) -> Path:
                     if written >= frames:
                         break
                     frame = frame.reformat(width=stream.width, height=stream.height, format="yuv420p")
-                    frame.pts, frame.time_base = written, Fraction(1, 25)
+                    frame.pts = None
+                    if loop:  # a second pass needs its timestamps given
+                        frame.pts, frame.time_base = written, Fraction(1, 25)
                     out.mux(stream.encode(frame))
                     written += 1
         out.mux(stream.encode())
@@ -303,7 +306,7 @@ def test_sigterm_to_a_worker_mid_video_hands_the_job_to_the_other(deployment, sh
 
     _both_workers(deployment)
     key = deployment.key(100)
-    job_id = _submit(deployment, key, _clip(shared_data, tmp_path / "long.mp4", frames=1500, width=768))
+    job_id = _submit(deployment, key, _clip(shared_data, tmp_path / "long.mp4", frames=1500, width=768, loop=True))
     seen: list[int] = []
     _wait(deployment, key, job_id, lambda r: seen.append(r["job_status"]) or r["job_status"] > 0, 180)
     assert seen[-1] < 100, "finished before it could be interrupted; use a longer clip"
