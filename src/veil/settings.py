@@ -39,18 +39,21 @@ class EngineSettings(BaseSettings):
         "auto", description="OpenVINO inference precision (`auto`: bf16 where the CPU computes it natively).")
     ort_threads: int | None = Field(
         None, ge=0, description="ONNX Runtime intra-op threads (0: its own choice); unset: the physical cores.")
-    model_dir: Path = Field(default_factory=_default_model_dir, description="Where the models are kept "
+    model_dir: Path = Field(default_factory=_default_model_dir,
+                            json_schema_extra={"shown_default": "~/.cache/veil/models"}, description="Where the models are kept "
                             "(default `$XDG_CACHE_HOME/veil/models`, i.e. `~/.cache/veil/models`).")
     x264_preset: Literal[X264_PRESETS] = Field("veryfast", description="x264 preset of video output.")  # type: ignore[valid-type]
     video_face_side: int = Field(640, ge=64, le=8192, description="Longest side of a video scan's face detector "
                                  "input (small videos are upscaled to it).")
-    video_plate_side: int = Field(960, ge=64, le=8192, description="The same for the plate detector.")
+    video_plate_side: int = Field(960, ge=64, le=8192, description="Longest side of a video scan's plate "
+                                  "detector input, at least 2/3 of the frame's.")
     video_detect_fps: float = Field(4.0, gt=0, le=240, description="Face detector runs a second of video "
                                     "(tracked faces; the tracker bridges the frames between).")
     video_plate_detect_fps: float = Field(15.0, gt=0, le=240, description="Plate detector runs a second of video "
                                           "(tracked plates).")
     video_face_scan_fps: float = Field(2.0, gt=0, le=240, description="Scans for new faces a second of video.")
-    video_plate_scan_fps: float = Field(5.0, gt=0, le=240, description="Scans for new plates a second of video.")
+    video_plate_scan_fps: float = Field(5.0, gt=0, le=240, description="Scans for new plates a second of video "
+                                        "(motion-gated; at 3: 1 leaked plate-frame on the bench clip).")
     video_tile_fps: float = Field(1.0, gt=0, le=240, description="With slicing, tiles added to a scan a second.")
     video_full_scan_fps: float = Field(0.5, gt=0, le=240, description="Whole-frame scans a second, whatever "
                                        "changed.")
@@ -79,8 +82,10 @@ class Settings(EngineSettings):
     model_config = SettingsConfigDict(env_prefix="VEIL_", extra="ignore")
 
     data_dir: Path = Field(
-        default_factory=lambda: _default_data_dir(), description="Where the database, blobs and secrets live; "
-        "the same for every command wherever it runs (Linux: ~/.local/share/veil).")
+        default_factory=lambda: _default_data_dir(), json_schema_extra={"shown_default": "~/.local/share/veil"},
+        description="Where the database, blobs and secrets live; the same for every command wherever it runs "
+        "(`veil serve`, `veil keys create`, `veil doctor`; the platform's user data dir, ~/.local/share/veil on "
+        "Linux). Earlier versions defaulted to `./data`: set `VEIL_DATA_DIR=./data` to keep using it.")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default SQLite at <data_dir>/veil.db. "
         "PostgreSQL: postgresql+psycopg://user:pass@host/db.")
@@ -213,8 +218,9 @@ class Settings(EngineSettings):
     price_per_archive_file: int = Field(
         0, ge=0, description="Extra credits per file inside an archive (on top of its image/video price).")
     price_minimum_per_job: int = Field(1, ge=0, description="The least any job costs.")
-    price_video_fps: int = Field(60, ge=1, description="Frames a second one video minute covers; a video with "
-                                 "more frames than that over its length is priced by its frame count at this rate.")
+    price_video_fps: int = Field(60, ge=1, description="Frames a second one video minute covers: a video is "
+                                 "priced on the longer of its header's duration, its frames' timestamp span and its "
+                                 "frame count at this rate (a header cannot make a long video cheap).")
     callback_secret: str | None = Field(
         None, description="HMAC key signing callback bodies; when unset, generated once and kept in the "
         "database (the same for every process).")
