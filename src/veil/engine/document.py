@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from .detections import FACE, KIND_NAMES, PLATE, Detections
+from .detections import FACE, PLATE, Detections
 
 FORMAT, VERSION = "veil-detections", 1
 KIND_OF = {"face": FACE, "plate": PLATE}
@@ -263,6 +263,3 @@ def _span_box(frames: dict[int, Box], index: int) -> Box | None:
     t = (index - before) / (after - before)
     return tuple((1 - t) * a + t * b for a, b in zip(frames[before], frames[after]))
 
-
-def kind_floor(header: Header, kind: int) -> float:
-    return float(header.floor[KIND_NAMES[kind]])

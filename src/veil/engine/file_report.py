@@ -40,14 +40,11 @@ def summarize(report: Report, frames: Iterable[Frame] | None, config: ModelConfi
     drawn = {f.index: f.detections for f in report.frames}
     out: dict[str, Any] = {"media": report.media, "frames": len(report.frames), "edits": edits}
     kinds = {kind: _Kind(thresholds[kind]) for kind in (FACE, PLATE)}
-    for frame in frames or ():
-        boxes = drawn.get(frame.index, Detections())
+    pairs = (((index, boxes, None) for index, boxes in drawn.items()) if frames is None else
+             ((f.index, drawn.get(f.index, Detections()), f.candidates) for f in frames))
+    for index, boxes, candidates in pairs:
         for kind, tally in kinds.items():
-            tally.add(frame.index, boxes.kind(kind), frame.candidates.kind(kind))
-    if frames is None:
-        for index, boxes in drawn.items():
-            for kind, tally in kinds.items():
-                tally.add(index, boxes.kind(kind), None)
+            tally.add(index, boxes.kind(kind), None if candidates is None else candidates.kind(kind))
     for kind, tally in kinds.items():
         out[KIND_NAMES[kind]] = tally.figures(with_candidates=frames is not None)
     return out

@@ -36,7 +36,6 @@ from .video_writer import discard
 
 Progress = Callable[[float], None]
 IMAGE_FLOOR = 0.1  # photos: candidates kept down to this calibrated score (98.5 % of crowd faces, DESIGN.md)
-_DETECTION_KEYS = ("blur_face", "enable_lp", "slicing", "face_track", "lp_track")
 
 
 def render_config(header: Header, overrides: dict | None = None) -> ModelConfig:
@@ -118,12 +117,10 @@ def select(candidates: Detections, config: ModelConfig, review: Review, frame: F
     """An image's boxes to redact: candidates at `config`'s thresholds after the review's edits, plus its boxes."""
     if frame is not None:
         candidates = review.candidates(frame)
-    keep = np.zeros(len(candidates), bool)
-    for kind, wanted, threshold in ((FACE, config.wants_faces, config.blur_threshold),
-                                    (PLATE, config.wants_plates, config.lp_threshold)):
-        if wanted:
-            keep |= (candidates.kinds == kind) & (candidates.scores >= threshold - 1e-6)
-    return Detections.concat([candidates[keep], _without_tracks(review.boxes(0))])
+    thresholds = {kind: threshold for kind, wanted, threshold in ((FACE, config.wants_faces, config.blur_threshold),
+                                                                  (PLATE, config.wants_plates, config.lp_threshold))
+                  if wanted}
+    return Detections.concat([candidates[_at_least(candidates, thresholds)], _without_tracks(review.boxes(0))])
 
 
 def write_image_document(path: Path, image: image_io.ImageFile, config: ModelConfig, candidates: Detections,
@@ -167,8 +164,8 @@ def document_candidates(header: Header, frames: Iterator[Frame], config: ModelCo
     detector at `config`'s thresholds would have given it), in step with the decoder."""
     tracked = {k for k, on in ((FACE, header.config.get("face_track")), (PLATE, header.config.get("lp_track")))
                if on}
-    low = {FACE: config.blur_threshold - LOW_SCORE_MARGIN, PLATE: config.lp_threshold - LOW_SCORE_MARGIN}
-    wanted = [k for k, on in ((FACE, config.wants_faces), (PLATE, config.wants_plates)) if on]
+    low = {kind: threshold - LOW_SCORE_MARGIN for kind, on, threshold in (
+        (FACE, config.wants_faces, config.blur_threshold), (PLATE, config.wants_plates, config.lp_threshold)) if on}
 
     class _Planner:
         stride, scan_interval = header.video["stride"], header.video["scan"]
@@ -181,10 +178,7 @@ def document_candidates(header: Header, frames: Iterator[Frame], config: ModelCo
             if not doc.ran:
                 return None
             dets = review.candidates(doc)
-            keep = np.zeros(len(dets), bool)
-            for kind in wanted:
-                keep |= (dets.kinds == kind) & (dets.scores >= max(0.0, low[kind]) - 1e-6)
-            return dets[keep]
+            return dets[_at_least(dets, low)]
 
     def plan(source):
         planner = _Planner()
@@ -208,7 +202,7 @@ def track_candidates(doc: Path) -> dict[int, set[str]]:
         dets = frame.candidates
         if not frame.ran or not len(dets):
             continue
-        keep = np.array([s >= max(0.0, low[int(k)]) - 1e-6 for s, k in zip(dets.scores, dets.kinds)], bool)
+        keep = _at_least(dets, low)
         for n in np.flatnonzero(keep):
             ids[(frame.index, *np.asarray(dets.xyxy[n], np.float64).round(2))] = f"{frame.index}.{n}"
         dets = dets[keep]
@@ -218,6 +212,14 @@ def track_candidates(doc: Path) -> dict[int, set[str]]:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _at_least(dets: Detections, thresholds: dict[int, float]) -> np.ndarray:
+    """Which candidates are of a kind in `thresholds` and score at least its threshold (never below 0)."""
+    keep = np.zeros(len(dets), bool)
+    for kind, threshold in thresholds.items():
+        keep |= (dets.kinds == kind) & (dets.scores >= max(0.0, threshold) - 1e-6)
+    return keep
+
+
 def _floors(config: ModelConfig, faces: float, plates: float) -> dict[str, float]:
     return {KIND_NAMES[FACE]: round(max(0.0, min(faces, config.blur_threshold)), 4),
             KIND_NAMES[PLATE]: round(max(0.0, min(plates, config.lp_threshold)), 4)}
