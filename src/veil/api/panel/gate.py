@@ -20,8 +20,8 @@ from typing import TypeVar
 
 import anyio
 from limits import parse_many
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+
+from ..ratelimit import RateWindows
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ class SignInGate:
                  ) -> None:
         self.slots, self.wait_s = slots, wait_s
         self._rates = [(item, True) for item in parse_many(per_source)] + [(item, False) for item in parse_many(overall)]
-        self._windows = MovingWindowRateLimiter(MemoryStorage())
+        self._windows = RateWindows()
         self._threads = ThreadPoolExecutor(slots, thread_name_prefix="veil-signin", initializer=_lower_priority)
         self._busy: set[str] = set()  # sources with a sign-in in flight (touched on the event loop only)
         self._limiters: dict[int, anyio.CapacityLimiter] = {}  # one per event loop (tests start several)
@@ -74,9 +74,5 @@ class SignInGate:
 
     def _within_rates(self, source: str) -> bool:
         """Counts a password check against the rates; False (not counted) when one is used up."""
-        keys = [(item, ("source", source) if per_source else ("all",)) for item, per_source in self._rates]
-        if not all(self._windows.test(item, *key) for item, key in keys):
-            return False
-        for item, key in keys:
-            self._windows.hit(item, *key)
-        return True
+        return self._windows.take([(item, ("source", source) if per_source else ("all",))
+                                   for item, per_source in self._rates]) is None
