@@ -18,11 +18,12 @@ import requests
 import seed_client
 from _service_helpers import assert_charged_once, settings_for
 from test_health_metrics import hold_engine_at_half
+from test_scaleout import _clip as _looped_clip
 from test_scaleout import _submit
 from test_video import make_clip
 from test_worker import _submit as submit_in_process
 from test_worker import _zip
-from test_worker_restart import _clip, _free_port, _report, _start, _veil
+from test_worker_restart import _free_port, _report, _start, _veil
 from veil.jobs.service import build_service
 from veil.queue.embedded import EmbeddedWorker
 
@@ -79,7 +80,9 @@ def test_sigterm_to_veil_serve_hands_the_job_back_and_progress_never_falls(tmp_p
     api, seen = f"http://127.0.0.1:{port}/v1", []
     monkeypatch.setenv("VEIL_SHUTDOWN_GRACE_SECONDS", "0")
     monkeypatch.setattr(seed_client, "API_URL", api)
-    clip = _clip(shared_data / "videos" / "intel_car-detection.mp4", tmp_path / "clip.mp4")
+    # 900 frames (the test video played again): at 10 % there are seconds of work left even on a fast, idle
+    # machine, where the 150-frame clip was done 0.1 s after the signal, before the drain began
+    clip = _looped_clip(shared_data, tmp_path / "clip.mp4", 900, loop=True)
 
     proc = _start(data, port, log)
     try:
