@@ -19,11 +19,11 @@ from _service_helpers import jpeg_bytes, new_key, seed_upload, settings_for
 from veil.api.app import create_app
 from veil.db.models import CallbackDelivery
 from veil.jobs import callbacks
+from veil.settings import parse_networks
 from veil.jobs.callbacks import (
     CallbackDispatcher,
     InvalidCallbackURL,
     deliver,
-    parse_networks,
     sign,
     signature_headers,
     validate_callback_url,

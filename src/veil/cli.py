@@ -11,7 +11,7 @@ import click
 from . import submit as submit_module
 from .batch import regions
 from .cli_options import config_options, model_config_dict, split_config
-from .engine.config import ModelConfig
+from .engine.config import MediaLimits, ModelConfig
 
 
 @click.group()
@@ -65,7 +65,7 @@ def anonymize(inputs: tuple[Path, ...], output_dir: Path, include: tuple[str, ..
 
     config, _ = split_config(kwargs)
     settings = _settings()
-    options = Options(config, settings.media_limits(), jobs, settings.video_segment_seconds,  # VEIL_MAX_*_PIXELS
+    options = Options(config, MediaLimits.from_settings(settings), jobs, settings.video_segment_seconds,
                       report_out is not None, settings.detections_floor)
     batch = Batch(output_dir, options)
     with exit_on_signals():
@@ -94,7 +94,7 @@ def detect(inputs: tuple[Path, ...], json_out: Path, candidates: bool, **kwargs)
 
     config, _ = split_config(kwargs)
     settings = _settings()
-    limits = settings.media_limits()  # VEIL_MAX_IMAGE_PIXELS, VEIL_MAX_VIDEO_FRAME_PIXELS
+    limits = MediaLimits.from_settings(settings)  # VEIL_MAX_IMAGE_PIXELS, VEIL_MAX_VIDEO_FRAME_PIXELS
     with exit_on_signals():
         if candidates:
             _detect_document(inputs, json_out, config, limits, settings.detections_floor)
@@ -151,7 +151,7 @@ def render(src: Path, document: Path, output_dir: Path, config_json: str | None,
 
     try:
         with exit_on_signals():
-            report = render_file(src, document, dst, overrides, extra, limits=_settings().media_limits())
+            report = render_file(src, document, dst, overrides, extra, limits=MediaLimits.from_settings(_settings()))
     except (MediaError, ValueError) as exc:  # ValueError: a config or document a render cannot use
         raise click.ClickException(str(exc)) from None
     click.echo(f"{src} -> {dst} ({regions(report.detection_count)} redacted)")

@@ -9,6 +9,7 @@ database, so every process of a deployment signs with the same one.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import secrets
@@ -25,6 +26,20 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 
 def _default_model_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "veil" / "models"
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """`"10.0.0.0/8, 127.0.0.1"` → networks; ValueError naming a bad entry."""
+    networks = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP network (write e.g. 10.0.0.0/8 or fd00::/8)") from None
+    return tuple(networks)
 
 
 class EngineSettings(BaseSettings):
@@ -243,8 +258,6 @@ class Settings(EngineSettings):
     @field_validator("callback_allowed_networks")
     @classmethod
     def _networks(cls, value: str) -> str:
-        from .jobs.callbacks import parse_networks
-
         parse_networks(value)  # a ValueError naming the bad entry stops the start-up
         return value
 
@@ -270,24 +283,9 @@ class Settings(EngineSettings):
         return base64.b64decode(self.storage_key or self._secret("storage_key", _new_b64_key))
 
     @property
-    def callback_networks(self):
-        """callback_allowed_networks parsed (ipaddress networks)."""
-        from .jobs.callbacks import parse_networks
-
+    def callback_networks(self) -> tuple[Network, ...]:
+        """callback_allowed_networks parsed."""
         return parse_networks(self.callback_allowed_networks)
-
-    def media_limits(self):
-        """The engine's `MediaLimits` built from the max_*_pixels settings."""
-        from .engine.config import MediaLimits
-
-        return MediaLimits(max_image_pixels=self.max_image_pixels, max_video_frame_pixels=self.max_video_frame_pixels)
-
-    def prices(self):
-        """H7's `Prices` built from the price_* settings."""
-        from .jobs.pricing import Prices
-
-        return Prices(per_image=self.price_per_image, per_video_minute=self.price_per_video_minute,
-                      per_archive_file=self.price_per_archive_file, minimum_per_job=self.price_minimum_per_job, video_fps=self.price_video_fps)
 
     def _secret(self, name: str, make) -> str:
         path = self.data_dir / "secrets.json"

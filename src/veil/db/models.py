@@ -21,6 +21,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# A job's states (the state machine is `veil.jobs.service`'s): waiting for the client or a worker, and final.
+WAITING = ("created", "uploaded", "awaiting_approval", "queued")
+FINAL = ("completed", "failed", "cancelled")
+
+
 def _uuid() -> str:
     return str(uuid.uuid4())
 

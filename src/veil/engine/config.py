@@ -65,3 +65,8 @@ class MediaLimits:
     max_image_pixels: int = 120_000_000
     max_video_frame_pixels: int = 8192 * 4320
     max_video_frames: int = 0  # the frames this video was priced for (the service sets it per file); 0: no bound
+
+    @classmethod
+    def from_settings(cls, settings) -> MediaLimits:
+        """Built from `veil.settings`' VEIL_MAX_IMAGE_PIXELS and VEIL_MAX_VIDEO_FRAME_PIXELS."""
+        return cls(max_image_pixels=settings.max_image_pixels, max_video_frame_pixels=settings.max_video_frame_pixels)

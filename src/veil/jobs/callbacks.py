@@ -53,6 +53,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ..settings import Network
+
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Veil-Signature"
@@ -61,7 +63,6 @@ DELIVERY_HEADER = "X-Veil-Delivery"
 MAX_URL_LENGTH = 2048
 _RETRY_STATUS = {408, 429}
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -102,17 +103,6 @@ def verify(body: bytes, secret: str, signature: str | None, timestamp: str | Non
 
 
 # ---------------------------------------------------------------------------------- addresses
-def parse_networks(text: str) -> tuple[Network, ...]:
-    """`"10.0.0.0/8, 127.0.0.1"` → networks; ValueError naming a bad entry."""
-    networks = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IP network (write e.g. 10.0.0.0/8 or fd00::/8)") from None
-    return tuple(networks)
-
-
 def _reached(address: Address) -> Address:
     """The IPv4 address an IPv4-mapped (`::ffff:a.b.c.d`) or 6to4 IPv6 address really reaches."""
     if isinstance(address, ipaddress.IPv6Address):

@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db.models import CallbackDelivery, CallbackRegistration, DeploymentSecret, Job, utcnow
+from ..db.models import FINAL, CallbackDelivery, CallbackRegistration, DeploymentSecret, Job, utcnow
 from ..settings import Settings
 from .callbacks import CallbackDispatcher, InvalidCallbackURL, Outcome, validate_callback_url
 
@@ -51,8 +51,6 @@ class Notifier:
     def register_callback(self, key_id: str, url: str, job_id: str | None = None) -> CallbackRegistration:
         """Register (once: the same URL again is a no-op). Raises JobNotFound, or InvalidCallbackURL /
         TooManyCallbacks (ValueErrors naming the problem)."""
-        from .service import FINAL  # the state machine's; a job-specific registration ends with its job
-
         validate_callback_url(url, self.settings.callback_networks)
         if job_id is not None:
             self._get_job(job_id, key_id)

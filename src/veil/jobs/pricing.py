@@ -49,6 +49,13 @@ class Prices(BaseModel):
     video_fps: int = Field(60, ge=1, description="Frames a second one video minute covers; a video with more "
                            "frames than that over its length is priced by its frame count at this rate.")
 
+    @classmethod
+    def from_settings(cls, settings) -> Prices:
+        """Built from `veil.settings`' VEIL_PRICE_* values."""
+        return cls(per_image=settings.price_per_image, per_video_minute=settings.price_per_video_minute,
+                   per_archive_file=settings.price_per_archive_file, minimum_per_job=settings.price_minimum_per_job,
+                   video_fps=settings.price_video_fps)
+
 
 def cost_of(path: Path, prices: Prices | None = None, limits: ArchiveLimits | None = None,
             media: MediaLimits = MediaLimits()) -> int:

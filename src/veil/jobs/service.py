@@ -43,8 +43,8 @@ from typing import Any, Literal
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from ..db.models import Job, Task, utcnow
-from ..engine.config import ModelConfig
+from ..db.models import FINAL, WAITING, Job, Task, utcnow
+from ..engine.config import MediaLimits, ModelConfig
 from ..logs import current_job
 from ..settings import Settings
 from ..storage.base import BlobNotFoundError
@@ -52,6 +52,7 @@ from . import credits
 from .leases import Leases
 from .names import public_message, safe_name
 from .notifications import Notifier
+from .pricing import Prices, cost_of
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,6 @@ INPUT_CONTAINER = "uploads"
 OUTPUT_CONTAINER = "outputs"
 MODELS = ("blur",)
 APPROVE_WAITS_FOR_PRICING_SECONDS = 2.0
-WAITING = ("created", "uploaded", "awaiting_approval", "queued")
-FINAL = ("completed", "failed", "cancelled")
 
 
 class JobNotFound(LookupError):
@@ -233,8 +232,6 @@ class JobService:
 
     def price_job(self, job_id: str) -> None:
         """uploaded → awaiting_approval with its cost, or → failed when the upload is unusable."""
-        from .pricing import cost_of
-
         job = self.get_job(job_id)
         if job.status != "uploaded":
             return
@@ -250,7 +247,7 @@ class JobService:
                         return  # priced meanwhile by another caller, which deleted a refused input
                     raise
                 try:
-                    cost = int(cost_of(path, self.settings.prices(), media=self.settings.media_limits()))
+                    cost = int(cost_of(path, Prices.from_settings(self.settings), media=MediaLimits.from_settings(self.settings)))
                 except Exception as exc:  # noqa: BLE001 - input errors (ArchiveError, MediaError) name the problem
                     if not _is_input_error(exc):
                         raise

@@ -49,7 +49,7 @@ def run_review(svc: JobService, job: Job, work: Path, config: ModelConfig, tasks
         stored: list[str] = []
         try:
             if request is None:
-                report = detect_document(path, doc, config, progress.for_file(index), svc.settings.media_limits(),
+                report = detect_document(path, doc, config, progress.for_file(index), MediaLimits.from_settings(svc.settings),
                                          svc.settings.detections_floor)
                 blob = f"{job.id}/{task.index}.{run_tag}.detections.gz"
                 svc.store.write(OUTPUT_CONTAINER, blob, doc)
@@ -89,7 +89,7 @@ def _render_file(svc: JobService, task, path: Path, dst: Path, doc: Path, config
             out.write(chunk)
     edits = EDITS.validate_python(request.get("edits", {}).get(str(task.index), []))
     overrides = request.get("config", {})
-    report = render(path, doc, dst, overrides, edits, progress, svc.settings.media_limits())
+    report = render(path, doc, dst, overrides, edits, progress, MediaLimits.from_settings(svc.settings))
     if edits:
         append_edits(doc, edits)
     blob = f"{task.job_id}/{task.index}.{run_tag}.render{_suffix(path.name)}"  # this run's own names

@@ -58,7 +58,7 @@ def anonymize_segments(svc: JobService, task, path: Path, dst: Path, config: Mod
     folder = work / f"segments-{task.index}"
     folder.mkdir(parents=True, exist_ok=True)
     parts = {s.index: folder / f"{s.index:05d}.mp4" for s in plan}
-    limits = svc.settings.media_limits()
+    limits = MediaLimits.from_settings(svc.settings)
     total = sum(s.analysed for s in plan)
     told, renewed = 0.0, time.monotonic()
     if svc.settings.worker == "celery":
@@ -182,7 +182,7 @@ def process_segment(job_id: str, task_id: int, index: int, svc: JobService) -> b
         if is_archive(src):
             src = next(p for p in expand_archive(src, work / "files") if p.name == task.input_name)
         report = run_segment(src, segment, work / "segment.mp4", ModelConfig(**job.model_config_json), beat,
-                             svc.settings.media_limits())
+                             MediaLimits.from_settings(svc.settings))
         _store(svc, task, index, owner, work / "segment.mp4", report.detection_count)
         return True
     except MediaError as exc:

@@ -283,7 +283,7 @@ def _anonymize(svc: JobService, task: Task, path: Path, dst: Path, config: Model
     from ..engine.anonymize import anonymize
     from ..engine.probe import media_kind, probe
 
-    limits = svc.settings.media_limits()
+    limits = MediaLimits.from_settings(svc.settings)
     video = media_kind(path) == "video"
     frames = 1
     if video:  # never decode more frames than pricing counted in these same bytes (their SHA-256 was checked)
@@ -326,7 +326,7 @@ def _cancelled(svc: JobService, job_id: str, tasks: list[tuple[int, Path]], owne
     processed = [path for task_id, path in tasks if status[task_id] in ("completed", "failed")]
     keep = 0
     if any(status[task_id] == "completed" for task_id, _ in tasks):
-        keep = cost_of_members(processed, svc.settings.prices(), svc.settings.media_limits())
+        keep = cost_of_members(processed, Prices.from_settings(svc.settings), MediaLimits.from_settings(svc.settings))
     svc.finish(job_id, "cancelled", f"cancelled by the client after {len(processed)} of {len(tasks)} files",
                refund_reason=f"job cancelled: {len(tasks) - len(processed)} of {len(tasks)} files not processed",
                keep=keep, owner=owner)

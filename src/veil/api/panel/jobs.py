@@ -8,9 +8,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from ...db.models import AdminUser, Job
+from ...db.models import FINAL, AdminUser, Job
 from ...jobs import admins, credits, keys, previews, reports
-from ...jobs.service import FINAL, INPUT_CONTAINER, OUTPUT_CONTAINER, JobConflict, JobNotFound, job_status_number
+from ...jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, JobConflict, JobNotFound, job_status_number
 from . import security
 from .params import JOBS_PAGE_SIZE as PAGE_SIZE
 from .params import JobsQuery
