@@ -254,6 +254,11 @@ class Settings(EngineSettings):
     callback_allowed_networks: str = Field(
         "", description="Comma-separated networks callbacks may reach besides public addresses, for receivers on "
         "an internal network (e.g. `10.0.0.0/8,fd00::/8`; `0.0.0.0/0,::/0` allows every address).")
+    client_config: Path = Field(
+        default_factory=lambda: _default_client_config(),
+        json_schema_extra={"shown_default": "~/.config/veil/client.toml"},
+        description="`veil submit`'s config file (TOML: `server = \"...\"`, `key = \"...\"`), read when "
+        "--server or the key is not given (default `$XDG_CONFIG_HOME/veil/client.toml`).")
 
     @field_validator("callback_allowed_networks")
     @classmethod
@@ -304,6 +309,10 @@ def _default_data_dir() -> Path:
     import platformdirs
 
     return platformdirs.user_data_path("veil")
+
+
+def _default_client_config() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config").expanduser() / "veil" / "client.toml"
 
 
 def _new_b64_key() -> str:

@@ -8,7 +8,6 @@ created are reused, so nothing is paid for twice.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import tomllib
@@ -24,9 +23,12 @@ EXIT_HELP = ("Exit status: 0 all done, 1 a file failed, 3 key refused, 4 refused
 
 def config_file() -> Path:
     """`VEIL_CLIENT_CONFIG`, else `$XDG_CONFIG_HOME/veil/client.toml` (`server = "..."`, `key = "..."`)."""
-    if path := os.environ.get("VEIL_CLIENT_CONFIG"):
-        return Path(path)
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "veil" / "client.toml"
+    from veil.settings import Settings, SettingsError, load
+
+    try:
+        return load(Settings).client_config
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def submit_options(func):
