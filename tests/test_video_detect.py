@@ -13,7 +13,7 @@ import pytest
 import veil.engine.video_detect as vd
 from veil.engine.config import ModelConfig
 from veil.engine.detections import FACE, Detections
-from veil.engine.video import _Job
+from veil.engine.video import Pipeline
 from veil.engine.video_detect import FrameDetector, around, join
 
 SIZE = 24  # the moving square's side
@@ -62,7 +62,7 @@ def test_crops_keep_a_track_between_rare_scans(tmp_path, monkeypatch):
         seen.append(image.shape[:2])
         return bright_box(image, kinds)
 
-    report = _Job(src, ModelConfig(enable_lp=False), None, detect=detector).run(None)
+    report = Pipeline(src, ModelConfig(enable_lp=False), None, detect=detector).run(None)
     assert seen[0] == (480, 640)  # the scan (upscaled to the 640 px face side)
     assert len(seen) > 3 and all(s[0] < 240 for s in seen[1:])  # then crops only
     ids = set()
@@ -81,7 +81,7 @@ def test_without_crops_the_same_track_is_lost(tmp_path, monkeypatch):
     def scans_only(image, kinds, side=None, tiles=None):
         return bright_box(image, kinds) if image.shape[0] >= 240 else Detections()
 
-    report = _Job(src, ModelConfig(enable_lp=False), None, detect=scans_only).run(None)
+    report = Pipeline(src, ModelConfig(enable_lp=False), None, detect=scans_only).run(None)
     assert any(not len(f.detections) for f in report.frames)
 
 
@@ -98,7 +98,7 @@ def test_gating_skips_a_still_region_yet_finds_a_newcomer_there(tmp_path, monkey
         seen.append(image.shape[:2])
         return bright_box(image, kinds)
 
-    report = _Job(src, ModelConfig(enable_lp=False), None, detect=detector).run(None)
+    report = Pipeline(src, ModelConfig(enable_lp=False), None, detect=detector).run(None)
     assert seen.count((480, 640)) == 1  # one whole-frame scan (frame 0, upscaled to 640 px)
     assert max(h * w for h, w in seen[1:]) < 480 * 640 and sum(h * w for h, w in seen) < 0.5 * len(seen) * 480 * 640
     for f in report.frames:
@@ -123,7 +123,7 @@ def test_changed_regions_covering_most_of_the_frame_get_a_whole_frame_scan(tmp_p
         seen.append(image.shape[:2])
         return bright_box(image, kinds)
 
-    report = _Job(src, ModelConfig(enable_lp=False), None, detect=detector).run(None)
+    report = Pipeline(src, ModelConfig(enable_lp=False), None, detect=detector).run(None)
     whole = seen.count((480, 640))  # the 320x240 frame upscaled to the face scan's 640 px
     assert whole > 1 if whole_scans == "several" else whole == 1
     for f in report.frames:
@@ -177,7 +177,7 @@ def test_progress_moves_while_the_detect_stage_runs(tmp_path):
             waited.append(reported.wait(20))  # the main thread must tell progress meanwhile
         return bright_box(image, kinds)
 
-    report = _Job(src, ModelConfig(face_track=False, enable_lp=False), progress, detect=blocking).run(None)
+    report = Pipeline(src, ModelConfig(face_track=False, enable_lp=False), progress, detect=blocking).run(None)
     assert waited == [True]
     assert 0 < values[0] < 0.5 and values == sorted(values)
     assert report.figures["frame_count"] == 45
@@ -195,7 +195,7 @@ def test_untracked_kind_looks_only_where_the_picture_changed(tmp_path, monkeypat
         seen.append(image.shape[:2])
         return bright_box(image, kinds)
 
-    report = _Job(src, ModelConfig(face_track=False, enable_lp=False), None, detect=detector).run(None)
+    report = Pipeline(src, ModelConfig(face_track=False, enable_lp=False), None, detect=detector).run(None)
     assert seen.count((480, 640)) == 1  # frame 0 only
     assert len(seen) >= 59 and sum(h * w for h, w in seen) < 0.6 * 60 * 480 * 640
     for f in report.frames:
@@ -215,5 +215,5 @@ def test_untracked_kind_without_gating_control(tmp_path, monkeypatch):
         seen.append(image.shape[:2])
         return bright_box(image, kinds)
 
-    _Job(src, ModelConfig(face_track=False, enable_lp=False), None, detect=detector).run(None)
+    Pipeline(src, ModelConfig(face_track=False, enable_lp=False), None, detect=detector).run(None)
     assert seen == [(480, 640)] * 20

@@ -15,7 +15,7 @@ from test_video import make_clip
 import veil.engine.video_detect as vd
 from veil.engine.config import ModelConfig
 from veil.engine.detections import PLATE, Detections
-from veil.engine.video import _Job
+from veil.engine.video import Pipeline
 
 VEIL = Path(sys.executable).parent / "veil"
 
@@ -49,7 +49,7 @@ def nothing(image, kinds, side=None, tiles=None) -> Detections:
 
 def test_a_size_change_mid_stream_is_scaled_to_the_first_size_and_said(tmp_path):
     src = joined_clip(tmp_path)
-    report = _Job(src, ModelConfig(), None, detect=nothing).run(tmp_path / "out.ts")
+    report = Pipeline(src, ModelConfig(), None, detect=nothing).run(tmp_path / "out.ts")
     assert len(report.frames) == 40
     assert any("picture size changes at frame 20" in note for note in report.notes), report.notes
     with av.open(str(tmp_path / "out.ts")) as out:
@@ -77,7 +77,7 @@ def test_broken_timestamps_schedule_detection_by_frame_counts_and_say_so(tmp_pat
         looked.append(1)
         return Detections()
 
-    report = _Job(src, ModelConfig(blur_face=False, enable_lp=True, lp_track=True), None, detect=count).run(None)
+    report = Pipeline(src, ModelConfig(blur_face=False, enable_lp=True, lp_track=True), None, detect=count).run(None)
     assert len(report.frames) == 38
     assert len(looked) >= 38 // round(30 / vd._SCAN_FPS[PLATE]) > 1  # no tracks: scans only, no crops
     assert any(note.startswith("broken timestamps") and "frame counts" in note for note in report.notes)

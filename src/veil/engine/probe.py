@@ -22,6 +22,7 @@ from typing import Literal
 from . import image_io
 from .config import MediaLimits
 from .errors import MediaError, NotMedia
+from .video_source import av_reason, open_source
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,6 @@ def probe(path: Path, limits: MediaLimits = MediaLimits()) -> MediaInfo:
 def _probe_video(path: Path, limits: MediaLimits) -> MediaInfo:
     import av
 
-    from .video import _reason, open_source
-
     source = open_source(path, limits)
     try:
         first = next(source.container.decode(source.video), None)
@@ -54,7 +53,7 @@ def _probe_video(path: Path, limits: MediaLimits) -> MediaInfo:
             raise MediaError(f"{path.name}: no video frame could be decoded (corrupt or truncated file)")
         width, height, header = source.width, source.height, source.duration or 0.0
     except av.error.FFmpegError as exc:
-        raise MediaError(f"{path.name}: corrupt or truncated video ({_reason(exc)})") from None
+        raise MediaError(f"{path.name}: corrupt or truncated video ({av_reason(exc)})") from None
     finally:
         source.container.close()
     frames, span = _packet_extent(path, limits)
@@ -65,8 +64,6 @@ def _packet_extent(path: Path, limits: MediaLimits) -> tuple[int, float]:
     """The video stream's packet count and the seconds its timestamps span (first start to last end),
     read by demuxing from the start, without decoding."""
     import av
-
-    from .video import _reason, open_source
 
     source = open_source(path, limits)
     frames, first, last = 0, None, None
@@ -81,7 +78,7 @@ def _packet_extent(path: Path, limits: MediaLimits) -> tuple[int, float]:
                 end = packet.pts + (packet.duration or 0)
                 last = end if last is None else max(last, end)
     except av.error.FFmpegError as exc:
-        raise MediaError(f"{path.name}: corrupt or truncated video ({_reason(exc)})") from None
+        raise MediaError(f"{path.name}: corrupt or truncated video ({av_reason(exc)})") from None
     finally:
         source.container.close()
     span = float((last - first) * time_base) if first is not None and last is not None else 0.0

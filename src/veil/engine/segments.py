@@ -32,7 +32,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -42,32 +41,14 @@ from .config import MediaLimits, ModelConfig
 from .detections import Detections
 from .errors import MediaError
 from .report import Report
-from .video import _Job, anonymize_video, detect_plan, open_source
+from .video import Pipeline, anonymize_video, detect_plan
+from .video_source import Segment, open_source
 from .video_writer import FORMATS, VideoWriter, output_format
 
 Progress = Callable[[float], None]
 _NEVER = 2**62  # "end" / "stop" of the last segment
 SEGMENT_SUFFIX = ".mp4"  # segment files: H.264 in MP4 (the source's time base, exact pts)
 MAX_SEGMENTS = 256  # a video is never split further (4 h at the default 60 s; longer videos get longer segments)
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One segment of a video: pts in the video stream's time base (JSON-able: `asdict` / `Segment(**d)`)."""
-
-    index: int
-    seek: int  # pts of the keyframe decoding starts at
-    seek_dts: int  # ... its dts (where the demuxer seeks)
-    seek_index: int  # ... its frame index in the whole video
-    warm: int  # first frame detected and tracked (not written)
-    start: int  # first frame written
-    end: int  # first frame of the next segment
-    stop: int  # first frame not decoded
-    frames: int  # frames written
-    analysed: int  # frames detected and tracked (progress)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def plan_segments(src: Path, config: ModelConfig, seconds: float, limits: MediaLimits = MediaLimits(),
@@ -154,12 +135,12 @@ def run_segment(src: Path, segment: Segment, dst: Path, config: ModelConfig, pro
                 limits: MediaLimits = MediaLimits()) -> Report:
     """Anonymize one segment of `src` into the video-only file `dst` (SEGMENT_SUFFIX); its report lists
     the segment's frames (indices and pts of the whole video)."""
-    return _Job(Path(src), config, progress, limits=limits, segment=segment).run(Path(dst))
+    return Pipeline(Path(src), config, progress, limits=limits, segment=segment).run(Path(dst))
 
 
 def detect_split(src: Path, config: ModelConfig, seconds: float, limits: MediaLimits = MediaLimits()) -> Report:
     """The boxes a split run redacts (`detect_video` segment by segment, in this process)."""
-    reports = [_Job(Path(src), config, None, limits=limits, segment=s).run(None)
+    reports = [Pipeline(Path(src), config, None, limits=limits, segment=s).run(None)
                for s in plan_segments(src, config, seconds, limits)]
     report = reports[0]
     for part in reports[1:]:

@@ -22,9 +22,9 @@ Pipeline (three threads, bounded queues, so memory does not grow with the video'
   outside the redaction mask are bit-identical to the decoded source. `VEIL_X264_PRESET`
   (veryfast) sets the encoder's preset. Long videos may be split (`veil.engine.segments`).
 * **Odd inputs.** Frames whose picture size differs from the first frame's (two recordings joined)
-  are scaled to the first size; timestamps that put frames closer than `_MAX_FPS` allows (38
+  are scaled to the first size; timestamps that put frames closer than `video_source.MAX_FPS` allows (38
   frames within 3 ms) are broken: the detect stage is then scheduled by frame counts, as at
-  `_NOMINAL_FPS`. Either is said in the report's notes.
+  `video_source.NOMINAL_FPS`. Either is said in the report's notes.
 * **Errors.** Unreadable, corrupt or truncated input raises `MediaError` with a plain message; the
   output is written to a temporary file in the destination folder and renamed only on success.
 
@@ -40,9 +40,8 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import av
 import numpy as np
@@ -55,18 +54,14 @@ from .report import FrameDetections, Report
 from .tracking import TrackingParams, VideoTracker
 from .video_detect import DetectFn, FrameDetector, default_detect
 from .video_redact import copy_frame_props
+from .video_source import Segment, Source, av_reason, open_source
 from .video_writer import VideoWriter
-
-if TYPE_CHECKING:
-    from .segments import Segment
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[float], None]
 
 _QUEUE = 8
-_MAX_FPS = 300.0  # above any real-time capture rate but slow-motion sensors', which files store slowed down
-_NOMINAL_FPS = 30.0
 _NO_LIMIT = 2**62
 _END = object()
 _EMPTY = Detections(track_ids=np.zeros(0, np.int64))
@@ -75,38 +70,24 @@ _EMPTY = Detections(track_ids=np.zeros(0, np.int64))
 def anonymize_video(src: Path, dst: Path, config: ModelConfig, progress: Progress | None = None,
                     limits: MediaLimits = MediaLimits(), record: Recorder | None = None) -> Report:
     """Anonymize the video `src` into `dst` (container chosen by dst's suffix, else the source's)."""
-    return _Job(Path(src), config, progress, limits=limits, record=record).run(Path(dst))
+    return Pipeline(Path(src), config, progress, limits=limits, record=record).run(Path(dst))
 
 
 def detect_video(src: Path, config: ModelConfig, progress: Progress | None = None,
                  limits: MediaLimits = MediaLimits(), record: Recorder | None = None) -> Report:
     """Detections of every frame of `src` (tracked, with track ids), without writing a video."""
-    return _Job(Path(src), config, progress, limits=limits, record=record).run(None)
+    return Pipeline(Path(src), config, progress, limits=limits, record=record).run(None)
 
 
 def render_video(src: Path, dst: Path, config: ModelConfig, plan: PlanFn, extra: Callable[[int], Detections],
                  progress: Progress | None = None, limits: MediaLimits = MediaLimits()) -> Report:
     """`src` anonymized into `dst` with no detector: `plan` hands the tracker each frame's candidates
     (`veil.engine.render`), `extra` adds boxes to a frame's final ones."""
-    return _Job(Path(src), config, progress, limits=limits, plan=plan, extra=extra).run(Path(dst))
+    return Pipeline(Path(src), config, progress, limits=limits, plan=plan, extra=extra).run(Path(dst))
 
 
 # ----------------------------------------------------------------------------- the job
-@dataclass
-class Source:
-    container: av.container.InputContainer
-    video: av.video.stream.VideoStream
-    audio: list[av.audio.stream.AudioStream]
-    width: int
-    height: int
-    fps: float
-    expected_frames: int  # from the container index, 0 if unknown
-    duration: float | None  # seconds, None if unknown
-    dropped: list[str] = field(default_factory=list)  # streams not carried over
-    notes: list[str] = field(default_factory=list)  # for the report: broken timestamps, a size change
-
-
-class _Job:
+class Pipeline:
     """One run of the pipeline over a whole video, or over one `Segment` of it (`veil.engine.segments`):
     then decoding starts at the segment's keyframe, the detect stage starts a little before the segment
     and ends a little after it (the tracker's look-ahead and warm-up), and only the segment's own frames
@@ -344,48 +325,6 @@ def detect_plan(config: ModelConfig, size: tuple[int, int], fps: float, detect: 
     return planner, TrackingParams.for_rate(fps, stride, scan), tracked
 
 
-# ----------------------------------------------------------------------------- input
-def open_source(src: Path, limits: MediaLimits = MediaLimits()) -> Source:
-    """The video's container and streams, checked (a video stream with a picture size within the limit);
-    the caller closes `source.container`."""
-    try:
-        container = av.open(str(src), metadata_errors="replace")
-    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise MediaError(f"{src.name}: not a readable video ({_reason(exc)})") from None
-    try:
-        videos = [s for s in container.streams.video if s.codec_context is not None
-                  and not s.disposition & av.stream.Disposition.attached_pic]  # not cover art
-        if not videos:
-            raise MediaError(f"{src.name}: no video stream")
-        video = videos[0]
-        if video.codec_context.width <= 0 or video.codec_context.height <= 0:
-            raise MediaError(f"{src.name}: the video stream has no picture size (corrupt header?)")
-        width, height = video.codec_context.width, video.codec_context.height
-        if width * height > limits.max_video_frame_pixels:
-            raise MediaError(f"{src.name}: video frames too large: {width} x {height} pixels (at most "
-                             f"{limits.max_video_frame_pixels / 1e6:.3g} MP a frame)")
-        video.thread_type = "AUTO"
-        audio = [s for s in container.streams.audio if s.codec_context is not None]
-        dropped = [f"{s.type} stream #{s.index}" for s in container.streams
-                   if s is not video and s not in audio]
-        rate = video.average_rate or video.guessed_rate or video.base_rate
-        fps, notes = float(rate) if rate else 0.0, []
-        if fps > _MAX_FPS:
-            notes.append(f"broken timestamps ({fps:.0f} frames a second by them): detection was scheduled by "
-                         f"frame counts, as at {_NOMINAL_FPS:.0f} frames a second")
-            fps = _NOMINAL_FPS
-        duration = None
-        if video.duration is not None and video.time_base:
-            duration = float(video.duration * video.time_base)
-        elif container.duration:
-            duration = container.duration / av.time_base
-        return Source(container, video, audio, video.codec_context.width, video.codec_context.height,
-                      fps, int(video.frames or 0), duration, dropped, notes)
-    except MediaError:
-        container.close()
-        raise
-
-
 def _decode(source: Source, src: Path, limits: MediaLimits,
             segment: Segment | None = None) -> Iterator[tuple[str, object]]:
     """Video frames and audio packets in stream order: ("frame", (index, VideoFrame)) / ("packet", Packet).
@@ -419,7 +358,7 @@ def _decode(source: Source, src: Path, limits: MediaLimits,
             elif packet.dts is not None and packet.size:
                 yield "packet", packet
     except av.error.FFmpegError as exc:
-        raise MediaError(f"{src.name}: corrupt or truncated video ({_reason(exc)})") from None
+        raise MediaError(f"{src.name}: corrupt or truncated video ({av_reason(exc)})") from None
 
 
 def _first_size(frame: av.VideoFrame, index: int, source: Source) -> av.VideoFrame:
@@ -466,8 +405,3 @@ def _check_complete(source: Source, report: Report, src: Path) -> None:
 def _machine_fault(exc: BaseException) -> bool:
     """An error of this machine (its disk full, failing or read-only), not of the video: raised as it is."""
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
-
-
-def _reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return text.split(":")[0].strip() if ": '" in text else text

@@ -19,7 +19,7 @@ from .video_redact import copy_frame_props, redact_any, redact_yuv
 from ..settings import engine_settings
 
 if TYPE_CHECKING:
-    from .video import Source
+    from .video_source import Source
 
 FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
 

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from ..db.models import Job, utcnow
-from ..engine.config import ModelConfig
+from ..engine.config import MediaLimits, ModelConfig
 from ..engine.document import EDITS, append_edits, iter_frames
 from ..engine.file_report import summarize
 from ..engine.render import detect_document, render

@@ -28,7 +28,7 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 
 from ..db.models import Job, VideoSegment, utcnow
-from ..engine.config import ModelConfig
+from ..engine.config import MediaLimits, ModelConfig
 from ..engine.errors import MediaError
 from ..engine.report import Report
 from ..engine.segments import Segment, SegmentPool, stitch

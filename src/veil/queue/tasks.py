@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import case, select, update
 
 from ..db.models import Job, Task, utcnow
-from ..engine.config import ModelConfig
+from ..engine.config import MediaLimits, ModelConfig
 from ..jobs.leases import holds
 from ..jobs.names import output_name, public_message, safe_name
 from ..jobs.service import OUTPUT_CONTAINER, InputChanged, JobService
@@ -317,7 +317,7 @@ def _drop_stray_outputs(svc: JobService, job_id: str) -> None:
 def _cancelled(svc: JobService, job_id: str, tasks: list[tuple[int, Path]], owner: str) -> None:
     """Cancelled mid-job: keep what the processed files cost (nothing if none completed), refund the rest.
     (A completed file before a cancel means several files: an archive, priced per member.)"""
-    from ..jobs.pricing import cost_of_members
+    from ..jobs.pricing import Prices, cost_of_members
     from .segments import drop_segments
 
     for task_id, _ in tasks:
