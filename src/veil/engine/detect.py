@@ -31,6 +31,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .bounds import plausible
 from .calibration import as_raw, calibrate, raw_threshold
 from .config import ModelConfig
 from .detections import FACE, PLATE, Detections, face_axis
@@ -95,13 +96,14 @@ class Detector:
     # ------------------------------------------------------------------ public
     def detect(self, image_rgb: np.ndarray, *, face_side: int | None = None,
                plate_side: int | None = None) -> Detections:
-        """All wanted kinds, merged and thresholded. ``face_side`` / ``plate_side``: see module doc."""
+        """All wanted kinds, merged and thresholded, without boxes that cannot be their kind
+        (`veil.engine.bounds`). ``face_side`` / ``plate_side``: see module doc."""
         parts = []
         if self.config.wants_faces:
             parts.append(self.detect_faces(image_rgb, side=face_side))
         if self.config.wants_plates:
             parts.append(self.detect_plates(image_rgb, side=plate_side))
-        return Detections.concat(parts)
+        return plausible(Detections.concat(parts), image_rgb.shape[1], image_rgb.shape[0])
 
     def detect_faces(self, image_rgb: np.ndarray, *, side: int | None = None,
                      threshold: float | None = None, tiles: TilePick = None) -> Detections:

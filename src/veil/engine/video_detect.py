@@ -31,6 +31,7 @@ import av
 import cv2
 import numpy as np
 
+from .bounds import plausible
 from .config import ModelConfig
 from .detect import TilePick
 from .detections import FACE, PLATE, Detections
@@ -166,7 +167,8 @@ class FrameDetector:
         return max(self.scans.values(), default=1)
 
     def __call__(self, index: int, frame: av.VideoFrame, predict: Predict) -> Detections | None:
-        """Detections of frame `index` in frame pixels, or None when no detector ran on it."""
+        """Detections of frame `index` in frame pixels, or None when no detector ran on it; boxes that
+        cannot be their kind dropped (`veil.engine.bounds`)."""
         due = [k for k in self.kinds if index % self.strides[k] == 0]
         if not due:
             return None
@@ -194,7 +196,7 @@ class FrameDetector:
             for kind in whole - self.tracked:
                 self._held[kind] = scanned.kind(kind)
             parts.append(scanned)
-        return Detections.concat(parts)
+        return plausible(Detections.concat(parts), self.width, self.height)
 
     def _untracked(self, kind: int, pixels: FramePixels, index: int) -> Detections | None:
         """This frame's detections of an untracked kind: the boxes kept from where nothing changed since

@@ -1,0 +1,48 @@
+"""Sanity bounds on detector boxes: a box whose shape or size cannot be a plate (or, clearly, a face)
+is dropped before anything tracks, reviews or blurs it.
+
+The plate detector now and then boxes a 600 px rounded rectangle on a table or a car's whole rear; a
+blur there hides what the footage is for and looks broken. The bounds are fractions of the image's
+longest side (the same plate is a larger share of a smaller photo) and width / height ratios,
+chosen from the labelled plates and faces of the dev data with a margin (docs/detection-bounds.md
+has the figures). A box that touches the image border may be cut by it, so its shape is not judged
+in the direction of the cut (a plate half out of the frame at the left edge is narrow and tall).
+
+Applied once per path: `Detector.detect` for photos, `FrameDetector` for video frames (in frame
+pixels, after the crops and scans are put together).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .detections import FACE, PLATE, Detections
+
+# Plates: width / height at least this (square two-line plates are about 1.4, with some perspective
+# less; the labelled plates are 2.0-4.5, the detector's boxes on them 1.5-3.8) ...
+PLATE_MIN_ASPECT = 0.8
+# ... and at most these shares of the image's longest side (largest labelled plate 0.16 high, 0.33
+# wide: a close-up in a 900x600 photo, which the detector boxes at 0.21 high, 0.38 wide).
+PLATE_MAX_HEIGHT = 0.3
+PLATE_MAX_WIDTH = 0.6
+# Faces: width / height within these (labelled faces 0.39-1.93; only clearly impossible shapes go).
+FACE_ASPECT = (0.25, 3.0)
+_EDGE = 1.0  # px: a box this close to the border may be cut by it
+
+
+def plausible(dets: Detections, width: int, height: int) -> Detections:
+    """`dets` (pixels of a `width` x `height` image) without the boxes that cannot be their kind."""
+    if not len(dets):
+        return dets
+    x1, y1, x2, y2 = np.asarray(dets.xyxy, np.float64).T
+    w, h = np.maximum(x2 - x1, 1e-6), np.maximum(y2 - y1, 1e-6)
+    aspect = w / h
+    cut_x = (x1 <= _EDGE) | (x2 >= width - _EDGE)  # width may be cut: a low ratio is no evidence
+    cut_y = (y1 <= _EDGE) | (y2 >= height - _EDGE)  # height may be cut: a high ratio is no evidence
+    longest = max(width, height)
+    plate = dets.kinds == PLATE
+    face = dets.kinds == FACE
+    bad = plate & ((aspect < PLATE_MIN_ASPECT) & ~cut_x
+                   | (h > PLATE_MAX_HEIGHT * longest) | (w > PLATE_MAX_WIDTH * longest))
+    bad |= face & ((aspect < FACE_ASPECT[0]) & ~cut_x | (aspect > FACE_ASPECT[1]) & ~cut_y)
+    return dets if not bad.any() else dets[~bad]
