@@ -367,3 +367,59 @@ def test_411_without_content_length(server: Server) -> None:
     assert answer.startswith(b"HTTP/1.1 411") and b"x-ms-error-code: MissingContentLengthHeader" in answer
     r = requests.put(url + "&comp=block&blockid=AAAAAA==", data=iter([b"chunked", b"body"]))
     assert r.status_code == 411 and error_code(r) == "MissingContentLengthHeader"
+
+
+def _block_list(response: requests.Response) -> dict[str, list[tuple[str, int]]]:
+    """Get Block List's XML: {"CommittedBlocks": [(name, size), ...], "UncommittedBlocks": [...]} as present."""
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/xml")
+    root = ET.fromstring(response.content)
+    assert root.tag == "BlockList"
+    return {part.tag: [(b.findtext("Name"), int(b.findtext("Size"))) for b in part.iter("Block")] for part in root}
+
+
+def test_get_block_list_lists_a_sessions_own_staged_blocks_and_no_content(server: Server) -> None:
+    name, url = server.upload_url()
+    _, other = server.upload_url()  # another session (another tenant's upload URL)
+    assert error_code(requests.get(url + "&comp=blocklist&blocklisttype=uncommitted")) == "BlobNotFound"
+    for index, data in ((1, b"b" * 700), (0, b"a" * 1000)):  # the seed's URL-safe ids, staged out of order
+        block = base64.urlsafe_b64encode(index.to_bytes(4, "big")).decode()
+        assert requests.put(f"{url}&comp=block&blockid={block}", data=data).status_code == 201
+    ids = [base64.b64encode(i.to_bytes(4, "big")).decode() for i in (0, 1)]
+    # The upload URL (sp=cw) lists its session's staged blocks, in the order they came, under standard Base64.
+    listed = _block_list(requests.get(url + "&comp=blocklist&blocklisttype=uncommitted"))
+    assert listed == {"UncommittedBlocks": [(ids[1], 700), (ids[0], 1000)]}
+    r = requests.get(url + "&comp=blocklist&blocklisttype=uncommitted")
+    assert r.headers["x-ms-blob-content-length"] == "0" and "ETag" not in r.headers  # nothing committed yet
+    # ... but nothing that needs read permission (the committed list, the content), as on Azure.
+    for query in ("&comp=blocklist", "&comp=blocklist&blocklisttype=all", ""):
+        assert error_code(requests.get(url + query)) == "AuthorizationPermissionMismatch", query
+    # Another session's URL sees none of them; a URL re-signed for this blob by hand does not verify.
+    assert error_code(requests.get(other + "&comp=blocklist&blocklisttype=uncommitted")) == "BlobNotFound"
+    forged = other.replace(other.split("?")[0].rsplit("/", 1)[1], name)
+    assert error_code(requests.get(forged + "&comp=blocklist&blocklisttype=uncommitted")) == "AuthenticationFailed"
+
+    xml = "<BlockList>" + "".join(f"<Latest>{i}</Latest>" for i in ids) + "</BlockList>"
+    assert requests.put(url + "&comp=blocklist", data=xml).status_code == 201
+    assert _block_list(requests.get(url + "&comp=blocklist&blocklisttype=uncommitted")) == {"UncommittedBlocks": []}
+    read = server.download_url(name)  # sp=r: the committed list (Azure's default type), with the blob's ETag
+    r = requests.get(read + "&comp=blocklist")
+    assert _block_list(r) == {"CommittedBlocks": [(ids[0], 1000), (ids[1], 700)]}
+    assert r.headers["ETag"] == requests.head(read).headers["ETag"] and r.headers["x-ms-blob-content-length"] == "1700"
+    assert _block_list(requests.get(read + "&comp=blocklist&blocklisttype=all")) == {
+        "CommittedBlocks": [(ids[0], 1000), (ids[1], 700)], "UncommittedBlocks": []}
+    bad = requests.get(read + "&comp=blocklist&blocklisttype=everything")
+    assert bad.status_code == 400 and error_code(bad) == "InvalidQueryParameterValue"
+
+
+def test_get_block_list_through_the_azure_sdk(server: Server) -> None:
+    blob = pytest.importorskip("azure.storage.blob")
+    name, url = server.upload_url()
+    client = blob.BlobClient.from_blob_url(url)
+    client.stage_block("b1", b"x" * 10)
+    client.stage_block("b2", b"y" * 20)
+    committed, uncommitted = client.get_block_list("uncommitted")
+    assert committed == [] and [(b.id, b.size) for b in uncommitted] == [("b1", 10), ("b2", 20)]
+    client.commit_block_list(["b1", "b2"])
+    committed, uncommitted = blob.BlobClient.from_blob_url(server.download_url(name)).get_block_list("all")
+    assert [(b.id, b.size) for b in committed] == [("b1", 10), ("b2", 20)] and uncommitted == []

@@ -248,6 +248,24 @@ class LocalBlobStore:
         except FileNotFoundError:
             return {}
 
+    def block_list(self, container: str, name: str) -> tuple[BlobProperties | None, list[tuple[bytes, int]]]:
+        """Get Block List: the committed blob's properties (its `blocks` are the committed list) or None, and the
+        uncommitted blocks as (decoded id, size) in the order they were staged; BlobNotFoundError when the blob
+        has neither."""
+        try:
+            props = self.properties(container, name)
+        except BlobNotFoundError:
+            props = None
+        try:
+            with os.scandir(self._blob_dir(container, name) / "blocks") as entries:
+                found = [(e.stat(), e.name) for e in entries]
+        except FileNotFoundError:
+            found = []
+        if props is None and not found:
+            raise BlobNotFoundError(container, name)
+        found.sort(key=lambda item: (item[0].st_mtime_ns, item[1]))
+        return props, [(bytes.fromhex(hex_id), stat.st_size) for stat, hex_id in found]
+
     def stage_block(self, container: str, name: str, block_id: bytes, temp: Path) -> None:
         """Put Block: `temp` (from `new_temp`) becomes the uncommitted block `block_id`, replacing
         a block staged earlier under the same id."""

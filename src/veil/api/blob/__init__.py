@@ -9,7 +9,7 @@ memory use does not depend on blob size. Every error is an Azure XML error with
 `x-ms-error-code` (§1.6) and is decided before the request body is read.
 
 The package's modules: `errors` (Azure error answers), `request` (one request: SAS, headers, limits, the body),
-`write` (Put Block, Put Block List, Put Blob, Delete Blob), `read` (Get Blob, Get Blob Properties).
+`write` (Put Block, Put Block List, Put Blob, Delete Blob), `read` (Get Blob, Get Blob Properties, Get Block List).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from veil.storage.local import BLOB_PATH_PREFIX, BlobLeasedError, LocalBlobStore
 from veil.storage.sas import SasError
 
 from .errors import BlobError, error_response, unexpected_error
-from .read import get_blob, get_blob_properties
+from .read import get_blob, get_blob_properties, get_block_list
 from .request import BlobRequest, BodyTooSlow, UploadLimits, timed_body
 from .write import delete_blob, put_blob, put_block, put_block_list
 
@@ -94,6 +94,8 @@ def _dispatch(request: Request) -> Callable[[BlobRequest], object]:
         return put_block_list
     if method == "PUT" and comp is None:
         return put_blob
+    if method == "GET" and comp == "blocklist":
+        return get_block_list
     if method in ("GET", "HEAD") and comp is None:
         return get_blob if method == "GET" else get_blob_properties
     if method == "DELETE" and comp is None:

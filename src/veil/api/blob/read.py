@@ -1,4 +1,5 @@
-"""The embedded endpoint's reads: Get Blob with ranges (notes §1.4) and Get Blob Properties (§1.5)."""
+"""The embedded endpoint's reads: Get Blob with ranges (notes §1.4), Get Blob Properties (§1.5) and Get Block
+List."""
 
 from __future__ import annotations
 
@@ -125,6 +126,44 @@ async def get_blob_properties(op: BlobRequest) -> Response:
     if props.content_md5:
         headers["Content-MD5"] = props.content_md5
     return Response(status_code=200, headers=headers)
+
+
+# --- Get Block List (Azure REST "Get Block List"; notes §5): GET ?comp=blocklist[&blocklisttype=committed|
+# uncommitted|all], default committed; 200 + XML, ETag and Last-Modified when a committed blob exists; 400
+# InvalidQueryParameterValue; 404 when the blob has neither committed nor staged blocks. A SAS needs `r` (Azure's
+# rule), except that the uncommitted list alone is also answered to `w`: an upload URL (sp=cw, scoped to its one
+# blob) lists the ids and sizes of its own session's staged blocks, which its holder could overwrite anyway, so a
+# client can resume; it still reads no content, and nobody else's blocks. -----------------------------------
+
+BLOCK_LIST_TYPES = ("committed", "uncommitted", "all")
+
+
+async def get_block_list(op: BlobRequest) -> Response:
+    kind = op.request.query_params.get("blocklisttype", "committed").lower()
+    op.authorize("rw" if kind == "uncommitted" else "r")
+    if kind not in BLOCK_LIST_TYPES:
+        raise BlobError(400, "InvalidQueryParameterValue", QueryParameterName="blocklisttype",
+                        QueryParameterValue=kind, Reason="Valid values are committed, uncommitted and all.")
+    try:
+        props, staged = await run_in_threadpool(op.store.block_list, op.container, op.blob)
+    except BlobNotFoundError:
+        code = "BlobNotFound" if op.store.container_exists(op.container) else "ContainerNotFound"
+        raise BlobError(404, code) from None
+    lists = []
+    if kind in ("committed", "all"):
+        committed = [(bytes.fromhex(hex_id), size) for hex_id, size in props.blocks] if props else []
+        lists.append(f"<CommittedBlocks>{_blocks_xml(committed)}</CommittedBlocks>")
+    if kind in ("uncommitted", "all"):
+        lists.append(f"<UncommittedBlocks>{_blocks_xml(staged)}</UncommittedBlocks>")
+    body = '<?xml version="1.0" encoding="utf-8"?><BlockList>' + "".join(lists) + "</BlockList>"
+    headers = {"x-ms-blob-content-length": str(props.size if props else 0)}
+    if props:
+        headers |= {"ETag": props.etag, "Last-Modified": formatdate(props.modified, usegmt=True)}
+    return Response(content=body.encode(), status_code=200, headers=headers, media_type="application/xml")
+
+
+def _blocks_xml(blocks: list[tuple[bytes, int]]) -> str:
+    return "".join(f"<Block><Name>{b64(block_id)}</Name><Size>{size}</Size></Block>" for block_id, size in blocks)
 
 
 def properties_headers(props: BlobProperties, overrides: dict[str, str]) -> dict[str, str]:
