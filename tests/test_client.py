@@ -321,23 +321,14 @@ def test_journal_keeps_acknowledged_blocks_and_drops_a_line_cut_by_a_kill(tmp_pa
     with open(journal.path, "a") as f:
         f.write("1")  # killed before the newline: "1" may be the start of "17"
     assert Journal(journal.path, header).load() == {0, 2}
-    assert Journal(journal.path, {**header, "size": 11}).load() == set()  # the file changed: start over
+    assert Journal(journal.path, {**header, "size": 11}).load() is None  # the file changed: start over
 
 
-def test_resume_asks_the_store_get_block_list_over_the_journal(azurite_connection_string, tmp_path: Path):
-    """Against Azurite with a read-write SAS: the store's Get Block List, not the journal, decides what is
-    sent again (the journal claims a block the store never got, and misses one it did get)."""
-    from datetime import datetime, timedelta, timezone
-
-    from azure.storage.blob import BlobServiceClient, generate_blob_sas
-
+def _resume_from_the_store(url: str, read_url: str, tmp_path: Path) -> None:
+    """The store's Get Block List, not the journal, decides what is sent again: the journal claims a block the
+    store never got, and misses two it did get."""
     from veil_client import transfer
 
-    service = BlobServiceClient.from_connection_string(azurite_connection_string)
-    container = service.create_container("resume")
-    sas = generate_blob_sas(service.account_name, "resume", "in.bin", account_key=service.credential.account_key,
-                            permission="racw", expiry=datetime.now(timezone.utc) + timedelta(hours=1))
-    url = f"{container.url}/in.bin?{sas}"
     src, block = tmp_path / "in.bin", 64 * 1024
     src.write_bytes(os.urandom(4 * block + 1000))
     http, journal = Http(), tmp_path / "in.jsonl"
@@ -349,5 +340,46 @@ def test_resume_asks_the_store_get_block_list_over_the_journal(azurite_connectio
     assert sent == block + 1000  # blocks 1 and 4 (the last, 1000 bytes): what the store lacked (the journal
     # alone would send 2, 3 and 4, then everything again when the commit found no block 1)
     assert not journal.exists()
-    size = transfer.download(http, url, tmp_path / "out.bin", tmp_path / "out.part")
+    size = transfer.download(http, read_url, tmp_path / "out.bin", tmp_path / "out.part")
     assert size == src.stat().st_size and (tmp_path / "out.bin").read_bytes() == src.read_bytes()
+
+
+def test_resume_asks_azurite_get_block_list_over_the_journal(azurite_connection_string, tmp_path: Path):
+    """Azure answers Get Block List to a SAS with read permission."""
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import BlobServiceClient, generate_blob_sas
+
+    service = BlobServiceClient.from_connection_string(azurite_connection_string)
+    container = service.create_container("resume")
+    sas = generate_blob_sas(service.account_name, "resume", "in.bin", account_key=service.credential.account_key,
+                            permission="racw", expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    _resume_from_the_store(f"{container.url}/in.bin?{sas}", f"{container.url}/in.bin?{sas}", tmp_path)
+
+
+def test_resume_asks_veils_store_with_the_upload_url_alone(tmp_path: Path):
+    """Veil's embedded store answers the uncommitted Get Block List to the upload URL (sp=cw) it hands out."""
+    from datetime import timedelta
+
+    from fastapi import FastAPI
+
+    from veil.api.blob import create_blob_router
+    from veil.storage.local import LocalBlobStore
+    from veil.storage.testing import free_port, serve_app
+    from veil_client import transfer
+
+    port = free_port()
+    store = LocalBlobStore(tmp_path / "blobs", "veiltest", os.urandom(32), f"http://127.0.0.1:{port}")
+    app = FastAPI()
+    app.include_router(create_blob_router(store))
+    with serve_app(app, port):
+        url = store.signed_upload_url("uploads", "in.bin", timedelta(hours=1))
+        assert "sp=cw&" in url
+        _resume_from_the_store(url, store.signed_download_url("uploads", "in.bin", timedelta(hours=1)), tmp_path)
+        # Killed after the commit, before the journal was removed; the service froze the input meanwhile: the
+        # rerun's first block gets 412 LeaseIdMissing, which says the upload is done (nothing sent, no error).
+        src, journal = tmp_path / "in.bin", tmp_path / "in.jsonl"
+        header = {"session_uri": url, "size": src.stat().st_size, "block_size": 64 * 1024}
+        transfer.Journal(journal, header).start({0})
+        store.freeze("uploads", "in.bin")
+        assert transfer.upload(Http(), url, src, journal, block_size=64 * 1024) == 0 and not journal.exists()

@@ -1,10 +1,11 @@
 """Block-blob uploads and ranged downloads that survive a killed client (Azure Blob REST, SAS URLs).
 
 Upload: the file is cut into fixed-size blocks, `concurrency` of them in flight (Put Block, each with its
-Content-MD5 so the store verifies it), then committed with Put Block List. A journal file records each
-block the store acknowledged; run again, the upload asks the store which blocks it holds (Get Block List)
-and, where the store does not answer that (no read permission, or no such operation), trusts the journal,
-then sends only the rest. Download: into a part file with Range requests, resumed where it stopped, its
+Content-MD5 so the store verifies it), then committed with Put Block List. A journal file records the
+upload and each block the store acknowledged; run again, the upload asks the store which blocks it holds
+(Get Block List, uncommitted: Veil answers it to the upload URL itself; Azure only to a SAS with read
+permission) and, where the store does not answer that, trusts the journal, then sends only the rest. A
+store that answers 412 LeaseIdMissing holds the upload committed already (Veil freezes a committed input). Download: into a part file with Range requests, resumed where it stopped, its
 size checked against the blob's before it is moved into place.
 """
 
@@ -44,13 +45,14 @@ class Journal:
         self.path, self.header = path, header
         self._lock = threading.Lock()
 
-    def load(self) -> set[int]:
+    def load(self) -> set[int] | None:
+        """The block indices recorded; None when there is no record of this upload (a first try)."""
         try:
             lines = self.path.read_text().split("\n")[:-1]  # the last is empty, or a line the kill cut short
         except FileNotFoundError:
-            return set()
+            return None
         if not lines or _json(lines[0]) != self.header:
-            return set()
+            return None
         return {int(line) for line in lines[1:] if line.isdigit()}
 
     def start(self, keep: set[int]) -> None:
@@ -83,11 +85,16 @@ def upload(http: Http, session_uri: str, path: Path, journal_path: Path | None =
     header = {"session_uri": session_uri, "size": size, "block_size": block_size}
     journal = Journal(journal_path, header) if journal_path else None
     count = -(-size // block_size)
-    have = _blocks_held(http, session_uri, block_size, count, journal)
+    have = _blocks_held(http, session_uri, size, block_size, journal)
     if progress and have:
         progress(sum(min(block_size, size - i * block_size) for i in have))
-    sent = _put_blocks(http, session_uri, path, sorted(set(range(count)) - have), journal, concurrency,
-                       block_size, checksum, progress, slots or threading.Semaphore(concurrency))
+    try:
+        sent = _put_blocks(http, session_uri, path, sorted(set(range(count)) - have), journal, concurrency,
+                           block_size, checksum, progress, slots or threading.Semaphore(concurrency))
+    except _Committed:  # an earlier run committed it and was killed before it could say so
+        if journal:
+            journal.remove()
+        return 0
     xml = "<?xml version='1.0' encoding='utf-8'?><BlockList>" + \
         "".join(f"<Latest>{block_id(i)}</Latest>" for i in range(count)) + "</BlockList>"
     response = http.request("PUT", session_uri + "&comp=blocklist", data=xml.encode(),
@@ -97,7 +104,7 @@ def upload(http: Http, session_uri: str, path: Path, journal_path: Path | None =
             journal.remove()
         return sent + upload(http, session_uri, path, journal_path, concurrency=concurrency,
                              block_size=block_size, checksum=checksum, progress=progress, slots=slots)
-    if not (response.status_code in (409, 412) and _retried(response)):
+    if not (response.status_code in (409, 412) and _retried(response) or _frozen(response)):
         # 409/412 after a retry: the lost try committed the blob, which the store now keeps (Veil freezes an input)
         check(response, "Put Block List", ok=(201,))
     if journal:
@@ -105,33 +112,41 @@ def upload(http: Http, session_uri: str, path: Path, journal_path: Path | None =
     return sent
 
 
-def _blocks_held(http: Http, session_uri: str, block_size: int, count: int, journal: Journal | None) -> set[int]:
-    """Indices of the blocks already staged: from Get Block List where the store answers it, else the journal."""
+def _blocks_held(http: Http, session_uri: str, size: int, block_size: int, journal: Journal | None) -> set[int]:
+    """Indices of the blocks already staged, when resuming (a journal of this upload exists): from Get Block
+    List where the store answers it, else from the journal."""
     if journal is None:
         return set()
     recorded = journal.load()
-    held = _get_block_list(http, session_uri, block_size) if recorded else None
-    have = recorded if held is None else {i for i in range(count) if block_id(i) in held}
+    if recorded is None:  # a first try: the store holds nothing of this upload yet
+        journal.start(set())
+        return set()
+    held = _get_block_list(http, session_uri)
+    if held is None:
+        have = recorded
+    else:  # each block staged under its id with its full size (a block cut short by the kill was never staged)
+        count = -(-size // block_size)
+        have = {i for i in range(count) if held.get(block_id(i)) == min(block_size, size - i * block_size)}
     journal.start(have)
     return have
 
 
-def _get_block_list(http: Http, session_uri: str, block_size: int) -> set[str] | None:
-    """Get Block List (uncommitted): ids of the staged blocks (the last may be short); None when not offered."""
+def _get_block_list(http: Http, session_uri: str) -> dict[str, int] | None:
+    """Get Block List (uncommitted): {id: size} of the staged blocks; None where the store does not answer it
+    (an Azure SAS without read permission: 403; a store without the operation: 400)."""
     try:
         response = http.request("GET", session_uri + "&comp=blocklist&blocklisttype=uncommitted")
     except Unreachable:
         return None
     if response.status_code == 404:
-        return set()
+        return {}
     if response.status_code != 200:
-        return None  # 400 UnsupportedQueryParameter, 403 (a write-only SAS): the journal decides
-    try:
-        root = ET.fromstring(response.content)
-    except ET.ParseError:
         return None
-    return {block.findtext("Name", "") for block in root.iter("Block")
-            if 0 < int(block.findtext("Size", "0")) <= block_size}
+    try:
+        blocks = ET.fromstring(response.content).iter("Block")
+        return {block.findtext("Name", ""): int(block.findtext("Size", "-1")) for block in blocks}
+    except (ET.ParseError, ValueError):
+        return None
 
 
 def _put_blocks(http: Http, session_uri: str, path: Path, todo: list[int], journal: Journal | None,
@@ -144,7 +159,10 @@ def _put_blocks(http: Http, session_uri: str, path: Path, todo: list[int], journ
             data = os.pread(fd, block_size, index * block_size)
             headers = {"Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()} if checksum else {}
             url = f"{session_uri}&comp=block&blockid={quote(block_id(index), safe='')}"
-            check(http.request("PUT", url, data=data, headers=headers), f"Put Block {index}", ok=(201,))
+            response = http.request("PUT", url, data=data, headers=headers)
+            if _frozen(response):
+                raise _Committed()
+            check(response, f"Put Block {index}", ok=(201,))
         if journal:
             journal.add(index)
         if progress:
@@ -192,6 +210,15 @@ def download(http: Http, url: str, dest: Path, part: Path, *, progress: Progress
             os.replace(part, dest)
             return size
     raise ClientError(f"download {dest.name}: incomplete after {attempts} attempts")
+
+
+class _Committed(Exception):
+    """The store refuses writes to the blob because it holds it committed (`_frozen`)."""
+
+
+def _frozen(response: requests.Response) -> bool:
+    """412 LeaseIdMissing: the blob is committed and leased by the service (Veil freezes a committed input)."""
+    return response.status_code == 412 and response.headers.get("x-ms-error-code") == "LeaseIdMissing"
 
 
 def _retried(response: requests.Response) -> bool:
