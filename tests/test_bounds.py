@@ -37,6 +37,16 @@ def test_bounds_drop_impossible_plates_and_faces_and_keep_boxes_cut_by_the_borde
     assert kept.kind(FACE).xyxy.tolist() == [faces[1], faces[2]]
 
 
+def test_a_plate_box_around_a_smaller_plate_is_the_car_not_a_plate():
+    """The parking-lot dev clip's frame 217 (768x432): the plate model boxes the car's rear (119x116 px)
+    and, inside it, its plate (30x16 px); only the plate is one. A duplicate box of one plate stays."""
+    car, plate = [336, 129, 454, 245], [382, 218, 412, 235]
+    kept = plausible(Detections.of_kind([car, plate], [0.6, 0.8], PLATE), 768, 432)
+    assert kept.xyxy.tolist() == [plate]
+    twice = [[380, 216, 414, 237], plate]
+    assert len(plausible(Detections.of_kind(twice, [0.6, 0.8], PLATE), 768, 432)) == 2
+
+
 def _changed(before: np.ndarray, after: np.ndarray, box) -> float:
     x1, y1, x2, y2 = (int(v) for v in box)
     return float(np.abs(before[y1:y2, x1:x2].astype(int) - after[y1:y2, x1:x2]).mean())

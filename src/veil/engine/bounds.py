@@ -25,6 +25,11 @@ PLATE_MIN_ASPECT = 0.8
 # wide: a close-up in a 900x600 photo, which the detector boxes at 0.21 high, 0.38 wide).
 PLATE_MAX_HEIGHT = 0.3
 PLATE_MAX_WIDTH = 0.6
+# A plate box holding most (NEST_COVER) of another plate box of at most NEST_AREA of its area is the
+# car around the plate, not a plate (on the parking-lot dev clip: a 119x116 px box over a car's rear,
+# its 30x16 px plate inside, both found in one frame); plates do not nest.
+NEST_COVER = 0.8
+NEST_AREA = 0.25
 # Faces: width / height within these (labelled faces 0.39-1.93; only clearly impossible shapes go).
 FACE_ASPECT = (0.25, 3.0)
 _EDGE = 1.0  # px: a box this close to the border may be cut by it
@@ -44,5 +49,22 @@ def plausible(dets: Detections, width: int, height: int) -> Detections:
     face = dets.kinds == FACE
     bad = plate & ((aspect < PLATE_MIN_ASPECT) & ~cut_x
                    | (h > PLATE_MAX_HEIGHT * longest) | (w > PLATE_MAX_WIDTH * longest))
+    bad |= _holds_a_smaller_plate(dets.xyxy, plate & ~bad)
     bad |= face & ((aspect < FACE_ASPECT[0]) & ~cut_x | (aspect > FACE_ASPECT[1]) & ~cut_y)
     return dets if not bad.any() else dets[~bad]
+
+
+def _holds_a_smaller_plate(xyxy: np.ndarray, plate: np.ndarray) -> np.ndarray:
+    """Per box: a plate box that holds most of a much smaller plate box."""
+    out = np.zeros(len(xyxy), bool)
+    idx = np.flatnonzero(plate)
+    if len(idx) < 2:
+        return out
+    b = np.asarray(xyxy, np.float64)[idx]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    iw = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
+    held = iw * ih >= NEST_COVER * area[None, :]  # [i, j]: box i holds most of box j
+    small = area[None, :] <= NEST_AREA * area[:, None]
+    out[idx] = (held & small).any(axis=1)
+    return out

@@ -13,8 +13,9 @@ Two parts, both working on the engine's one box currency (`Detections`):
   `max_gap` frames (missed detections, frames the detector skipped), extrapolation `lead` frames
   before a track's first and `trail` frames after its last detection (longer when it was last seen
   at the frame edge: it is probably leaving; the box spans from where the object was seen towards
-  where its velocity takes it, growing with distance), and a centred moving average so the blur does
-  not jitter. A smoothed box is never smaller than the raw one.
+  where its velocity takes it, with a motion margin, never a size extrapolated from the detections:
+  `lead_box`), and a centred moving average so the blur does not jitter. A smoothed box is never
+  smaller than the raw one; every box is clipped to the frame.
 
 Frames are identified by their decode index; detections of frames the detector did not run on are
 pushed as `None`. Memory is bounded: tracks and observations older than the look-ahead are dropped.
@@ -41,10 +42,11 @@ class TrackingParams:
     smooth: int = 2  # radius (frames) of the centred moving average on boxes
     match_iou: float = 0.2  # minimum IoU to continue a track with a confident detection
     low_match_iou: float = 0.4  # ... with a low-score detection (second ByteTrack stage)
-    grow: float = 0.04  # extrapolated boxes grow by this fraction of their size per frame (each side)
-    max_grow: float = 0.5
+    grow: float = 0.04  # extrapolated boxes get a margin of this fraction of their size per frame (each side)
+    max_grow: float = 0.25  # ... at most: 1.5x the detection's size plus the distance it moves
     max_shift: float = 1.0  # an extrapolated box moves at most this many box sizes from where it was seen
-    max_lead_shift: float = 2.0  # ... before its first detection (a fast object found late)
+    max_lead_shift: float = 2.0  # ... before its first detection, the box spans this many sizes of its path
+    max_speed: float = 1.0  # ... which it follows at most this many box sizes a frame (a fast object found late)
     match_buffer: float = 0.5  # second association pass with boxes grown by this much (C-BIoU)
 
     @classmethod
@@ -124,6 +126,30 @@ class _Kalman:
     def box(self) -> np.ndarray:
         cx, cy, w, h = self.x[:4]
         return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
+def _centre(box: np.ndarray) -> np.ndarray:
+    return (np.asarray(box[:2], np.float64) + np.asarray(box[2:], np.float64)) / 2
+
+
+def lead_box(box: np.ndarray, velocity: np.ndarray, dt: int, travel: float, window: float,
+             p: TrackingParams) -> np.ndarray:
+    """Where an object seen at `box` may be `dt` frames later (earlier when negative), moving at
+    `velocity` (its centre's, px a frame): its own size, never one extrapolated from the detections
+    (a plate entering the frame grows in its first detections, and a box sized backwards from them
+    covered half the car), moved along the velocity at most `travel` box sizes and spanning back
+    from there towards where it was seen over at most `window` box sizes (objects often move in
+    steps - held frames, detector jitter - so a box moved all the way left the object behind), plus
+    a margin of `grow` box sizes a frame on each side (at most `max_grow`) for a change of speed or
+    course. The frame clips it (`_clip`): an object that can only just be entering at an edge is
+    covered in the strip along that edge where it can be, not over the path it has not taken yet."""
+    box = np.asarray(box, np.float64)
+    size = box[2:] - box[:2]
+    moved = np.clip(np.asarray(velocity, np.float64) * dt, -travel * size, travel * size)
+    back = moved - np.clip(moved, -window * size, window * size)  # the near end of the span
+    ends = np.array([box + np.r_[back, back], box + np.r_[moved, moved]])
+    margin = min(p.max_grow, p.grow * abs(dt)) * size
+    return np.r_[ends[:, :2].min(axis=0) - margin, ends[:, 2:].max(axis=0) + margin]
 
 
 def _to_cxcywh(box: np.ndarray) -> np.ndarray:
@@ -346,8 +372,10 @@ class VideoTracker:
             fp, fn = t.frames[prev], t.frames[nxt]
             bp, bn = t.boxes[prev], t.boxes[nxt]
             a = (f - fp) / (fn - fp)
-            margin = 0.25 * np.abs(bn - bp)  # the object need not move in a straight line
-            box = (1 - a) * bp + a * bn + np.r_[-margin[:2], margin[2:]]
+            # Between the two detections' sizes, on the line between their centres, with a margin of
+            # a quarter of the distance between them (the object need not move in a straight line).
+            margin = 0.25 * np.abs(_centre(bn) - _centre(bp))
+            box = (1 - a) * bp + a * bn + np.r_[-margin, margin]
             return box, min(t.scores[prev], t.scores[nxt])
         parts = []
         if nxt is not None and t.frames[nxt] - f <= p.lead:
@@ -370,26 +398,18 @@ class VideoTracker:
         return self.params.edge_trail if at_edge else self.params.trail
 
     def _extrapolate(self, t: Track, i: int, f: int) -> np.ndarray:
-        """Box of observation `i` moved to frame `f` at the velocity seen around it, grown with distance."""
-        fi, box = t.frames[i], t.boxes[i]
+        """Box of observation `i` in frame `f` (`lead_box`): after it, up to `max_shift` sizes from where it
+        was seen; before a track's first detection, along its path at up to `max_speed` sizes a frame."""
+        fi = t.frames[i]
         step = -1 if f > fi else 1  # look backwards in time for a forward extrapolation and vice versa
         j = i
         while 0 <= j + step < len(t.frames) and abs(t.frames[j + step] - fi) <= 10:
             j += step
-        velocity = (box - t.boxes[j]) / (fi - t.frames[j]) if j != i else np.zeros(4)
-        dt = f - fi
-        # The box spans from where the object was seen to where its velocity takes it (at most
-        # `max_shift` sizes): objects often move in steps (held frames, detector jitter), so a box
-        # moved all the way left the object behind, and one moved further grew into tall strips.
-        size = box[2:] - box[:2]
-        shift = self.params.max_lead_shift if i == 0 and f < fi else self.params.max_shift
-        limit = shift * np.r_[size, size]
-        near = box + np.clip(velocity * dt, -limit, limit)
-        span = np.r_[np.minimum(box[:2], near[:2]), np.maximum(box[2:], near[2:])]  # never smaller than box
-        w, h = span[2:] - span[:2]
-        cx, cy = (span[:2] + span[2:]) / 2
-        g = 1 + 2 * min(self.params.max_grow, self.params.grow * abs(dt))
-        return np.array([cx - g * w / 2, cy - g * h / 2, cx + g * w / 2, cy + g * h / 2])
+        velocity = (_centre(t.boxes[i]) - _centre(t.boxes[j])) / (fi - t.frames[j]) if j != i else np.zeros(2)
+        p = self.params
+        if i == 0 and f < fi:  # before the first detection: along its whole path, near its end
+            return lead_box(t.boxes[i], velocity, f - fi, p.max_speed * abs(f - fi), p.max_lead_shift, p)
+        return lead_box(t.boxes[i], velocity, f - fi, p.max_shift, p.max_shift, p)
 
     def _prune(self, oldest_pending: int) -> None:
         p = self.params
