@@ -1,6 +1,7 @@
 """Leak measure: objects a dense reference detector sees that Veil's blur mask does not cover.
 
     python bench/leak_check.py CLIP [--config JSON] [--every 1] [--cache DIR] [--segment-seconds S]
+                               [--min-width N]
 
 The reference runs the detector on *every* frame at full resolution with slicing on and low
 thresholds (0.3), for faces and plates whatever the config, and keeps its detections with score
@@ -8,7 +9,15 @@ thresholds (0.3), for faces and plates whatever the config, and keeps its detect
 `detect_video(CLIP, config)` (the same boxes `anonymize_video` blurs); its blur mask per frame is
 `redact.redaction_mask`. A reference box counts as a **leaked object-frame** when less than 70% of
 it lies inside Veil's mask in that frame. Reference boxes are linked into tracks (IoU tracker), and
-for each track the longest run of consecutive leaked frames is reported.
+for each track the longest run of consecutive leaked frames is reported. With `--min-width N`,
+reference objects narrower than N px (a plate that small is not legible) are counted apart, so a
+few tiny plates in a distant corner do not hide real leaks (nor count as them: the exit status).
+
+**Over-blur**, per redacted kind: the share of the frame that Veil's mask for that kind blurs outside
+every reference box of that kind (any reference score, down to 0.3: a weak real object is not
+over-blur), mean over the checked frames and the worst frame; and the largest single box Veil drew
+of that kind in any frame (width x height, frame). Leaks stay the first rule; this is the other side
+of the trade-off (a blur over half a car hides what the footage is for).
 
 `--every N` checks only every N-th frame (the reference is slow: several seconds per 1080p frame on
 two cores); `--cache` keeps the reference detections, so Veil can be re-checked quickly after a
@@ -76,6 +85,35 @@ def coverage(mask: np.ndarray, box) -> float:
     return float(mask[y1:y2, x1:x2].mean())
 
 
+def over_blur(shape: tuple[int, int], drawn, config, kind: int, rows: list) -> float:
+    """Share of the frame that Veil's mask for `kind` covers outside every reference box of `kind`."""
+    from veil.engine.redact import redaction_mask
+
+    if drawn is None or not len(drawn.kind(kind)):
+        return 0.0
+    mask = redaction_mask(shape, drawn.kind(kind), config)
+    h, w = shape
+    for row in rows:
+        if int(row[5]) == kind:
+            x1, y1 = max(0, int(np.floor(row[0]))), max(0, int(np.floor(row[1])))
+            mask[y1:min(h, int(np.ceil(row[3]))), x1:min(w, int(np.ceil(row[2])))] = False
+    return float(mask.mean())
+
+
+def largest_box(frames, kind: int) -> tuple[float, float, int] | None:
+    """(width, height, frame) of the largest box (by area) Veil drew of `kind` in any frame."""
+    best = None
+    for f in frames:
+        sel = f.detections.kind(kind)
+        if not len(sel):
+            continue
+        wh = sel.xyxy[:, 2:] - sel.xyxy[:, :2]
+        i = int(np.argmax(wh[:, 0] * wh[:, 1]))
+        if best is None or wh[i, 0] * wh[i, 1] > best[0] * best[1]:
+            best = (float(wh[i, 0]), float(wh[i, 1]), f.index)
+    return best
+
+
 def link_tracks(reference: dict[int, list], every: int) -> dict[tuple[int, int], int]:
     """(frame, detection position) -> track id: each box continues the nearest box of its kind in
     the previous checked frame when their centres are within (1 + every) box diagonals (small fast
@@ -113,6 +151,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1, help="check every N-th frame")
     ap.add_argument("--cache", type=Path, default=None, help="folder to keep reference detections in")
     ap.add_argument("--segment-seconds", type=float, default=0, help="check a run split into segments this long")
+    ap.add_argument("--min-width", type=float, default=0,
+                    help="legibility floor: reference objects narrower than this (px) are reported apart")
     args = ap.parse_args()
 
     from veil.engine.config import ModelConfig
@@ -137,17 +177,26 @@ def main() -> None:
     shape = (report.height, report.width)
     checked = {0: 0, 1: 0}
     leaked = {0: 0, 1: 0}
+    small = {0: [0, 0], 1: [0, 0]}  # below the legibility floor: [checked, leaked]
+    over: dict[int, list[tuple[float, int]]] = {k: [] for k in redacted}  # (share of the frame, index)
     leaked_frames: dict[int, list[int]] = {}
     worst: list[tuple[float, int, int]] = []
     for index, rows in sorted(reference.items()):
+        drawn = veil.get(index)
+        for kind in redacted:
+            over[kind].append((over_blur(shape, drawn, config, kind, rows), index))
         real = [(pos, r) for pos, r in enumerate(rows) if r[4] >= SCORE and int(r[5]) in redacted]
         if not real:
             continue
-        mask = redaction_mask(shape, veil[index], config) if index in veil else np.zeros(shape, bool)
+        mask = redaction_mask(shape, drawn, config) if drawn is not None else np.zeros(shape, bool)
         for pos, row in real:
             kind = int(row[5])
-            checked[kind] += 1
             cov = coverage(mask, row[:4])
+            if row[2] - row[0] < args.min_width:
+                small[kind][0] += 1
+                small[kind][1] += cov < COVER
+                continue
+            checked[kind] += 1
             if cov < COVER:
                 leaked[kind] += 1
                 leaked_frames.setdefault(track_of.get((index, pos), -1), []).append(index)
@@ -161,8 +210,20 @@ def main() -> None:
             longest = max(longest, run)
         runs[track] = longest
     print(f"veil frames {len(report.frames)}, checked frames {len(reference)} (every {args.every})")
+    floor = f" (objects >= {args.min_width:g} px wide)" if args.min_width else ""
     for kind in sorted(redacted):
-        print(f"  {KIND_NAMES[kind]:<7} reference object-frames {checked[kind]:5d}   leaked {leaked[kind]:4d}")
+        print(f"  {KIND_NAMES[kind]:<7} reference object-frames {checked[kind]:5d}   leaked {leaked[kind]:4d}{floor}")
+        if args.min_width:
+            print(f"  {KIND_NAMES[kind]:<7} narrower than {args.min_width:g} px: {small[kind][0]:5d}   "
+                  f"leaked {small[kind][1]:4d} (not counted above)")
+    for kind in sorted(redacted):
+        shares = over[kind]
+        mean = float(np.mean([v for v, _ in shares])) if shares else 0.0
+        top, at = max(shares, default=(0.0, -1))
+        big = largest_box(report.frames, kind)
+        box = f"{big[0]:.0f}x{big[1]:.0f} px at frame {big[2]}" if big else "none"
+        print(f"  {KIND_NAMES[kind]:<7} over-blur: mean {100 * mean:.3f}% of the frame, worst {100 * top:.2f}% "
+              f"(frame {at}); largest box {box}")
     total = sum(leaked.values())
     print(f"leaked object-frames: {total}")
     if runs:
