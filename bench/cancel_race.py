@@ -23,7 +23,7 @@ from PIL import Image
 import veil.engine.anonymize
 from veil.jobs.keys import create_key, get_key
 from veil.jobs.service import INPUT_CONTAINER, JobConflict, build_service
-from veil.queue.tasks import process_job
+from veil.jobs.runner import process_job
 from veil.settings import Settings
 
 

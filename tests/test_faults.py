@@ -313,8 +313,8 @@ def test_a_stitch_that_fails_through_veils_fault_is_refunded(tmp_path, shared_da
     unusable when they are joined (here: another segment's file stored in its place, as a worker mixing up
     its files would): the real stitch refuses it. That is not the input's fault: refunded, no output."""
     from veil.jobs.service import OUTPUT_CONTAINER, build_service
-    from veil.queue import segments
-    from veil.queue.tasks import process_job
+    from veil.jobs import segments
+    from veil.jobs.runner import process_job
 
     real_stitch = segments.stitch
 
@@ -526,7 +526,7 @@ def test_postgresql_lost_just_after_an_output_was_stored_leaves_no_stray_output(
     takes the job after its lease ran out deletes that stray output and completes the job with the only output
     in the store, charged once."""
     from veil.jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, build_service
-    from veil.queue.tasks import process_job
+    from veil.jobs.runner import process_job
 
     with _postgresql_behind_a_proxy() as (_, proxied, proxy):
         svc = build_service(settings_for(tmp_path / "data", database_url=proxied, job_lease_seconds=3))

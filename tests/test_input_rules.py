@@ -16,7 +16,7 @@ from _service_helpers import jpeg_bytes, settings_for
 from veil.jobs.keys import create_key, get_key
 from veil.jobs.names import output_name, safe_name
 from veil.jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, build_service
-from veil.queue.tasks import process_job
+from veil.jobs.runner import process_job
 
 NO_DETECTION = {"blur_face": False, "enable_lp": False}  # the worker runs without the models
 

@@ -20,8 +20,7 @@ from veil.db.models import Job, utcnow
 from veil.jobs import callbacks
 from veil.jobs.keys import create_key
 from veil.jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, build_service
-from veil.queue import tasks
-from veil.queue.tasks import process_job
+from veil.jobs.runner import process_job
 
 
 def _service(tmp_path: Path, name: str = "a", store=None, **overrides):

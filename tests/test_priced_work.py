@@ -85,7 +85,7 @@ def _run_job(tmp_path, data: bytes, name: str):
     from _service_helpers import settings_for
     from veil.jobs.keys import create_key
     from veil.jobs.service import INPUT_CONTAINER, build_service
-    from veil.queue.tasks import process_job
+    from veil.jobs.runner import process_job
 
     svc = build_service(settings_for(tmp_path / "data"))
     _, key = create_key(svc.db, 100)

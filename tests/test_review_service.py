@@ -18,7 +18,7 @@ from PIL import Image
 
 from _service_helpers import app_client, new_key, seed_upload
 from veil.jobs.credits import ledger
-from veil.queue.tasks import process_job
+from veil.jobs.runner import process_job
 
 PHOTO = "dlib_faces/images/dlib_2008_001322.jpg"
 BOX = [10, 10, 70, 60]  # a corner with no face

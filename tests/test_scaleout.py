@@ -171,11 +171,11 @@ def _submit(dep: Deployment, key: str, path: Path) -> str:
     upload_url, job_id = _session(dep, key, path)
     seed_client.upload_file(session_uri=upload_url, file_name=str(path))
     deadline = time.monotonic() + 60
-    while (status := requests.post(f"{dep.api_url}/approve_job/{job_id}", headers={"access_token": key},
-                                   allow_redirects=False, timeout=30).status_code) == 302:
+    while (r := requests.post(f"{dep.api_url}/approve_job/{job_id}", headers={"access_token": key},
+                              allow_redirects=False, timeout=30)).status_code == 302:
         assert time.monotonic() < deadline, "the upload was never seen"
         time.sleep(0.2)
-    assert status == 200, status
+    assert r.status_code == 200, f"{r.status_code} {r.text}\n--- api\n{dep.log('api')[-3000:]}"
     return job_id
 
 

@@ -194,7 +194,7 @@ def test_service_runs_segments_in_parallel_and_redoes_only_an_interrupted_one(tm
     from _service_helpers import assert_charged_once, settings_for
     from veil.db.models import VideoSegment
     from veil.jobs.service import OUTPUT_CONTAINER, build_service
-    from veil.queue import tasks as task_module
+    from veil.jobs import runner, running
 
     src = make_clip(tmp_path / "long.mp4", frames=150, vfr=True, audio=True)
     svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5,
@@ -212,10 +212,10 @@ def test_service_runs_segments_in_parallel_and_redoes_only_an_interrupted_one(tm
             return write(container, name, data)
 
         monkeypatch.setattr(svc.store, "write", crash_on_second_segment)
-        owner = task_module.new_owner()
+        owner = running.new_owner()
         assert svc.leases.claim(job_id, owner)
         with pytest.raises(KeyboardInterrupt):
-            task_module._run(svc, job_id, tmp_path / "work", task_module._Lease(svc, job_id, owner))
+            runner._run(svc, job_id, tmp_path / "work", running.JobLease(svc, job_id, owner))
         with svc.db() as session:
             rows = list(session.scalars(select(VideoSegment).order_by(VideoSegment.index)))
         finished = [r.index for r in rows if r.status == "completed"]
@@ -224,13 +224,13 @@ def test_service_runs_segments_in_parallel_and_redoes_only_an_interrupted_one(tm
         monkeypatch.setattr(svc.store, "write", write)
         submitted.clear()
         told: list[float] = []
-        progress_write = task_module._Progress._write
+        progress_write = running.Progress._write
 
         def recording_progress(self, value, force=False):
             told.append(value)
             return progress_write(self, value, force)
 
-        monkeypatch.setattr(task_module._Progress, "_write", recording_progress)
+        monkeypatch.setattr(running.Progress, "_write", recording_progress)
         _work_until_done(svc, [job_id], concurrency=1, seconds=120)  # requeues the interrupted job
         job = svc.get_job(job_id)
         assert job.status == "completed", job.description
@@ -316,9 +316,8 @@ def test_celery_workers_take_segments_of_one_video(tmp_path, monkeypatch):
 
     from _service_helpers import settings_for
     from veil.jobs.service import build_service
-    from veil.queue import celery_app
-    from veil.queue.segments import process_segment
-    from veil.queue.tasks import process_job
+    from veil.jobs.segments import process_segment
+    from veil.jobs.runner import process_job
 
     src = make_clip(tmp_path / "long.mp4", frames=150, audio=True)
     svc = build_service(settings_for(tmp_path / "data", worker="celery", video_segment_seconds=1.5,
@@ -333,7 +332,7 @@ def test_celery_workers_take_segments_of_one_video(tmp_path, monkeypatch):
             threads.append(thread)
             thread.start()
 
-        monkeypatch.setattr(celery_app, "dispatch_segment", dispatch_segment)
+        svc.dispatch_segment = dispatch_segment  # as `veil worker` wires it to Celery
         mine = _record_submitted(monkeypatch)
         assert process_job(job_id, svc)
         for thread in threads:
@@ -363,8 +362,8 @@ def test_cancel_stops_every_segment_and_leaves_no_segment_file(tmp_path, monkeyp
     from veil.db.models import Job, VideoSegment
     from veil.engine import segments as engine_segments
     from veil.jobs.service import OUTPUT_CONTAINER, build_service
-    from veil.queue import tasks as task_module
-    from veil.queue.tasks import process_job
+    from veil.jobs import running
+    from veil.jobs.runner import process_job
 
     src = make_clip(tmp_path / "long.mp4", frames=150, audio=True)
     svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5,
@@ -399,8 +398,8 @@ def test_cancel_stops_every_segment_and_leaves_no_segment_file(tmp_path, monkeyp
         write = svc.store.write
         monkeypatch.setattr(svc.store, "write", lambda c, name, data: written.append(name) or write(c, name, data))
         submitted = _record_submitted(monkeypatch)
-        check = task_module._Progress.check_cancel  # every 2 s; this clip takes less
-        monkeypatch.setattr(task_module._Progress, "check_cancel", lambda self, force=False: check(self, True))
+        check = running.Progress.check_cancel  # every 2 s; this clip takes less
+        monkeypatch.setattr(running.Progress, "check_cancel", lambda self, force=False: check(self, True))
         assert process_job(job_id, svc)
         job = svc.get_job(job_id)
         assert job.status == "cancelled", job.description

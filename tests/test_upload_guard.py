@@ -21,7 +21,7 @@ from veil.api.app import create_app
 from veil.db.models import Job, utcnow
 from veil.jobs import keys
 from veil.jobs.service import INPUT_CONTAINER
-from veil.queue.tasks import process_job
+from veil.jobs.runner import process_job
 from veil.storage.testing import free_port, serve_app
 
 

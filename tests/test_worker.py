@@ -17,7 +17,7 @@ from veil.jobs.credits import ledger
 from veil.jobs.keys import create_key, get_key
 from veil.jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, build_service
 from veil.queue.embedded import EmbeddedWorker
-from veil.queue.tasks import process_job
+from veil.jobs.runner import process_job
 
 
 @pytest.fixture()
@@ -190,13 +190,13 @@ def test_restart_requeues_running_jobs_and_keeps_finished_files(svc, monkeypatch
     monkeypatch.setattr("veil.engine.anonymize.anonymize", engine)
     _, job_id = _submit(svc, _zip({"a.jpg": jpeg_bytes(seed=1), "b.jpg": jpeg_bytes(seed=2)}), "two.zip")
     # Simulate a crash after a.jpg: the job is `running`, a.jpg done, b.jpg interrupted.
-    from veil.queue import tasks as task_module
+    from veil.jobs import runner, running
 
-    owner = task_module.new_owner()
+    owner = running.new_owner()
     assert svc.leases.claim(job_id, owner)
 
-    original = task_module._finish
-    monkeypatch.setattr(task_module, "_finish", lambda s, j: None)
+    original = runner._finish
+    monkeypatch.setattr(runner, "_finish", lambda s, j: None)
     calls = {"n": 0}
 
     def crash_on_second(src, dst, config, progress=None, **_):
@@ -207,9 +207,9 @@ def test_restart_requeues_running_jobs_and_keeps_finished_files(svc, monkeypatch
 
     monkeypatch.setattr("veil.engine.anonymize.anonymize", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
-        task_module._run(svc, job_id, svc.settings.data_dir / "work" / job_id, task_module._Lease(svc, job_id, owner))
+        runner._run(svc, job_id, svc.settings.data_dir / "work" / job_id, running.JobLease(svc, job_id, owner))
     assert svc.get_job(job_id).status == "running"
-    monkeypatch.setattr(task_module, "_finish", original)
+    monkeypatch.setattr(runner, "_finish", original)
     monkeypatch.setattr("veil.engine.anonymize.anonymize", engine)
     seen.clear()
 
@@ -256,14 +256,14 @@ def test_celery_task_runs_the_same_task_function(tmp_path, monkeypatch):
     processes the job with the same `process_job`."""
     import base64
 
-    from veil.queue import celery_app, tasks
+    from veil.queue import celery_app
 
     monkeypatch.setenv("VEIL_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("VEIL_STORAGE_KEY", base64.b64encode(b"k" * 32).decode())
-    monkeypatch.setattr(tasks, "_default_service", None)
+    monkeypatch.setattr(celery_app, "_service", None)
     monkeypatch.setattr("veil.engine.anonymize.anonymize",
                         lambda src, dst, config, progress=None, **_: Path(dst).write_bytes(Path(src).read_bytes()))
-    svc = tasks.default_service()
+    svc = celery_app.default_service()
     try:
         _, job_id = _submit(svc, jpeg_bytes(), "x.jpg")
         celery_app.process_job_task.apply(args=[job_id]).get()

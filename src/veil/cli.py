@@ -254,12 +254,9 @@ def worker(concurrency: int | None, data_dir: Path | None) -> None:
 
     from .jobs.service import build_service
     from .logs import configure
-    from .queue import tasks
-    from .queue.celery_app import app, dispatch
-    from .queue.sweeper import Sweeper
-
     from .metrics import serve_metrics
-    from .queue.shutdown import on_celery_shutdown
+    from .queue.celery_app import app, on_celery_shutdown, use_service
+    from .queue.sweeper import Sweeper
 
     settings = _settings(data_dir, worker_concurrency=concurrency)
     configure(settings.log_http, log_format=settings.log_format)
@@ -267,8 +264,8 @@ def worker(concurrency: int | None, data_dir: Path | None) -> None:
     on_celery_shutdown(settings.shutdown_grace_seconds)  # SIGTERM: finish the file, else hand the job back
     if settings.metrics_port is not None:
         serve_metrics(settings.metrics_port)
-    service = build_service(settings, dispatch=dispatch)
-    tasks.use_service(service)
+    service = build_service(settings)
+    use_service(service)  # its queued jobs and segments go to Celery
     sweeper = Sweeper(service, api=False)
     sweeper.start()
     try:

@@ -46,9 +46,9 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
         worker = EmbeddedWorker(service, settings.worker_concurrency, settings.worker_poll_seconds)
         service.dispatch = worker.wake
     elif settings.worker == "celery":
-        from ..queue.celery_app import dispatch
+        from ..queue.celery_app import wire
 
-        service.dispatch = dispatch
+        wire(service)
 
     from ..queue.sweeper import Sweeper
 

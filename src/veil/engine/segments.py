@@ -19,7 +19,7 @@
   segments' frames in order.
 
 `anonymize_split` runs the segments in worker processes of its own (`veil anonymize --jobs N`); the
-service fans them out itself (`veil.queue.segments`).
+service fans them out itself (`veil.jobs.segments`).
 """
 
 from __future__ import annotations

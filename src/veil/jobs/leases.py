@@ -85,7 +85,7 @@ class Leases:
         return expired, sent
 
     def hand_back(self, job_id: str, owner: str) -> bool:
-        """A worker shutting down gives its job back at once (`veil.queue.shutdown`): its running file and the
+        """A worker shutting down gives its job back at once (`veil.jobs.drain`): its running file and the
         segments it ran are pending again, the job queued without a lease (its progress kept) and sent, so any
         worker resumes it without waiting for the lease to run out. False when `owner` no longer held it."""
         with self.db.begin() as session:

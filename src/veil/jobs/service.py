@@ -52,7 +52,7 @@ from . import credits
 from .leases import Leases
 from .names import public_message, safe_name
 from .notifications import Notifier
-from .pricing import Prices, cost_of
+from . import pricing
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,8 @@ class JobService:
         self.db = db
         self.store = store
         self.dispatch = dispatch or (lambda job_id: None)  # called with a job id once it is queued
+        # called with (job id, task id, segment index) for each segment other workers may take (Celery)
+        self.dispatch_segment: Callable[[str, int, int], None] | None = None
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="veil-jobs")  # pricing
         self.notifier = Notifier(settings, db, self.get_job, self.report)  # callbacks and their records
         self.leases = Leases(settings, db, self.send)  # claim, renew, sweep
@@ -247,7 +249,8 @@ class JobService:
                         return  # priced meanwhile by another caller, which deleted a refused input
                     raise
                 try:
-                    cost = int(cost_of(path, Prices.from_settings(self.settings), media=MediaLimits.from_settings(self.settings)))
+                    cost = int(pricing.cost_of(path, pricing.Prices.from_settings(self.settings),
+                                               media=MediaLimits.from_settings(self.settings)))
                 except Exception as exc:  # noqa: BLE001 - input errors (ArchiveError, MediaError) name the problem
                     if not _is_input_error(exc):
                         raise
@@ -306,14 +309,14 @@ class JobService:
             self.check_upload(job)
             job = self.get_job(job_id, key_id)
         if job.status == "uploaded":
-            pricing = self._pricing.get(job_id)
-            if pricing is None:  # not being priced by this process (interrupted, or another's): price now
+            being_priced = self._pricing.get(job_id)
+            if being_priced is None:  # not being priced by this process (interrupted, or another's): price now
                 try:
                     self.price_job(job_id)
                 except Exception:  # noqa: BLE001 - an outage while pricing: the client retries (302), no 500
                     log.exception("pricing job %s failed", job_id)
             else:  # being priced here: wait a little, then let the client ask again (302) rather than block
-                wait([pricing], timeout=APPROVE_WAITS_FOR_PRICING_SECONDS)
+                wait([being_priced], timeout=APPROVE_WAITS_FOR_PRICING_SECONDS)
             job = self.get_job(job_id, key_id)
         if job.status in ("created", "uploaded"):
             return "waiting"

@@ -3,7 +3,7 @@
 The queue is the jobs table itself (status `queued`), so queued jobs survive a restart, and on
 start-up jobs a crash left `running` are put back in the queue (single-process deployments only:
 with several servers on one database use Celery workers instead). `stop(grace)` is the graceful shutdown
-of `veil serve` (`veil.queue.shutdown`): no new job or file; the file in progress gets `grace` seconds, after
+of `veil serve` (`veil.jobs.drain`): no new job or file; the file in progress gets `grace` seconds, after
 which its job is handed back (queued, lease released, progress kept), logged.
 """
 
@@ -13,8 +13,8 @@ import logging
 import threading
 
 from ..jobs.service import JobService
-from .shutdown import Drain
-from .tasks import process_job
+from ..jobs.drain import Drain
+from ..jobs.runner import process_job
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
   `model_config` overrides and edits, stores the new output under this run's own name and only then swaps it
   in for the old one, so the previous output stays downloadable until the new one is complete.
 
-Both run under the job's lease like any job (`veil.queue.tasks.process_job`): a killed worker's render is
+Both run under the job's lease like any job (`veil.jobs.runner.process_job`): a killed worker's render is
 taken up by another worker and redoes only the files not yet drawn.
 """
 
@@ -16,29 +16,30 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..db.models import Job, utcnow
+from ..db.models import FINAL, Job, utcnow
 from ..engine.config import MediaLimits, ModelConfig
 from ..engine.document import EDITS, append_edits, iter_frames
 from ..engine.file_report import summarize
 from ..engine.render import detect_document, render
-from ..jobs import credits
-from ..jobs.names import safe_name
-from ..jobs.service import FINAL, OUTPUT_CONTAINER, JobService
-from .shutdown import HandBack
-from .tasks import _Cancelled, _Lease, _LeaseLost, _Progress, _set_task, _suffix, _task, fail_task
+from . import credits
+from .drain import HandBack
+from .names import safe_name
+from .running import (Cancelled, JobLease, LeaseLost, Progress, fail_task, get_task, output_suffix, run_tag,
+                      set_task)
+from .service import OUTPUT_CONTAINER, JobService
 
 log = logging.getLogger(__name__)
 
 
 def run_review(svc: JobService, job: Job, work: Path, config: ModelConfig, tasks: list[tuple[int, Path]],
-               lease: _Lease) -> None:
+               lease: JobLease) -> None:
     """Detect (review mode) or render (a render request) the job's files, then leave the job awaiting review
-    or completed. Raises _Cancelled like `_process`."""
+    or completed. Raises Cancelled like `_process`."""
     request = job.render_request
-    progress = _Progress(svc, job.id, len(tasks), lease)
-    run_tag = lease.owner.rsplit(":", 1)[1]
+    progress = Progress(svc, job.id, len(tasks), lease)
+    tag = run_tag(lease.owner)
     for index, (task_id, path) in enumerate(tasks):
-        task = _task(svc, task_id)
+        task = get_task(svc, task_id)
         if task.status == "failed" or (task.detections_blob if request is None else not task.render_pending):
             continue  # failed, or detected already (a resumed review), or drawn already (a resumed render)
         progress.check_cancel(force=True)
@@ -51,17 +52,17 @@ def run_review(svc: JobService, job: Job, work: Path, config: ModelConfig, tasks
             if request is None:
                 report = detect_document(path, doc, config, progress.for_file(index), MediaLimits.from_settings(svc.settings),
                                          svc.settings.detections_floor)
-                blob = f"{job.id}/{task.index}.{run_tag}.detections.gz"
+                blob = f"{job.id}/{task.index}.{tag}.detections.gz"
                 svc.store.write(OUTPUT_CONTAINER, blob, doc)
                 stored.append(blob)
                 values = {"detections_blob": blob, "render_pending": True, "media": report.media,
                           "summary": summarize(report, iter_frames(doc), config)}
             else:
-                values = _render_file(svc, task, path, dst, doc, config, request, run_tag, progress.for_file(index),
+                values = _render_file(svc, task, path, dst, doc, config, request, tag, progress.for_file(index),
                                       stored)
             lease.check()
-            _set_task(svc, lease, task_id, **values)
-        except (_Cancelled, _LeaseLost, HandBack):
+            set_task(svc, lease, task_id, **values)
+        except (Cancelled, LeaseLost, HandBack):
             for blob in stored:
                 svc.store.delete(OUTPUT_CONTAINER, blob)
             raise
@@ -81,7 +82,7 @@ def run_review(svc: JobService, job: Job, work: Path, config: ModelConfig, tasks
 
 
 def _render_file(svc: JobService, task, path: Path, dst: Path, doc: Path, config: ModelConfig, request: dict,
-                 run_tag: str, progress, stored: list[str]) -> dict:
+                 tag: str, progress, stored: list[str]) -> dict:
     """Render one file from its stored document with the request's edits (recorded in a new copy of the
     document); returns the task's new values."""
     with svc.store.open_read(OUTPUT_CONTAINER, task.detections_blob) as src, doc.open("wb") as out:
@@ -92,12 +93,12 @@ def _render_file(svc: JobService, task, path: Path, dst: Path, doc: Path, config
     report = render(path, doc, dst, overrides, edits, progress, MediaLimits.from_settings(svc.settings))
     if edits:
         append_edits(doc, edits)
-    blob = f"{task.job_id}/{task.index}.{run_tag}.render{_suffix(path.name)}"  # this run's own names
+    blob = f"{task.job_id}/{task.index}.{tag}.render{output_suffix(path.name)}"  # this run's own names
     svc.store.write(OUTPUT_CONTAINER, blob, dst)
     stored.append(blob)
     doc_blob = task.detections_blob
     if edits:
-        doc_blob = f"{task.job_id}/{task.index}.{run_tag}.render.detections.gz"
+        doc_blob = f"{task.job_id}/{task.index}.{tag}.render.detections.gz"
         svc.store.write(OUTPUT_CONTAINER, doc_blob, doc)
         stored.append(doc_blob)
     rendered = ModelConfig(**{**config.model_dump(), **overrides})

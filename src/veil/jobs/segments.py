@@ -3,7 +3,7 @@ is kept, and the output is stitched once all are done.
 
 The worker holding the job's lease plans the video's segments and records them (`VideoSegment`, once per
 task: a resumed run finds them). With Celery it sends each unfinished segment as a task of its own
-(`veil.process_segment`), which any worker takes (`process_segment`); it also runs segments itself in
+(`veil.process_segment`, sent by `JobService.dispatch_segment`), which any worker takes (`process_segment`); it also runs segments itself in
 spawned processes: at most `VEIL_WORKER_CONCURRENCY` at once in one worker process, over all the jobs its
 threads hold (`segment_slots`). A segment is taken with one conditional UPDATE that writes
 its lease (owner, expiry; renewed while it runs), like a job: a segment whose worker died is taken again
@@ -31,11 +31,13 @@ from ..db.models import Job, VideoSegment, utcnow
 from ..engine.config import MediaLimits, ModelConfig
 from ..engine.errors import MediaError
 from ..engine.report import Report
-from ..engine.segments import Segment, SegmentPool, stitch
-from ..jobs.leases import holds
-from ..jobs.names import public_message
-from ..jobs.service import OUTPUT_CONTAINER, JobService
-from .shutdown import HandBack, process_drain
+from ..engine.segments import Segment, SegmentPool, run_segment, stitch
+from .archive import expand_archive, is_archive
+from .drain import HandBack, process_drain
+from .leases import holds
+from .names import public_message
+from .running import LeaseLost, new_owner, run_tag
+from .service import OUTPUT_CONTAINER, JobService
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +63,10 @@ def anonymize_segments(svc: JobService, task, path: Path, dst: Path, config: Mod
     limits = MediaLimits.from_settings(svc.settings)
     total = sum(s.analysed for s in plan)
     told, renewed = 0.0, time.monotonic()
-    if svc.settings.worker == "celery":
-        from .celery_app import dispatch_segment
-
+    if svc.dispatch_segment is not None:  # Celery: other workers may take segments too
         for row in rows.values():
             if row.status != "completed":
-                dispatch_segment(task.job_id, task.id, row.index)
+                svc.dispatch_segment(task.job_id, task.id, row.index)
     slots = max(1, min(svc.settings.worker_concurrency, len(plan)))
     free = segment_slots(svc.settings.worker_concurrency)
     mine: dict = {}  # future -> segment, run by this worker's processes; each holds one of `free`
@@ -150,17 +150,13 @@ def _claim_in_slot(svc: JobService, task_id: int, owner: str, plan: list[Segment
 
 def process_segment(job_id: str, task_id: int, index: int, svc: JobService) -> bool:
     """Celery: run one segment of a running job's video if nobody else has it (False when not taken)."""
-    from ..engine.segments import run_segment
-    from ..jobs.archive import expand_archive, is_archive
-    from .tasks import new_owner
-
     owner = new_owner()
     if process_drain.requested:
         return False  # shutting down: the job's own worker, or the next, runs it
     segment = _claim(svc, task_id, owner, index=index)
     if segment is None:
         return False
-    work = svc.settings.data_dir / "work" / f"{job_id}.{task_id}.{index}.{owner.rsplit(':', 1)[1]}"
+    work = svc.settings.data_dir / "work" / f"{job_id}.{task_id}.{index}.{run_tag(owner)}"
     last = [0.0]
 
     def beat(fraction: float) -> None:
@@ -225,7 +221,7 @@ def _claim(svc: JobService, task_id: int, owner: str, plan: list[Segment] | None
 
 def _store(svc: JobService, task, index: int, owner: str, part: Path, detections: int) -> None:
     """A finished segment's file into the output container, its row completed (while `owner` has it)."""
-    blob = f"{task.job_id}/{task.index}.segment{index}.{owner.rsplit(':', 1)[1]}.mp4"
+    blob = f"{task.job_id}/{task.index}.segment{index}.{run_tag(owner)}.mp4"
     svc.store.write(OUTPUT_CONTAINER, blob, part)
     with svc.db.begin() as session:
         done = session.execute(update(VideoSegment).where(_owned(task.id, owner), VideoSegment.index == index).values(
@@ -268,13 +264,11 @@ def drop_segments(svc: JobService, task_id: int) -> None:
 def _ensure_rows(svc: JobService, lease, task_id: int, plan: list[Segment]) -> dict[int, VideoSegment]:
     """The task's segment rows, created on its first run; recreated when the plan changed (another
     VEIL_VIDEO_SEGMENT_SECONDS)."""
-    from .tasks import _LeaseLost
-
     windows = [s.to_json() for s in plan]
     stale: list[str] = []
     with svc.db.begin() as session:
         if session.scalar(select(Job.id).where(holds(lease.job_id, lease.owner)).with_for_update()) is None:
-            raise _LeaseLost()
+            raise LeaseLost()
         rows = list(session.scalars(select(VideoSegment).where(VideoSegment.task_id == task_id)
                                     .order_by(VideoSegment.index)))
         if [r.window for r in rows] != windows:

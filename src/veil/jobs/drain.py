@@ -50,15 +50,4 @@ class Drain:
         return max(0.0, self._deadline - time.monotonic())
 
 
-process_drain = Drain()  # `veil worker`'s: begun by Celery's worker_shutting_down signal (`on_celery_shutdown`)
-
-
-def on_celery_shutdown(grace: float) -> None:
-    """Begin `process_drain` when Celery's worker starts its (warm) shutdown: Celery then waits for the
-    running tasks, which finish their file or hand their job back within `grace`."""
-    from celery.signals import worker_shutting_down
-
-    def begin(**_: object) -> None:
-        process_drain.begin(grace)
-
-    worker_shutting_down.connect(begin, weak=False)
+process_drain = Drain()  # `veil worker`'s: begun by Celery's worker_shutting_down signal (`veil.queue.celery_app`)
