@@ -5,10 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 bash scripts/test-services.sh
-.venv/bin/python -m pytest "$@"
+subset=""
 for arg in "$@"; do
-  case "$arg" in tests*|*.py|*::*) exit 0 ;; esac  # a chosen subset: no second run
+  case "$arg" in tests*|*.py|*::*) subset=yes ;; esac  # a chosen subset: no house checks, no second run
 done
+[ -n "$subset" ] || bash scripts/check.sh
+.venv/bin/python -m pytest "$@"
+[ -z "$subset" ] || exit 0
 SERVICE_TESTS=(tests/test_api_public.py tests/test_keys_credits.py tests/test_worker.py tests/test_job_lease.py
                tests/test_events.py tests/test_upload_guard.py tests/test_strict_input.py tests/test_api_azure_backend.py
                tests/test_review_service.py)
