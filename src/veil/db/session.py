@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -57,3 +58,9 @@ def open_database(url: str) -> tuple[Engine, sessionmaker[Session]]:
     engine = make_engine(url)
     upgrade(engine)
     return engine, make_sessionmaker(engine)
+
+
+def changed(session: Session, statement: Executable) -> int:
+    """The rows an UPDATE or DELETE changed: the condition of a conditional write held for them (SQLAlchemy
+    types `execute` as any Result; a DML statement's is a CursorResult, which counts them)."""
+    return cast(CursorResult, session.execute(statement)).rowcount

@@ -29,9 +29,10 @@ on any error the files already extracted are removed again.
 from __future__ import annotations
 
 import ctypes
+import functools
 import tempfile
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,7 @@ def iter_member_files(path: Path, limits: ArchiveLimits | None = None,
                 file.unlink(missing_ok=True)
 
 
-def iter_members(path: Path, limits: ArchiveLimits | None = None) -> Iterator[Member]:
+def iter_members(path: Path, limits: ArchiveLimits | None = None) -> Generator[Member, None, None]:
     """Yield the archive's accepted members, validating every entry as it goes.
 
     Raises `ArchiveError` for a refused entry. Only headers are checked here (names, types,
@@ -162,7 +163,7 @@ def iter_members(path: Path, limits: ArchiveLimits | None = None) -> Iterator[Me
                                        f"{limits.max_total_bytes} bytes")
                 if declared > limits.ratio_floor_bytes and declared / archive_bytes > limits.max_total_ratio:
                     raise ArchiveError(_ratio_message(name, limits))
-                yield Member(name, entry.size, lambda entry=entry: entry.get_blocks(_CHUNK))
+                yield Member(name, entry.size, functools.partial(entry.get_blocks, _CHUNK))
     except libarchive.exception.ArchiveError as exc:
         raise ArchiveError(_corrupt_message(fmt, exc, path)) from None
 

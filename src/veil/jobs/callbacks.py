@@ -188,7 +188,7 @@ def _resolve(host: str, port: int, allowed: Iterable[Network]) -> list[tuple[int
     except socket.gaierror as exc:
         raise OSError(f"cannot resolve {host}: {exc.strerror}") from None
     for *_, sockaddr in infos:
-        address = ipaddress.ip_address(sockaddr[0].split("%")[0])
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
         if problem := address_problem(address, allowed):
             raise _refuse(host, address, problem)
     return [(family, sockaddr) for family, *_, sockaddr in infos]
@@ -258,7 +258,7 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, allowe
             sock.settimeout(max(deadline - time.monotonic(), 0.001))  # the handshake is bounded as a whole
             sock = (ssl_context or ssl.create_default_context()).wrap_socket(sock, server_hostname=host)
         conn = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(host, port)
-        conn.sock = _Deadline(sock, deadline)  # type: ignore[assignment] - already connected: never re-resolved
+        conn.sock = _Deadline(sock, deadline)  # type: ignore[assignment]  # already connected: never re-resolved
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()  # status line and headers only: the body is never read
@@ -381,8 +381,8 @@ class CallbackDispatcher:
         self._busy: dict[str, int] = {}
         self._lock = threading.Condition()
         self._stop = threading.Event()
-        self._options = dict(attempts=attempts, backoff=backoff, max_backoff=max_backoff, timeout=timeout,
-                             allowed=tuple(allowed))
+        self._attempts, self._backoff, self._max_backoff = attempts, backoff, max_backoff
+        self._timeout, self._allowed = timeout, tuple(allowed)
         self._workers, self._started = workers, False
 
     def submit(self, key: str, url: str, payload: dict, secret: str, delivery_id: str | None = None,
@@ -420,7 +420,9 @@ class CallbackDispatcher:
         while (item := self._next()) is not None:
             try:
                 outcome = deliver(item.url, item.payload, item.secret, stop=self._stop,
-                                  delivery_id=item.delivery_id, on_retry=item.on_done, **self._options)
+                                  delivery_id=item.delivery_id, on_retry=item.on_done, attempts=self._attempts,
+                                  backoff=self._backoff, max_backoff=self._max_backoff, timeout=self._timeout,
+                                  allowed=self._allowed)
             except Exception as exc:  # a bug must not kill the thread silently
                 log.exception("callback to %s failed unexpectedly", item.url)
                 outcome = Outcome("failed", error=f"internal error: {type(exc).__name__}")

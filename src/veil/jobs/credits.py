@@ -7,6 +7,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..db.models import ApiKey, CreditEntry
+from ..db.session import changed
 
 BALANCE_MAX = 2**63 - 1  # the BIGINT column; SQLite would silently turn an overflow into a float
 
@@ -24,10 +25,10 @@ def reserve(session: Session, key_id: str, job_id: str, amount: int) -> None:
     The balance check and the debit are one statement, so two transactions can't both pass the check.
     """
     if amount > 0:
-        result = session.execute(
+        rows = changed(session,
             update(ApiKey).where(ApiKey.id == key_id, ApiKey.credits >= amount)
             .values(credits=ApiKey.credits - amount).execution_options(synchronize_session=False))
-        if result.rowcount != 1:
+        if rows != 1:
             balance = session.scalar(select(ApiKey.credits).where(ApiKey.id == key_id)) or 0
             raise InsufficientCredits(amount, balance)
     session.add(CreditEntry(key_id=key_id, job_id=job_id, kind="reserve", amount=-amount,
@@ -58,16 +59,16 @@ def change_balance(session: Session, key_id: str, amount: int, reason: str, acto
         raise ValueError(f"amount must be between {-BALANCE_MAX} and {BALANCE_MAX}")
     condition = [ApiKey.id == key_id]
     condition.append(ApiKey.credits >= -amount if amount < 0 else ApiKey.credits <= BALANCE_MAX - amount)
-    result = session.execute(update(ApiKey).where(*condition).values(credits=ApiKey.credits + amount)
+    rows = changed(session, update(ApiKey).where(*condition).values(credits=ApiKey.credits + amount)
                              .execution_options(synchronize_session=False))
-    if result.rowcount != 1:
+    if rows != 1:
         balance = session.scalar(select(ApiKey.credits).where(ApiKey.id == key_id))
         if balance is None:
             raise ValueError("unknown key")
         raise ValueError(f"the balance ({balance}) would go below zero" if amount < 0 else
                          f"the balance ({balance}) would exceed the largest balance, {BALANCE_MAX}")
     session.add(CreditEntry(key_id=key_id, kind="admin_add", amount=amount, reason=reason, actor=actor))
-    return session.scalar(select(ApiKey.credits).where(ApiKey.id == key_id))
+    return session.scalars(select(ApiKey.credits).where(ApiKey.id == key_id)).one()
 
 
 def ledger(db: sessionmaker[Session], key_id: str | None = None, job_id: str | None = None) -> list[CreditEntry]:

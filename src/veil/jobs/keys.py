@@ -79,12 +79,12 @@ def list_keys(db: sessionmaker[Session]) -> list[ApiKey]:
 def revoke_key(db: sessionmaker[Session], key_or_id: str) -> ApiKey:
     row = find_key(db, key_or_id)
     with db.begin() as session:
-        session.get(ApiKey, row.id).revoked = True
+        session.execute(update(ApiKey).where(ApiKey.id == row.id).values(revoked=True))
     return get_key(db, row.id)
 
 
 def rename_key(db: sessionmaker[Session], key_id: str, name: str) -> ApiKey:
     get_key(db, key_id)
     with db.begin() as session:
-        session.get(ApiKey, key_id).name = name.strip()[:200]
+        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(name=name.strip()[:200]))
     return get_key(db, key_id)

@@ -13,6 +13,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..db.models import Job, Task, VideoSegment, utcnow
+from ..db.session import changed
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,19 +36,19 @@ class Leases:
         one caller. A message delivered again while the job's lease is alive claims nothing."""
         now = utcnow()
         with self.db.begin() as session:
-            result = session.execute(
+            rows = changed(session,
                 update(Job).where(Job.id == job_id, or_(
                     Job.status == "queued", (Job.status == "running") & (Job.lease_expires_at < now)))
                 .values(status="running", started_at=func.coalesce(Job.started_at, now), attempts=Job.attempts + 1,
                         lease_owner=owner, lease_expires_at=now + self._lease))
-        return result.rowcount == 1
+        return rows == 1
 
     def renew_lease(self, job_id: str, owner: str) -> bool:
         """Extend `owner`'s lease (the heartbeat); False when it no longer holds it."""
         with self.db.begin() as session:
-            result = session.execute(update(Job).where(holds(job_id, owner))
+            rows = changed(session, update(Job).where(holds(job_id, owner))
                                      .values(lease_expires_at=utcnow() + self._lease))
-        return result.rowcount == 1
+        return rows == 1
 
     @property
     def _lease(self) -> timedelta:
@@ -78,8 +79,8 @@ class Leases:
             unsent = list(session.scalars(select(Job.id).where(Job.status == "queued", due).order_by(Job.approved_at)))
         for job_id in unsent:
             with self.db.begin() as session:  # one process sends it: the one whose update matched
-                taken = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued", due)
-                                        .values(dispatched_at=now)).rowcount
+                taken = changed(session, update(Job).where(Job.id == job_id, Job.status == "queued", due)
+                                        .values(dispatched_at=now))
             if taken and self._send(job_id):
                 sent.append(job_id)
         return expired, sent
@@ -89,8 +90,8 @@ class Leases:
         segments it ran are pending again, the job queued without a lease (its progress kept) and sent, so any
         worker resumes it without waiting for the lease to run out. False when `owner` no longer held it."""
         with self.db.begin() as session:
-            if session.execute(update(Job).where(holds(job_id, owner)).values(
-                    status="queued", lease_owner=None, lease_expires_at=None, dispatched_at=None)).rowcount != 1:
+            if changed(session, update(Job).where(holds(job_id, owner)).values(
+                    status="queued", lease_owner=None, lease_expires_at=None, dispatched_at=None)) != 1:
                 return False
             session.execute(update(Task).where(Task.job_id == job_id, Task.status == "running")
                             .values(status="pending"))

@@ -65,7 +65,7 @@ class Notifier:
                 select(func.count(CallbackRegistration.id)).outerjoin(Job, Job.id == CallbackRegistration.job_id)
                 .where(mine, CallbackRegistration.job_id.is_(None) | Job.status.not_in(FINAL)))
             limit = self.settings.callback_max_per_key
-            if active >= limit:
+            if (active or 0) >= limit:
                 raise TooManyCallbacks(f"this key already has {active} active callback registrations, the most "
                                        f"it may have ({limit}); job-specific ones end with their job")
             row = CallbackRegistration(key_id=key_id, job_id=job_id, url=url)
@@ -89,7 +89,8 @@ class Notifier:
             except IntegrityError:  # another process inserted it first; theirs is the one
                 pass
             with self.db() as session:
-                self._callback_secret = session.get(DeploymentSecret, "callback_secret").value
+                self._callback_secret = session.scalars(select(DeploymentSecret.value).where(
+                    DeploymentSecret.name == "callback_secret")).one()
         return self._callback_secret
 
     def notify(self, job_id: str) -> None:

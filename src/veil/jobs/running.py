@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import case, select, update
 
 from ..db.models import Job, Task, utcnow
+from ..db.session import changed
 from ..engine.errors import MediaError
 from ..logs import current_job
 from .drain import Drain, process_drain
@@ -112,9 +113,9 @@ class Progress:
         self._written, self._last_write = value, now
         with self.svc.db.begin() as session:
             value = min(value, 0.99)  # never below what an earlier run reached (a resumed file starts again)
-            result = session.execute(update(Job).where(holds(self.job_id, self.lease.owner))
+            rows = changed(session, update(Job).where(holds(self.job_id, self.lease.owner))
                                      .values(progress=case((Job.progress < value, value), else_=Job.progress)))
-        if result.rowcount != 1:
+        if rows != 1:
             self.lease.lost.set()
             raise LeaseLost()
 
@@ -149,15 +150,15 @@ def ensure_tasks(svc: JobService, job_id: str, files: list[Path], lease: JobLeas
 
 def get_task(svc: JobService, task_id: int) -> Task:
     with svc.db() as session:
-        return session.get(Task, task_id)
+        return session.get_one(Task, task_id)
 
 
 def set_task(svc: JobService, lease: JobLease, task_id: int, **values) -> None:
     """Update a task, only while this worker holds the job's lease."""
     with svc.db.begin() as session:
         held = select(Job.id).where(holds(lease.job_id, lease.owner)).scalar_subquery()
-        result = session.execute(update(Task).where(Task.id == task_id, Task.job_id == held).values(**values))
-    if result.rowcount != 1:
+        rows = changed(session, update(Task).where(Task.id == task_id, Task.job_id == held).values(**values))
+    if rows != 1:
         lease.lost.set()
         raise LeaseLost()
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 
 from ..db.models import Job, VideoSegment, utcnow
+from ..db.session import changed
 from ..engine.config import MediaLimits, ModelConfig
 from ..engine.errors import MediaError
 from ..engine.report import Report
@@ -164,8 +165,8 @@ def process_segment(job_id: str, task_id: int, index: int, svc: JobService) -> b
             return
         last[0] = time.monotonic()
         with svc.db.begin() as session:
-            held = session.execute(update(VideoSegment).where(_owned(task_id, owner), VideoSegment.index == index)
-                                   .values(progress=fraction, lease_expires_at=_expiry(svc))).rowcount
+            held = changed(session, update(VideoSegment).where(_owned(task_id, owner), VideoSegment.index == index)
+                                   .values(progress=fraction, lease_expires_at=_expiry(svc)))
             job = session.get(Job, job_id)
         if not held or job is None or job.status != "running" or job.cancel_requested or process_drain.overdue():
             raise _Released()
@@ -211,9 +212,9 @@ def _claim(svc: JobService, task_id: int, owner: str, plan: list[Segment] | None
         if index is not None:
             query = query.where(VideoSegment.index == index)
         for row_id, window in session.execute(query.order_by(VideoSegment.index)).all():
-            taken = session.execute(update(VideoSegment).where(VideoSegment.id == row_id, free).values(
+            taken = changed(session, update(VideoSegment).where(VideoSegment.id == row_id, free).values(
                 status="running", lease_owner=owner, lease_expires_at=_expiry(svc),
-                attempts=VideoSegment.attempts + 1)).rowcount
+                attempts=VideoSegment.attempts + 1))
             if taken:
                 return Segment(**window)
     return None
@@ -224,8 +225,8 @@ def _store(svc: JobService, task, index: int, owner: str, part: Path, detections
     blob = f"{task.job_id}/{task.index}.segment{index}.{run_tag(owner)}.mp4"
     svc.store.write(OUTPUT_CONTAINER, blob, part)
     with svc.db.begin() as session:
-        done = session.execute(update(VideoSegment).where(_owned(task.id, owner), VideoSegment.index == index).values(
-            status="completed", blob=blob, detections=detections, progress=1.0, finished_at=utcnow())).rowcount
+        done = changed(session, update(VideoSegment).where(_owned(task.id, owner), VideoSegment.index == index).values(
+            status="completed", blob=blob, detections=detections, progress=1.0, finished_at=utcnow()))
     if not done:
         svc.store.delete(OUTPUT_CONTAINER, blob)
         raise _Released()

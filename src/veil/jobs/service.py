@@ -44,15 +44,17 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..db.models import FINAL, WAITING, Job, Task, utcnow
+from ..db.session import changed, open_database
 from ..engine.config import MediaLimits, ModelConfig
+from ..engine.errors import MediaError
 from ..logs import current_job
 from ..settings import Settings
 from ..storage.base import BlobNotFoundError
-from . import credits
+from . import credits, pricing
+from .archive import ArchiveError
 from .leases import Leases
 from .names import public_message, safe_name
 from .notifications import Notifier
-from . import pricing
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +162,9 @@ class JobService:
         if etag:
             query = query.where(or_(Job.upload_etag.is_(None), Job.upload_etag != etag))
         with self.db.begin() as session:  # a commit that slipped in before the freeze is priced again
-            result = session.execute(query.values(status="uploaded", uploaded_size=size, uploaded_at=utcnow(),
+            rows = changed(session, query.values(status="uploaded", uploaded_size=size, uploaded_at=utcnow(),
                                                   total_cost=None, input_sha256=None, upload_etag=etag))
-        if result.rowcount != 1:
+        if rows != 1:
             return False
         log.info("job %s: upload committed (%d bytes)", name, size)
         try:
@@ -254,16 +256,16 @@ class JobService:
                 except Exception as exc:  # noqa: BLE001 - input errors (ArchiveError, MediaError) name the problem
                     if not _is_input_error(exc):
                         raise
-                    problem = f"{job.file_name}: {public_message(str(exc).replace(str(path), job.file_name), tmp)}"
+                    problem = f"{job.file_name}: {public_message(str(exc).replace(str(path), job.file_name), Path(tmp))}"
         with self.db.begin() as session:
             values: dict[str, Any] = ({"status": "failed", "description": problem, "finished_at": utcnow(),
                                        "files_deleted": True}
                                       if problem else {"status": "awaiting_approval", "total_cost": cost,
                                                        "input_sha256": digest})
             # the size condition drops a result made stale by a re-upload while this one was priced
-            result = session.execute(update(Job).where(Job.id == job_id, Job.status == "uploaded",
+            rows = changed(session, update(Job).where(Job.id == job_id, Job.status == "uploaded",
                                                        Job.uploaded_size == job.uploaded_size).values(**values))
-        if result.rowcount == 1:
+        if rows == 1:
             if problem:  # nothing will ever read it
                 self.store.delete(INPUT_CONTAINER, job.input_blob)
             self.notifier.notify(job_id)
@@ -324,10 +326,10 @@ class JobService:
             return "already"
         cost = job.total_cost or 0
         with self.db.begin() as session:
-            claimed = session.execute(
+            claimed = changed(session, 
                 update(Job).where(Job.id == job_id, Job.status == "awaiting_approval")
                 .values(status="queued", approved_at=utcnow(), reserved_credits=cost))
-            if claimed.rowcount != 1:
+            if claimed != 1:
                 return "already"
             credits.reserve(session, key_id, job_id, cost)  # raises → the whole transaction rolls back
         self.send(job_id)
@@ -386,10 +388,10 @@ class JobService:
         expired = 0
         for job_id in ids:
             with self.db.begin() as session:
-                result = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(waiting)).values(
+                rows = changed(session, update(Job).where(Job.id == job_id, Job.status.in_(waiting)).values(
                     status="failed", finished_at=utcnow(), files_deleted=True,
                     description=f"not approved within {days:g} days; the upload was deleted"))
-            if result.rowcount == 1:
+            if rows == 1:
                 self.store.delete(INPUT_CONTAINER, self.get_job(job_id).input_blob)
                 self.notifier.notify(job_id)
                 expired += 1
@@ -420,6 +422,8 @@ class JobService:
             raise JobConflict(f"job is already {job.status}")
         with self.db.begin() as session:
             row = session.get(Job, job_id, with_for_update=True)
+            if row is None:
+                raise JobNotFound(f"no job {job_id} for this key")
             paid_render = (row.render_request or {}).get("cost")
             if row.status == "queued" and paid_render:  # a render not started: the job stays as it was
                 credits.refund(session, row.key_id, row.id, paid_render, "render cancelled before it started")
@@ -537,12 +541,6 @@ class JobService:
 
 
 def _is_input_error(exc: Exception) -> bool:
-    from ..engine.errors import MediaError
-
-    try:
-        from .archive import ArchiveError
-    except ImportError:  # pragma: no cover - H7's module not there yet
-        ArchiveError = MediaError  # noqa: N806
     return isinstance(exc, (MediaError, ArchiveError, ValueError))
 
 
@@ -566,8 +564,6 @@ def build_store(settings: Settings):
 
 def build_service(settings: Settings, dispatch: Callable[[str], None] | None = None, store=None) -> JobService:
     """Database (migrated to head) + store + service, as configured."""
-    from ..db.session import open_database
-
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _, db = open_database(settings.db_url)
     return JobService(settings, db, store if store is not None else build_store(settings), dispatch)
