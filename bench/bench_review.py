@@ -1,22 +1,29 @@
 """The review pages' responsiveness (issue 21): the video timeline from a one-hour document, and frames at
 review resolution served on demand.
 
-    python bench/bench_review.py CLIP [--hour-candidates 3]
+    python bench/bench_review.py CLIP [--hour-candidates 3] [--runs 5]
 
-Prints, for CLIP (the 1080p bench clip: `bench/make_clip.py`), the time to serve a frame at review resolution
-(`veil.api.panel.frames.FrameServer`, what GET .../before.jpg?frame=N runs): the first (the decoder opens), the
-next frames in order (a reviewer stepping with the arrow keys), jumps of 10 frames, and random far frames
-(a seek to the keyframe before, then decoding up to the frame); and for a one-hour 1080p30 document (108,000
-frames, `--hour-candidates` synthetic candidates a frame, written as `bench_render.py` writes it): the time to
-read it into the pages' index (once per document; the pages keep it) and answer the first timeline (the
-places to look; the lanes follow once the tracker, in a thread, has run over every frame), then the timeline for
-a threshold (every slider move) and a window of 200 frames' candidates. Medians and maxima, in milliseconds.
+Frames of CLIP (the 1080p bench clip: `bench/make_clip.py`) at review resolution, what GET
+.../before.jpg?frame=N runs (`veil.api.panel.frames.FrameServer`), two ways in turn, the same frames each:
+from the video itself (before: a seek to the keyframe before, then decoding up to the frame) and from its
+review copy (now: made once in a thread, a keyframe every 15 frames; its making is timed too). For each: the
+first frame, the next frames in order (the arrow key), 10 frames on, the frames before (stepping back) and
+random far frames.
+
+The timeline of a one-hour 1080p30 document (108,000 frames, `--hour-candidates` synthetic candidates a
+frame, written as `bench_render.py` writes it, its tracks with it): reading it into the pages' index and
+answering the first timeline, lanes included (`--runs` times); then the timeline for a threshold (every
+slider move) and a window of 200 frames' candidates; then the same document as version 1 (no tracks, as
+before): its places to look at once, its lanes once the tracker has run over every frame. Medians and maxima
+in milliseconds, and ratios against the "before" in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -26,7 +33,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-
 from bench_render import _HOUR
 from bench_video import cpu_line
 
@@ -41,51 +47,93 @@ def _timed(call) -> float:
     return time.perf_counter() - start
 
 
-def frames(clip: Path) -> None:
+def frames(clip: Path, runs: int) -> None:
     from veil.api.panel.frames import FrameServer
 
     with av.open(str(clip)) as c:  # the pts the clip's detections document holds
         pts = np.array([f.time for f in c.decode(video=0)], np.float64)
     n = len(pts)
-    server = FrameServer()
-    first = _timed(lambda: server.jpeg(clip, pts, 0))
-    steps = [_timed(lambda i=i: server.jpeg(clip, pts, i)) for i in range(1, 31)]
-    jumps = [_timed(lambda i=i: server.jpeg(clip, pts, i)) for i in range(40, min(n, 240), 10)]
+    servers = {"video": FrameServer(review_copies=False), "copy": FrameServer()}  # before / now
+    first = {name: _timed(lambda s=server: s.jpeg(clip, pts, 0)) for name, server in servers.items()}
+    start = time.perf_counter()
+    made = servers["copy"].review_copy(clip, n)
+    made.done.wait()
+    built = time.perf_counter() - start
+    size = sum(f.stat().st_size for f in made.dir.glob("*.mp4"))
     rng = random.Random(1)
-    far = [_timed(lambda i=i: server.jpeg(clip, pts, i)) for i in rng.sample(range(n), 20)]
-    print(f"frames of {clip.name} ({n} frames): first {first * 1000:.0f} ms; next frame {_ms(steps)}; "
-          f"10 frames on {_ms(jumps)}; random frame {_ms(far)}")
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(runs):  # the same frames from each server, in turn
+        at = rng.randrange(n - 40)
+        asked = {"next frame": range(at + 1, at + 11), "10 frames on": range(at + 20, min(n, at + 40), 10),
+                 "frame before": range(at + 39, at + 34, -1), "random frame": rng.sample(range(n), 8)}
+        for name, server in servers.items():
+            server._jpegs.clear()
+            server.jpeg(clip, pts, at)
+            for what, indexes in asked.items():
+                times.setdefault((name, what), []).extend(_timed(lambda i=i, s=server: s.jpeg(clip, pts, i))
+                                                          for i in indexes)
+    print(f"frames of {clip.name} ({n} frames); its review copy made in {built:.1f} s ({built / n * 1000:.0f} ms a "
+          f"frame, {size / 1e6:.1f} MB)")
+    for name, label in (("video", "from the video (before)"), ("copy", "from the review copy (now)")):
+        print(f"  {label}: first {first[name] * 1000:.0f} ms; " + "; ".join(
+            f"{what} {_ms(times[name, what])}" for what in ("next frame", "10 frames on", "frame before",
+                                                              "random frame")))
+    ratio = statistics.median(times["copy", "random frame"]) / statistics.median(times["video", "random frame"])
+    print(f"  random frame, copy / video: {ratio:.2f}x")
 
 
-def timeline(work: Path, per: int) -> None:
+def _as_version_one(doc: Path, old: Path) -> None:
+    """`doc` as Veil wrote it before documents held their tracks: version 1, no "t" in the frame lines."""
+    with gzip.open(doc, "rt", encoding="utf-8") as src, gzip.open(old, "wt", encoding="utf-8") as dst:
+        dst.write(src.readline().replace('"version":2', '"version":1'))
+        for line in src:
+            dst.write(re.sub(r',"t":\[[0-9,]*\]', "", line))
+
+
+def timeline(work: Path, per: int, runs: int) -> None:
     from veil.api.panel.review_data import DocIndex
 
-    doc = work / "hour.detections.gz"
+    doc, old = work / "hour.detections.gz", work / "hour-v1.detections.gz"
+    start = time.perf_counter()  # the document as detection writes it: its tracks found as it is written
     subprocess.run([sys.executable, "-c", _HOUR, str(doc), str(per), "write"], check=True, capture_output=True)
-    start = time.perf_counter()
-    index = DocIndex.load(doc)  # the lines; its tracks are found in a thread
-    built = time.perf_counter() - start
-    first = _timed(lambda: index.timeline({0: 0.5, 1: 0.5}))
-    while not index.tracks_ready:
-        time.sleep(0.1)
-    tracked = time.perf_counter() - start
+    written = time.perf_counter() - start
+    _as_version_one(doc, old)
+    loads, views = [], []
+    for _ in range(runs):  # version 2: the lines and their tracks read, the lanes built, the first timeline
+        start = time.perf_counter()
+        index = DocIndex.load(doc)
+        loaded = time.perf_counter() - start
+        view = index.timeline({0: 0.5, 1: 0.5})
+        loads.append(loaded)
+        views.append(time.perf_counter() - start)
+        assert index.tracks_ready and view["lanes"]
     answers = [_timed(lambda t=t: index.timeline({0: t, 1: t})) for t in (0.5, 0.6, 0.7, 0.8, 0.9)]
     page = [_timed(lambda s=s: index.candidates(s, s + 200)) for s in range(0, 108_000, 10_800)]
-    print(f"one-hour 1080p30 document, {per} candidates a frame ({doc.stat().st_size / 1e6:.1f} MB): read in "
-          f"{built:.2f} s, first timeline (marks, lanes pending) {first * 1000:.0f} ms later; tracks ready after "
-          f"{tracked:.0f} s ({len(index.lanes)} lanes shown); then the timeline at a threshold {_ms(answers)}; "
-          f"200 frames' candidates {_ms(page)}")
+    start = time.perf_counter()  # version 1 (before): the tracker runs over the whole document, once
+    before = DocIndex.load(old)
+    first = time.perf_counter() - start
+    while not before.tracks_ready:
+        time.sleep(0.1)
+    tracked = time.perf_counter() - start
+    assert (before.track == index.track).all() and before.lanes == index.lanes
+    print(f"one-hour 1080p30 document, {per} candidates a frame ({doc.stat().st_size / 1e6:.1f} MB, written with "
+          f"its tracks in {written:.0f} s): timeline with its {len(index.lanes)} lanes {_ms(views)} (reading it "
+          f"{_ms(loads)}); then the timeline at a threshold {_ms(answers)}; 200 frames' candidates {_ms(page)}")
+    print(f"the same document in version 1 (no tracks, before): places to look after {first:.2f} s, lanes after "
+          f"{tracked:.0f} s (the tracker over 108,000 frames, once); lanes now / before: "
+          f"{statistics.median(views) / tracked:.4f}x")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("clip", type=Path)
     ap.add_argument("--hour-candidates", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5, help="rounds of frames, loads of the hour's document")
     args = ap.parse_args()
     print(cpu_line())
-    frames(args.clip)
+    frames(args.clip, args.runs)
     with tempfile.TemporaryDirectory() as tmp:
-        timeline(Path(tmp), args.hour_candidates)
+        timeline(Path(tmp), args.hour_candidates, args.runs)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ candidates, a track per lane and the places to look at a threshold."""
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from veil.api.panel import frames
 from veil.api.panel.frames import FrameServer
 from veil.api.panel.review_data import Bounded, DocIndex
 from veil.engine.detections import Detections
@@ -43,15 +45,21 @@ def _bar(jpeg: bytes) -> int:
     return int(np.flatnonzero(columns > 128)[0])
 
 
-def test_frames_on_demand_are_the_frames_asked_for(clip):
+@pytest.mark.parametrize("copy", [False, True], ids=["from the video", "from its review copy"])
+def test_frames_on_demand_are_the_frames_asked_for(clip, copy, monkeypatch):
     path, pts = clip
-    server = FrameServer(videos=1, frames=8)
-    order = [0, 1, 2, 3, 13, 60, 59, 119, 5, 100, 101, 75, 49, 50, 51]  # steps, jumps, seeks back and forth
+    monkeypatch.setattr(frames, "PROXY_CHUNK", 50)  # the copy in three files: 0-49, 50-99, 100-119
+    server = FrameServer(videos=1, frames=8, review_copies=copy)
+    if copy:
+        made = server.review_copy(path, len(pts))
+        assert made.done.wait(60) and made.ready == 120 and len(list(made.dir.glob("*.mp4"))) == 3
+    order = [0, 1, 2, 3, 13, 60, 59, 119, 5, 100, 101, 75, 49, 50, 51, 99, 98, 97]  # steps, jumps, seeks back
     for index in order:
         assert _bar(server.jpeg(path, pts, index, side=160)) == index
     assert len(server._jpegs) == 8  # bounded
+    assert (str(path) in server._decoders) != copy  # the copy served them all, or the video did
     with pytest.raises(IndexError):
-        FrameServer().jpeg(path, np.append(pts, pts[-1] + 0.04), 120)
+        server.jpeg(path, np.append(pts, pts[-1] + 0.04), 120)
 
 
 def test_bounded_keeps_the_most_recent_and_builds_once():
@@ -85,3 +93,74 @@ def test_a_documents_index(tmp_path):
     assert view["lanes"] == [{"track": 1, "kind": 0, "runs": [[0, 29]]}]
     assert view["marks"] == [12]  # within 0.2 below the plate threshold, in no track
     assert index.timeline({0: 0.5, 1: 0.7})["marks"] == []  # 0.42 is more than 0.2 below 0.7
+
+
+def _walkers(path, frames: int = 160, version_one: bool = False):
+    """A video document of faces and plates moving about: some leave and come back, some score below the
+    threshold for a while, a few frames the detector skipped, noise that starts no track."""
+    rng = np.random.default_rng(3)
+    header = Header("video", 640, 360, {"faces": 0.3, "plates": 0.3},
+                    {"blur_threshold": 0.5, "lp_threshold": 0.5, "face_track": True, "lp_track": True},
+                    {"fps": 25.0, "stride": 1, "scan": 1})
+    start = rng.uniform(0, 500, (6, 2))
+    step = rng.uniform(-3, 3, (6, 2))
+    with DocumentWriter(path, header) as writer:
+        for i in range(frames):
+            boxes, scores, kinds = [], [], []
+            for k in range(6):
+                if (i // 20 + k) % 4 == 3:  # away for 20 frames in 80
+                    continue
+                x, y = start[k] + step[k] * i
+                boxes.append([x, y, x + 30 + 4 * k, y + 24 + 2 * k])
+                scores.append(0.35 if (i + 7 * k) % 30 < 6 else float(rng.uniform(0.55, 0.95)))
+                kinds.append(k % 2)
+            for _ in range(int(rng.integers(0, 3))):
+                x, y = rng.uniform(0, 600, 2)
+                boxes.append([x, y, x + 20, y + 20])
+                scores.append(float(rng.uniform(0.3, 0.7)))
+                kinds.append(int(rng.integers(0, 2)))
+            ran = i % 9 != 4
+            writer.frame(i, i / 25, Detections(np.array(boxes, float).reshape(-1, 4), np.array(scores),
+                                               np.array(kinds)) if ran else None)
+    if version_one:  # as Veil wrote it before documents held their tracks
+        import gzip
+        import json
+
+        with gzip.open(path, "rt") as f:
+            lines = [json.loads(line) for line in f]
+        lines[0]["version"] = 1
+        with gzip.open(path, "wt") as f:
+            for line in lines:
+                line.pop("t", None)
+                f.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+
+def test_a_document_holds_the_tracks_a_render_finds(tmp_path):
+    from veil.engine.render import track_candidates
+
+    doc = tmp_path / "doc.gz"
+    _walkers(doc)
+    index = DocIndex.load(doc, tracks_in_background=False)
+    assert index.tracks_ready and index.header.version == 2
+    written = {}
+    for f, n, t in zip(index.frame, index.n, index.track):
+        if t:
+            written.setdefault(int(t), set()).add(f"{f}.{n}")
+    found = track_candidates(doc)
+    assert len(found) > 6 and written == found  # the tracker's own numbers, candidate for candidate
+    assert len(index.lanes) == len(found) and any(len(lane["runs"]) > 1 for lane in index.lanes)
+
+
+def test_an_old_document_finds_its_tracks_once(tmp_path):
+    new, old = tmp_path / "new.gz", tmp_path / "old.gz"
+    _walkers(new)
+    _walkers(old, version_one=True)
+    assert [f.candidates.xyxy.tolist() for f in iter_frames(old)] == [f.candidates.xyxy.tolist()
+                                                                    for f in iter_frames(new)]
+    was = DocIndex.load(old)  # the tracker runs in a thread; the places to look come at once
+    assert was.header.version == 1 and was.timeline({0: 0.5, 1: 0.5})["marks"]
+    while not was.tracks_ready:
+        time.sleep(0.05)
+    now = DocIndex.load(new)
+    assert now.tracks_ready and (was.track == now.track).all() and was.lanes == now.lanes
+    assert was.timeline({0: 0.5, 1: 0.5}) == now.timeline({0: 0.5, 1: 0.5})

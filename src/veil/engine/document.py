@@ -1,14 +1,17 @@
 """Detections documents: what the detectors found in one file, kept so that a person can review it and the
 output can be rendered again (another threshold, mask or style, reviewer edits) without any detector.
 
-The format (version 1, `docs/detections.md`) is gzip-compressed JSON lines, written and read streaming:
+The format (version 2, `docs/detections.md`) is gzip-compressed JSON lines, written and read streaming:
 
-* line 1, the header: `{"format": "veil-detections", "version": 1, "media": "image"|"video", "width", "height",
+* line 1, the header: `{"format": "veil-detections", "version": 2, "media": "image"|"video", "width", "height",
   "floor": {"faces": f, "plates": f}, "config": {model_config of the detection run}, "video": {"fps",
   "stride", "scan", "frames"} | null}`. Every candidate scoring at or above `floor` (calibrated) is kept.
 * one line per frame (one for an image): `{"i": index, "pts": seconds|null, "ran": bool, "c": [[kind, x1, y1,
-  x2, y2, score], ...], "lm": {"n": [10 floats]}}`; `ran` is false where the video's detector skipped the
-  frame (the tracker bridges it); candidate `n` of frame `i` has the id `"i.n"`; `lm` holds face landmarks.
+  x2, y2, score], ...], "lm": {"n": [10 floats]}, "t": [track, ...]}`; `ran` is false where the video's
+  detector skipped the frame (the tracker bridges it); candidate `n` of frame `i` has the id `"i.n"`; `lm`
+  holds face landmarks; `t` (a video, version 2) the track of each candidate as a render at the document's own
+  config numbers them (0: none; absent: none on this frame), an index for the review pages. Version 1 has
+  no `t`: its tracks are found by running the tracker over the document (`veil.engine.render.track_candidates`).
 * edit lines, appended later as gzip members of their own (the candidates are never rewritten):
   `{"edit": {"op": ..., "by": who, "at": ISO time, ...}}`, see `Edit`.
 """
@@ -28,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from .detections import FACE, PLATE, Detections
 
-FORMAT, VERSION = "veil-detections", 1
+FORMAT, VERSION = "veil-detections", 2
+READS = (1, 2)  # version 1: no track numbers (`t`)
 KIND_OF = {"face": FACE, "plate": PLATE}
 Box = tuple[float, float, float, float]
 
@@ -41,6 +45,7 @@ class Header:
     floor: dict[str, float]  # "faces"/"plates" -> calibrated score down to which every candidate is kept
     config: dict[str, Any]  # the model_config the detection ran with
     video: dict[str, Any] | None = None  # fps, stride, scan, frames
+    version: int = VERSION  # of the document read; a writer writes the current one
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "media": self.media, "width": self.width,
@@ -108,6 +113,7 @@ class DocumentWriter:
     """Streams a document to `path` (gzip): the header now, then `frame(...)` in frame order, then `close()`."""
 
     def __init__(self, path: Path, header: Header) -> None:
+        self._tracks = TrackNumbers(header) if header.media == "video" else None
         self._file = gzip.open(Path(path), "wt", encoding="utf-8", compresslevel=6)
         self._line(header.to_json())
 
@@ -116,6 +122,10 @@ class DocumentWriter:
         line: dict[str, Any] = {"i": index, "pts": pts, "ran": candidates is not None, "c": rows}
         if marks:
             line["lm"] = marks
+        if self._tracks is not None and rows:
+            tracks = self._tracks.frame(index, candidates is not None, _detections(rows, marks))
+            if any(tracks):
+                line["t"] = tracks
         self._line(line)
 
     def close(self) -> None:
@@ -129,6 +139,44 @@ class DocumentWriter:
 
     def _line(self, value: dict) -> None:
         self._file.write(json.dumps(value, separators=(",", ":")) + "\n")
+
+
+class TrackNumbers:
+    """The track of each candidate of a video, as a render at the document's own config numbers them
+    (`veil.engine.render.track_candidates` runs the same tracker over a whole document): fed frame by frame,
+    as the document is written. A candidate's track is decided in its own frame, so each frame's numbers are
+    final at once."""
+
+    def __init__(self, header: Header) -> None:
+        from .config import ModelConfig
+        from .tracking import Tracker, TrackingParams
+        from .video_detect import LOW_SCORE_MARGIN
+
+        config, video = ModelConfig(**header.config), header.video or {}
+        self._tracked = [k for k, on in ((FACE, config.face_track), (PLATE, config.lp_track)) if on]
+        self._tracker = Tracker(TrackingParams.for_rate(float(video.get("fps") or 30.0), video.get("stride", 1),
+                                                        video.get("scan", 1)),
+                                {FACE: config.blur_threshold, PLATE: config.lp_threshold})
+        self._low = {FACE: config.blur_threshold - LOW_SCORE_MARGIN, PLATE: config.lp_threshold - LOW_SCORE_MARGIN}
+
+    def frame(self, index: int, ran: bool, dets: Detections) -> list[int]:
+        """Frame `index`'s candidates (as the document stores them): the track of each, 0 for none."""
+        numbers = [0] * len(dets)
+        if not ran or not len(dets):
+            return numbers
+        keep = np.zeros(len(dets), bool)
+        for kind, low in self._low.items():  # what the tracker is given: the detector's low-score stage
+            keep |= (dets.kinds == kind) & (dets.scores >= max(0.0, low) - 1e-6)
+        rows = np.flatnonzero(keep & np.isin(dets.kinds, self._tracked))
+        self._tracker.update(index, dets[rows])
+        boxes = dets.xyxy[rows]
+        for track in self._tracker.active:
+            if track.frames and track.frames[-1] == index:  # it took a candidate of this frame
+                for n in np.flatnonzero((boxes == track.boxes[-1]).all(axis=1)):
+                    if not numbers[rows[n]]:
+                        numbers[rows[n]] = track.id
+                        break
+        return numbers
 
 
 def append_edits(path: Path, edits: list[Edit]) -> None:
@@ -150,9 +198,8 @@ def iter_frames(path: Path) -> Iterator[Frame]:
         parse_header(f.readline(), path)
         for line in f:
             data = json.loads(line)
-            if "edit" in data:
-                continue
-            yield _frame(data)
+            if "i" in data:
+                yield _frame(data)
 
 
 def read_edits(path: Path) -> list[Edit]:
@@ -171,10 +218,11 @@ def parse_header(line: str, path: Path | str) -> Header:
         data = None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{Path(path).name}: not a Veil detections document")
-    if data.get("version") != VERSION:
+    if data.get("version") not in READS:
         raise ValueError(f"{Path(path).name}: detections document version {data.get('version')} (this Veil "
-                         f"reads version {VERSION})")
-    return Header(data["media"], data["width"], data["height"], data["floor"], data["config"], data.get("video"))
+                         f"reads versions {READS[0]} to {READS[-1]})")
+    return Header(data["media"], data["width"], data["height"], data["floor"], data["config"], data.get("video"),
+                  data["version"])
 
 
 def _frame(data: dict) -> Frame:

@@ -151,7 +151,7 @@ def picture(request: Request, job_id: str, index: int, which: str, frame: int = 
             doc = _index(request, task)
             if frame >= doc.frames:
                 return Response(status_code=404)
-            data = _frames.jpeg(path, doc.pts, frame, side)
+            data = _frames.jpeg(path, doc.pts, frame, side, copy=which == "before")  # a copy of what is reviewed
         else:
             data = _photo(path)
     except (OSError, ValueError, IndexError, UnidentifiedImageError, ArchiveError):

@@ -94,9 +94,10 @@ class DocIndex:
     """A document's candidates as arrays: `frame` and `n` (its id is "frame.n"), `table` rows [kind, x1, y1,
     x2, y2, score], `track` (0: none; a video's tracks as a render at the document's config numbers them).
 
-    Reading the lines takes about a second for an hour of 1080p30 video; its tracks (the tracker run over every
-    frame) may take much longer, so they are found in a thread of their own and the timeline gets its lanes
-    once they are ready (`tracks_ready`)."""
+    A version 2 document holds each candidate's track (written with it): its timeline, lanes included, is
+    ready as soon as its lines are read (well under a second for an hour of 1080p30). A version 1 document
+    has none: the tracker runs over it once, in a thread of its own (minutes for an hour of video), and the
+    timeline gets its lanes once they are ready (`tracks_ready`); the pages keep the index for later requests."""
     header: Header
     frames: int
     pts: np.ndarray
@@ -113,12 +114,15 @@ class DocIndex:
     def load(cls, doc: Path, tracks_in_background: bool = True) -> DocIndex:
         with gzip.open(doc, "rt", encoding="utf-8") as f:
             header = parse_header(f.readline(), doc)
-            pts, ran, counts, rows = _scan(f)
+            pts, ran, counts, rows, track = _scan(f)
         frame = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
         n = (np.arange(len(frame)) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int16)
-        index = cls(header, len(counts), pts, ran, frame, n, rows, np.zeros(len(frame), np.int32),
-                    [e.model_dump() for e in read_edits(doc)])
-        if header.media == "video" and len(rows):
+        index = cls(header, len(counts), pts, ran, frame, n, rows, track, [e.model_dump() for e in read_edits(doc)])
+        if header.media != "video" or not len(rows):
+            return index
+        if header.version >= 2:
+            index.lanes = _lanes(frame, track, rows[:, 0])
+        else:
             index.tracks_ready = False
             if tracks_in_background:
                 threading.Thread(target=index._find_tracks, args=(doc,), daemon=True, name="veil-tracks").start()
@@ -127,24 +131,13 @@ class DocIndex:
         return index
 
     def _find_tracks(self, doc: Path) -> None:
+        """A version 1 document's tracks: the tracker run over it (`track_candidates`)."""
         first = np.r_[0, np.cumsum(np.bincount(self.frame, minlength=self.frames))]  # row of "i.0"
         track = np.zeros(len(self.frame), np.int32)
         for track_id, ids in track_candidates(doc).items():
             rows = [first[int(i)] + int(k) for i, k in (c.split(".") for c in ids)]
             track[rows] = track_id
-        order = np.lexsort((self.frame, track))
-        order = order[track[order] > 0]
-        lanes = []
-        if len(order):
-            tracks, frames = track[order], self.frame[order]
-            starts = np.flatnonzero(np.r_[True, tracks[1:] != tracks[:-1]])
-            for a, b in zip(starts, np.r_[starts[1:], len(order)]):
-                f = frames[a:b]
-                cut = np.flatnonzero(np.diff(f) > 1)
-                lanes.append({"track": int(tracks[a]), "kind": int(self.table[order[a], 0]),
-                              "runs": np.c_[np.r_[f[0], f[cut + 1]], np.r_[f[cut], f[-1]]].tolist()})
-        lanes.sort(key=lambda lane: lane["runs"][0][0] - lane["runs"][-1][1])  # the longest first
-        self.track, self.lanes = track, sorted(lanes[:MAX_LANES], key=lambda lane: lane["runs"][0][0])
+        self.track, self.lanes = track, _lanes(self.frame, track, self.table[:, 0])
         self.tracks_ready = True
 
     def candidates(self, start: int = 0, stop: int | None = None) -> list[list]:
@@ -157,40 +150,72 @@ class DocIndex:
         """A video's lanes (one per track, the MAX_LANES longest: kind, the runs of frames with a candidate of
         its own; the gaps between them are bridged) and the places to look: frames with a candidate within
         NEAR below the threshold of its kind that no track draws."""
-        limit = np.array([thresholds.get(int(k), 1.0) for k in self.table[:, 0]], np.float32) if len(self.table) \
-            else np.zeros(0, np.float32)
+        limit = np.array([thresholds.get(int(k), 1.0) for k in (0, 1)], np.float32)[self.table[:, 0].astype(np.intp)] \
+            if len(self.table) else np.zeros(0, np.float32)
         scores = self.table[:, 5]
         near = (scores < limit) & (scores >= limit - NEAR) & (self.track == 0)
         return {"frames": self.frames, "fps": (self.header.video or {}).get("fps"), "lanes": self.lanes,
                 "tracks_ready": self.tracks_ready, "marks": np.unique(self.frame[near]).tolist()}
 
 
-def _scan(lines) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(pts, ran, candidates per frame, candidate rows) of a document's frame lines, in frame order. The lines
-    are those `DocumentWriter` writes ({"i":..,"pts":..,"ran":..,"c":[[...],...],"lm":...}): their numbers are
-    read by NumPy in one go (a JSON parse of every line takes three times as long for an hour of video);
-    a line of another shape is parsed as JSON."""
-    pts, ran, counts, parts = [], [], [], []
+def _lanes(frame: np.ndarray, track: np.ndarray, kind: np.ndarray) -> list[dict]:
+    """The MAX_LANES longest tracks (first to last frame), in order of their first frame: {"track", "kind",
+    "runs": [[first, last], ...] of consecutive frames with a candidate of the track's own}."""
+    order = np.lexsort((frame, track))
+    order = order[track[order] > 0]
+    if not len(order):
+        return []
+    tracks, frames = track[order], frame[order]
+    starts = np.flatnonzero(np.r_[True, tracks[1:] != tracks[:-1]])  # each track's first row in `order`
+    ends = np.r_[starts[1:], len(order)] - 1
+    runs = np.flatnonzero(np.r_[True, (tracks[1:] != tracks[:-1]) | (np.diff(frames) > 1)])
+    run_ends = np.r_[runs[1:], len(order)] - 1
+    longest = np.argsort(frames[starts] - frames[ends], kind="stable")[:MAX_LANES]
+    lanes = []
+    for t in sorted(longest.tolist(), key=lambda t: frames[starts[t]]):
+        a, b = np.searchsorted(runs, [starts[t], ends[t] + 1])
+        lanes.append({"track": int(tracks[starts[t]]), "kind": int(kind[order[starts[t]]]),
+                      "runs": np.c_[frames[runs[a:b]], frames[run_ends[a:b]]].tolist()})
+    return lanes
+
+
+def _scan(lines) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pts, ran, candidates per frame, candidate rows, their tracks) of a document's frame lines, in frame
+    order. The lines are those `DocumentWriter` writes ({"i":..,"pts":..,"ran":..,"c":[[...],...],"lm":...,
+    "t":[...]}): their numbers are read by NumPy in one go (a JSON parse of every line takes three times as
+    long for an hour of video); a line of another shape is parsed as JSON. No `t` (version 1): tracks 0."""
+    pts, ran, counts, parts, with_tracks, tracks = [], [], [], [], [], []
     for line in lines:
-        if line.startswith('{"edit"'):
-            continue
-        at = line.find('"c":[')
-        if not line.startswith('{"i":') or at < 0:
+        if not line.startswith('{"i":'):
+            if line.startswith('{"edit"'):
+                continue
             data = json.loads(line)
             cands = json.dumps(data["c"], separators=(",", ":"))
-            when, did = data["pts"], data["ran"]
+            when, did, those = data["pts"], data["ran"], ",".join(map(str, data.get("t") or []))
         else:
+            at = line.find('"c":[')
             end = at + 6 if line.startswith("[]", at + 4) else line.find("]]", at) + 2
             cands = line[at + 4:end]
             when = line[line.find('"pts":') + 6:line.find(',"ran":')]
             did = line.startswith("true", line.find('"ran":') + 6)
+            t = line.rfind('"t":[', end)
+            those = line[t + 5:line.index("]", t)] if t > 0 else ""
         count = cands.count("[") - 1
-        counts.append(count)
         if count:
             parts.append(cands)
+            if those:
+                with_tracks.append(len(counts))
+                tracks.append(those)
+        counts.append(count)
         pts.append(np.nan if when in (None, "null") else float(when))
         ran.append(did)
     values = np.fromstring(",".join(parts).translate({91: 32, 93: 32}), sep=",", dtype=np.float64) if parts \
         else np.zeros(0)
-    return (np.asarray(pts, np.float64), np.asarray(ran, bool), np.asarray(counts, np.int64),
-            values.astype(np.float32).reshape(-1, 6))
+    counts = np.asarray(counts, np.int64)
+    track = np.zeros(int(counts.sum()), np.int32)
+    if tracks:  # the rows of the frames with tracks, in order
+        first, sizes = (np.cumsum(counts) - counts)[with_tracks], counts[with_tracks]
+        rows = np.repeat(first - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
+        track[rows] = np.fromstring(",".join(tracks), sep=",", dtype=np.int64)
+    return (np.asarray(pts, np.float64), np.asarray(ran, bool), counts, values.astype(np.float32).reshape(-1, 6),
+            track)
