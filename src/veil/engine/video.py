@@ -40,6 +40,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -222,7 +223,7 @@ class Pipeline:
                     pending.append((kind, payload))
                     continue
                 index, frame = payload
-                dets = planner(index, frame, lambda k, i=index: tracker.predict(i, k)) if planner else None
+                dets = planner(index, frame, partial(tracker.predict, index)) if planner else None
                 dets = None if dets is None else normalized(dets)  # as a document keeps them: renders draw the same
                 if self._record is not None:
                     self._record.frame(index, None if frame.time is None else round(frame.time, 6), dets)
@@ -340,7 +341,7 @@ def _decode(source: Source, src: Path, limits: MediaLimits,
             source.container.seek(segment.seek_dts, backward=True, any_frame=False, stream=source.video)
         for packet in source.container.demux(streams):
             if packet.stream is source.video:
-                for frame in packet.decode():
+                for frame in source.video.decode(packet):  # what packet.decode() calls, typed as video frames
                     if index >= limit:
                         raise MediaError(f"{src.name}: the video holds more than the {limit} frames it was "
                                          "priced for; nothing past them was processed")
@@ -351,8 +352,8 @@ def _decode(source: Source, src: Path, limits: MediaLimits,
                             return
                     if (frame.width, frame.height) != (source.width, source.height):
                         frame = _first_size(frame, index, source)
-                    last_pts = _fix_pts(frame, last_pts, source)
-                    if segment is None or frame.pts >= segment.warm:
+                    last_pts = pts = _fix_pts(frame, last_pts, source)  # now frame.pts
+                    if segment is None or pts >= segment.warm:
                         yield "frame", (index, frame)
                     index += 1
             elif packet.dts is not None and packet.size:
