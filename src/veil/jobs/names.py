@@ -1,10 +1,12 @@
-"""File-name rules: what a client's file name becomes on disk and in a JobReport, and how server paths are
-kept out of the messages that reach the client."""
+"""Names: the store's two containers, what a client's file name becomes on disk and in a JobReport, and how
+server paths are kept out of the messages that reach the client."""
 
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+INPUT_CONTAINER = "uploads"  # the clients' uploads
+OUTPUT_CONTAINER = "outputs"  # anonymized files, detections documents, finished segments
 MAX_NAME_BYTES = 200  # leaves room, under the file systems' 255 bytes, for "_anonymized_<n>" and temporary names
 
 def safe_name(name: str, default: str = "file") -> str:

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,13 +53,12 @@ from ..storage.base import BlobNotFoundError
 from . import credits, pricing
 from .archive import ArchiveError
 from .leases import Leases
-from .names import public_message, safe_name
+from .names import INPUT_CONTAINER, OUTPUT_CONTAINER, public_message, safe_name
+from .job_report import describe, job_report
 from .notifications import Notifier
 
 log = logging.getLogger(__name__)
 
-INPUT_CONTAINER = "uploads"
-OUTPUT_CONTAINER = "outputs"
 MODELS = ("blur",)
 APPROVE_WAITS_FOR_PRICING_SECONDS = 2.0
 
@@ -85,22 +84,6 @@ class UploadSession:
     job: Job
     session_uri: str
     sas_parts: dict[str, str]
-
-
-def job_status_number(job: Job) -> int:
-    if job.status == "completed":
-        return 100
-    if job.status in ("failed", "cancelled"):
-        return 200
-    if job.status == "running" or (job.status == "queued" and job.progress > 0):  # queued again: progress kept
-        return max(1, min(99, int(job.progress * 100)))
-    return 0
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:  # SQLite hands back naive UTC
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 class JobService:
@@ -480,59 +463,9 @@ class JobService:
 
     def report(self, job: Job) -> dict[str, Any]:
         """The seed's JobReport (plus Veil's extra fields), download links freshly signed."""
-        expires = timedelta(seconds=self.settings.download_sas_seconds)
-        tasks = []
-        for task in job.tasks:
-            link = None
-            if task.status == "completed" and task.output_blob and not job.files_deleted:
-                link = self.store.signed_download_url(OUTPUT_CONTAINER, task.output_blob, expires,
-                                                      filename=task.output_file)
-            detections = None
-            if task.detections_blob and not job.files_deleted:
-                detections = self.store.signed_download_url(OUTPUT_CONTAINER, task.detections_blob, expires,
-                                                            filename=f"{task.output_file}.detections.gz")
-            tasks.append({"task_id": task.index, "input_file": task.input_name, "output_file": task.output_file,
-                          "download_link": link, "status": task.status, "error": task.error,
-                          "detections": task.detections, "detections_link": detections, "report": task.summary})
-        return {
-            "job_id": job.id,
-            "job_status": job_status_number(job),
-            "job_status_description": self.describe(job),
-            "job_total_credit_cost": job.total_cost,
-            "total_credit_cost": job.total_cost,
-            "state": job.status,
-            "file_name": job.file_name,
-            "file_size": job.uploaded_size if job.uploaded_size is not None else job.file_size,
-            "model": job.model,
-            "model_config": job.model_config_json,
-            "credits_charged": job.charged_credits,
-            "credits_refunded": job.refunded_credits,
-            "files_deleted": job.files_deleted,
-            "created_at": _aware(job.created_at),
-            "uploaded_at": _aware(job.uploaded_at),
-            "approved_at": _aware(job.approved_at),
-            "started_at": _aware(job.started_at),
-            "finished_at": _aware(job.finished_at),
-            "updated_at": _aware(job.updated_at),
-            "tasks": tasks,
-        }
+        return job_report(job, self.store, timedelta(seconds=self.settings.download_sas_seconds))
 
-    @staticmethod
-    def describe(job: Job) -> str:
-        if job.status == "created":
-            return "waiting for the upload"
-        if job.status == "uploaded":
-            return "upload received; computing the cost"
-        if job.status == "awaiting_approval":
-            return f"uploaded; awaiting approval (cost {job.total_cost} credits)"
-        if job.status == "awaiting_review":
-            return f"detected; awaiting review: POST /v1/render_job/{job.id} writes the outputs"
-        if job.status == "queued":
-            return "waiting in queue"
-        if job.status == "running":
-            done = sum(t.status in ("completed", "failed") for t in job.tasks)
-            return f"processing: {done} of {len(job.tasks) or 1} files done"
-        return job.description or job.status
+    describe = staticmethod(describe)
 
     def _work_root(self) -> Path:
         root = self.settings.data_dir / "work"

@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from ...db.models import FINAL, AdminUser, Job
 from ...jobs import admins, credits, keys, previews, reports
-from ...jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, JobConflict, JobNotFound, job_status_number
+from ...jobs.job_report import job_status_number
+from ...jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, JobConflict, JobNotFound
 from . import security
 from .params import JOBS_PAGE_SIZE as PAGE_SIZE
 from .params import JobsQuery
