@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+from .db.session import make_engine
+from .engine.weights import describe_models
+from .jobs.service import OUTPUT_CONTAINER, build_store
 from .settings import Settings
 
 GiB = 1024**3
@@ -58,7 +61,6 @@ def check_database(settings: Settings) -> str:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
-    from .db.session import make_engine
 
     engine = make_engine(settings.db_url)
     try:
@@ -78,7 +80,6 @@ def check_store(settings: Settings) -> str:
     """Upload and download a small blob through signed URLs, as a client would."""
     import requests
 
-    from .jobs.service import OUTPUT_CONTAINER, build_store
 
     store = build_store(settings)
     name, body = f"doctor/{uuid.uuid4()}", uuid.uuid4().bytes * 64
@@ -111,7 +112,7 @@ def check_store(settings: Settings) -> str:
 
 
 def check_broker(settings: Settings) -> str:
-    from kombu import Connection
+    from kombu import Connection  # lazy: Celery (and kombu) are optional (veil[celery])
 
     with Connection(settings.celery_broker_url, connect_timeout=5) as conn:
         conn.ensure_connection(max_retries=1)
@@ -119,7 +120,7 @@ def check_broker(settings: Settings) -> str:
 
 
 def check_servicebus(settings: Settings) -> str:
-    from azure.servicebus import ServiceBusClient
+    from azure.servicebus import ServiceBusClient  # lazy: optional (veil[azure])
 
     with ServiceBusClient.from_connection_string(settings.servicebus_connection_string) as client, \
             client.get_queue_receiver(settings.servicebus_queue, max_wait_time=5) as receiver:
@@ -128,7 +129,6 @@ def check_servicebus(settings: Settings) -> str:
 
 
 def check_models(settings: Settings) -> str:
-    from .engine.weights import describe_models
 
     models = describe_models()
     missing = [m for m in models if not m["installed"]]

@@ -19,10 +19,20 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
-                               disable_created_metrics, generate_latest)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from .db.models import CallbackDelivery, CreditEntry, Job, Task, VideoSegment, utcnow
 
 log = logging.getLogger(__name__)
 disable_created_metrics()  # no `*_created` series beside each counter and histogram: noise for Prometheus
@@ -88,10 +98,6 @@ class DatabaseCollector(Collector):
         yield from figures
 
     def _figures(self) -> Iterator[Metric]:
-        from sqlalchemy import func, select
-
-        from .db.models import CallbackDelivery, CreditEntry, Job, Task, VideoSegment, utcnow
-
         now = utcnow()
         with self.db() as session:
             by_state = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())

@@ -13,19 +13,26 @@ import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from ..jobs.admins import ensure_admin
 from ..jobs.service import JobService, build_service
 from ..logs import key_scope
 from ..metrics import database_registry
+from ..queue.sweeper import Sweeper
 from ..settings import Settings
 from ..storage.local import BLOB_PATH_PREFIX
+from . import admin, events, health, panel, public
+from .blob import UploadLimits, create_blob_router
 from .body_limit import BodyLimit
+from .panel.params import invalid_page, is_panel_page
 from .ratelimit import KeyRateLimiter
+from .schemas import validation_detail
 
 log = logging.getLogger("veil.api")
 
@@ -36,21 +43,21 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     if service is None:
         service = build_service(settings)
     if settings.admin_email and settings.admin_password:
-        from ..jobs.admins import ensure_admin
-
         if ensure_admin(service.db, settings.admin_email, settings.admin_password):
             log.info("created the admin panel account %s (VEIL_ADMIN_EMAIL)", settings.admin_email)
     if settings.worker == "embedded":
-        from ..queue.embedded import EmbeddedWorker
+        from ..queue.embedded import (
+            EmbeddedWorker,  # lazy: it loads the engine, which API-only servers never need
+        )
 
         worker = EmbeddedWorker(service, settings.worker_concurrency, settings.worker_poll_seconds)
         service.dispatch = worker.wake
     elif settings.worker == "celery":
-        from ..queue.celery_app import wire
+        from ..queue.celery_app import (
+            wire,  # lazy: Celery is an optional dependency (veil[celery])
+        )
 
         wire(service)
-
-    from ..queue.sweeper import Sweeper
 
     sweeper = Sweeper(service, api=True)
     stop_events = threading.Event()
@@ -63,7 +70,9 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
             service.price_pending()
         sweeper.start()
         if settings.servicebus_connection_string and settings.servicebus_in_serve:
-            from ..events.servicebus import consume
+            from ..events.servicebus import (
+                consume,  # lazy: azure-servicebus is optional (veil[azure])
+            )
 
             threading.Thread(target=consume, name="veil-events", daemon=True, args=(
                 service, settings.servicebus_connection_string, settings.servicebus_queue, stop_events)).start()
@@ -90,9 +99,6 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     app.state.readiness_pools = {}
     app.add_middleware(_KeyScope)
 
-    from ..api.blob import UploadLimits, create_blob_router
-    from . import admin, events, health, panel, public
-
     app.include_router(public.router)
     app.include_router(health.router)
     app.include_router(admin.router)
@@ -104,9 +110,6 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        from .panel.params import invalid_page, is_panel_page
-        from .schemas import validation_detail
-
         if is_panel_page(request):  # a page of the panel answers with a page
             return invalid_page(request, exc)
         return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
@@ -137,8 +140,6 @@ class _KeyScope:
 
 def _offline_docs(app: FastAPI) -> None:
     """/docs and /redoc with Swagger UI's and ReDoc's files from the fastapi-offline wheel (no CDN)."""
-    import fastapi_offline
-
     assets = "/docs-assets"
     app.mount(assets, StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"), name="docs-assets")
 

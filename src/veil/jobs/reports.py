@@ -175,7 +175,7 @@ def system_info(settings, db: sessionmaker[Session], store) -> dict:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    from ..engine import runtime, weights
+    from ..engine import runtime, weights  # lazy: ONNX Runtime loads only when the System page asks
 
     try:
         veil_version = version("veil")

@@ -50,11 +50,12 @@ from ..engine.errors import MediaError
 from ..logs import current_job
 from ..settings import Settings
 from ..storage.base import BlobNotFoundError
+from ..storage.local import LocalBlobStore
 from . import credits, pricing
 from .archive import ArchiveError
+from .job_report import describe, job_report
 from .leases import Leases
 from .names import INPUT_CONTAINER, OUTPUT_CONTAINER, public_message, safe_name
-from .job_report import describe, job_report
 from .notifications import Notifier
 
 log = logging.getLogger(__name__)
@@ -171,8 +172,6 @@ class JobService:
     def store_publishes_events(self) -> bool:
         """True for the embedded store (its endpoint calls on_blob_created); an Azure account without an
         Event Grid subscription must be polled (notes §5): a blob appears atomically when committed."""
-        from ..storage.local import LocalBlobStore
-
         return isinstance(self.store, LocalBlobStore)
 
     def check_upload(self, job: Job) -> None:
@@ -480,7 +479,9 @@ def _is_input_error(exc: Exception) -> bool:
 def build_store(settings: Settings):
     """The BlobStore the settings name: the embedded local store, or an Azure account."""
     if settings.storage_backend == "azure":
-        from ..storage.azure import AzureBlobStore
+        from ..storage.azure import (
+            AzureBlobStore,  # lazy: azure-storage-blob is optional (veil[azure])
+        )
 
         if settings.azure_connection_string:
             return AzureBlobStore(settings.azure_connection_string, api_version=settings.azure_api_version)
@@ -489,8 +490,6 @@ def build_store(settings: Settings):
                              "VEIL_AZURE_BLOB_URL and VEIL_STORAGE_KEY")
         return AzureBlobStore(account_url=settings.azure_blob_url, account_key=settings.storage_key,
                               api_version=settings.azure_api_version)
-    from ..storage.local import LocalBlobStore
-
     return LocalBlobStore(settings.data_dir / "blobs", settings.storage_account, settings.account_key,
                           settings.base_url)
 

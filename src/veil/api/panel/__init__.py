@@ -7,6 +7,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from . import accounts, auth, jobs, keys, reports, review
 from .gate import SignInGate
 from .headers import PanelHeaders
 from .render import HERE, render
@@ -16,8 +17,6 @@ STATIC_URL = "/admin/static"
 
 
 def install(app: FastAPI) -> None:
-    from . import accounts, auth, jobs, keys, reports, review
-
     app.add_middleware(PanelHeaders)
     settings = app.state.settings
     app.state.signin_gate = SignInGate(settings.admin_signin_concurrency, per_source=settings.admin_signin_rate,
