@@ -1,4 +1,7 @@
-"""`veil` command line: one sub-command per user task; options map 1:1 to ModelConfig fields or settings."""
+"""`veil` command line: one sub-command per user task; options map 1:1 to ModelConfig fields or settings.
+
+Each command imports what it needs when it runs (the engine, the server, Celery), so `veil --help` and the
+light commands (`veil keys`, `veil config`) start at once and work without the optional dependencies."""
 
 from __future__ import annotations
 
