@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -28,6 +29,15 @@ class Source:
     duration: float | None  # seconds, None if unknown
     dropped: list[str] = field(default_factory=list)  # streams not carried over
     notes: list[str] = field(default_factory=list)  # for the report: broken timestamps, a size change
+
+    @property
+    def time_base(self) -> Fraction:
+        """The video stream's time base. PyAV reads a 0/0 one as None; FFmpeg gives every demuxed stream one
+        (1/90000 unless its demuxer sets another), so None means a file FFmpeg should not have opened."""
+        time_base = self.video.time_base
+        if time_base is None:
+            raise MediaError(f"{Path(self.container.name).name}: the video stream has no time base (corrupt file?)")
+        return time_base
 
 
 @dataclass(frozen=True)

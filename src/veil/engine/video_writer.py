@@ -7,7 +7,7 @@ import os
 import secrets
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import av
 import numpy as np
@@ -34,8 +34,9 @@ class VideoWriter:
         self.tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(6)}.part")
         self.fmt = fmt
         self.video_stream: av.video.stream.VideoStream | None = None
-        self._encoding = False
-        self.audio_map: dict[int, tuple[av.stream.Stream, object]] = {}
+        self._encoder: av.video.stream.VideoStream | None = None  # the video stream, when this writer encodes it
+        # source audio stream index -> (output stream, the source stream to decode when re-encoding, else None)
+        self.audio_map: dict[int, tuple[av.audio.stream.AudioStream, av.audio.stream.AudioStream | None]] = {}
         self._early_audio: list[av.Packet] = []  # muxing starts once the video stream exists
         self.even = source.width % 2 == 0 and source.height % 2 == 0
         try:
@@ -54,7 +55,7 @@ class VideoWriter:
                 stream = self.out.add_stream_from_template(a)
                 self.audio_map[a.index] = (stream, None)
             else:
-                codec = "libopus" if self.fmt == "webm" else "aac"
+                codec: Literal["libopus", "aac"] = "libopus" if self.fmt == "webm" else "aac"
                 stream = self.out.add_stream(codec, rate=a.codec_context.sample_rate or 48000)
                 if a.codec_context.layout:
                     stream.layout = a.codec_context.layout
@@ -66,16 +67,15 @@ class VideoWriter:
             if a.language:
                 stream.metadata["language"] = a.language
 
-    def _setup_video(self, first: av.VideoFrame) -> None:
+    def _setup_video(self, first: av.VideoFrame) -> av.video.stream.VideoStream:
         """Encoding: an H.264 (VP9 for WebM) stream with the source's rate, time base and colours."""
         src = self.source.video
-        codec = "libvpx-vp9" if self.fmt == "webm" else "libx264"
+        codec: Literal["libvpx-vp9", "libx264"] = "libvpx-vp9" if self.fmt == "webm" else "libx264"
         rate = src.average_rate or src.guessed_rate or Fraction(30)
         stream = self.out.add_stream(codec, rate=rate)
         stream.width, stream.height = self.source.width, self.source.height
         stream.pix_fmt = "yuv420p" if self.even else "yuv444p"
-        stream.time_base = src.time_base
-        stream.codec_context.time_base = src.time_base
+        stream.time_base = stream.codec_context.time_base = self.source.time_base
         cc = stream.codec_context
         for attr in ("color_range", "colorspace", "color_primaries", "color_trc"):
             try:
@@ -93,7 +93,8 @@ class VideoWriter:
         if not self.even:
             self.report.notes.append("odd picture size: video encoded as H.264 4:4:4")
         self._ready(stream, first)
-        self._encoding = True
+        self._encoder = stream
+        return stream
 
     def copy_video(self, template: av.video.stream.VideoStream, first: av.VideoFrame) -> None:
         """Stitching: the video stream takes `template`'s encoded packets as they are (`packet`);
@@ -125,15 +126,16 @@ class VideoWriter:
         self.out.mux(packet)
 
     def video(self, frame: av.VideoFrame, dets: Detections) -> None:
-        if self.video_stream is None:
-            self._setup_video(frame)
+        stream = self.video_stream
+        if stream is None:
+            stream = self._setup_video(frame)
         if frame.format.name not in ("yuv420p", "yuvj420p") and self.even:
             converted = frame.reformat(format="yuv420p")
             copy_frame_props(frame, converted)
             frame = converted
         if len(dets):
             frame = redact_yuv(frame, dets, self.config) if self.even else redact_any(frame, dets, self.config)
-        self.out.mux(self.video_stream.encode(frame))
+        self.out.mux(stream.encode(frame))
 
     def audio(self, packet: av.Packet) -> None:
         if self.video_stream is None:
@@ -144,14 +146,14 @@ class VideoWriter:
             packet.stream = stream
             self.out.mux(packet)
             return
-        for frame in packet.decode():
+        for frame in decoder.decode(packet):  # what packet.decode() calls (decoder is packet.stream)
             frame.pts = None
             self.out.mux(stream.encode(frame))
 
     def finish(self) -> None:
         try:
-            if self._encoding:
-                self.out.mux(self.video_stream.encode(None))
+            if self._encoder is not None:
+                self.out.mux(self._encoder.encode(None))
             for stream, decoder in self.audio_map.values():
                 if decoder is not None:
                     self.out.mux(stream.encode(None))
@@ -190,7 +192,8 @@ def _display_matrix(frame: av.VideoFrame) -> list[int] | None:
     from av.sidedata.sidedata import Type
 
     try:
-        data = bytes(frame.side_data[Type.DISPLAYMATRIX])
+        # the stubs type side_data as a TypedDict of motion vectors only; it is a Mapping keyed by Type
+        data = bytes(frame.side_data[Type.DISPLAYMATRIX])  # type: ignore[typeddict-item]
     except (KeyError, TypeError, IndexError):
         return None
     return np.frombuffer(data[:36], np.int32).tolist() if len(data) >= 36 else None
