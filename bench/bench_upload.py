@@ -1,10 +1,12 @@
 """Upload a 2 GiB file through the embedded blob store on loopback, with the seed's client loop (4 MiB
-blocks one at a time, URL-safe block ids, then the block list) and with the `veil_client` library (4 MiB
-blocks, 8 in flight, Content-MD5 each), on plain loopback and through a loopback proxy that adds 25 ms each
-way (tests/_client_proxy.py, as a real network does); download it back; print MB/s, the ratio client/seed,
-and the peak RSS of the server and of each uploading process. Not a test: figures only.
+blocks one at a time, URL-safe block ids, then the block list) and with the `veil_client` library (its
+defaults: 16 MiB blocks for a file this size, 4 in flight, Content-MD5 each; and the same without Content-MD5),
+on plain loopback and through a loopback proxy that adds 25 ms each way (tests/_client_proxy.py, as a real
+network does); download it back; print MB/s, the CPU seconds of each uploading process and of the server,
+the ratio client/seed, and peak RSS. Each setting runs `--runs` times, the three uploads interleaved, and
+the ratios are of the medians. Not a test: figures only.
 
-    .venv/bin/python bench/bench_upload.py [--size-mib 2048] [--delay-ms 25] [--workdir /tmp]
+    .venv/bin/python bench/bench_upload.py [--size-mib 2048] [--runs 3] [--delay-ms 25] [--workdir /tmp]
 
 The server, the proxy and each upload are separate processes, so each peak RSS (VmHWM from /proc)
 measures one of them alone. All files go to a temporary directory that is deleted afterwards.
@@ -17,6 +19,7 @@ import base64
 import hashlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,8 +31,8 @@ import requests
 
 MIB = 1024 * 1024
 TESTS = Path(__file__).resolve().parents[1] / "tests"
-NAMES = {"seed": "seed loop (1 block at a time)", "client": "veil_client (8 blocks in flight, Content-MD5)",
-         "client-no-md5": "veil_client (8 in flight, no Content-MD5)"}
+NAMES = {"seed": "seed loop (4 MiB, 1 at a time)", "client": "veil_client (defaults, Content-MD5)",
+         "client-no-md5": "veil_client (defaults, no Content-MD5)"}
 
 
 def serve(root: Path, port: int, key: bytes) -> None:
@@ -58,6 +61,13 @@ def peak_rss_mib(pid: int) -> tuple[float, float]:
         key, _, value = line.partition(":")
         fields[key] = value
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
+    return f"{os.cpu_count()} CPUs"
 
 
 def make_file(path: Path, size: int) -> str:
@@ -107,7 +117,7 @@ def upload_child(how: str, session_uri: str, file_name: str) -> None:
         from veil_client._http import Http
         from veil_client.transfer import upload
 
-        upload(Http(), session_uri, Path(file_name), concurrency=8, checksum=how == "client")
+        upload(Http(), session_uri, Path(file_name), checksum=how == "client")  # the library's defaults
     times = os.times()
     print(time.perf_counter() - t, peak_rss_mib(os.getpid())[1], times.user + times.system)
 
@@ -138,6 +148,7 @@ def wait_for(url: str, proc: subprocess.Popen) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=2048)
+    parser.add_argument("--runs", type=int, default=3, help="runs of each upload (interleaved); medians compared")
     parser.add_argument("--delay-ms", type=float, default=25.0, help="the proxy's delay each way")
     parser.add_argument("--workdir", default="/tmp")
     parser.add_argument("--serve", nargs=3, metavar=("ROOT", "PORT", "KEYHEX"), help=argparse.SUPPRESS)
@@ -179,31 +190,39 @@ def main() -> None:
         rss0, _ = peak_rss_mib(server.pid)
         print(f"server RSS at start: {rss0:.0f} MiB; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
-        mb, seconds = size / 1e6, {}
+        from veil_client.transfer import CONCURRENCY, block_size_for
+
+        print(f"veil_client defaults for this file: {block_size_for(size) // MIB} MiB blocks, {CONCURRENCY} in "
+              f"flight; {args.runs} runs of each upload, interleaved; CPU: {cpu_model()}")
+        mb, seconds, kept = size / 1e6, {}, None
         for label, url in (("loopback", base), (f"proxy +{args.delay_ms:g} ms each way", proxied)):
             store = LocalBlobStore(root, "veilbench", key, url)  # signs URLs pointing at `url`
-            for how in ("seed", "client", "client-no-md5"):
-                blob = f"{how}-{len(seconds)}.bin"
-                session_uri = store.signed_upload_url("uploads", blob, timedelta(hours=1))
-                server_cpu = cpu_seconds(server.pid)
-                out = subprocess.run([sys.executable, __file__, "--upload", how, session_uri, str(src)],
-                                     capture_output=True, text=True, check=True).stdout.split()
-                seconds[label, how] = float(out[0])
-                assert store.size("uploads", blob) == size
-                name = NAMES[how]
-                print(f"upload {label:22} {name:44} {float(out[0]):6.1f} s {mb / float(out[0]):5.0f} MB/s, "
-                      f"CPU s client {float(out[2]):4.1f} server {cpu_seconds(server.pid) - server_cpu:4.1f}; "
-                      f"peak RSS client {float(out[1]):3.0f} MiB server {peak_rss_mib(server.pid)[1]:3.0f} MiB")
-                if len(seconds) != 2:  # the loopback client upload stays, for the download
-                    store.delete("uploads", blob)
-            print(f"  client / seed loop on {label}: {seconds[label, 'seed'] / seconds[label, 'client']:.1f}x "
-                  f"({seconds[label, 'seed'] / seconds[label, 'client-no-md5']:.1f}x without Content-MD5)")
+            for run in range(args.runs):
+                for how in ("seed", "client", "client-no-md5"):
+                    blob = f"{how}-{label[:5]}-{run}.bin"
+                    session_uri = store.signed_upload_url("uploads", blob, timedelta(hours=1))
+                    server_cpu = cpu_seconds(server.pid)
+                    out = subprocess.run([sys.executable, __file__, "--upload", how, session_uri, str(src)],
+                                         capture_output=True, text=True, check=True).stdout.split()
+                    seconds.setdefault((label, how), []).append(float(out[0]))
+                    assert store.size("uploads", blob) == size
+                    print(f"upload {label:22} {NAMES[how]:38} {float(out[0]):6.1f} s {mb / float(out[0]):5.0f} MB/s, "
+                          f"CPU s client {float(out[2]):4.1f} server {cpu_seconds(server.pid) - server_cpu:4.1f}; "
+                          f"peak RSS client {float(out[1]):3.0f} MiB server {peak_rss_mib(server.pid)[1]:3.0f} MiB; "
+                          f"load {os.getloadavg()[0]:.1f}", flush=True)
+                    if kept is None and how == "client":
+                        kept = blob  # one client upload stays, for the download
+                    else:
+                        store.delete("uploads", blob)
+            seed, client, plain = (statistics.median(seconds[label, how]) for how in NAMES)
+            print(f"  medians on {label}: seed {seed:.1f} s, client {client:.1f} s, without Content-MD5 {plain:.1f} s; "
+                  f"client / seed loop {seed / client:.1f}x ({seed / plain:.1f}x without Content-MD5)", flush=True)
 
         store = LocalBlobStore(root, "veilbench", key, base)
         dest = work / "output.bin"
         t = time.perf_counter()
         digest = hashlib.sha256()
-        with requests.get(store.signed_download_url("uploads", "client-1.bin", timedelta(hours=1)), stream=True) as r:
+        with requests.get(store.signed_download_url("uploads", kept, timedelta(hours=1)), stream=True) as r:
             r.raise_for_status()
             with open(dest, "wb") as f:
                 for chunk in r.iter_content(chunk_size=MIB):

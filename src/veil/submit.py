@@ -44,8 +44,8 @@ def submit_options(func):
         click.option("--max-credits", type=click.IntRange(min=0), help="Refuse (not approve) a job costing more."),
         click.option("--include", multiple=True, help="Only files matching this pattern (repeatable), e.g. '*.mp4'."),
         click.option("--exclude", multiple=True, help="Leave out files matching this pattern (repeatable)."),
-        click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
-                     help="Upload blocks in flight, all files together."),
+        click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="Upload blocks (4 to 16 MiB each) in flight, all files together."),
     ]
     for option in reversed(options):
         func = option(func)

@@ -28,9 +28,11 @@ def backoff(first: float = 0.5, factor: float = 1.5, most: float = 5.0) -> Itera
 
 class Client:
     """A server speaking the vendor's API. `url` is its API root, as the seed's `API_URL`
-    (`https://host/v1`); a bare `http://host:port` gets `/v1` added. Safe to share between threads."""
+    (`https://host/v1`); a bare `http://host:port` gets `/v1` added. Safe to share between threads.
+    `concurrency`: upload blocks in flight, all uploads together; `block_size`: None picks 4 to 16 MiB by the
+    file's size; `checksum`: a Content-MD5 on every block."""
 
-    def __init__(self, url: str, key: str, *, concurrency: int = 8, block_size: int = transfer.BLOCK_SIZE,
+    def __init__(self, url: str, key: str, *, concurrency: int = transfer.CONCURRENCY, block_size: int | None = None,
                  checksum: bool = True, http: Http | None = None) -> None:
         url = url.rstrip("/")
         self.url = url if url.count("/") > 2 else url + "/v1"

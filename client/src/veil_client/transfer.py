@@ -1,12 +1,15 @@
 """Block-blob uploads and ranged downloads that survive a killed client (Azure Blob REST, SAS URLs).
 
-Upload: the file is cut into fixed-size blocks, `concurrency` of them in flight (Put Block, each with its
-Content-MD5 so the store verifies it), then committed with Put Block List. A journal file records the
-upload and each block the store acknowledged; run again, the upload asks the store which blocks it holds
-(Get Block List, uncommitted: Veil answers it to the upload URL itself; Azure only to a SAS with read
-permission) and, where the store does not answer that, trusts the journal, then sends only the rest. A
-store that answers 412 LeaseIdMissing holds the upload committed already (Veil freezes a committed input). Download: into a part file with Range requests, resumed where it stopped, its
-size checked against the blob's before it is moved into place.
+Upload: the file is cut into fixed-size blocks (4 to 16 MiB, `block_size_for`), `concurrency` of them in
+flight (Put Block, each with its Content-MD5 so the store verifies it), then committed with Put Block List.
+A journal file records the upload and each block the store acknowledged; run again, the upload asks the
+store which blocks it holds (Get Block List, uncommitted: Veil answers it to the upload URL itself, Azure
+only to a SAS with read permission) and, where the store does not answer that, trusts the journal, then
+sends only the rest. A store that answers 412 LeaseIdMissing holds the upload committed already (Veil
+freezes a committed input).
+
+Download: into a part file with Range requests, resumed where it stopped, its size checked against the
+blob's before it is moved into place.
 """
 
 from __future__ import annotations
@@ -28,8 +31,18 @@ from ._http import Http, check
 from .errors import ClientError, Unreachable
 
 MIB = 1024 * 1024
-BLOCK_SIZE = 4 * MIB
+MIN_BLOCK, MAX_BLOCK = 4 * MIB, 16 * MIB
+CONCURRENCY = 4  # blocks in flight: 4 x 16 MiB hides a WAN's latency; more only adds CPU contention
 Progress = Callable[[int], None]  # called with a number of bytes just transferred
+
+
+def block_size_for(size: int) -> int:
+    """Blocks of 4 to 16 MiB, a power of two, about 128 to a file: a big file in few requests (less CPU
+    per byte on both ends), a small one still in several blocks to send in parallel."""
+    block = MIN_BLOCK
+    while block < MAX_BLOCK and block * 128 < size:
+        block *= 2
+    return block
 
 
 def block_id(index: int) -> str:
@@ -68,6 +81,17 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
+def _journal_block_size(journal_path: Path | None, session_uri: str, size: int) -> int | None:
+    """The block size an earlier run of this upload recorded, if any."""
+    try:
+        header = _json(journal_path.read_text().split("\n", 1)[0]) if journal_path else None
+    except FileNotFoundError:
+        return None
+    if header and header.get("session_uri") == session_uri and header.get("size") == size:
+        return header.get("block_size") if isinstance(header.get("block_size"), int) else None
+    return None
+
+
 def session_uri_of(journal_path: Path) -> str | None:
     """The upload URL a journal was written for (to resume a job created by an earlier run)."""
     try:
@@ -77,11 +101,14 @@ def session_uri_of(journal_path: Path) -> str | None:
 
 
 def upload(http: Http, session_uri: str, path: Path, journal_path: Path | None = None, *,
-           concurrency: int = 8, block_size: int = BLOCK_SIZE, checksum: bool = True,
+           concurrency: int = CONCURRENCY, block_size: int | None = None, checksum: bool = True,
            progress: Progress | None = None, slots: threading.Semaphore | None = None) -> int:
-    """Upload `path` to `session_uri` as a block blob; returns the bytes sent by this call. `slots`, shared
-    by concurrent uploads, bounds the blocks in flight across all of them."""
+    """Upload `path` to `session_uri` as a block blob; returns the bytes sent by this call. `block_size`
+    None: `block_size_for` the file, or the one its journal records (a rerun resumes with the blocks it
+    began with). `slots`, shared by concurrent uploads, bounds the blocks in flight across all of them."""
     size = path.stat().st_size
+    if block_size is None:
+        block_size = _journal_block_size(journal_path, session_uri, size) or block_size_for(size)
     header = {"session_uri": session_uri, "size": size, "block_size": block_size}
     journal = Journal(journal_path, header) if journal_path else None
     count = -(-size // block_size)
