@@ -30,8 +30,8 @@ import multiprocessing
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from fractions import Fraction
 from pathlib import Path
 
@@ -69,14 +69,15 @@ def plan_segments(src: Path, config: ModelConfig, seconds: float, limits: MediaL
     finally:
         source.container.close()
     whole = [Segment(0, 0, 0, 0, 0, 0, _NEVER, _NEVER, len(packets), len(packets))]
-    pts = sorted(p[0] for p in packets if p[0] is not None)
+    pts = sorted(p for p, _, _ in packets if p is not None)
     if (seconds <= 0 or fmt not in ("mp4", "mov", "matroska") or len(pts) != len(packets) or len(pts) < 2
             or len(set(pts)) != len(pts) or not source.fps or not tb):
         return whole
     length = float((pts[-1] - pts[0]) * tb)
     if length < 1.5 * seconds:
         return whole
-    keys = sorted((p, p if d is None else d) for p, d, k in packets if k)  # Matroska: no dts, seek by pts
+    # Matroska: no dts, seek by pts (every pts is there: len(pts) == len(packets))
+    keys = sorted((p, p if d is None else d) for p, d, k in packets if k and p is not None)
     if not keys or keys[0][0] != pts[0]:
         return whole
     key_pts = [k[0] for k in keys]
@@ -91,7 +92,7 @@ def plan_segments(src: Path, config: ModelConfig, seconds: float, limits: MediaL
     for n in range(1, count):
         target = pts[0] + round(n * seconds / tb)
         cut = _nearest(key_pts, target)
-        if cut is None or abs(cut - target) * tb > seconds / 4:
+        if abs(cut - target) * tb > seconds / 4:
             cut = _nearest(pts, target)
         index = bisect.bisect_left(pts, cut)
         if float((cut - pts[cuts[-1]]) * tb) >= seconds / 2 and float((pts[-1] - cut) * tb) >= seconds / 2:
@@ -125,10 +126,10 @@ def overlap_frames(config: ModelConfig, size: tuple[int, int], fps: float) -> tu
     return before, after
 
 
-def _nearest(values: list[int], target: int) -> int | None:
+def _nearest(values: list[int], target: int) -> int:
+    """The value of `values` (sorted, not empty) nearest to `target`."""
     i = bisect.bisect_left(values, target)
-    near = [v for v in values[max(0, i - 1):i + 1]]
-    return min(near, key=lambda v: abs(v - target)) if near else None
+    return min(values[max(0, i - 1):i + 1], key=lambda v: abs(v - target))
 
 
 def run_segment(src: Path, segment: Segment, dst: Path, config: ModelConfig, progress: Progress | None = None,
@@ -150,7 +151,7 @@ def detect_split(src: Path, config: ModelConfig, seconds: float, limits: MediaLi
 
 
 def stitch(src: Path, parts: list[Path], dst: Path, config: ModelConfig, limits: MediaLimits = MediaLimits(),
-           reports: list[Report] = ()) -> Report:
+           reports: Sequence[Report] = ()) -> Report:
     """Join the segment files `parts` (in order) into `dst` with the audio of `src`, no re-encoding; the
     report holds the segments' `reports` frames in order."""
     src, dst = Path(src), Path(dst)
@@ -166,7 +167,7 @@ def stitch(src: Path, parts: list[Path], dst: Path, config: ModelConfig, limits:
                 frame = next(first.decode(first.streams.video[0]))
                 writer.copy_video(first.streams.video[0], frame)
                 extradata = first.streams.video[0].codec_context.extradata
-            for time_, kind, packet in heapq.merge(_video_packets(parts, extradata, source.video.time_base),
+            for time_, kind, packet in heapq.merge(_video_packets(parts, extradata, source.time_base),
                                                    _audio_packets(source), key=lambda item: item[:2]):
                 if kind == 0:
                     writer.packet(packet)
@@ -194,6 +195,8 @@ def _video_packets(parts: list[Path], extradata: bytes | None, tb: Fraction) -> 
             for packet in part.demux(stream):
                 if not packet.size:
                     continue
+                if packet.pts is None or packet.dts is None:  # not in MP4 segments this module wrote
+                    raise MediaError(f"{path.name}: cannot join the segment (a packet without timestamps)")
                 scale = packet.time_base / tb
                 pts, dts = round(packet.pts * scale), round(packet.dts * scale)
                 if last is not None and dts <= last:
@@ -244,6 +247,7 @@ class SegmentPool:
 
     def __init__(self, workers: int, segments: int) -> None:
         self._threads = multiprocessing.current_process().daemon
+        self._pool: Executor
         if self._threads:
             self._shared = [0.0] * (segments + 1)
             self._pool = ThreadPoolExecutor(max_workers=max(1, workers))
@@ -289,8 +293,8 @@ def anonymize_split(src: Path, dst: Path, config: ModelConfig, seconds: float, j
             while True:
                 done, pending = wait(futures, timeout=0.5, return_when=FIRST_EXCEPTION)
                 for future in done:
-                    if future.exception() is not None:
-                        raise future.exception()
+                    if (exc := future.exception()) is not None:
+                        raise exc
                 value = min(0.99, sum(s.analysed * pool.progress(s.index) for s in segments)
                             / sum(s.analysed for s in segments))
                 if progress is not None and value > told:
