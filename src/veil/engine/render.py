@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,9 +45,9 @@ def render_config(header: Header, overrides: dict | None = None) -> ModelConfig:
     for key in ("slicing", "face_track", "lp_track"):
         if key in overrides and overrides[key] != header.config.get(key):
             raise ValueError(f"{key} decides what is detected; it cannot change in a render (detect again)")
-    for key, kind in (("blur_face", "faces"), ("enable_lp", "plates")):
+    for key, what in (("blur_face", "faces"), ("enable_lp", "plates")):
         if overrides.get(key) and not header.config.get(key):
-            raise ValueError(f"{key}: the document holds no {kind} (detect again with {key} on)")
+            raise ValueError(f"{key}: the document holds no {what} (detect again with {key} on)")
     config = ModelConfig(**{**header.config, **overrides})
     for kind, key in ((FACE, "blur_threshold"), (PLATE, "lp_threshold")):
         lowest = _floor(header, kind) + (LOW_SCORE_MARGIN if header.media == "video" else 0.0)
@@ -149,6 +150,7 @@ class VideoDocument:
                                                         self.config.model_dump(), video))
 
     def frame(self, index: int, pts: float | None, candidates: Detections | None) -> None:
+        assert self._writer is not None, "the pipeline calls start() before frame()"
         self._writer.frame(index, pts, candidates)
 
     def __enter__(self) -> VideoDocument:
@@ -167,8 +169,10 @@ def document_candidates(header: Header, frames: Iterator[Frame], config: ModelCo
     low = {kind: threshold - LOW_SCORE_MARGIN for kind, on, threshold in (
         (FACE, config.wants_faces, config.blur_threshold), (PLATE, config.wants_plates, config.lp_threshold)) if on}
 
+    video = _video_header(header)
+
     class _Planner:
-        stride, scan_interval = header.video["stride"], header.video["scan"]
+        stride, scan_interval = video["stride"], video["scan"]
         width, height = header.width, header.height
 
         def __call__(self, index: int, frame, predict) -> Detections | None:
@@ -192,8 +196,8 @@ def track_candidates(doc: Path) -> dict[int, set[str]]:
     header = read_header(doc)
     config = ModelConfig(**header.config)
     tracked = [k for k, on in ((FACE, config.face_track), (PLATE, config.lp_track)) if on]
-    tracker = Tracker(TrackingParams.for_rate(float(header.video.get("fps") or 30.0), header.video["stride"],
-                                              header.video["scan"]),
+    video = _video_header(header)
+    tracker = Tracker(TrackingParams.for_rate(float(video.get("fps") or 30.0), video["stride"], video["scan"]),
                       {FACE: config.blur_threshold, PLATE: config.lp_threshold})
     low = {FACE: config.blur_threshold - LOW_SCORE_MARGIN, PLATE: config.lp_threshold - LOW_SCORE_MARGIN}
     ids: dict[tuple, str] = {}
@@ -223,6 +227,13 @@ def _at_least(dets: Detections, thresholds: dict[int, float]) -> np.ndarray:
 def _floors(config: ModelConfig, faces: float, plates: float) -> dict[str, float]:
     return {KIND_NAMES[FACE]: round(max(0.0, min(faces, config.blur_threshold)), 4),
             KIND_NAMES[PLATE]: round(max(0.0, min(plates, config.lp_threshold)), 4)}
+
+
+def _video_header(header: Header) -> dict[str, Any]:
+    """A video document's schedule (fps, stride, scan): `VideoDocument.start` writes it in every one."""
+    if header.video is None:
+        raise MediaError("the detections document has no video schedule (not a video's document?)")
+    return header.video
 
 
 def _floor(header: Header, kind: int) -> float:
