@@ -165,17 +165,17 @@ def _ellipse(shape_hw, cx, cy, a, b):
 def _landmark_ellipse(shape_hw, marks: np.ndarray, box_h: float):
     """The face ellipse placed by the landmarks (see _LM_*), or None when they are missing or implausible
     (`detections.face_axis`)."""
-    eyes, mouth, d, ok = face_axis(marks, box_h)
+    all_eyes, all_mouths, all_d, ok = face_axis(marks, np.array([box_h]))  # one face
     if not ok[0]:
         return None
-    eyes, mouth, d = eyes[0], mouth[0], float(d[0])
+    eyes, mouth, d = all_eyes[0], all_mouths[0], float(all_d[0])
     nose = marks.astype(np.float64).reshape(5, 2)[2]
     u = (mouth - eyes) / d
     p = np.array([-u[1], u[0]])
     side = float(np.dot(nose - (eyes + mouth) / 2, p))
     cx, cy = eyes + _LM_CENTRE * d * u - _LM_NOSE_SHIFT * side * p
     a, b = _LM_HALF_WIDTH * d, _LM_HALF_LENGTH * d
-    (px, py), (ux, uy) = np.float32(p / a), np.float32(u / b)
+    (px, py), (ux, uy) = (p / a).astype(np.float32), (u / b).astype(np.float32)
 
     def distance(dx, dy):
         rho = np.sqrt(np.square(dx * px + dy * py) + np.square(dx * ux + dy * uy))
