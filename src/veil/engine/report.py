@@ -45,9 +45,10 @@ class Report:
             entry: dict[str, Any] = {"index": frame.index, "pts": frame.pts,
                                      "faces": frame.detections.rows(FACE),
                                      "plates": frame.detections.rows(PLATE)}
-            if frame.detections.track_ids is not None:
-                entry["face_tracks"] = [int(t) for t in frame.detections.kind(FACE).track_ids]
-                entry["plate_tracks"] = [int(t) for t in frame.detections.kind(PLATE).track_ids]
+            tracks, kinds = frame.detections.track_ids, frame.detections.kinds
+            if tracks is not None:
+                entry["face_tracks"] = [int(t) for t in tracks[kinds == FACE]]
+                entry["plate_tracks"] = [int(t) for t in tracks[kinds == PLATE]]
             item["frames"].append(entry)
         item.update({k: v for k, v in self.figures.items() if isinstance(v, (int, float, str))})
         return item
