@@ -95,7 +95,7 @@ def model_path(name: ModelName, directory: Path | None = None) -> Path:
 
 def describe_models(directory: Path | None = None) -> list[dict[str, str | bool]]:
     """Each model: its name, the pinned package it comes from, its path and whether it is installed."""
-    found = []
+    found: list[dict[str, str | bool]] = []
     for name, model in _MODELS.items():
         path = (directory or model_dir()) / model.file
         found.append({"name": name, "source": f"{model.package}=={model.version}", "path": str(path),
