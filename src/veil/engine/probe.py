@@ -81,7 +81,8 @@ def _packet_extent(path: Path, limits: MediaLimits) -> tuple[int, float]:
         raise MediaError(f"{path.name}: corrupt or truncated video ({av_reason(exc)})") from None
     finally:
         source.container.close()
-    span = float((last - first) * time_base) if first is not None and last is not None else 0.0
+    # first and last are set only with a time base
+    span = float((last - first) * time_base) if first is not None and last is not None and time_base else 0.0
     return frames, span
 
 
