@@ -41,7 +41,8 @@ def _plane_views(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarr
     views = []
     for i, plane in enumerate(frame.planes[:3]):
         rows, cols = (frame.height, frame.width) if i == 0 else (frame.height // 2, frame.width // 2)
-        views.append(np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, :cols])
+        # a memoryview of the plane: numpy's stubs take buffers as a list of types (no Buffer protocol on 3.11)
+        views.append(np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)[:rows, :cols])
     return views[0], views[1], views[2]
 
 
