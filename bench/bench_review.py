@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import random
 import re
 import statistics
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+
 from bench_render import _HOUR
 from bench_video import cpu_line
 
@@ -98,14 +100,15 @@ def timeline(work: Path, per: int, runs: int) -> None:
     subprocess.run([sys.executable, "-c", _HOUR, str(doc), str(per), "write"], check=True, capture_output=True)
     written = time.perf_counter() - start
     _as_version_one(doc, old)
-    loads, views = [], []
+    loads, views, cpu = [], [], []
     for _ in range(runs):  # version 2: the lines and their tracks read, the lanes built, the first timeline
-        start = time.perf_counter()
+        start, used = time.perf_counter(), time.process_time()
         index = DocIndex.load(doc)
         loaded = time.perf_counter() - start
         view = index.timeline({0: 0.5, 1: 0.5})
         loads.append(loaded)
         views.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - used)  # the CPU this process got: the figure on a busy machine
         assert index.tracks_ready and view["lanes"]
     answers = [_timed(lambda t=t: index.timeline({0: t, 1: t})) for t in (0.5, 0.6, 0.7, 0.8, 0.9)]
     page = [_timed(lambda s=s: index.candidates(s, s + 200)) for s in range(0, 108_000, 10_800)]
@@ -117,8 +120,9 @@ def timeline(work: Path, per: int, runs: int) -> None:
     tracked = time.perf_counter() - start
     assert (before.track == index.track).all() and before.lanes == index.lanes
     print(f"one-hour 1080p30 document, {per} candidates a frame ({doc.stat().st_size / 1e6:.1f} MB, written with "
-          f"its tracks in {written:.0f} s): timeline with its {len(index.lanes)} lanes {_ms(views)} (reading it "
-          f"{_ms(loads)}); then the timeline at a threshold {_ms(answers)}; 200 frames' candidates {_ms(page)}")
+          f"its tracks in {written:.0f} s): timeline with its {len(index.lanes)} lanes {_ms(views)}, CPU {_ms(cpu)} "
+          f"(reading it {_ms(loads)}); then the timeline at a threshold {_ms(answers)}; 200 frames' candidates "
+          f"{_ms(page)}")
     print(f"the same document in version 1 (no tracks, before): places to look after {first:.2f} s, lanes after "
           f"{tracked:.0f} s (the tracker over 108,000 frames, once); lanes now / before: "
           f"{statistics.median(views) / tracked:.4f}x")
@@ -130,7 +134,7 @@ def main() -> None:
     ap.add_argument("--hour-candidates", type=int, default=3)
     ap.add_argument("--runs", type=int, default=5, help="rounds of frames, loads of the hour's document")
     args = ap.parse_args()
-    print(cpu_line())
+    print(cpu_line(), f"(load average {os.getloadavg()[0]:.1f}: wall times grow with it, CPU times less)")
     frames(args.clip, args.runs)
     with tempfile.TemporaryDirectory() as tmp:
         timeline(Path(tmp), args.hour_candidates, args.runs)

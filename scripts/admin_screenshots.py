@@ -144,6 +144,8 @@ def _review_pages(page, out: Path, key: str, photo: Path, clip: Path | None) -> 
         _save(page, out / "phone-review-video.png", full_page=False)
     page.goto("/admin/jobs?queue=review")
     _save(page, out / "phone-review-queue.png", full_page=False)
+    page.goto("/admin/accounts")
+    _save(page, out / "phone-accounts.png", full_page=False)
     page.set_viewport_size(LAPTOP)
 
 

@@ -149,8 +149,11 @@ def _drag(page, box) -> None:
     page.mouse.up()
 
 
-def _render(page) -> None:
-    page.get_by_role("button", name="Render…").click()
+def _render(page, key: bool = False) -> None:
+    if key:
+        page.keyboard.press("r")  # the keyboard's render
+    else:
+        page.get_by_role("button", name="Render…").click()
     dialog = page.locator("#confirm")
     expect(dialog).to_be_visible()
     dialog.locator("#confirm-ok").click()
@@ -178,8 +181,17 @@ def test_reviewer_fixes_a_photo_and_renders(server, signed_in, shared_data, tmp_
         "gs => gs.map(g => [g.dataset.id, ...['x', 'y', 'width', 'height'].map(a => +g.firstChild.getAttribute(a))])")
     surest.sort(key=lambda row: -row[3] * row[4])
     face_id, fx, fy, fw, fh = surest[0]
-    page.locator(f'#overlay g[data-id="{face_id}"] rect').click()
-    expect(page.locator(f'#overlay g[data-id="{face_id}"]')).to_have_class(re.compile("c-removed"))
+    face = page.locator(f'#overlay g[data-id="{face_id}"]')
+    face.locator("rect").click()  # a click toggles it (and selects it)
+    expect(face).to_have_class(re.compile("c-removed"))
+    page.keyboard.press("t")  # the keyboard: t toggles the selected candidate, Delete removes it
+    expect(face).to_have_class(re.compile("c-drawn"))
+    page.keyboard.press("Delete")
+    expect(face).to_have_class(re.compile("c-removed"))
+    page.keyboard.press("l")  # the kind of the next box: l plate, f face
+    expect(page.locator("[data-kind=plate]")).to_have_attribute("aria-pressed", "true")
+    page.keyboard.press("f")
+    expect(page.locator("[data-kind=face]")).to_have_attribute("aria-pressed", "true")
     corner = [10, 10, 90, 70]
     _drag(page, corner)
     expect(page.locator("#overlay g.c-added")).to_have_count(1)
@@ -262,7 +274,7 @@ def test_reviewer_covers_a_span_of_video_frames_with_the_keyboard(server, signed
     for _ in range(steps):
         page.keyboard.press("ArrowLeft")
     _frame_is(page, 20)
-    _render(page)
+    _render(page, key=True)
     page.keyboard.press("ArrowRight")  # before and after follow the frame shown
     expect(page.locator("#compare-after")).to_have_attribute("src", re.compile(r"after\.jpg\?frame=21&"))
     before, after = (_pixels(page.request.get(f"/admin/jobs/{job_id}/review/0/{which}.jpg?frame=21").body())

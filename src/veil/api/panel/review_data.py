@@ -4,9 +4,11 @@ and the places to look), built once per document and kept for the next requests 
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...engine.document import Header, parse_header, read_edits
+from ...engine.document import EDITS, Header, parse_header
 from ...engine.render import track_candidates
 
 NEAR = 0.2  # "just below the threshold": within this of it (the per-file report's below_threshold)
@@ -112,12 +114,21 @@ class DocIndex:
 
     @classmethod
     def load(cls, doc: Path, tracks_in_background: bool = True) -> DocIndex:
-        with gzip.open(doc, "rt", encoding="utf-8") as f:
-            header = parse_header(f.readline(), doc)
-            pts, ran, counts, rows, track = _scan(f)
+        text = gzip.decompress(Path(doc).read_bytes()).decode("utf-8")
+        header, _, text = text.partition("\n")
+        header = parse_header(header, doc)
+        collecting = gc.isenabled()
+        gc.disable()  # hundreds of thousands of short-lived strings: a collection pass would look at each
+        try:
+            pts, ran, counts, rows, track, edits = _scan(text)
+        finally:
+            if collecting:
+                gc.enable()
+        del text
         frame = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
         n = (np.arange(len(frame)) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int16)
-        index = cls(header, len(counts), pts, ran, frame, n, rows, track, [e.model_dump() for e in read_edits(doc)])
+        index = cls(header, len(counts), pts, ran, frame, n, rows, track, [e.model_dump() for e in
+                                                                            EDITS.validate_python(edits)])
         if header.media != "video" or not len(rows):
             return index
         if header.version >= 2:
@@ -143,8 +154,9 @@ class DocIndex:
     def candidates(self, start: int = 0, stop: int | None = None) -> list[list]:
         """[id, kind, x1, y1, x2, y2, score, track] of the frames start..stop-1."""
         lo, hi = np.searchsorted(self.frame, [start, self.frames if stop is None else stop])
-        return [[f"{self.frame[m]}.{self.n[m]}", int(self.table[m, 0]), *(round(float(v), 1) for v in self.table[m, 1:5]),
-                 round(float(self.table[m, 5]), 3), int(self.track[m])] for m in range(lo, hi)]
+        return [[f"{self.frame[m]}.{self.n[m]}", int(self.table[m, 0]),
+                 *(round(float(v), 1) for v in self.table[m, 1:5]), round(float(self.table[m, 5]), 3),
+                 int(self.track[m])] for m in range(lo, hi)]
 
     def timeline(self, thresholds: dict[int, float]) -> dict:
         """A video's lanes (one per track, the MAX_LANES longest: kind, the runs of frames with a candidate of
@@ -179,43 +191,33 @@ def _lanes(frame: np.ndarray, track: np.ndarray, kind: np.ndarray) -> list[dict]
     return lanes
 
 
-def _scan(lines) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(pts, ran, candidates per frame, candidate rows, their tracks) of a document's frame lines, in frame
-    order. The lines are those `DocumentWriter` writes ({"i":..,"pts":..,"ran":..,"c":[[...],...],"lm":...,
-    "t":[...]}): their numbers are read by NumPy in one go (a JSON parse of every line takes three times as
-    long for an hour of video); a line of another shape is parsed as JSON. No `t` (version 1): tracks 0."""
-    pts, ran, counts, parts, with_tracks, tracks = [], [], [], [], [], []
-    for line in lines:
-        if not line.startswith('{"i":'):
-            if line.startswith('{"edit"'):
-                continue
-            data = json.loads(line)
-            cands = json.dumps(data["c"], separators=(",", ":"))
-            when, did, those = data["pts"], data["ran"], ",".join(map(str, data.get("t") or []))
-        else:
-            at = line.find('"c":[')
-            end = at + 6 if line.startswith("[]", at + 4) else line.find("]]", at) + 2
-            cands = line[at + 4:end]
-            when = line[line.find('"pts":') + 6:line.find(',"ran":')]
-            did = line.startswith("true", line.find('"ran":') + 6)
-            t = line.rfind('"t":[', end)
-            those = line[t + 5:line.index("]", t)] if t > 0 else ""
-        count = cands.count("[") - 1
-        if count:
-            parts.append(cands)
-            if those:
-                with_tracks.append(len(counts))
-                tracks.append(those)
-        counts.append(count)
-        pts.append(np.nan if when in (None, "null") else float(when))
-        ran.append(did)
-    values = np.fromstring(",".join(parts).translate({91: 32, 93: 32}), sep=",", dtype=np.float64) if parts \
-        else np.zeros(0)
-    counts = np.asarray(counts, np.int64)
+# a frame line as `DocumentWriter` writes it: index, pts, ran, candidates, landmarks (skipped), tracks
+_LINE = re.compile(r'^\{"i":(\d+),"pts":([^,]*),"ran":(true|false),"c":\[((?:\[[^\]]*\],?)*)\]'
+                   r'(?:,"lm":\{[^}]*\})?(?:,"t":\[([^\]]*)\])?\}$', re.MULTILINE)
+
+
+def _scan(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
+    """(pts, ran, candidates per frame, candidate rows, their tracks, edits) of a document's lines after the
+    header, frames in frame order. The frame lines `DocumentWriter` writes are matched by one regular
+    expression and their numbers read by NumPy in one go (a JSON parse of every line takes five times as long
+    for an hour of video); a document with lines of another shape is parsed as JSON. No `t` (version 1):
+    tracks 0."""
+    found = _LINE.findall(text)
+    edits = [json.loads(line)["edit"] for line in re.findall(r'^\{"edit".*$', text, re.MULTILINE)] \
+        if '{"edit"' in text else []
+    lines = text.count("\n") + (not text.endswith("\n")) - len(edits)
+    if len(found) != lines:  # another writer's lines
+        found = [(str(d["i"]), json.dumps(d["pts"]), json.dumps(d["ran"]), json.dumps(d["c"])[1:-1],
+                  ",".join(map(str, d.get("t") or []))) for d in map(json.loads, text.splitlines()) if "i" in d]
+    _, when, did, cands, those = zip(*found) if found else ((),) * 5
+    counts = np.array([c.count("[") for c in cands], np.int64)
+    values = np.fromstring(",".join(c for c in cands if c).translate({91: 32, 93: 32}), sep=",") \
+        if counts.any() else np.zeros(0)
     track = np.zeros(int(counts.sum()), np.int32)
-    if tracks:  # the rows of the frames with tracks, in order
+    with_tracks = [n for n, t in enumerate(those) if t]
+    if with_tracks:  # the rows of the frames with tracks, in order
         first, sizes = (np.cumsum(counts) - counts)[with_tracks], counts[with_tracks]
         rows = np.repeat(first - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
-        track[rows] = np.fromstring(",".join(tracks), sep=",", dtype=np.int64)
-    return (np.asarray(pts, np.float64), np.asarray(ran, bool), counts, values.astype(np.float32).reshape(-1, 6),
-            track)
+        track[rows] = np.fromstring(",".join(those[n] for n in with_tracks), sep=",", dtype=np.int64)
+    pts = np.fromstring(",".join(when).replace("null", "nan"), sep=",") if when else np.zeros(0)
+    return pts, np.array(did) == "true", counts, values.astype(np.float32).reshape(-1, 6), track, edits
