@@ -64,6 +64,13 @@ class Stub:
                 return value
         return None
 
+    def required(self, name: str) -> np.ndarray:
+        """A parameter or buffer the layer cannot do without; ValueError (an unsupported checkpoint) if absent."""
+        value = self.param(name)
+        if value is None:
+            raise ValueError(f"{self.qualname} has no {name!r} parameter")
+        return value
+
     def __getattr__(self, name: str) -> Any:  # attribute access like the torch module: children by name
         modules = self.__dict__.get("_modules", {})
         if name in modules:
@@ -84,7 +91,7 @@ def _stub_class(qualname: str) -> type[Stub]:
 
 
 class _StorageType:
-    def __init__(self, dtype: np.dtype) -> None:
+    def __init__(self, dtype: type[np.generic] | None) -> None:  # None: a storage numpy has no dtype for
         self.dtype = dtype
 
 
@@ -216,7 +223,7 @@ def _f64(x: np.ndarray) -> np.ndarray:
 
 
 def _conv_params(conv: Stub) -> dict[str, Any]:
-    kernel = conv.param("weight").shape[2:]
+    kernel = conv.required("weight").shape[2:]
     if isinstance(conv.padding, str):
         raise ValueError(f"unsupported conv padding {conv.padding!r}")
     pads = conv.padding if isinstance(conv.padding, (tuple, list)) else (conv.padding,) * 2
@@ -225,13 +232,13 @@ def _conv_params(conv: Stub) -> dict[str, Any]:
 
 
 def _emit_conv2d(g: _Graph, conv: Stub, x: str, bn: Stub | None = None) -> str:
-    weight = _f64(conv.param("weight"))
+    weight = _f64(conv.required("weight"))
     bias = conv.param("bias")
     bias = np.zeros(weight.shape[0]) if bias is None else _f64(bias)
     if bn is not None:  # y = gamma * (conv(x) + b - mean) / sqrt(var + eps) + beta
-        scale = _f64(bn.param("weight")) / np.sqrt(_f64(bn.param("running_var")) + float(bn.eps))
+        scale = _f64(bn.required("weight")) / np.sqrt(_f64(bn.required("running_var")) + float(bn.eps))
         weight = weight * scale[:, None, None, None]
-        bias = (bias - _f64(bn.param("running_mean"))) * scale + _f64(bn.param("bias"))
+        bias = (bias - _f64(bn.required("running_mean"))) * scale + _f64(bn.required("bias"))
     w = g.const(weight.astype(np.float32), "w")
     b = g.const(bias.astype(np.float32), "b")
     return g.op("Conv", [x, w, b], "conv", **_conv_params(conv))
@@ -248,20 +255,27 @@ def _emit_act(g: _Graph, act: Stub | None, x: str) -> str:
     raise ValueError(f"unsupported activation {kind}")
 
 
+def _single(m: Stub, x: str | list[str]) -> str:
+    """The one input of a layer that takes one (a Concat takes a list)."""
+    if not isinstance(x, str):
+        raise ValueError(f"{m.qualname} takes one input, the checkpoint gives it {len(x)}")
+    return x
+
+
 def _emit(g: _Graph, m: Stub, x: str | list[str]) -> str:
     kind = m.type_name
     if kind in ("Conv", "DWConv"):
         bn = m.modules.get("bn")
-        return _emit_act(g, m.modules.get("act"), _emit_conv2d(g, m.conv, x, bn))
+        return _emit_act(g, m.modules.get("act"), _emit_conv2d(g, m.conv, _single(m, x), bn))
     if kind == "Conv2d":
-        return _emit_conv2d(g, m, x)
+        return _emit_conv2d(g, m, _single(m, x))
     if kind == "Sequential":
         for child in m.modules.values():
             x = _emit(g, child, x)
-        return x
+        return _single(m, x)
     if kind == "Bottleneck":
         y = _emit(g, m.cv2, _emit(g, m.cv1, x))
-        return g.op("Add", [x, y]) if m.add else y
+        return g.op("Add", [_single(m, x), y]) if m.add else y
     if kind == "C2f":
         y1 = _emit(g, m.cv1, x)
         parts = g.op("Split", [y1, g.const(np.array([m.c, m.c], np.int64), "split")], n_out=2, axis=1)
@@ -282,7 +296,7 @@ def _emit(g: _Graph, m: Stub, x: str | list[str]) -> str:
             raise ValueError(f"unsupported upsample mode {m.mode}")
         s = float(m.scale_factor)
         scales = g.const(np.array([1, 1, s, s], np.float32), "scales")
-        return g.op("Resize", [x, "", scales], mode="nearest", coordinate_transformation_mode="asymmetric",
+        return g.op("Resize", [_single(m, x), "", scales], mode="nearest", coordinate_transformation_mode="asymmetric",
                     nearest_mode="floor")
     if kind == "Concat":
         return g.op("Concat", list(x), axis=int(m.d))
@@ -339,17 +353,18 @@ def build_onnx(ckpt: dict) -> onnx.ModelProto:
     layers = list(model.model.modules.values())
     g = _Graph()
     outputs: list[str] = []
-    x = "images"
+    last = "images"  # the previous layer's output
     for layer in layers:
         src = layer.f
+        x: str | list[str] = last
         if src != -1:
-            x = [x if j == -1 else outputs[j] for j in src] if isinstance(src, (list, tuple)) else outputs[src]
-        x = _emit_detect(g, layer, list(x)) if layer.type_name == "Detect" else _emit(g, layer, x)
-        outputs.append(x)
+            x = [last if j == -1 else outputs[j] for j in src] if isinstance(src, (list, tuple)) else outputs[src]
+        last = _emit_detect(g, layer, list(x)) if layer.type_name == "Detect" else _emit(g, layer, x)
+        outputs.append(last)
     head = layers[-1]
     if head.type_name != "Detect":
         raise ValueError(f"last layer is {head.qualname}, expected a Detect head")
-    g.nodes.append(helper.make_node("Identity", [x], ["output0"], name="output0"))
+    g.nodes.append(helper.make_node("Identity", [last], ["output0"], name="output0"))
     nc = int(head.nc)
     graph = helper.make_graph(
         g.nodes, "yolov8",
@@ -360,7 +375,9 @@ def build_onnx(ckpt: dict) -> onnx.ModelProto:
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER)
     onnx_model.ir_version = 8
     names = getattr(model, "names", None) or {i: str(i) for i in range(nc)}
-    train_args = ckpt.get("train_args") if isinstance(ckpt.get("train_args"), dict) else {}
+    train_args = ckpt.get("train_args")
+    if not isinstance(train_args, dict):
+        train_args = {}
     meta = {"stride": str(int(max(np.asarray(head.stride).reshape(-1)))), "names": str(dict(names)),
             "task": "detect", "train_imgsz": str(train_args.get("imgsz", ""))}
     for key, value in meta.items():
