@@ -63,7 +63,8 @@ class _Decoder:
         if self._frames is None or index <= self.position:
             return False
         if len(self.keys):  # stepping decodes fewer frames than a seek unless a keyframe lies between
-            return self.keys[np.searchsorted(self.keys, index, side="right") - 1] <= self.position
+            before = np.searchsorted(self.keys, index, side="right") - 1
+            return before < 0 or self.keys[before] <= self.position
         return index <= self.position + STEP_LIMIT
 
     def _decode_to(self, index: int, exact: bool = True):
