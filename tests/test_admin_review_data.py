@@ -62,6 +62,19 @@ def test_frames_on_demand_are_the_frames_asked_for(clip, copy, monkeypatch):
         server.jpeg(path, np.append(pts, pts[-1] + 0.04), 120)
 
 
+def test_frames_asked_for_at_once_from_more_files_than_open_decoders(clip, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path, pts = clip
+    monkeypatch.setattr(frames, "PROXY_CHUNK", 30)  # four files, two decoders open at most
+    server = FrameServer(videos=0, frames=1, copies=1)
+    assert server.review_copy(path, len(pts)).done.wait(60)
+    asked = [int(i) for i in np.random.default_rng(5).integers(0, 120, 48)]
+    with ThreadPoolExecutor(4) as pool:  # a decoder dropped while another request uses it is opened again
+        bars = list(pool.map(lambda i: _bar(server.jpeg(path, pts, i, side=160)), asked))
+    assert bars == asked and len(server._decoders) == 2
+
+
 def test_bounded_keeps_the_most_recent_and_builds_once():
     dropped, built = [], []
     cache = Bounded(2, on_drop=dropped.append)

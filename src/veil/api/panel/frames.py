@@ -40,7 +40,7 @@ class _Decoder:
         self.container = av.open(str(path))
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
-        self.index_of, self.lock = index_of, threading.Lock()
+        self.index_of, self.lock, self.closed = index_of, threading.Lock(), False
         self._frames, self.position = None, -1  # the index of the frame decoded last
         # keyframes by decode position (those of closed GOPs are shown at that index): mp4 and mov list them
         # in their index, read when the file opens; without one, a frame more than STEP_LIMIT ahead is sought
@@ -49,6 +49,8 @@ class _Decoder:
     def frame(self, index: int):
         """The decoded frame `index` (an av.VideoFrame); IndexError past the end."""
         with self.lock:
+            if self.closed:
+                raise _Closed()
             if not self._can_step(index):
                 self._seek(index, skip=True)
             frame = self._decode_to(index)
@@ -90,8 +92,14 @@ class _Decoder:
     def time_of(self, index: int) -> float:
         return index / PROXY_RATE
 
-    def close(self) -> None:
-        self.container.close()
+    def close(self) -> None:  # dropped from the cache: once a frame in flight is decoded
+        with self.lock:
+            self.closed = True
+            self.container.close()
+
+
+class _Closed(Exception):
+    """The decoder was dropped from the cache (and closed) between being handed out and used."""
 
 
 class _Source(_Decoder):
@@ -209,10 +217,15 @@ class FrameServer:
             raise IndexError(f"frame {index}: past the end of the video")
         made = self._proxies.get(str(path)) if not (copy and self.review_copies) else self.review_copy(path, len(pts))
         found = made.locate(index) if made is not None else None
-        if found is not None:
-            part, at = found
-            return self._decoders.get_or_make(str(part), lambda: _Decoder(part, _proxy_index)).frame(at)
-        return self._decoders.get_or_make(str(path), lambda: _Source(path, pts)).frame(index)
+        for _ in range(3):
+            try:
+                if found is not None:
+                    part, at = found
+                    return self._decoders.get_or_make(str(part), lambda: _Decoder(part, _proxy_index)).frame(at)
+                return self._decoders.get_or_make(str(path), lambda: _Source(path, pts)).frame(index)
+            except _Closed:  # another request's decoder took its place: open it again
+                continue
+        raise IndexError(f"frame {index}: the decoders are too busy")
 
 
 def _proxy_index(frame) -> int:
