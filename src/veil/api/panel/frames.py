@@ -217,12 +217,14 @@ class FrameServer:
             raise IndexError(f"frame {index}: past the end of the video")
         made = self._proxies.get(str(path)) if not (copy and self.review_copies) else self.review_copy(path, len(pts))
         found = made.locate(index) if made is not None else None
+        if found is not None:
+            part, at = found
+            key, make = str(part), lambda: _Decoder(part, _proxy_index)
+        else:
+            key, at, make = str(path), index, lambda: _Source(path, pts)
         for _ in range(3):
             try:
-                if found is not None:
-                    part, at = found
-                    return self._decoders.get_or_make(str(part), lambda: _Decoder(part, _proxy_index)).frame(at)
-                return self._decoders.get_or_make(str(path), lambda: _Source(path, pts)).frame(index)
+                return self._decoders.get_or_make(key, make).frame(at)
             except _Closed:  # another request's decoder took its place: open it again
                 continue
         raise IndexError(f"frame {index}: the decoders are too busy")
