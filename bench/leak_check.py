@@ -5,7 +5,8 @@
 
 The reference runs the detector on *every* frame at full resolution with slicing on and low
 thresholds (0.3), for faces and plates whatever the config, and keeps its detections with score
->= 0.6 as real objects; only the kinds the config asks Veil to redact are counted. Veil runs as
+>= 0.6 as real objects (without the plausibility bounds Veil applies: `veil.engine.bounds`); only the
+kinds the config asks Veil to redact are counted. Veil runs as
 `detect_video(CLIP, config)` (the same boxes `anonymize_video` blurs); its blur mask per frame is
 `redact.redaction_mask`. A reference box counts as a **leaked object-frame** when less than 70% of
 it lies inside Veil's mask in that frame. Reference boxes are linked into tracks (IoU tracker), and
@@ -47,6 +48,7 @@ def reference_detections(clip: Path, every: int, cache: Path | None) -> dict[int
     """{frame index: [[x1, y1, x2, y2, score, kind], ...]} for the checked frames (faces and plates)."""
     from veil.engine.config import ModelConfig
     from veil.engine.detect import get_detector
+    from veil.engine.detections import Detections
 
     ref_config = ModelConfig(blur_face=True, enable_lp=True, slicing=True,
                              blur_threshold=REFERENCE_THRESHOLD, lp_threshold=REFERENCE_THRESHOLD)
@@ -65,7 +67,10 @@ def reference_detections(clip: Path, every: int, cache: Path | None) -> dict[int
         for index, frame in enumerate(c.decode(stream)):
             if index % every:
                 continue
-            dets = detector.detect(frame.to_ndarray(format="rgb24"))
+            rgb = frame.to_ndarray(format="rgb24")
+            # Both passes, without `Detector.detect`'s plausibility bounds (veil.engine.bounds): a real
+            # object they dropped must show as a leak here.
+            dets = Detections.concat([detector.detect_faces(rgb), detector.detect_plates(rgb)])
             out[index] = [[*map(float, b), float(s), int(k)] for b, s, k in zip(dets.xyxy, dets.scores, dets.kinds)]
             if index % (every * 20) == 0:
                 print(f"  reference: frame {index}/{total} ({time.perf_counter() - started:.0f} s)",
