@@ -75,6 +75,17 @@ def test_frames_asked_for_at_once_from_more_files_than_open_decoders(clip, monke
     assert bars == asked and len(server._decoders) == 2
 
 
+def test_a_review_copy_only_where_keyframes_lie_far_apart(clip, monkeypatch):
+    path, pts = clip
+    server = FrameServer()
+    assert _bar(server.jpeg(path, pts, 5, side=160)) == 5
+    assert not server._proxies  # a keyframe every 50 frames: quick enough from the video itself
+    monkeypatch.setattr(frames, "COPY_ABOVE", 40)
+    other = FrameServer()
+    assert _bar(other.jpeg(path, pts, 5, side=160)) == 5 and str(path) in other._proxies
+    assert other._proxies[str(path)].done.wait(60)
+
+
 def test_bounded_keeps_the_most_recent_and_builds_once():
     dropped, built = [], []
     cache = Bounded(2, on_drop=dropped.append)

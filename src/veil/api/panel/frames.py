@@ -1,13 +1,14 @@
 """A video's frames at review resolution, decoded on demand.
 
 A camera or encoder may put a keyframe only every few hundred frames, and a frame far from where a decoder
-stands is then up to that many decodes away (over a second for 1080p). So the first time a video's frames
-are asked for, a thread makes a review copy of it once (`_Proxy`): the frames at review resolution, a keyframe
-every PROXY_KEY frames, in files of PROXY_CHUNK frames usable as each is written. A frame the copy holds is at
-most PROXY_KEY small decodes away; until then frames come from the video itself. Either way one open decoder
-per file steps forward to the next frames asked for (a reviewer's usual move) and seeks to the keyframe before
-a frame it cannot reach by stepping (the file's keyframe index says which). The JPEGs of the most recent
-frames are kept (bounded), and so are the decoders and review copies of the most recent videos."""
+stands is then up to that many decodes away (over a second for 1080p). So the first time the frames of such a
+video (keyframes more than COPY_ABOVE frames apart) are asked for, a thread makes a review copy of it once
+(`_Proxy`): the frames at review resolution, a keyframe every PROXY_KEY frames, in files of PROXY_CHUNK
+frames usable as each is written. A frame the copy holds is at most PROXY_KEY small decodes away; until then
+frames come from the video itself. Either way one open decoder per file steps forward to the next frames
+asked for (a reviewer's usual move) and seeks to the keyframe before a frame it cannot reach by stepping (the
+file's keyframe index says which). The JPEGs of the most recent frames are kept (bounded), and so are the
+decoders and review copies of the most recent videos."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ STEP_LIMIT = 48  # frames decoded forward before a seek is cheaper (a file witho
 SKIP_UNTIL = 16  # after a seek, frames nothing refers to are skipped up to this many frames before the target
 PROXY_KEY, PROXY_CHUNK, PROXY_RATE = 15, 600, 25  # the review copy: a keyframe every 15 frames, 600 to a file
 PROXY_X264 = {"preset": "veryfast", "crf": "21", "g": str(PROXY_KEY), "bf": "0"}
+COPY_ABOVE = 60  # keyframes at most this many frames apart: frames from the video itself are quick enough
 
 
 class _Decoder:
@@ -193,7 +195,7 @@ class FrameServer:
         self._dir = Path(tempfile.mkdtemp(prefix="veil-frames-"))
         self._decoders = Bounded(videos + 2 * copies, on_drop=lambda d: d.close())
         self._proxies = Bounded(copies, on_drop=lambda p: p.close())
-        self._jpegs = Bounded(frames)
+        self._jpegs, self._spacing = Bounded(frames), Bounded(64)
         self.review_copies = review_copies
 
     def jpeg(self, path: Path, pts: np.ndarray, index: int, side: int = REVIEW_SIDE, copy: bool = True) -> bytes:
@@ -212,10 +214,23 @@ class FrameServer:
     def review_copy(self, path: Path, frames: int) -> _Proxy:
         return self._proxies.get_or_make(str(path), lambda: _Proxy(path, frames, self._dir))
 
+    def _far_keys(self, path: Path, frames: int) -> bool:
+        """Whether the video's keyframes lie more than COPY_ABOVE frames apart (or its container does not say
+        where they are): only then is a review copy worth making."""
+        def measure() -> bool:
+            import av
+
+            with av.open(str(path)) as container:
+                keys = [i for i, e in enumerate(container.streams.video[0].index_entries) if e.is_keyframe]
+            return not keys or int(np.diff([*keys, frames]).max()) > COPY_ABOVE
+
+        return self._spacing.get_or_make(str(path), measure)
+
     def _frame(self, path: Path, pts: np.ndarray, index: int, copy: bool):
         if index >= len(pts):
             raise IndexError(f"frame {index}: past the end of the video")
-        made = self._proxies.get(str(path)) if not (copy and self.review_copies) else self.review_copy(path, len(pts))
+        wanted = copy and self.review_copies and self._far_keys(path, len(pts))
+        made = self.review_copy(path, len(pts)) if wanted else self._proxies.get(str(path))
         found = made.locate(index) if made is not None else None
         if found is not None:
             part, at = found
