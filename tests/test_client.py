@@ -7,11 +7,12 @@ import json
 import os
 import shutil
 import signal
-import threading
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
@@ -346,14 +347,14 @@ def _resume_from_the_store(url: str, read_url: str, tmp_path: Path) -> None:
 
 def test_resume_asks_azurite_get_block_list_over_the_journal(azurite_connection_string, tmp_path: Path):
     """Azure answers Get Block List to a SAS with read permission."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from azure.storage.blob import BlobServiceClient, generate_blob_sas
 
     service = BlobServiceClient.from_connection_string(azurite_connection_string)
     container = service.create_container("resume")
     sas = generate_blob_sas(service.account_name, "resume", "in.bin", account_key=service.credential.account_key,
-                            permission="racw", expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+                            permission="racw", expiry=datetime.now(UTC) + timedelta(hours=1))
     _resume_from_the_store(f"{container.url}/in.bin?{sas}", f"{container.url}/in.bin?{sas}", tmp_path)
 
 

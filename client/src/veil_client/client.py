@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import transfer
-from ._http import Http, detail, check
+from ._http import Http, check, detail
 from .errors import ClientError, JobFailed, NotOffered
 
 COMPLETED, FAILED = 100, 200  # the seed's job_status codes (0 waiting, 1-99 percent)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from xml.sax.saxutils import escape
 
 from fastapi import Request
@@ -80,7 +80,7 @@ def error_response(exc: BlobError, request_id: str, head: bool = False) -> Respo
         headers["Content-Range"] = content_range
     if head:
         return Response(status_code=exc.status, headers=headers)
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
     message = MESSAGES.get(exc.code, exc.code)
     if exc.detail and exc.code not in ("AuthenticationFailed",):
         message = f"{message} {exc.detail}"
