@@ -4,6 +4,7 @@ candidates, a track per lane and the places to look at a threshold."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import time
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from veil.api.panel import frames
 from veil.api.panel.frames import FrameServer
-from veil.api.panel.review_data import Bounded, DocIndex
+from veil.api.panel.review_data import Bounded, DocIndex, _read
 from veil.engine.detections import Detections
 from veil.engine.document import DocumentWriter, Header, iter_frames
 
@@ -147,7 +148,6 @@ def _walkers(path, frames: int = 160, version_one: bool = False, sort_keys: bool
             writer.frame(i, i / 25, Detections(np.array(boxes, float).reshape(-1, 4), np.array(scores),
                                                np.array(kinds)) if ran else None)
     if version_one or sort_keys:  # as Veil wrote it before documents held their tracks; as another writer might
-        import gzip
         import json
 
         with gzip.open(path, "rt") as f:
@@ -194,3 +194,8 @@ def test_an_old_document_finds_its_tracks_once(tmp_path):
     again = DocIndex.load(other)
     assert (again.track == now.track).all() and (again.table == now.table).all() and again.lanes == now.lanes
     assert np.array_equal(again.pts, now.pts) and (again.ran == now.ran).all() and again.frames == now.frames
+    with gzip.open(new, "rb") as f:  # read in blocks that cut lines anywhere: the same arrays
+        f.readline()
+        pts, ran, counts, table, track, _ = _read(f, block=97)
+    assert np.array_equal(pts, now.pts) and (ran == now.ran).all() and (table == now.table).all()
+    assert (track == now.track).all() and len(counts) == now.frames

@@ -114,17 +114,9 @@ class DocIndex:
 
     @classmethod
     def load(cls, doc: Path, tracks_in_background: bool = True) -> DocIndex:
-        text = gzip.decompress(Path(doc).read_bytes()).decode("utf-8")
-        header, _, text = text.partition("\n")
-        header = parse_header(header, doc)
-        collecting = gc.isenabled()
-        gc.disable()  # hundreds of thousands of short-lived strings: a collection pass would look at each
-        try:
-            pts, ran, counts, rows, track, edits = _scan(text)
-        finally:
-            if collecting:
-                gc.enable()
-        del text
+        with gzip.open(doc, "rb") as f:
+            header = parse_header(f.readline().decode("utf-8"), doc)
+            pts, ran, counts, rows, track, edits = _read(f)
         frame = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
         n = (np.arange(len(frame)) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int16)
         index = cls(header, len(counts), pts, ran, frame, n, rows, track, [e.model_dump() for e in
@@ -191,6 +183,30 @@ def _lanes(frame: np.ndarray, track: np.ndarray, kind: np.ndarray) -> list[dict]
     return lanes
 
 
+def _read(f, block: int = 1 << 24) -> tuple:
+    """`_scan` of the lines of `f` (after the header), block by block (bounded memory for long videos)."""
+    parts, rest = [], b""
+    collecting = gc.isenabled()
+    gc.disable()  # hundreds of thousands of short-lived strings: a collection pass would look at each
+    try:
+        while data := f.read(block):
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                parts.append(_scan(data[:cut].decode("utf-8")))
+            rest = data[cut:]
+        if rest:
+            parts.append(_scan(rest.decode("utf-8")))
+    finally:
+        if collecting:
+            gc.enable()
+    if not parts:
+        parts.append(_scan(""))
+    pts, ran, counts, rows, track, edits = zip(*parts)
+    return (np.concatenate(pts), np.concatenate(ran), np.concatenate(counts), np.concatenate(rows),
+            np.concatenate(track), [e for some in edits for e in some])
+
+
 # a frame line as `DocumentWriter` writes it: index, pts, ran, candidates, landmarks (skipped), tracks
 _LINE = re.compile(r'^\{"i":(\d+),"pts":([^,]*),"ran":(true|false),"c":\[((?:\[[^\]]*\],?)*)\]'
                    r'(?:,"lm":\{[^}]*\})?(?:,"t":\[([^\]]*)\])?\}$', re.MULTILINE)
@@ -220,4 +236,4 @@ def _scan(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np
         rows = np.repeat(first - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
         track[rows] = np.fromstring(",".join(those[n] for n in with_tracks), sep=",", dtype=np.int64)
     pts = np.fromstring(",".join(when).replace("null", "nan"), sep=",") if when else np.zeros(0)
-    return pts, np.array(did) == "true", counts, values.astype(np.float32).reshape(-1, 6), track, edits
+    return pts, np.array(did, dtype="U5") == "true", counts, values.astype(np.float32).reshape(-1, 6), track, edits
