@@ -210,7 +210,7 @@ def config_command(data_dir: Path | None) -> None:
 @click.option("--port", type=int, help="Port to bind (VEIL_PORT, default 8000).")
 @_data_dir_option
 def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
-    """Run the HTTP service: API under /v1, blob store, worker (all settings: VEIL_* variables, see README)."""
+    """Run the HTTP service: API under /v1, blob store, worker (all settings: VEIL_* variables, docs/configuration.md)."""
     import uvicorn
 
     from .api.app import create_app

@@ -1,5 +1,5 @@
-"""Prometheus metrics, with the official client library (`prometheus_client`); every metric is listed in the
-README ("Metrics").
+"""Prometheus metrics, with the official client library (`prometheus_client`); every metric is listed in
+docs/scaling.md ("Operations").
 
 Two kinds, so that every figure comes from where it is true:
 

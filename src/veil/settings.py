@@ -1,4 +1,4 @@
-"""Settings, engine and service: every field is a `VEIL_<NAME>` environment variable (listed in the README).
+"""Settings, engine and service: every field is a `VEIL_<NAME>` environment variable (listed in docs/configuration.md, generated from this module).
 Nothing else in Veil reads the environment.
 
 The embedded store's account key, when not set, is generated once and kept in

@@ -53,7 +53,7 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503 if failing else 200)
 
 
-@router.get("/metrics", summary="Prometheus metrics (README: Operations)", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics (docs/scaling.md: Operations)", response_class=Response)
 def metrics(request: Request) -> Response:
     token = request.app.state.settings.metrics_token
     if token and not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):

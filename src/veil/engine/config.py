@@ -35,7 +35,7 @@ class ModelConfig(BaseModel):
     lp_track: bool = Field(True, description="Track plates across video frames, so a plate missed for a few frames "
                            "stays blurred (on unless `false` is sent, like face_track; the vendor documents false).")
 
-    # --- Veil extensions (documented in the README) ---
+    # --- Veil extensions (README "What gets anonymized", docs/api.md) ---
     face_track: bool = Field(True, description="Track faces across video frames (extension).")
     style: Literal["blur", "pixelate", "solid"] = Field(
         "blur", description="How a detected region is made unrecognisable (extension).")

@@ -101,7 +101,7 @@ class OpenVinoSession:
     """An ONNX model compiled by OpenVINO for the CPU, with the `run`/`get_inputs` calls the detectors use.
 
     Precision (``$VEIL_OPENVINO_PRECISION``): ``auto`` = bfloat16 where the CPU computes it natively (dev-set
-    recall unchanged, see README), else float32; ``f32`` or ``bf16`` to force one. Each thread gets its own
+    recall unchanged, docs/detection.md), else float32; ``f32`` or ``bf16`` to force one. Each thread gets its own
     inference request (one request is not safe to share).
     """
 
