@@ -1,14 +1,24 @@
-"""Photo detection speed: the working tree's detector against an earlier commit's, on the dev images.
+"""Photo speed: `veil anonymize` against deface 1.5.0 (and, optionally, an earlier commit's Veil) on the dev photos.
 
-    .venv/bin/python bench/bench_photos.py [--baseline 66987d6] [--sets a,b] [--rounds 3]
-                                           [--config '{"enable_lp": true}'] [--data ../shared/data]
+    .venv/bin/python bench/bench_photos.py [--sets facemask_faces,openalpr_plates] [--rounds 3]
+        [--config '{"enable_lp": true}'] [--baseline REF] [--skip-deface]
+        [--deface-venv /tmp/veil-bench/deface-venv] [--data ../shared/data]
 
-The baseline's ``src/veil`` is exported from git (``git archive``) into a temporary folder. Each
-round times the baseline and the working tree one after the other, each in a fresh process that
-loads the models, decodes every image and runs one warm-up image before the clock starts; the
-order alternates between rounds, so slow spells of a shared machine fall on both. Prints the CPU
-and runtime, images/s per round, the medians and their ratio. The default baseline, ``66987d6``,
-is the detector before the multi-view faces and the low-light plate pass (issue 11's "today").
+Per set, the photos are copied into a temporary folder and each tool anonymizes all of them in one
+command, as a user with a folder of photos runs it:
+
+  * veil:     `python -m veil anonymize PHOTOS... -o DIR --config CONFIG` (default config: the seed's
+              defaults plus plates, ``{"enable_lp": true}``), the working tree's ``src``;
+  * baseline: the same with ``src/veil`` of ``--baseline REF`` (exported with ``git archive``);
+  * deface:   `deface PHOTOS...` with its defaults (faces only; outputs beside the copies), installed
+              with pip into a side virtual environment if missing, with ONNX Runtime so that both use
+              the same runtime (`bench_video.ensure_deface`).
+
+Rounds are interleaved (the order rotates each round) so slow spells of a shared machine fall on every
+tool. images/s is a whole-command figure (start-up and model loading included) = photos / wall seconds;
+CPU ms/image (the command's user + system time) is less sensitive to other load. Prints the CPU, the
+runtime (`VEIL_EXECUTION_PROVIDER`; deface picks ONNX Runtime's CPU provider itself), each run, the
+medians and the ratios against deface.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,26 +38,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_video import cpu_line  # noqa: E402
+from bench_video import cpu_line, ensure_deface, timed  # noqa: E402
 from eval_detection import load_sets  # noqa: E402
 
-_CHILD = """
-import json, sys, time
-import cv2
-from veil.engine.config import ModelConfig
-from veil.engine.detect import Detector
-paths, config = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-images = [cv2.cvtColor(cv2.imread(p, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in paths]
-detector = Detector(ModelConfig(**config))
-detector.detect(images[0])
-start = time.perf_counter()
-found = sum(len(detector.detect(image)) for image in images)
-print(json.dumps({"seconds": time.perf_counter() - start, "found": found}))
-"""
-
-
-def image_paths(data: Path, sets: list[str] | None) -> list[str]:
-    return [str(doc["dir"] / item["file"]) for doc in load_sets(data, sets) for item in doc["items"]]
+DEFAULT_SETS = "facemask_faces,openalpr_plates"
 
 
 def export(ref: str, target: Path) -> Path:
@@ -58,42 +53,77 @@ def export(ref: str, target: Path) -> Path:
     return target / "src"
 
 
-def timed_run(src: Path, paths: list[str], config: dict) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(src))
-    out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(paths), json.dumps(config)],
-                         env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def copy_photos(doc: dict, folder: Path) -> list[str]:
+    """The set's photos copied into ``folder`` (deface writes its outputs beside its inputs)."""
+    folder.mkdir(parents=True)
+    paths = []
+    for item in doc["items"]:
+        target = folder / Path(item["file"]).name
+        shutil.copyfile(doc["dir"] / item["file"], target)
+        paths.append(str(target))
+    return paths
+
+
+def veil_command(src: Path, photos: list[str], out: Path, config: dict) -> list[str]:
+    # PYTHONPATH picks the tree: a small launcher, so the venv's installed copy never shadows it.
+    launcher = f"import sys; sys.path.insert(0, {str(src)!r}); from veil.cli import main; sys.argv[0] = 'veil'; main()"
+    return [sys.executable, "-c", launcher, "anonymize", *photos, "-o", str(out), "--config", json.dumps(config)]
+
+
+def run_set(name: str, tools: dict[str, list[str]], count: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """{tool: (median images/s, median CPU ms per image)}; tools rotate their order every round."""
+    walls: dict[str, list[float]] = {t: [] for t in tools}
+    cpus: dict[str, list[float]] = {t: [] for t in tools}
+    order = list(tools)
+    for r in range(rounds):
+        for tool in order[r % len(order):] + order[:r % len(order)]:
+            wall, cpu = timed(tools[tool])
+            walls[tool].append(wall)
+            cpus[tool].append(cpu)
+            print(f"  {name} round {r + 1} {tool:<9} {count / wall:6.2f} images/s ({wall:.1f} s, "
+                  f"{1000 * cpu / count:.0f} CPU ms/image, load {os.getloadavg()[0]:.1f})", flush=True)
+    return {t: (count / statistics.median(walls[t]), 1000 * statistics.median(cpus[t]) / count) for t in tools}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", default="66987d6", help="git commit of the detector to compare with")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--sets", help="comma-separated set names (default: all)")
+    parser.add_argument("--sets", default=DEFAULT_SETS, help=f"comma-separated set names (default: {DEFAULT_SETS})")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--config", default='{"enable_lp": true}', help="ModelConfig JSON (default: seed defaults + plates)")
+    parser.add_argument("--config", default='{"enable_lp": true}',
+                        help="Veil's ModelConfig JSON (default: seed defaults + plates)")
+    parser.add_argument("--baseline", help="also time the Veil of this git commit")
+    parser.add_argument("--skip-deface", action="store_true")
+    parser.add_argument("--deface-venv", type=Path, default=Path(tempfile.gettempdir()) / "veil-bench" / "deface-venv")
     args = parser.parse_args()
-    paths = image_paths(args.data, args.sets.split(",") if args.sets else None)
-    if not paths:
-        sys.exit(f"no images under {args.data}")
+    docs = load_sets(args.data, args.sets.split(","))
+    if not docs:
+        sys.exit(f"no sets {args.sets} under {args.data}")
     config = json.loads(args.config)
+    deface = None if args.skip_deface else str(ensure_deface(args.deface_venv))
     print(f"cpu: {cpu_line()}")
-    print(f"runtime: VEIL_EXECUTION_PROVIDER={os.environ.get('VEIL_EXECUTION_PROVIDER', '(auto)')}")
-    print(f"{len(paths)} images, config {json.dumps(config)}, baseline {args.baseline}, {args.rounds} rounds")
-    with tempfile.TemporaryDirectory(prefix="veil-baseline-") as tmp:
-        rows = {"baseline": (export(args.baseline, Path(tmp)), []), "current": (REPO / "src", [])}
-        for round_ in range(args.rounds):
-            order = list(rows) if round_ % 2 == 0 else list(reversed(rows))
-            for name in order:
-                result = timed_run(rows[name][0], paths, config)
-                rate = len(paths) / result["seconds"]
-                rows[name][1].append(rate)
-                print(f"  round {round_ + 1} {name:8s} {rate:6.2f} images/s ({result['seconds']:.1f} s, "
-                      f"{result['found']} detections)", flush=True)
-    medians = {name: statistics.median(rates) for name, (_, rates) in rows.items()}
-    for name, rate in medians.items():
-        print(f"{name:8s} median {rate:6.2f} images/s")
-    print(f"current / baseline: {medians['current'] / medians['baseline']:.2f}x images/s")
+    print(f"runtime: VEIL_EXECUTION_PROVIDER={os.environ.get('VEIL_EXECUTION_PROVIDER', '(auto)')}; "
+          f"veil config {json.dumps(config)}; {args.rounds} rounds, load {os.getloadavg()[0]:.1f}", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="veil-bench-photos-") as tmp:
+        work = Path(tmp)
+        trees = {"veil": REPO / "src"}
+        if args.baseline:
+            trees["baseline"] = export(args.baseline, work / "baseline")
+        for doc in docs:
+            photos = copy_photos(doc, work / doc["set"] / "in")
+            tools = {name: veil_command(src, photos, work / doc["set"] / name, config) for name, src in trees.items()}
+            if deface:
+                tools["deface"] = [deface, *photos]
+            results[doc["set"]] = (len(photos), run_set(doc["set"], tools, len(photos), args.rounds))
+    print(f"\nmedians of {args.rounds} runs (whole commands, start-up included):")
+    for name, (_, rows) in results.items():
+        for tool, (rate, cpu) in rows.items():
+            line = f"  {name:<18} {tool:<9} {rate:6.2f} images/s {cpu:6.0f} CPU ms/image"
+            if tool != "deface" and "deface" in rows:
+                line += (f"   {rate / rows['deface'][0]:.2f}x deface by images/s, "
+                         f"{rows['deface'][1] / cpu:.2f}x by CPU time")
+            print(line)
 
 
 if __name__ == "__main__":

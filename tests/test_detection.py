@@ -213,3 +213,36 @@ def test_quarter_size_view_finds_a_large_close_face(shared_data, monkeypatch):
     monkeypatch.setattr(detect, "FACE_DOWNSCALES", (0.5,))
     without = detect.Detector(ModelConfig()).detect_faces(image)
     assert _recalled(without.xyxy, [truth]) == 0.0, "precondition: the views down to half size miss it"
+
+
+def test_costly_views_seen_through_windows_equal_the_whole_view(shared_data):
+    # A window over the whole image is the whole view: the same faces, boxes and scores, mirrored or not.
+    from veil.engine.detect import FACE_VIEW_FLOOR, _centerface, _look_around
+    from veil.engine.slicing import Tile
+
+    image, _ = _item(shared_data, "facemask_faces", 10)
+    h, w = image.shape[:2]
+    net = _centerface(None)
+    whole = [(Tile(0, 0, w, h), np.array([[0, 0, w, h]], np.float32))]
+    for scale, plain in ((1.0, False), (1.6, True)):
+        boxes, scores, marks = net.detect(image, scale=scale, floor=FACE_VIEW_FLOOR, flip=True, plain=plain)
+        seen = _look_around(net, image, whole, scale, plain)
+        assert len(boxes) > 0 and len(seen[0]) == len(boxes)
+        np.testing.assert_allclose(seen[0], boxes, atol=0.05)
+        np.testing.assert_allclose(seen[1], scores, atol=1e-5)
+        np.testing.assert_allclose(seen[2], marks, atol=0.05)
+
+
+def test_costly_views_look_only_around_the_cheap_views_faces(shared_data, monkeypatch):
+    # The mirrored native and the 2x views run on windows around the cheap views' candidates, not on the
+    # whole photo (here: under half of it), and the labelled faces are still found.
+    import veil.engine.detect as detect
+
+    image, item = _item(shared_data, "facemask_faces", 5)
+    seen = []
+    real = detect._look_around
+    monkeypatch.setattr(detect, "_look_around", lambda net, img, look, scale, plain: (
+        seen.append(sum((t.x1 - t.x0) * (t.y1 - t.y0) for t, _ in look)), real(net, img, look, scale, plain))[1])
+    found = detect.Detector(ModelConfig()).detect_faces(image)
+    assert len(seen) == 2 and 0 < max(seen) < 0.5 * image.shape[0] * image.shape[1], seen
+    assert _recalled(found.xyxy, item["faces"]) >= 0.9

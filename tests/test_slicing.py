@@ -96,3 +96,17 @@ def test_slicing_finds_a_small_face_the_whole_image_pass_misses(shared_data, det
         (sliced.xyxy[:, 2] - sliced.xyxy[:, 0]) * (sliced.xyxy[:, 3] - sliced.xyxy[:, 1]), 1e-6)[:, None]
     assert (inside.max(axis=0) > 0.8).all(), sliced.xyxy  # each placed face has a box on it
     assert ((sliced.scores >= 0.5) & (sliced.scores <= 1)).all()
+
+
+def test_windows_merge_overlapping_surroundings_and_keep_each_core():
+    from veil.engine.slicing import centres_in, windows
+
+    boxes = np.array([[10, 10, 20, 20], [22, 10, 32, 20], [100, 100, 140, 150], [300, 300, 310, 310]], np.float32)
+    found = windows(boxes, 400, 400, grow=1.2, margin=4, context=8)
+    assert len(found) == 3  # the first two boxes' windows overlap: one window
+    (first, cores), (second, _), (third, _) = found
+    assert (first.x0, first.y0) == (0, 0) and len(cores) == 2
+    assert second.x0 <= 100 - 4 - 4 - 8 and second.x1 >= 140 + 4 + 4 + 8
+    assert third.x1 <= 400
+    assert centres_in(boxes, cores).tolist() == [True, True, False, False]
+    assert windows(np.zeros((0, 4), np.float32), 10, 10, grow=1, margin=0, context=0) == []

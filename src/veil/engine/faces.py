@@ -79,10 +79,12 @@ class CenterFace:
         return boxes, scores
 
     def detect(self, image_rgb: np.ndarray, *, scale: float = 1.0, max_side: int | None = None,
-               floor: float = 0.05, flip: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               floor: float = 0.05, flip: bool = False,
+               plain: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As ``__call__``, plus the five landmarks (float32 Nx10: x, y of left eye, right eye, nose,
         left and right mouth corner, in original pixels). ``flip``: also run the mirrored image (one
-        batch) and return both views' faces (each view deduplicated by NMS), mapped back to the original."""
+        batch) and return both views' faces (each view deduplicated by NMS), mapped back to the original;
+        ``plain=False`` with ``flip``: the mirrored view only."""
         h, w = image_rgb.shape[:2]
         factor = float(scale)
         if max_side:
@@ -91,15 +93,18 @@ class CenterFace:
         resized = image_rgb if (nh, nw) == (h, w) else cv2.resize(
             image_rgb, (nw, nh), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
         ph, pw = -(-nh // 32) * 32, -(-nw // 32) * 32
-        blob = np.zeros((2 if flip else 1, 3, ph, pw), np.float32)
-        blob[0, :, :nh, :nw] = resized.transpose(2, 0, 1)
-        if flip:
-            blob[1, :, :nh, :nw] = blob[0, :, :nh, nw - 1::-1]
+        mirrored = [False] * plain + [True] * flip
+        if not mirrored:
+            raise ValueError("no view asked for (plain=False without flip)")
+        blob = np.zeros((len(mirrored), 3, ph, pw), np.float32)
+        planes = resized.transpose(2, 0, 1)
+        for i, mirror in enumerate(mirrored):
+            blob[i, :, :nh, :nw] = planes[:, :, ::-1] if mirror else planes
         heat, size, offset, marks = self.session.run(_OUTPUTS, {_INPUT: blob})
         views = []
-        for i in range(len(blob)):
+        for i, mirror in enumerate(mirrored):
             boxes, scores, lms = _decode(heat[i, 0], size[i], offset[i], marks[i], floor)
-            if i == 1 and len(boxes):
+            if mirror and len(boxes):
                 boxes[:, [0, 2]] = nw - boxes[:, [2, 0]]
                 lms[:, 0::2] = nw - lms[:, 0::2]
                 lms = lms[:, [2, 3, 0, 1, 4, 5, 8, 9, 6, 7]]  # the mirror's left eye is the right one

@@ -181,3 +181,52 @@ def fuse(boxes: np.ndarray, scores: np.ndarray, extra: np.ndarray | None = None,
                 fused_extra[j] = (rows[ok] * scores[m][ok, None]).sum(axis=0) / scores[m][ok].sum()
     rank = np.argsort(-fused_scores, kind="stable")
     return fused[rank], fused_scores[rank], None if fused_extra is None else fused_extra[rank]
+
+
+def windows(boxes: np.ndarray, height: int, width: int, *, grow: float, margin: float,
+            context: float) -> list[tuple[Tile, np.ndarray]]:
+    """Where to look again around ``boxes`` (e.g. a costlier view around a cheap view's candidates):
+    each box grown ``grow`` times plus ``margin`` pixels a side is a *core*; each core plus ``context``
+    pixels a side (the detector's view of the surroundings) is a window. Overlapping windows are merged
+    into their bounding rectangle (until none overlap), so a face near a core's edge keeps the context
+    it has in the whole image (measured: windows that stayed apart and overlapped lost faces). Returns
+    (window, its cores as Nx4 array), in image pixels, clipped to the image; a detection counts when its
+    centre lies in one of the window's cores (`centres_in`)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * (grow / 2) + margin
+    limit = np.array([width, height, width, height], np.float32)
+    cores = np.clip(np.concatenate([centre - half, centre + half], axis=1), 0, limit)
+    wins = np.clip(cores + np.array([-context, -context, context, context], np.float32), 0, limit)
+    owner = np.arange(len(boxes))  # window of each core
+    while len(wins) > 1:
+        touch = intersections(wins, wins) > 0
+        label = np.arange(len(wins))
+        while True:  # connected components: each window takes the lowest label among those it touches
+            lower = np.where(touch, label[None, :], len(wins)).min(axis=1)
+            lower = np.minimum(label, lower[lower])
+            if (lower == label).all():
+                break
+            label = lower
+        ids, label = np.unique(label, return_inverse=True)
+        if len(ids) == len(wins):
+            break
+        wins = np.stack([np.concatenate([wins[label == k, :2].min(axis=0), wins[label == k, 2:].max(axis=0)])
+                         for k in range(len(ids))])
+        owner = label[owner]
+    out = []
+    for k, w in enumerate(wins):
+        x0, y0 = int(np.floor(w[0])), int(np.floor(w[1]))
+        out.append((Tile(x0, y0, max(x0 + 1, int(np.ceil(w[2]))), max(y0 + 1, int(np.ceil(w[3])))),
+                    cores[owner == k]))
+    return out
+
+
+def centres_in(boxes: np.ndarray, cores: np.ndarray) -> np.ndarray:
+    """Per box: does its centre lie in one of ``cores``?"""
+    if not len(boxes) or not len(cores):
+        return np.zeros(len(boxes), bool)
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    return ((cx[:, None] >= cores[None, :, 0]) & (cx[:, None] < cores[None, :, 2])
+            & (cy[:, None] >= cores[None, :, 1]) & (cy[:, None] < cores[None, :, 3])).any(axis=1)
