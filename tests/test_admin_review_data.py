@@ -14,9 +14,9 @@ from PIL import Image
 
 from veil.api.panel import frames
 from veil.api.panel.frames import FrameServer
-from veil.api.panel.review_data import Bounded, DocIndex, _read
+from veil.api.panel.review_data import Bounded, DocIndex
 from veil.engine.detections import Detections
-from veil.engine.document import DocumentWriter, Header, iter_frames
+from veil.engine.document import DocumentWriter, Header, _read, iter_frames
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +199,27 @@ def test_an_old_document_finds_its_tracks_once(tmp_path):
         pts, ran, counts, table, track, _ = _read(f, block=97)
     assert np.array_equal(pts, now.pts) and (ran == now.ran).all() and (table == now.table).all()
     assert (track == now.track).all() and len(counts) == now.frames
+
+
+def test_render_edits_are_checked_against_the_documents_arrays(tmp_path):
+    from veil.engine.document import EDITS, read_arrays
+    from veil.jobs.review import InvalidRender, _check_edit
+
+    doc = tmp_path / "doc.gz"
+    _walkers(doc, frames=40)
+    read = read_arrays(doc)
+    tracks = set(np.unique(read.tracks).tolist())
+    last = f"39.{read.counts[39] - 1}"
+
+    def check(edit):
+        _check_edit(EDITS.validate_python([edit])[0], ["edits", "0", 0], read.header, read.counts, tracks)
+
+    check({"op": "remove", "ids": ["0.0", last]})
+    check({"op": "remove_track", "track": max(tracks)})
+    for edit, field in (({"op": "remove", "ids": [f"39.{read.counts[39]}"]}, "ids"),  # one past the frame's last
+                        ({"op": "keep", "ids": ["40.0"]}, "ids"), ({"op": "keep", "ids": ["01.0"]}, "ids"),
+                        ({"op": "remove_track", "track": max(tracks) + 1}, "track"),
+                        ({"op": "add", "kind": "face", "frames": {"40": [1, 1, 9, 9]}}, "frames")):
+        with pytest.raises(InvalidRender) as refused:
+            check(edit)
+        assert refused.value.loc[3] == field, edit

@@ -16,13 +16,22 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 from pydantic import ValidationError
 from sqlalchemy import update
 
 from ..db.models import Job, Task, utcnow
 from ..engine.config import ModelConfig
-from ..engine.document import (EDITS, AddBox, Header, KeepCandidates, RemoveCandidates, iter_frames, parse_header,
-                               read_header)
+from ..engine.document import (
+    EDITS,
+    AddBox,
+    Header,
+    KeepCandidates,
+    RemoveCandidates,
+    RemoveTrack,
+    parse_header,
+    read_arrays,
+)
 from ..engine.render import render_config
 from . import credits
 from .service import INPUT_CONTAINER, OUTPUT_CONTAINER, JobConflict, JobService
@@ -143,17 +152,23 @@ def _checked_edits(svc: JobService, tasks: dict[str, Task], index: str, value: l
         with svc.store.open_read(OUTPUT_CONTAINER, tasks[index].detections_blob) as src, doc.open("wb") as dst:
             while chunk := src.read(1024 * 1024):
                 dst.write(chunk)
-        header = read_header(doc)
-        frames, ids = 0, set()
-        for frame in iter_frames(doc):
-            frames = frame.index + 1
-            ids.update(frame.ids())
+        read = read_arrays(doc)
+    tracks = set(np.unique(read.tracks).tolist()) if read.header.version >= 2 else None  # version 1: unknown
     for n, edit in enumerate(edits):
-        _check_edit(edit, [*loc, n], header, frames, ids)
+        _check_edit(edit, [*loc, n], read.header, read.counts, tracks)
     return [edit.model_dump() for edit in edits]
 
 
-def _check_edit(edit, loc: list, header: Header, frames: int, ids: set[str]) -> None:
+def _exists(candidate: str, counts) -> bool:
+    """Whether "i.n" names a candidate: frame i has more than n."""
+    frame, _, n = candidate.partition(".")
+    if not (frame.isdigit() and n.isdigit()) or candidate != f"{int(frame)}.{int(n)}":
+        return False
+    return int(frame) < len(counts) and int(n) < counts[int(frame)]
+
+
+def _check_edit(edit, loc: list, header: Header, counts, tracks: set[int] | None) -> None:
+    frames = len(counts)
     if isinstance(edit, AddBox):
         for frame, box in edit.frames.items():
             if frame >= frames:
@@ -163,6 +178,8 @@ def _check_edit(edit, loc: list, header: Header, frames: int, ids: set[str]) -> 
                 raise InvalidRender([*loc, "frames", frame], f"the box must lie inside the {header.width}x"
                                     f"{header.height} picture")
     elif isinstance(edit, (RemoveCandidates, KeepCandidates)):
-        unknown = sorted(set(edit.ids) - ids)
+        unknown = sorted(c for c in set(edit.ids) if not _exists(c, counts))
         if unknown:
             raise InvalidRender([*loc, "ids"], f"no such candidate: {', '.join(unknown[:5])}")
+    elif isinstance(edit, RemoveTrack) and tracks is not None and edit.track not in tracks:
+        raise InvalidRender([*loc, "track"], f"no track {edit.track} in the document")

@@ -4,11 +4,7 @@ and the places to look), built once per document and kept for the next requests 
 
 from __future__ import annotations
 
-import gc
-import gzip
-import json
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -18,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...engine.document import EDITS, Header, parse_header
+from ...engine.document import EDITS, Header, read_arrays
 from ...engine.render import track_candidates
 
 NEAR = 0.2  # "just below the threshold": within this of it (the per-file report's below_threshold)
@@ -114,13 +110,12 @@ class DocIndex:
 
     @classmethod
     def load(cls, doc: Path, tracks_in_background: bool = True) -> DocIndex:
-        with gzip.open(doc, "rb") as f:
-            header = parse_header(f.readline().decode("utf-8"), doc)
-            pts, ran, counts, rows, track, edits = _read(f)
+        read = read_arrays(doc)
+        header, counts, rows, track = read.header, read.counts, read.table, read.tracks
         frame = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
         n = (np.arange(len(frame)) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int16)
-        index = cls(header, len(counts), pts, ran, frame, n, rows, track, [e.model_dump() for e in
-                                                                            EDITS.validate_python(edits)])
+        index = cls(header, len(counts), read.pts, read.ran, frame, n, rows, track,
+                    [e.model_dump() for e in EDITS.validate_python(read.edits)])
         if header.media != "video" or not len(rows):
             return index
         if header.version >= 2:
@@ -181,59 +176,3 @@ def _lanes(frame: np.ndarray, track: np.ndarray, kind: np.ndarray) -> list[dict]
         lanes.append({"track": int(tracks[starts[t]]), "kind": int(kind[order[starts[t]]]),
                       "runs": np.c_[frames[runs[a:b]], frames[run_ends[a:b]]].tolist()})
     return lanes
-
-
-def _read(f, block: int = 1 << 24) -> tuple:
-    """`_scan` of the lines of `f` (after the header), block by block (bounded memory for long videos)."""
-    parts, rest = [], b""
-    collecting = gc.isenabled()
-    gc.disable()  # hundreds of thousands of short-lived strings: a collection pass would look at each
-    try:
-        while data := f.read(block):
-            data = rest + data
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                parts.append(_scan(data[:cut].decode("utf-8")))
-            rest = data[cut:]
-        if rest:
-            parts.append(_scan(rest.decode("utf-8")))
-    finally:
-        if collecting:
-            gc.enable()
-    if not parts:
-        parts.append(_scan(""))
-    pts, ran, counts, rows, track, edits = zip(*parts)
-    return (np.concatenate(pts), np.concatenate(ran), np.concatenate(counts), np.concatenate(rows),
-            np.concatenate(track), [e for some in edits for e in some])
-
-
-# a frame line as `DocumentWriter` writes it: index, pts, ran, candidates, landmarks (skipped), tracks
-_LINE = re.compile(r'^\{"i":(\d+),"pts":([^,]*),"ran":(true|false),"c":\[((?:\[[^\]]*\],?)*)\]'
-                   r'(?:,"lm":\{[^}]*\})?(?:,"t":\[([^\]]*)\])?\}$', re.MULTILINE)
-
-
-def _scan(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
-    """(pts, ran, candidates per frame, candidate rows, their tracks, edits) of a document's lines after the
-    header, frames in frame order. The frame lines `DocumentWriter` writes are matched by one regular
-    expression and their numbers read by NumPy in one go (a JSON parse of every line takes five times as long
-    for an hour of video); a document with lines of another shape is parsed as JSON. No `t` (version 1):
-    tracks 0."""
-    found = _LINE.findall(text)
-    edits = [json.loads(line)["edit"] for line in re.findall(r'^\{"edit".*$', text, re.MULTILINE)] \
-        if '{"edit"' in text else []
-    lines = text.count("\n") + (not text.endswith("\n")) - len(edits)
-    if len(found) != lines:  # another writer's lines
-        found = [(str(d["i"]), json.dumps(d["pts"]), json.dumps(d["ran"]), json.dumps(d["c"])[1:-1],
-                  ",".join(map(str, d.get("t") or []))) for d in map(json.loads, text.splitlines()) if "i" in d]
-    _, when, did, cands, those = zip(*found) if found else ((),) * 5
-    counts = np.array([c.count("[") for c in cands], np.int64)
-    values = np.fromstring(",".join(c for c in cands if c).translate({91: 32, 93: 32}), sep=",") \
-        if counts.any() else np.zeros(0)
-    track = np.zeros(int(counts.sum()), np.int32)
-    with_tracks = [n for n, t in enumerate(those) if t]
-    if with_tracks:  # the rows of the frames with tracks, in order
-        first, sizes = (np.cumsum(counts) - counts)[with_tracks], counts[with_tracks]
-        rows = np.repeat(first - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
-        track[rows] = np.fromstring(",".join(those[n] for n in with_tracks), sep=",", dtype=np.int64)
-    pts = np.fromstring(",".join(when).replace("null", "nan"), sep=",") if when else np.zeros(0)
-    return pts, np.array(did, dtype="U5") == "true", counts, values.astype(np.float32).reshape(-1, 6), track, edits
