@@ -55,13 +55,21 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 def _run_job(key: str, path: Path, callback: str | None = None, config: dict = CONFIG) -> str:
     upload_url, job_id = seed_client.get_upload_url(api_key=key, file_name=str(path), model_config=config)
     if callback:
-        requests.post(f"{seed_client.API_URL}/notify_on_job_status", headers={"access_token": key},
-                      json={"callback_url": callback, "job_id": job_id}, timeout=10).raise_for_status()
+        requests.post(
+            f"{seed_client.API_URL}/notify_on_job_status",
+            headers={"access_token": key},
+            json={"callback_url": callback, "job_id": job_id},
+            timeout=10,
+        ).raise_for_status()
     seed_client.upload_file(session_uri=upload_url, file_name=str(path))
     assert seed_client.approve_job(api_key=key, job_id=job_id)
     if config.get("review"):  # detected, then waiting for a reviewer (the seed's client would keep polling)
-        while requests.get(f"{seed_client.API_URL}/job_result/{job_id}", headers={"access_token": key},
-                           timeout=10).json()["state"] != "awaiting_review":
+        while (
+            requests.get(
+                f"{seed_client.API_URL}/job_result/{job_id}", headers={"access_token": key}, timeout=10
+            ).json()["state"]
+            != "awaiting_review"
+        ):
             time.sleep(0.5)
         return job_id
     tasks = seed_client.wait_for_job_to_complete(job_id=job_id, api_key=key)
@@ -94,12 +102,19 @@ def _spread_over_days(db: Path, job_days: dict[str, int]) -> None:
     with sqlite3.connect(db) as conn:
         for job_id, days in job_days.items():
             shift = f"-{days} days"
-            conn.execute("UPDATE jobs SET " + ", ".join(f"{c} = datetime({c}, :shift)" for c in (
-                "created_at", "uploaded_at", "approved_at", "started_at", "finished_at", "updated_at"))
-                + " WHERE id = :job", {"shift": shift, "job": job_id})
+            conn.execute(
+                "UPDATE jobs SET "
+                + ", ".join(
+                    f"{c} = datetime({c}, :shift)"
+                    for c in ("created_at", "uploaded_at", "approved_at", "started_at", "finished_at", "updated_at")
+                )
+                + " WHERE id = :job",
+                {"shift": shift, "job": job_id},
+            )
             conn.execute("UPDATE tasks SET finished_at = datetime(finished_at, ?) WHERE job_id = ?", (shift, job_id))
-            conn.execute("UPDATE credit_ledger SET created_at = datetime(created_at, ?) WHERE job_id = ?",
-                         (shift, job_id))
+            conn.execute(
+                "UPDATE credit_ledger SET created_at = datetime(created_at, ?) WHERE job_id = ?", (shift, job_id)
+            )
 
 
 def _review_pages(page, out: Path, key: str, photo: Path, clip: Path | None) -> None:
@@ -152,8 +167,9 @@ def _review_pages(page, out: Path, key: str, photo: Path, clip: Path | None) -> 
 def _draw(page, fractions) -> None:
     """Drag a box over the review picture, at fractions of its width and height."""
     r = page.locator("#overlay").bounding_box()
-    x1, y1, x2, y2 = (r["x"] + f * r["width"] if n % 2 == 0 else r["y"] + f * r["height"]
-                      for n, f in enumerate(fractions))
+    x1, y1, x2, y2 = (
+        r["x"] + f * r["width"] if n % 2 == 0 else r["y"] + f * r["height"] for n, f in enumerate(fractions)
+    )
     page.mouse.move(x1, y1)
     page.mouse.down()
     page.mouse.move(x2, y2, steps=5)
@@ -190,12 +206,21 @@ def main() -> None:
             Image.open(args.image).convert("RGB").save(photo, quality=92)
         else:
             Image.linear_gradient("L").resize((640, 480)).convert("RGB").save(photo)
-        env = {"VEIL_ADMIN_EMAIL": ADMIN, "VEIL_ADMIN_PASSWORD": PASSWORD, "VEIL_CALLBACK_ATTEMPTS": "2",
-               "VEIL_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8"}
+        env = {
+            "VEIL_ADMIN_EMAIL": ADMIN,
+            "VEIL_ADMIN_PASSWORD": PASSWORD,
+            "VEIL_CALLBACK_ATTEMPTS": "2",
+            "VEIL_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        }
         (tmp / "data").mkdir()
         for email, role in (("ana@example.com", "reviewer"), ("contractor@example.com", "viewer")):  # Accounts
-            subprocess.run([*veil_command(), "admin", "create", email, "--role", role, "--data-dir", str(tmp / "data")],
-                           input=f"{PASSWORD}\n{PASSWORD}\n", text=True, check=True, capture_output=True)
+            subprocess.run(
+                [*veil_command(), "admin", "create", email, "--role", role, "--data-dir", str(tmp / "data")],
+                input=f"{PASSWORD}\n{PASSWORD}\n",
+                text=True,
+                check=True,
+                capture_output=True,
+            )
         with veil_server(tmp / "data", env) as base, sync_playwright() as p:
             seed_client.API_URL, seed_client.SLEEP_SECONDS = f"{base}/v1", 0.5
             browser = launch_chromium(p)
@@ -206,7 +231,9 @@ def main() -> None:
             page.get_by_label("Email").fill(ADMIN)
             page.get_by_label("Password").fill(PASSWORD)
             page.get_by_role("button", name="Sign in").click()
-            clip = _cut(args.video, args.video_start, args.video_seconds, tmp / "parking-lot.mp4") if args.video else None
+            clip = (
+                _cut(args.video, args.video_start, args.video_seconds, tmp / "parking-lot.mp4") if args.video else None
+            )
             if args.review_only:
                 page.get_by_label("Name").fill("Review desk")
                 page.get_by_label("Opening credits").fill("100")
@@ -224,18 +251,28 @@ def main() -> None:
                 keys[name] = page.locator("#new-key").inner_text().strip()
             _save(page, args.out / "keys.png")
 
-            jobs = {_run_job(keys["Mobile app"], photo, f"{hook}/ok"): 5,
-                    _run_job(keys["Partner uploads"], photo, f"{hook}/down"): 3,
-                    _run_job(keys["Mobile app"], photo): 1}
+            jobs = {
+                _run_job(keys["Mobile app"], photo, f"{hook}/ok"): 5,
+                _run_job(keys["Partner uploads"], photo, f"{hook}/down"): 3,
+                _run_job(keys["Mobile app"], photo): 1,
+            }
             image_job = _run_job(keys["Mobile app"], photo, f"{hook}/ok")
             video_job = None
             if args.video:
                 video_job = _run_job(keys["Partner uploads"], clip, f"{hook}/ok")
                 jobs[video_job] = 2
             _spread_over_days(tmp / "data" / "veil.db", jobs)
-            requests.post(f"{base}/v1/create_upload_session", headers={"access_token": keys["Mobile app"]}, timeout=10,
-                          json={"file_name": "waiting-for-upload.jpg", "file_size": 1000, "model": "blur",
-                                "model_config": CONFIG}).raise_for_status()
+            requests.post(
+                f"{base}/v1/create_upload_session",
+                headers={"access_token": keys["Mobile app"]},
+                timeout=10,
+                json={
+                    "file_name": "waiting-for-upload.jpg",
+                    "file_size": 1000,
+                    "model": "blur",
+                    "model_config": CONFIG,
+                },
+            ).raise_for_status()
 
             page.goto("/admin/keys")
             page.get_by_role("link", name="Mobile app").click()
@@ -254,8 +291,11 @@ def main() -> None:
                 page.goto(f"/admin/jobs/{video_job}")
                 page.wait_for_load_state("networkidle")
                 _save(page, args.out / "job-video.png")
-            for slug, url in (("usage", "/admin/usage?days=7"), ("deliveries", "/admin/deliveries"),
-                              ("system", "/admin/system")):
+            for slug, url in (
+                ("usage", "/admin/usage?days=7"),
+                ("deliveries", "/admin/deliveries"),
+                ("system", "/admin/system"),
+            ):
                 page.goto(url)
                 page.wait_for_load_state("networkidle")
                 _save(page, args.out / f"{slug}.png")

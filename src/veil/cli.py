@@ -31,8 +31,12 @@ def models() -> None:
 
 
 @models.command("install")
-@click.option("--model-dir", type=click.Path(path_type=Path), envvar="VEIL_MODEL_DIR",
-              help="Where to keep the models (VEIL_MODEL_DIR).")
+@click.option(
+    "--model-dir",
+    type=click.Path(path_type=Path),
+    envvar="VEIL_MODEL_DIR",
+    help="Where to keep the models (VEIL_MODEL_DIR).",
+)
 def models_install(model_dir: Path | None) -> None:
     """Download, verify (sha256) and convert the face and plate models."""
     from .engine import weights
@@ -48,28 +52,56 @@ def models_install(model_dir: Path | None) -> None:
 # ----------------------------------------------------------------------------- engine
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for the anonymized files (same names and formats as the inputs; a folder's layout "
-              "kept; an archive's files in a folder named after it).")
-@click.option("--include", multiple=True, help="In folders, only files matching this pattern (repeatable), "
-              "e.g. '*.mp4'.")
+@click.option(
+    "-o",
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the anonymized files (same names and formats as the inputs; a folder's layout "
+    "kept; an archive's files in a folder named after it).",
+)
+@click.option(
+    "--include", multiple=True, help="In folders, only files matching this pattern (repeatable), e.g. '*.mp4'."
+)
 @click.option("--exclude", multiple=True, help="In folders, leave out files matching this pattern (repeatable).")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes for one video: above 1, videos longer than 1.5 segments "
-              "(VEIL_VIDEO_SEGMENT_SECONDS) are split at keyframes and their segments run in parallel.")
-@click.option("--report", "report_out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a JSON report per file: objects found by kind, tracks, frames with objects, candidates "
-              "just below the threshold (where to look first), the longest span tracking bridged.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes for one video: above 1, videos longer than 1.5 segments "
+    "(VEIL_VIDEO_SEGMENT_SECONDS) are split at keyframes and their segments run in parallel.",
+)
+@click.option(
+    "--report",
+    "report_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a JSON report per file: objects found by kind, tracks, frames with objects, candidates "
+    "just below the threshold (where to look first), the longest span tracking bridged.",
+)
 @config_options
-def anonymize(inputs: tuple[Path, ...], output_dir: Path, include: tuple[str, ...], exclude: tuple[str, ...],
-              jobs: int, report_out: Path | None, **kwargs) -> None:
+def anonymize(
+    inputs: tuple[Path, ...],
+    output_dir: Path,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    jobs: int,
+    report_out: Path | None,
+    **kwargs,
+) -> None:
     """Anonymize images, videos, folders of them and archives (zip, tar, 7z, rar) into OUTPUT_DIR."""
     from .batch import Batch, Options, exit_on_signals, find_inputs
 
     config, _ = split_config(kwargs)
     settings = _settings()
-    options = Options(config, MediaLimits.from_settings(settings), jobs, settings.video_segment_seconds,
-                      report_out is not None, settings.detections_floor)
+    options = Options(
+        config,
+        MediaLimits.from_settings(settings),
+        jobs,
+        settings.video_segment_seconds,
+        report_out is not None,
+        settings.detections_floor,
+    )
     batch = Batch(output_dir, options)
     with exit_on_signals():
         batch.run(find_inputs(inputs, include, exclude, output_dir))
@@ -83,13 +115,20 @@ def anonymize(inputs: tuple[Path, ...], output_dir: Path, include: tuple[str, ..
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "json_out", required=True,
-              type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-              help="Write detections here as {\"items\": [...]} (- for standard output); with --candidates, the "
-              "detections document.")
-@click.option("--candidates", is_flag=True,
-              help="Write one input's detections document (every candidate down to the floor, docs/detections.md) "
-              "for `veil render` and review.")
+@click.option(
+    "--json",
+    "json_out",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help='Write detections here as {"items": [...]} (- for standard output); with --candidates, the '
+    "detections document.",
+)
+@click.option(
+    "--candidates",
+    is_flag=True,
+    help="Write one input's detections document (every candidate down to the floor, docs/detections.md) "
+    "for `veil render` and review.",
+)
 @config_options(output=False)
 def detect(inputs: tuple[Path, ...], json_out: Path, candidates: bool, **kwargs) -> None:
     """Detect faces and plates without changing anything; write boxes as JSON."""
@@ -127,12 +166,24 @@ def _detect_document(inputs: tuple[Path, ...], doc: Path, config: ModelConfig, l
 @main.command()
 @click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("document", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for the rendered file (same name and format as SRC).")
-@click.option("--config", "config_json", help="model_config overrides as JSON text or a JSON file: thresholds, "
-              "mask_blur, style, video_crf; turning a kind off.")
-@click.option("--edits", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A JSON list of edits to apply on top of the document's own (docs/detections.md).")
+@click.option(
+    "-o",
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the rendered file (same name and format as SRC).",
+)
+@click.option(
+    "--config",
+    "config_json",
+    help="model_config overrides as JSON text or a JSON file: thresholds, "
+    "mask_blur, style, video_crf; turning a kind off.",
+)
+@click.option(
+    "--edits",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A JSON list of edits to apply on top of the document's own (docs/detections.md).",
+)
 def render(src: Path, document: Path, output_dir: Path, config_json: str | None, edits: Path | None) -> None:
     """Write SRC anonymized from its detections DOCUMENT, without running a detector."""
     from pydantic import ValidationError
@@ -190,9 +241,11 @@ def _db(data_dir: Path | None):
     return open_database(settings.db_url)[1]
 
 
-_data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-                                help="Data directory (VEIL_DATA_DIR, default ~/.local/share/veil on Linux; the "
-                                "same for every command).")
+_data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Data directory (VEIL_DATA_DIR, default ~/.local/share/veil on Linux; the same for every command).",
+)
 
 
 @main.command("config")
@@ -210,28 +263,37 @@ def config_command(data_dir: Path | None) -> None:
 @click.option("--port", type=int, help="Port to bind (VEIL_PORT, default 8000).")
 @_data_dir_option
 def serve(host: str | None, port: int | None, data_dir: Path | None) -> None:
-    """Run the HTTP service: API under /v1, blob store, worker (all settings: VEIL_* variables, docs/configuration.md)."""
+    """Run the HTTP service: API under /v1, blob store, worker (all settings: VEIL_* variables,
+    docs/configuration.md)."""
     import uvicorn
 
     from .api.app import create_app
-
-    from .logs import configure
-
     from .doctor import record_address
+    from .logs import configure
 
     settings = _settings(data_dir, host=host, port=port)
     configure(settings.log_http, log_format=settings.log_format)
     app = create_app(settings)
     record_address(settings)
     data = settings.data_dir.resolve()
-    click.echo(f"Veil on {settings.base_url}  (API {settings.base_url}/v1, docs {settings.base_url}/docs, "
-               f"admin panel {settings.base_url}/admin, health /healthz /readyz /metrics, data {data})")
+    click.echo(
+        f"Veil on {settings.base_url}  (API {settings.base_url}/v1, docs {settings.base_url}/docs, "
+        f"admin panel {settings.base_url}/admin, health /healthz /readyz /metrics, data {data})"
+    )
     if "data_dir" not in settings.model_fields_set and Path("data", "veil.db").is_file():
-        click.echo(f"note: ./data/veil.db is the old default data dir's database; this server uses {data} "
-                   "(set VEIL_DATA_DIR=./data to keep using the old one)")
+        click.echo(
+            f"note: ./data/veil.db is the old default data dir's database; this server uses {data} "
+            "(set VEIL_DATA_DIR=./data to keep using the old one)"
+        )
     click.echo(f"Get an API key: {_veil_on_path()} keys create --credits 100 --data-dir {data}")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", log_config=None,
-                timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)))
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        log_config=None,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
+    )
 
 
 def _veil_on_path() -> str:
@@ -246,8 +308,11 @@ def _veil_on_path() -> str:
 
 
 @main.command()
-@click.option("--concurrency", type=click.IntRange(min=1),
-              help="Jobs run at once by this process (VEIL_WORKER_CONCURRENCY, default 1).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Jobs run at once by this process (VEIL_WORKER_CONCURRENCY, default 1).",
+)
 @_data_dir_option
 def worker(concurrency: int | None, data_dir: Path | None) -> None:
     """Run a worker for `veil serve` with VEIL_WORKER=celery: Celery's worker on VEIL_CELERY_BROKER_URL, with
@@ -272,9 +337,18 @@ def worker(concurrency: int | None, data_dir: Path | None) -> None:
     sweeper = Sweeper(service, api=False)
     sweeper.start()
     try:
-        app.worker_main(["worker", "--pool=threads", f"--concurrency={settings.worker_concurrency}",
-                         "--loglevel=INFO", f"--hostname=veil-{os.getpid()}@%h", "--without-gossip",
-                         "--without-mingle", "--queues=veil"])
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={settings.worker_concurrency}",
+                "--loglevel=INFO",
+                f"--hostname=veil-{os.getpid()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--queues=veil",
+            ]
+        )
     finally:
         sweeper.stop()
         service.close()
@@ -351,8 +425,9 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--credits", "credits_", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Opening balance.")
+@click.option(
+    "--credits", "credits_", type=click.IntRange(min=0), default=0, show_default=True, help="Opening balance."
+)
 @click.option("--name", default="", help="A label for the key.")
 @_data_dir_option
 def keys_create(credits_: int, name: str, data_dir: Path | None) -> None:
@@ -360,8 +435,10 @@ def keys_create(credits_: int, name: str, data_dir: Path | None) -> None:
     from .jobs.keys import create_key
 
     key, row = create_key(_db(data_dir), credits_, name, actor="cli")
-    click.echo(f"created key id {row.id} ({row.name or 'no name'}) with {row.credits} credits in "
-               f"{_where(data_dir)}; keep the key, it cannot be shown again:")
+    click.echo(
+        f"created key id {row.id} ({row.name or 'no name'}) with {row.credits} credits in "
+        f"{_where(data_dir)}; keep the key, it cannot be shown again:"
+    )
     click.echo(key)
 
 
@@ -397,11 +474,19 @@ def admin() -> None:
 
 @admin.command("create")
 @click.argument("email")
-@click.password_option("--password", prompt="Password (10+ characters)",
-                       help="Asked for when not given (VEIL_ADMIN_PASSWORD at start-up is the other way).")
-@click.option("--role", type=click.Choice(["admin", "reviewer", "viewer"]), default="admin", show_default=True,
-              help="admin: everything; reviewer: jobs, review and render (no keys, credits, usage, deliveries "
-                   "or system); viewer: read only.")
+@click.password_option(
+    "--password",
+    prompt="Password (10+ characters)",
+    help="Asked for when not given (VEIL_ADMIN_PASSWORD at start-up is the other way).",
+)
+@click.option(
+    "--role",
+    type=click.Choice(["admin", "reviewer", "viewer"]),
+    default="admin",
+    show_default=True,
+    help="admin: everything; reviewer: jobs, review and render (no keys, credits, usage, deliveries "
+    "or system); viewer: read only.",
+)
 @_data_dir_option
 def admin_create(email: str, password: str, role: str, data_dir: Path | None) -> None:
     """Create a panel account that signs in with EMAIL and a password."""

@@ -44,8 +44,11 @@ def served_settings(settings: Settings) -> Settings:
 def run_checks(settings: Settings) -> Iterator[tuple[str, bool, str]]:
     """(check name, passed, detail) for every check that applies to these settings."""
     checks: list[tuple[str, Callable[[Settings], str]]] = [
-        ("database", check_database), ("store", check_store), ("models", check_models),
-        ("scratch space", check_scratch)]
+        ("database", check_database),
+        ("store", check_store),
+        ("models", check_models),
+        ("scratch space", check_scratch),
+    ]
     if settings.worker == "celery":
         checks.insert(2, ("broker", check_broker))
     if settings.servicebus_connection_string:
@@ -60,7 +63,6 @@ def run_checks(settings: Settings) -> Iterator[tuple[str, bool, str]]:
 def check_database(settings: Settings) -> str:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
-
 
     engine = make_engine(settings.db_url)
     try:
@@ -80,29 +82,39 @@ def check_store(settings: Settings) -> str:
     """Upload and download a small blob through signed URLs, as a client would."""
     import requests
 
-
     store = build_store(settings)
     name, body = f"doctor/{uuid.uuid4()}", uuid.uuid4().bytes * 64
     expires = timedelta(minutes=5)
     endpoint = urlsplit(store.signed_download_url(OUTPUT_CONTAINER, name, expires))
     try:  # first a plain connect: the SDK would retry a dead endpoint for minutes
-        socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)),
-                                 timeout=5).close()
+        socket.create_connection(
+            (endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)), timeout=5
+        ).close()
     except OSError as exc:
-        raise RuntimeError(f"the store's endpoint {endpoint.scheme}://{endpoint.netloc} is not reachable ({exc}); "
-                           "for the local store, is veil serve running at VEIL_PUBLIC_URL?") from None
+        raise RuntimeError(
+            f"the store's endpoint {endpoint.scheme}://{endpoint.netloc} is not reachable ({exc}); "
+            "for the local store, is veil serve running at VEIL_PUBLIC_URL?"
+        ) from None
     try:
-        put = requests.put(store.signed_upload_url(OUTPUT_CONTAINER, name, expires), data=body, timeout=30,
-                           headers={"x-ms-blob-type": "BlockBlob"})
+        put = requests.put(
+            store.signed_upload_url(OUTPUT_CONTAINER, name, expires),
+            data=body,
+            timeout=30,
+            headers={"x-ms-blob-type": "BlockBlob"},
+        )
         if put.status_code != 201:
             raise RuntimeError(f"upload with a signed URL answered {put.status_code}: {put.text[:200]}")
         got = requests.get(store.signed_download_url(OUTPUT_CONTAINER, name, expires), timeout=30)
         if got.status_code != 200 or got.content != body:
-            raise RuntimeError(f"download with a signed URL answered {got.status_code}, "
-                               f"{'same' if got.content == body else 'different'} bytes")
+            raise RuntimeError(
+                f"download with a signed URL answered {got.status_code}, "
+                f"{'same' if got.content == body else 'different'} bytes"
+            )
     except requests.ConnectionError as exc:
-        raise RuntimeError(f"the store's endpoint is not reachable ({exc.request.url.split('?')[0]}); "
-                           "for the local store, is veil serve running at VEIL_PUBLIC_URL?") from None
+        raise RuntimeError(
+            f"the store's endpoint is not reachable ({exc.request.url.split('?')[0]}); "
+            "for the local store, is veil serve running at VEIL_PUBLIC_URL?"
+        ) from None
     finally:
         try:
             store.delete(OUTPUT_CONTAINER, name)
@@ -122,8 +134,10 @@ def check_broker(settings: Settings) -> str:
 def check_servicebus(settings: Settings) -> str:
     from azure.servicebus import ServiceBusClient  # lazy: optional (veil[azure])
 
-    with ServiceBusClient.from_connection_string(settings.servicebus_connection_string) as client, \
-            client.get_queue_receiver(settings.servicebus_queue, max_wait_time=5) as receiver:
+    with (
+        ServiceBusClient.from_connection_string(settings.servicebus_connection_string) as client,
+        client.get_queue_receiver(settings.servicebus_queue, max_wait_time=5) as receiver,
+    ):
         receiver.peek_messages(max_message_count=1)
     return f"queue {settings.servicebus_queue} readable"
 
@@ -146,6 +160,7 @@ def check_scratch(settings: Settings) -> str:
     free = shutil.disk_usage(work).free
     needed = 2 * settings.max_upload_bytes  # the input and its output (an archive also expands)
     if free < needed:
-        raise RuntimeError(f"{work}: {free / GiB:.1f} GiB free, jobs may need {needed / GiB:.1f} GiB "
-                           "(twice VEIL_MAX_UPLOAD_BYTES)")
+        raise RuntimeError(
+            f"{work}: {free / GiB:.1f} GiB free, jobs may need {needed / GiB:.1f} GiB (twice VEIL_MAX_UPLOAD_BYTES)"
+        )
     return f"{work}: writable, {free / GiB:.1f} GiB free"

@@ -77,9 +77,11 @@ def _json_formatter() -> logging.Formatter:
         def process_log_record(self, log_data: dict) -> dict:  # before encoding: the JSON stays valid
             return {k: redact(v) if isinstance(v, str) else v for k, v in log_data.items()}
 
-    return _RedactingJson(JSON_FIELDS, rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
-                                                      "processName": "process"},
-                          reserved_attrs=[*RESERVED_ATTRS, "job", "color_message"])
+    return _RedactingJson(
+        JSON_FIELDS,
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "processName": "process"},
+        reserved_attrs=[*RESERVED_ATTRS, "job", "color_message"],
+    )
 
 
 def configure(log_http: bool = False, level: int = logging.INFO, log_format: str = "text") -> None:

@@ -40,16 +40,29 @@ disable_created_metrics()  # no `*_created` series beside each counter and histo
 JOB_STATES = ("created", "uploaded", "awaiting_approval", "queued", "running", "completed", "failed", "cancelled")
 DELIVERY_OUTCOMES = ("queued", "delivered", "refused", "failed", "dropped")
 
-FRAMES = Counter("veil_frames_processed", "Frames anonymized by this process, counted as the engine reports "
-                 "progress (an image is one frame); by kind (image, video).", ["kind"])
+FRAMES = Counter(
+    "veil_frames_processed",
+    "Frames anonymized by this process, counted as the engine reports "
+    "progress (an image is one frame); by kind (image, video).",
+    ["kind"],
+)
 PROCESSING_SECONDS = Histogram(
-    "veil_processing_seconds", "Wall-clock seconds this process took to anonymize one file, by kind.", ["kind"],
-    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
+    "veil_processing_seconds",
+    "Wall-clock seconds this process took to anonymize one file, by kind.",
+    ["kind"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
 FRAMES_PER_SECOND = Histogram(
-    "veil_frames_per_second", "Throughput of one anonymized file: its frames over its processing seconds, by kind.",
-    ["kind"], buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 240, 480))
-HANDED_BACK = Counter("veil_jobs_handed_back", "Jobs this process handed back at shutdown because their file did "
-                      "not finish within VEIL_SHUTDOWN_GRACE_SECONDS (lease released, queued for another worker).")
+    "veil_frames_per_second",
+    "Throughput of one anonymized file: its frames over its processing seconds, by kind.",
+    ["kind"],
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 240, 480),
+)
+HANDED_BACK = Counter(
+    "veil_jobs_handed_back",
+    "Jobs this process handed back at shutdown because their file did "
+    "not finish within VEIL_SHUTDOWN_GRACE_SECONDS (lease released, queued for another worker).",
+)
 
 
 @contextmanager
@@ -84,8 +97,11 @@ class DatabaseCollector(Collector):
         self.db = db
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("veil_database_up", "1 when this scrape read the deployment's figures from the "
-                               "database, 0 when it could not (they are left out).")
+        up = GaugeMetricFamily(
+            "veil_database_up",
+            "1 when this scrape read the deployment's figures from the "
+            "database, 0 when it could not (they are left out).",
+        )
         try:
             figures = list(self._figures())
         except Exception as exc:  # noqa: BLE001 - the scrape still answers, saying the database is down
@@ -101,46 +117,86 @@ class DatabaseCollector(Collector):
         now = utcnow()
         with self.db() as session:
             by_state = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-            pending_segments = session.scalar(select(func.count()).select_from(VideoSegment).join(Task).join(Job).where(
-                VideoSegment.status == "pending", Job.status == "running"))
+            pending_segments = session.scalar(
+                select(func.count())
+                .select_from(VideoSegment)
+                .join(Task)
+                .join(Job)
+                .where(VideoSegment.status == "pending", Job.status == "running")
+            )
             leases = {
-                ("job", held): session.scalar(select(func.count()).select_from(Job).where(
-                    Job.status == "running", (Job.lease_expires_at >= now) if held else (Job.lease_expires_at < now)))
-                for held in (True, False)}
-            leases.update({
-                ("segment", held): session.scalar(select(func.count()).select_from(VideoSegment).where(
-                    VideoSegment.status == "running",
-                    (VideoSegment.lease_expires_at >= now) if held else (VideoSegment.lease_expires_at < now)))
-                for held in (True, False)})
-            ledger = dict(session.execute(select(CreditEntry.kind, func.sum(CreditEntry.amount))
-                                          .where(CreditEntry.kind.in_(("reserve", "refund")))
-                                          .group_by(CreditEntry.kind)).all())
+                ("job", held): session.scalar(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(
+                        Job.status == "running", (Job.lease_expires_at >= now) if held else (Job.lease_expires_at < now)
+                    )
+                )
+                for held in (True, False)
+            }
+            leases.update(
+                {
+                    ("segment", held): session.scalar(
+                        select(func.count())
+                        .select_from(VideoSegment)
+                        .where(
+                            VideoSegment.status == "running",
+                            (VideoSegment.lease_expires_at >= now) if held else (VideoSegment.lease_expires_at < now),
+                        )
+                    )
+                    for held in (True, False)
+                }
+            )
+            ledger = dict(
+                session.execute(
+                    select(CreditEntry.kind, func.sum(CreditEntry.amount))
+                    .where(CreditEntry.kind.in_(("reserve", "refund")))
+                    .group_by(CreditEntry.kind)
+                ).all()
+            )
             uploaded = session.scalar(select(func.coalesce(func.sum(Job.uploaded_size), 0)))
-            deliveries = dict(session.execute(select(CallbackDelivery.status, func.count())
-                                              .group_by(CallbackDelivery.status)).all())
+            deliveries = dict(
+                session.execute(select(CallbackDelivery.status, func.count()).group_by(CallbackDelivery.status)).all()
+            )
         jobs = GaugeMetricFamily("veil_jobs", "Jobs in the database by state.", labels=["state"])
         for state in sorted(set(JOB_STATES) | set(by_state)):
             jobs.add_metric([state], by_state.get(state, 0))
         yield jobs
-        depth = GaugeMetricFamily("veil_queue_depth", "Work waiting for a worker: queued jobs, and pending segments "
-                                  "of running jobs' long videos.", labels=["what"])
+        depth = GaugeMetricFamily(
+            "veil_queue_depth",
+            "Work waiting for a worker: queued jobs, and pending segments of running jobs' long videos.",
+            labels=["what"],
+        )
         depth.add_metric(["jobs"], by_state.get("queued", 0))
         depth.add_metric(["segments"], pending_segments or 0)
         yield depth
-        held = GaugeMetricFamily("veil_worker_leases", "Running jobs and video segments by lease: `held` (a worker "
-                                 "renews it) or `expired` (its worker stopped; the sweeper queues it again).",
-                                 labels=["kind", "state"])
+        held = GaugeMetricFamily(
+            "veil_worker_leases",
+            "Running jobs and video segments by lease: `held` (a worker "
+            "renews it) or `expired` (its worker stopped; the sweeper queues it again).",
+            labels=["kind", "state"],
+        )
         for (kind, alive), count in leases.items():
             held.add_metric([kind, "held" if alive else "expired"], count or 0)
         yield held
-        yield CounterMetricFamily("veil_credits_reserved", "Credits reserved for approved jobs, ever (the ledger's "
-                                  "reserve entries).", value=-(ledger.get("reserve") or 0))
-        yield CounterMetricFamily("veil_credits_refunded", "Credits refunded to keys, ever (failed through no fault "
-                                  "of the input, cancelled).", value=ledger.get("refund") or 0)
-        yield CounterMetricFamily("veil_upload_bytes", "Bytes of committed uploads (the jobs' input sizes).",
-                                  value=uploaded or 0)
-        callbacks = GaugeMetricFamily("veil_callback_deliveries", "Callback deliveries recorded, by outcome "
-                                      "(queued, delivered, refused, failed, dropped).", labels=["outcome"])
+        yield CounterMetricFamily(
+            "veil_credits_reserved",
+            "Credits reserved for approved jobs, ever (the ledger's reserve entries).",
+            value=-(ledger.get("reserve") or 0),
+        )
+        yield CounterMetricFamily(
+            "veil_credits_refunded",
+            "Credits refunded to keys, ever (failed through no fault of the input, cancelled).",
+            value=ledger.get("refund") or 0,
+        )
+        yield CounterMetricFamily(
+            "veil_upload_bytes", "Bytes of committed uploads (the jobs' input sizes).", value=uploaded or 0
+        )
+        callbacks = GaugeMetricFamily(
+            "veil_callback_deliveries",
+            "Callback deliveries recorded, by outcome (queued, delivered, refused, failed, dropped).",
+            labels=["outcome"],
+        )
         for outcome in sorted(set(DELIVERY_OUTCOMES) | set(deliveries)):
             callbacks.add_metric([outcome], deliveries.get(outcome, 0))
         yield callbacks

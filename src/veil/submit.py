@@ -17,8 +17,10 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-EXIT_HELP = ("Exit status: 0 all done, 1 a file failed, 3 key refused, 4 refused for credits, "
-             "5 over the upload limit, 6 server unreachable (the highest applies).")
+EXIT_HELP = (
+    "Exit status: 0 all done, 1 a file failed, 3 key refused, 4 refused for credits, "
+    "5 over the upload limit, 6 server unreachable (the highest applies)."
+)
 
 
 def config_file() -> Path:
@@ -34,27 +36,53 @@ def config_file() -> Path:
 def submit_options(func):
     options = [
         click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)),
-        click.option("--server", envvar="VEIL_SERVER", help="API URL, e.g. https://host/v1 (VEIL_SERVER, or "
-                     "`server` in the config file)."),
-        click.option("--key", envvar="VEIL_API_KEY", help="API key; better from VEIL_API_KEY or `key` in the "
-                     "config file (VEIL_CLIENT_CONFIG, default ~/.config/veil/client.toml)."),
-        click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Outputs laid out like the inputs, and manifest.json (every file: job, cost, status)."),
+        click.option(
+            "--server",
+            envvar="VEIL_SERVER",
+            help="API URL, e.g. https://host/v1 (VEIL_SERVER, or `server` in the config file).",
+        ),
+        click.option(
+            "--key",
+            envvar="VEIL_API_KEY",
+            help="API key; better from VEIL_API_KEY or `key` in the "
+            "config file (VEIL_CLIENT_CONFIG, default ~/.config/veil/client.toml).",
+        ),
+        click.option(
+            "-o",
+            "--output-dir",
+            required=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Outputs laid out like the inputs, and manifest.json (every file: job, cost, status).",
+        ),
         click.option("--jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Jobs in flight."),
         click.option("--max-credits", type=click.IntRange(min=0), help="Refuse (not approve) a job costing more."),
         click.option("--include", multiple=True, help="Only files matching this pattern (repeatable), e.g. '*.mp4'."),
         click.option("--exclude", multiple=True, help="Leave out files matching this pattern (repeatable)."),
-        click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
-                     help="Upload blocks (4 to 16 MiB each) in flight, all files together."),
+        click.option(
+            "--concurrency",
+            type=click.IntRange(min=1),
+            default=4,
+            show_default=True,
+            help="Upload blocks (4 to 16 MiB each) in flight, all files together.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def run_submit(config: dict, paths: tuple[Path, ...], server: str | None, key: str | None, output_dir: Path,
-               jobs: int, max_credits: int | None, include: tuple[str, ...], exclude: tuple[str, ...],
-               concurrency: int) -> None:
+def run_submit(
+    config: dict,
+    paths: tuple[Path, ...],
+    server: str | None,
+    key: str | None,
+    output_dir: Path,
+    jobs: int,
+    max_credits: int | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    concurrency: int,
+) -> None:
     from veil_client import Client, ClientError, run_batch, walk
 
     server, key = _credentials(server, key)
@@ -66,14 +94,23 @@ def run_submit(config: dict, paths: tuple[Path, ...], server: str | None, key: s
         raise click.ClickException("no input files (check --include / --exclude)")
     bars = _Bars(len(files))
     try:
-        result = run_batch(Client(server, key, concurrency=concurrency), files, output_dir, config, jobs=jobs,
-                           max_credits=max_credits, on_event=bars.event)
+        result = run_batch(
+            Client(server, key, concurrency=concurrency),
+            files,
+            output_dir,
+            config,
+            jobs=jobs,
+            max_credits=max_credits,
+            on_event=bars.event,
+        )
     finally:
         bars.close()
     counts = Counter(entry.status for entry in result.entries)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    click.echo(f"{summary}; {sum(e.cost or 0 for e in result.entries if e.status == 'completed')} credits; "
-               f"manifest: {output_dir / 'manifest.json'}")
+    click.echo(
+        f"{summary}; {sum(e.cost or 0 for e in result.entries if e.status == 'completed')} credits; "
+        f"manifest: {output_dir / 'manifest.json'}"
+    )
     fatal = next((e.error for e in result.entries if e.exit_status in (3, 6)), None)
     if fatal:
         click.echo(f"error: {fatal}", err=True)
@@ -104,8 +141,16 @@ class _Bars:
 
     def event(self, rel: str, phase: str, fraction: float) -> None:
         with self._lock:
-            final = phase.split(":")[0] in ("completed", "failed", "refused", "skipped", "created", "uploaded",
-                                            "approved", "pending")
+            final = phase.split(":")[0] in (
+                "completed",
+                "failed",
+                "refused",
+                "skipped",
+                "created",
+                "uploaded",
+                "approved",
+                "pending",
+            )
             bar = self.bars.get(rel)
             if final:
                 if bar is not None:
@@ -119,8 +164,9 @@ class _Bars:
                 tqdm.write(f"{'cost':9} {rel}: {phase[6:]}")
                 return
             if bar is None:
-                bar = self.bars[rel] = tqdm(total=100, unit="%", leave=False, bar_format="{desc} {bar} {n}%",
-                                             disable=None)
+                bar = self.bars[rel] = tqdm(
+                    total=100, unit="%", leave=False, bar_format="{desc} {bar} {n}%", disable=None
+                )
             bar.set_description_str(f"{rel} [{phase}]", refresh=False)
             bar.n = round(100 * fraction)
             bar.refresh()

@@ -22,11 +22,25 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 class Http:
     """Thread-safe: each thread gets its own session (and connection pool) with the same retry policy."""
 
-    def __init__(self, retries: int = 10, backoff: float = 0.2, backoff_max: float = 20.0,
-                 timeout: tuple[float, float] = (10.0, 300.0), pool: int = 16) -> None:
-        self.retry = Retry(total=retries, backoff_factor=backoff, backoff_max=backoff_max, backoff_jitter=0.2,
-                           status_forcelist=RETRY_STATUSES, allowed_methods=None,  # every method, POST too
-                           respect_retry_after_header=True, raise_on_status=False, raise_on_redirect=False)
+    def __init__(
+        self,
+        retries: int = 10,
+        backoff: float = 0.2,
+        backoff_max: float = 20.0,
+        timeout: tuple[float, float] = (10.0, 300.0),
+        pool: int = 16,
+    ) -> None:
+        self.retry = Retry(
+            total=retries,
+            backoff_factor=backoff,
+            backoff_max=backoff_max,
+            backoff_jitter=0.2,
+            status_forcelist=RETRY_STATUSES,
+            allowed_methods=None,  # every method, POST too
+            respect_retry_after_header=True,
+            raise_on_status=False,
+            raise_on_redirect=False,
+        )
         self.timeout, self.pool = timeout, pool
         self._local = threading.local()
 

@@ -35,8 +35,9 @@ class Entry:
     exit_status: int = 0
 
 
-def walk(paths: Iterable[Path], include: Iterable[str] = (), exclude: Iterable[str] = (),
-         skip: Path | None = None) -> list[tuple[Path, str]]:
+def walk(
+    paths: Iterable[Path], include: Iterable[str] = (), exclude: Iterable[str] = (), skip: Path | None = None
+) -> list[tuple[Path, str]]:
     """(file, relative name) for files and folders (recursively, sorted). A pattern matches the relative
     name or the file name (`*.jpg`, `day1/*`); `include` keeps only matches, `exclude` drops them. `skip`
     (the output folder) and hidden files are left out."""
@@ -91,8 +92,16 @@ class BatchResult:
     exit_status: int  # the highest of the entries' (0: every file done)
 
 
-def run_batch(client: Client, files: list[tuple[Path, str]], out: Path, model_config: dict | None = None, *,
-              jobs: int = 4, max_credits: int | None = None, on_event: Event | None = None) -> BatchResult:
+def run_batch(
+    client: Client,
+    files: list[tuple[Path, str]],
+    out: Path,
+    model_config: dict | None = None,
+    *,
+    jobs: int = 4,
+    max_credits: int | None = None,
+    on_event: Event | None = None,
+) -> BatchResult:
     """Process `files` (from `walk`) with `jobs` jobs in flight; outputs under `out` laid out like the inputs
     (an archive's outputs in a folder named after it). A wrong key or a server that is down stops the run."""
     out.mkdir(parents=True, exist_ok=True)
@@ -160,8 +169,7 @@ class _Run:
             save(entry)
             self.event(rel, f"cost: {entry.cost} credits", 0.0)
             if self.max_credits is not None and entry.cost > self.max_credits:
-                raise CreditsRefused(f"costs {entry.cost} credits, over --max-credits {self.max_credits}; "
-                                     "not approved")
+                raise CreditsRefused(f"costs {entry.cost} credits, over --max-credits {self.max_credits}; not approved")
             self.event(rel, "approve", 0.0)
             job.approve()
             entry.status = "approved"
@@ -178,8 +186,11 @@ class _Run:
         paths = job.download(folder, report, part_dir=self.manifest.state / "parts")
         self.event(entry.input, "download", 1.0 if total else 0.0)
         entry.outputs = [p.relative_to(self.out).as_posix() for p in paths]
-        failed = [f"{t['input_file']}: {t.get('error') or t.get('status')}" for t in report.get("tasks", [])
-                  if t.get("status", "completed") != "completed"]
+        failed = [
+            f"{t['input_file']}: {t.get('error') or t.get('status')}"
+            for t in report.get("tasks", [])
+            if t.get("status", "completed") != "completed"
+        ]
         if failed:
             raise ClientError(f"{len(failed)} of {len(report['tasks'])} files failed: " + "; ".join(failed))
         self._finish(entry, "completed", None)

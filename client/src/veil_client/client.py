@@ -32,8 +32,16 @@ class Client:
     `concurrency`: upload blocks in flight, all uploads together; `block_size`: None picks 4 to 16 MiB by the
     file's size; `checksum`: a Content-MD5 on every block."""
 
-    def __init__(self, url: str, key: str, *, concurrency: int = transfer.CONCURRENCY, block_size: int | None = None,
-                 checksum: bool = True, http: Http | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        concurrency: int = transfer.CONCURRENCY,
+        block_size: int | None = None,
+        checksum: bool = True,
+        http: Http | None = None,
+    ) -> None:
         url = url.rstrip("/")
         self.url = url if url.count("/") > 2 else url + "/v1"
         self.key = key
@@ -49,13 +57,24 @@ class Client:
     def create(self, path: str | os.PathLike, model_config: dict | None = None, file_name: str | None = None) -> Job:
         """A job for `path` (create_upload_session); its upload URL is `job.session_uri`."""
         path = Path(path)
-        body = {"file_name": file_name or path.name, "file_size": path.stat().st_size,
-                "content_type": "octet-stream", "model": "blur", "model_config": model_config or {}}
+        body = {
+            "file_name": file_name or path.name,
+            "file_size": path.stat().st_size,
+            "content_type": "octet-stream",
+            "model": "blur",
+            "model_config": model_config or {},
+        }
         answer = self.call("POST", "/create_upload_session", f"create a job for {path.name}", json=body)
         return Job(self, answer["job_id"], answer["session_uri"])
 
-    def submit(self, path: str | os.PathLike, model_config: dict | None = None, *,
-               journal: Path | None = None, progress: transfer.Progress | None = None) -> Job:
+    def submit(
+        self,
+        path: str | os.PathLike,
+        model_config: dict | None = None,
+        *,
+        journal: Path | None = None,
+        progress: transfer.Progress | None = None,
+    ) -> Job:
         """Create a job for `path` and upload it (blocks in parallel, resumable through `journal`)."""
         job = self.create(path, model_config)
         job.upload(path, journal, progress)
@@ -72,15 +91,24 @@ class Job:
     session_uri: str | None = None
     cost: int | None = field(default=None, compare=False)
 
-    def upload(self, path: str | os.PathLike, journal: Path | None = None,
-               progress: transfer.Progress | None = None) -> int:
+    def upload(
+        self, path: str | os.PathLike, journal: Path | None = None, progress: transfer.Progress | None = None
+    ) -> int:
         """Upload the input (see `transfer.upload`); returns the bytes this call sent."""
         if self.session_uri is None:
             raise ClientError(f"job {self.id}: no upload URL (it was created elsewhere)")
         c = self.client
-        return transfer.upload(c.http, self.session_uri, Path(path), journal, concurrency=c.concurrency,
-                               block_size=c.block_size, checksum=c.checksum, progress=progress,
-                               slots=c.block_slots)
+        return transfer.upload(
+            c.http,
+            self.session_uri,
+            Path(path),
+            journal,
+            concurrency=c.concurrency,
+            block_size=c.block_size,
+            checksum=c.checksum,
+            progress=progress,
+            slots=c.block_slots,
+        )
 
     def report(self) -> dict:
         """The JobReport (job_result)."""
@@ -105,8 +133,9 @@ class Job:
         """Approve (reserving the cost); waits while the upload is incomplete (302). `CreditsRefused` on 402."""
         deadline = time.monotonic() + timeout
         for pause in backoff(0.2):
-            response = self.client.http.request("POST", f"{self.client.url}/approve_job/{self.id}",
-                                                headers={"access_token": self.client.key})
+            response = self.client.http.request(
+                "POST", f"{self.client.url}/approve_job/{self.id}", headers={"access_token": self.client.key}
+            )
             if response.status_code == 302 and time.monotonic() < deadline:
                 time.sleep(pause)
                 continue
@@ -132,8 +161,13 @@ class Job:
             time.sleep(pause)
         raise AssertionError("unreachable")
 
-    def download(self, directory: str | os.PathLike, report: dict | None = None, part_dir: Path | None = None,
-                 progress: transfer.Progress | None = None) -> list[Path]:
+    def download(
+        self,
+        directory: str | os.PathLike,
+        report: dict | None = None,
+        part_dir: Path | None = None,
+        progress: transfer.Progress | None = None,
+    ) -> list[Path]:
         """Download every output into `directory` (each through a resumable part file in `part_dir`, default
         `directory`/.parts); returns their paths. Tasks that failed are skipped (their `error` says why)."""
         report = report or self.report()
@@ -145,8 +179,13 @@ class Job:
                 continue
             name = Path(task["output_file"]).name  # a bare name, whatever the server sent
             dest = directory / name
-            transfer.download(self.client.http, task["download_link"], dest,
-                              part_dir / f"{self.id}-{task.get('task_id', name)}.part", progress=progress)
+            transfer.download(
+                self.client.http,
+                task["download_link"],
+                dest,
+                part_dir / f"{self.id}-{task.get('task_id', name)}.part",
+                progress=progress,
+            )
             paths.append(dest)
         return paths
 
@@ -163,8 +202,9 @@ class Job:
         return self._extension(f"/render_job/{self.id}", "render", ok=(202,), json=body)
 
     def _extension(self, route: str, what: str, ok: tuple[int, ...], **kwargs: Any) -> dict:
-        response = self.client.http.request("POST", self.client.url + route, headers={"access_token": self.client.key},
-                                            **kwargs)
+        response = self.client.http.request(
+            "POST", self.client.url + route, headers={"access_token": self.client.key}, **kwargs
+        )
         if response.status_code in (404, 405) and detail(response) in ("Not Found", "Method Not Allowed"):
             raise NotOffered(f"this server offers no {what}")  # the framework's answer for an unknown route
         return check(response, f"{what} of job {self.id}", ok).json()

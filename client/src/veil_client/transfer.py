@@ -100,9 +100,18 @@ def session_uri_of(journal_path: Path) -> str | None:
         return None
 
 
-def upload(http: Http, session_uri: str, path: Path, journal_path: Path | None = None, *,
-           concurrency: int = CONCURRENCY, block_size: int | None = None, checksum: bool = True,
-           progress: Progress | None = None, slots: threading.Semaphore | None = None) -> int:
+def upload(
+    http: Http,
+    session_uri: str,
+    path: Path,
+    journal_path: Path | None = None,
+    *,
+    concurrency: int = CONCURRENCY,
+    block_size: int | None = None,
+    checksum: bool = True,
+    progress: Progress | None = None,
+    slots: threading.Semaphore | None = None,
+) -> int:
     """Upload `path` to `session_uri` as a block blob; returns the bytes sent by this call. `block_size`
     None: `block_size_for` the file, or the one its journal records (a rerun resumes with the blocks it
     began with). `slots`, shared by concurrent uploads, bounds the blocks in flight across all of them."""
@@ -116,21 +125,44 @@ def upload(http: Http, session_uri: str, path: Path, journal_path: Path | None =
     if progress and have:
         progress(sum(min(block_size, size - i * block_size) for i in have))
     try:
-        sent = _put_blocks(http, session_uri, path, sorted(set(range(count)) - have), journal, concurrency,
-                           block_size, checksum, progress, slots or threading.Semaphore(concurrency))
+        sent = _put_blocks(
+            http,
+            session_uri,
+            path,
+            sorted(set(range(count)) - have),
+            journal,
+            concurrency,
+            block_size,
+            checksum,
+            progress,
+            slots or threading.Semaphore(concurrency),
+        )
     except _Committed:  # an earlier run committed it and was killed before it could say so
         if journal:
             journal.remove()
         return 0
-    xml = "<?xml version='1.0' encoding='utf-8'?><BlockList>" + \
-        "".join(f"<Latest>{block_id(i)}</Latest>" for i in range(count)) + "</BlockList>"
-    response = http.request("PUT", session_uri + "&comp=blocklist", data=xml.encode(),
-                            headers={"Content-Type": "application/xml"})
+    xml = (
+        "<?xml version='1.0' encoding='utf-8'?><BlockList>"
+        + "".join(f"<Latest>{block_id(i)}</Latest>" for i in range(count))
+        + "</BlockList>"
+    )
+    response = http.request(
+        "PUT", session_uri + "&comp=blocklist", data=xml.encode(), headers={"Content-Type": "application/xml"}
+    )
     if response.status_code == 400 and response.headers.get("x-ms-error-code") == "InvalidBlockList" and have:
         if journal:  # the store no longer holds blocks the journal listed (expired): send everything
             journal.remove()
-        return sent + upload(http, session_uri, path, journal_path, concurrency=concurrency,
-                             block_size=block_size, checksum=checksum, progress=progress, slots=slots)
+        return sent + upload(
+            http,
+            session_uri,
+            path,
+            journal_path,
+            concurrency=concurrency,
+            block_size=block_size,
+            checksum=checksum,
+            progress=progress,
+            slots=slots,
+        )
     if not (response.status_code in (409, 412) and _retried(response) or _frozen(response)):
         # 409/412 after a retry: the lost try committed the blob, which the store now keeps (Veil freezes an input)
         check(response, "Put Block List", ok=(201,))
@@ -176,9 +208,18 @@ def _get_block_list(http: Http, session_uri: str) -> dict[str, int] | None:
         return None
 
 
-def _put_blocks(http: Http, session_uri: str, path: Path, todo: list[int], journal: Journal | None,
-                concurrency: int, block_size: int, checksum: bool, progress: Progress | None,
-                slots: threading.Semaphore) -> int:
+def _put_blocks(
+    http: Http,
+    session_uri: str,
+    path: Path,
+    todo: list[int],
+    journal: Journal | None,
+    concurrency: int,
+    block_size: int,
+    checksum: bool,
+    progress: Progress | None,
+    slots: threading.Semaphore,
+) -> int:
     fd = os.open(path, os.O_RDONLY)
 
     def put(index: int) -> int:
@@ -205,8 +246,9 @@ def _put_blocks(http: Http, session_uri: str, path: Path, todo: list[int], journ
         os.close(fd)
 
 
-def download(http: Http, url: str, dest: Path, part: Path, *, progress: Progress | None = None,
-             attempts: int = 20) -> int:
+def download(
+    http: Http, url: str, dest: Path, part: Path, *, progress: Progress | None = None, attempts: int = 20
+) -> int:
     """Download `url` to `dest` by way of `part` (resumed from its length with a Range request); returns
     the blob's size. `dest` appears only complete, with the size the server announced."""
     part.parent.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,13 @@ router = APIRouter(prefix="/admin/api", tags=["admin"], dependencies=[Depends(ad
 
 
 def _info(row) -> dict:
-    return {"id": row.id, "name": row.name, "credits": row.credits, "revoked": row.revoked,
-            "created_at": row.created_at}
+    return {
+        "id": row.id,
+        "name": row.name,
+        "credits": row.credits,
+        "revoked": row.revoked,
+        "created_at": row.created_at,
+    }
 
 
 def _find(svc: JobService, key_or_id: str):
@@ -68,8 +73,12 @@ def add_credits(key_or_id: str, body: schemas.CreditsAdd, svc: JobService = Depe
 
 
 @router.get("/jobs", response_model=schemas.JobList)
-def list_jobs(svc: JobService = Depends(service), key_id: str | None = None,
-              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=schemas.BIGINT_MAX)):
+def list_jobs(
+    svc: JobService = Depends(service),
+    key_id: str | None = None,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0, le=schemas.BIGINT_MAX),
+):
     """Every key's jobs (or one key's), newest first."""
     jobs, total = svc.list_jobs(key_id, limit, offset)
     return {"jobs": [svc.report(job) for job in jobs], "total": total, "limit": limit, "offset": offset}

@@ -46,16 +46,12 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
         if ensure_admin(service.db, settings.admin_email, settings.admin_password):
             log.info("created the admin panel account %s (VEIL_ADMIN_EMAIL)", settings.admin_email)
     if settings.worker == "embedded":
-        from ..queue.embedded import (
-            EmbeddedWorker,  # lazy: it loads the engine, which API-only servers never need
-        )
+        from ..queue.embedded import EmbeddedWorker  # lazy: it loads the engine, which API-only servers never need
 
         worker = EmbeddedWorker(service, settings.worker_concurrency, settings.worker_poll_seconds)
         service.dispatch = worker.wake
     elif settings.worker == "celery":
-        from ..queue.celery_app import (
-            wire,  # lazy: Celery is an optional dependency (veil[celery])
-        )
+        from ..queue.celery_app import wire  # lazy: Celery is an optional dependency (veil[celery])
 
         wire(service)
 
@@ -70,12 +66,14 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
             service.price_pending()
         sweeper.start()
         if settings.servicebus_connection_string and settings.servicebus_in_serve:
-            from ..events.servicebus import (
-                consume,  # lazy: azure-servicebus is optional (veil[azure])
-            )
+            from ..events.servicebus import consume  # lazy: azure-servicebus is optional (veil[azure])
 
-            threading.Thread(target=consume, name="veil-events", daemon=True, args=(
-                service, settings.servicebus_connection_string, settings.servicebus_queue, stop_events)).start()
+            threading.Thread(
+                target=consume,
+                name="veil-events",
+                daemon=True,
+                args=(service, settings.servicebus_connection_string, settings.servicebus_queue, stop_events),
+            ).start()
         try:
             yield
         finally:
@@ -87,11 +85,20 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
                 pool.shutdown(wait=False, cancel_futures=True)
             service.close()
 
-    app = FastAPI(title="Veil", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Anonymization of faces and licence plates; the Cloud Public API under /v1. "
-                              "Operators: the admin panel is at [/admin](/admin).")
-    app.add_middleware(BodyLimit, limit=settings.max_json_body_bytes, per_prefix={
-        BLOB_PATH_PREFIX + "/": None, "/v1/direct_upload": None, "/events/": 1024 * 1024})
+    app = FastAPI(
+        title="Veil",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Anonymization of faces and licence plates; the Cloud Public API under /v1. "
+        "Operators: the admin panel is at [/admin](/admin).",
+    )
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_json_body_bytes,
+        per_prefix={BLOB_PATH_PREFIX + "/": None, "/v1/direct_upload": None, "/events/": 1024 * 1024},
+    )
     app.state.service = service
     app.state.settings = settings
     app.state.rate_limiter = KeyRateLimiter(settings.api_rate_limit, settings.api_rate_limit_storage)
@@ -105,8 +112,11 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     app.include_router(events.router)
     panel.install(app)
     _offline_docs(app)
-    app.include_router(create_blob_router(service.store, service.on_blob_created, UploadLimits.from_settings(settings),
-                                          service.upload_rule))
+    app.include_router(
+        create_blob_router(
+            service.store, service.on_blob_created, UploadLimits.from_settings(settings), service.upload_rule
+        )
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -117,10 +127,11 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         request_id = uuid.uuid4().hex
-        log.error("request %s %s failed (request id %s)", request.method, request.url.path, request_id,
-                  exc_info=exc)
-        return JSONResponse({"detail": "internal error; quote this request id when reporting it",
-                             "request_id": request_id}, status_code=500)
+        log.error("request %s %s failed (request id %s)", request.method, request.url.path, request_id, exc_info=exc)
+        return JSONResponse(
+            {"detail": "internal error; quote this request id when reporting it", "request_id": request_id},
+            status_code=500,
+        )
 
     return app
 
@@ -145,16 +156,23 @@ def _offline_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
-                                   swagger_js_url=f"{assets}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{assets}/swagger-ui.css",
-                                   swagger_favicon_url="/admin/static/favicon.svg")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} API",
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url="/admin/static/favicon.svg",
+        )
 
     @app.get("/redoc", include_in_schema=False)
     def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} API",
-                              redoc_js_url=f"{assets}/redoc.standalone.js", redoc_favicon_url="/admin/static/favicon.svg",
-                              with_google_fonts=False)
+        return get_redoc_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} API",
+            redoc_js_url=f"{assets}/redoc.standalone.js",
+            redoc_favicon_url="/admin/static/favicon.svg",
+            with_google_fonts=False,
+        )
 
 
 def _version() -> str:

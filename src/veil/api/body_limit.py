@@ -64,6 +64,9 @@ class BodyLimit:
     @staticmethod
     async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int, length: int | None) -> None:
         size = f" ({length} bytes)" if length is not None else ""
-        response = JSONResponse({"detail": f"the request body{size} is over the {limit}-byte limit"},
-                                status_code=413, headers={"Connection": "close"})
+        response = JSONResponse(
+            {"detail": f"the request body{size} is over the {limit}-byte limit"},
+            status_code=413,
+            headers={"Connection": "close"},
+        )
         await response(scope, receive, send)

@@ -39,15 +39,30 @@ def cloudevents_handshake(request: Request) -> Response:
     origin = request.headers.get("WebHook-Request-Origin")
     if not origin:
         raise HTTPException(400, "OPTIONS without a WebHook-Request-Origin header")
-    return Response(status_code=200, headers={"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*",
-                                              "Allow": "POST, OPTIONS"})
+    return Response(
+        status_code=200,
+        headers={"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*", "Allow": "POST, OPTIONS"},
+    )
 
 
 _DOCUMENTED = {  # the body is read by veil.events.parse, so the OpenAPI (and schemathesis) learn it here
-    "parameters": [{"name": "secret", "in": "query", "required": True, "schema": {"type": "string"},
-                    "description": "VEIL_EVENTS_SECRET"}],
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "description": "An Event Grid or CloudEvents 1.0 event, or an array of them (at most 1 MB)"}}}},
+    "parameters": [
+        {
+            "name": "secret",
+            "in": "query",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "VEIL_EVENTS_SECRET",
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"description": "An Event Grid or CloudEvents 1.0 event, or an array of them (at most 1 MB)"}
+            }
+        },
+    },
 }
 
 

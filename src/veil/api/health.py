@@ -27,8 +27,11 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database, store, broker and models answer",
-            responses={503: {"description": "A part does not answer; `failing` names it."}})
+@router.get(
+    "/readyz",
+    summary="Readiness: database, store, broker and models answer",
+    responses={503: {"description": "A part does not answer; `failing` names it."}},
+)
 def readyz(request: Request) -> JSONResponse:
     svc: JobService = request.app.state.service
     checks: dict[str, Callable[[], str]] = {"database": lambda: _database(svc), "store": lambda: _store(svc)}
@@ -36,8 +39,10 @@ def readyz(request: Request) -> JSONResponse:
         checks["broker"] = lambda: doctor.check_broker(svc.settings)
     checks["models"] = lambda: doctor.check_models(svc.settings)
     pools: dict[str, ThreadPoolExecutor] = request.app.state.readiness_pools
-    futures = {name: pools.setdefault(name, ThreadPoolExecutor(2, thread_name_prefix=f"veil-readyz-{name}"))
-               .submit(check) for name, check in checks.items()}
+    futures = {
+        name: pools.setdefault(name, ThreadPoolExecutor(2, thread_name_prefix=f"veil-readyz-{name}")).submit(check)
+        for name, check in checks.items()
+    }
     results, failing = {}, []
     deadline = time.monotonic() + CHECK_SECONDS  # the checks run at once: 3 s for all of them
     for name, future in futures.items():

@@ -43,24 +43,45 @@ class _Request(_Body):
 def validation_detail(errors: list[dict]) -> list[dict]:
     """Pydantic's errors without the input echoed back (it may be NaN, a lone surrogate or megabytes long),
     every string made JSON- and UTF-8-safe: the field (`loc`) and the problem (`msg`) name what is wrong."""
+
     def text(value) -> str | int:
         return value if isinstance(value, int) else str(value).encode("utf-8", "backslashreplace").decode()[:200]
 
-    return [{"loc": [text(part) for part in error.get("loc", ())], "msg": text(error.get("msg", "")),
-             "type": text(error.get("type", ""))} for error in errors]
+    return [
+        {
+            "loc": [text(part) for part in error.get("loc", ())],
+            "msg": text(error.get("msg", "")),
+            "type": text(error.get("type", "")),
+        }
+        for error in errors
+    ]
 
 
 class CreateUploadSessionRequest(_Request):
-    file_name: str = Field(..., min_length=1, max_length=1000, description="Name of the file to upload "
-                           "(only its last path component is kept, at most 200 bytes of it in UTF-8).")
-    file_size: int | None = Field(None, ge=0, le=BIGINT_MAX, description="Size in bytes; at most 4 GiB (413 "
-                                  "above). The upload must match it.")
-    content_type: str = Field("octet-stream", max_length=100,
-                              description="The upload method you will use (informational).")
-    model: str = Field("blur", max_length=100, json_schema_extra={"enum": list(MODELS)},
-                       description="Processing model: `blur` (the vendor's `syn` is not offered: 422).")
-    config: ModelConfig = Field(default_factory=ModelConfig, alias="model_config",
-                                description="Detection/redaction options; unknown keys are rejected.")
+    file_name: str = Field(
+        ...,
+        min_length=1,
+        max_length=1000,
+        description="Name of the file to upload "
+        "(only its last path component is kept, at most 200 bytes of it in UTF-8).",
+    )
+    file_size: int | None = Field(
+        None, ge=0, le=BIGINT_MAX, description="Size in bytes; at most 4 GiB (413 above). The upload must match it."
+    )
+    content_type: str = Field(
+        "octet-stream", max_length=100, description="The upload method you will use (informational)."
+    )
+    model: str = Field(
+        "blur",
+        max_length=100,
+        json_schema_extra={"enum": list(MODELS)},
+        description="Processing model: `blur` (the vendor's `syn` is not offered: 422).",
+    )
+    config: ModelConfig = Field(
+        default_factory=ModelConfig,
+        alias="model_config",
+        description="Detection/redaction options; unknown keys are rejected.",
+    )
 
     @field_validator("model")
     @classmethod
@@ -69,8 +90,11 @@ class CreateUploadSessionRequest(_Request):
 
 
 class CreateUploadSessionResponse(_Body):
-    session_uri: str = Field(..., description="Blob URL with a write SAS: Put Block (`&comp=block&blockid=...`) "
-                             "then Put Block List (`&comp=blocklist`), or a single Put Blob.")
+    session_uri: str = Field(
+        ...,
+        description="Blob URL with a write SAS: Put Block (`&comp=block&blockid=...`) "
+        "then Put Block List (`&comp=blocklist`), or a single Put Blob.",
+    )
     job_id: str
 
 
@@ -99,27 +123,47 @@ class TaskReport(_Body):
     task_id: int
     input_file: str = Field(..., description="Name of the input file (inside the archive, for archives).")
     output_file: str = Field(..., description="Safe bare file name to save the output under.")
-    download_link: str | None = Field(None, description="Signed, expiring URL of the output (Get Blob, "
-                                      "Range supported); null until the task completed or after deletion.")
+    download_link: str | None = Field(
+        None,
+        description="Signed, expiring URL of the output (Get Blob, "
+        "Range supported); null until the task completed or after deletion.",
+    )
     status: Literal["pending", "running", "completed", "failed"]
     error: str | None = Field(None, description="Why this file failed.")
     detections: int | None = Field(None, description="Regions redacted in this file.")
-    detections_link: str | None = Field(None, description="Signed, expiring URL of this file's detections "
-                                        "document (docs/detections.md): every candidate, for review and renders.")
-    report: dict | None = Field(None, description="What was found and drawn, and where a reviewer should look "
-                                "first (docs/detections.md).")
+    detections_link: str | None = Field(
+        None,
+        description="Signed, expiring URL of this file's detections "
+        "document (docs/detections.md): every candidate, for review and renders.",
+    )
+    report: dict | None = Field(
+        None, description="What was found and drawn, and where a reviewer should look first (docs/detections.md)."
+    )
 
 
 class JobReport(_Body):
     job_id: str
-    job_status: int = Field(..., description="0 waiting (upload, approval or queue), 1–99 progress percent, "
-                            "100 completed, 200 failed or cancelled.")
+    job_status: int = Field(
+        ...,
+        description="0 waiting (upload, approval or queue), 1–99 progress percent, "
+        "100 completed, 200 failed or cancelled.",
+    )
     job_status_description: str
-    job_total_credit_cost: int | None = Field(None, description="Credits approval reserves; known once the "
-                                              "upload is complete.")
+    job_total_credit_cost: int | None = Field(
+        None, description="Credits approval reserves; known once the upload is complete."
+    )
     total_credit_cost: int | None = Field(None, description="The same, under the vendor reference's name.")
-    state: Literal["created", "uploaded", "awaiting_approval", "queued", "running", "awaiting_review", "completed",
-                   "failed", "cancelled"] = Field(..., description="Veil's state name behind job_status.")
+    state: Literal[
+        "created",
+        "uploaded",
+        "awaiting_approval",
+        "queued",
+        "running",
+        "awaiting_review",
+        "completed",
+        "failed",
+        "cancelled",
+    ] = Field(..., description="Veil's state name behind job_status.")
     file_name: str
     file_size: int | None
     model: str
@@ -137,11 +181,16 @@ class JobReport(_Body):
 
 
 class RenderRequest(_Request):
-    config: dict = Field(default_factory=dict, alias="model_config", description="Overrides of the job's "
-                         "model_config: thresholds, mask_blur, style, video_crf; turning a kind off.")
-    edits: dict[str, list[dict]] = Field(default_factory=dict, max_length=10_000, description="Per task index "
-                                         "(as text), a list of edits (docs/detections.md): add, remove, keep, "
-                                         "remove_track.")
+    config: dict = Field(
+        default_factory=dict,
+        alias="model_config",
+        description="Overrides of the job's model_config: thresholds, mask_blur, style, video_crf; turning a kind off.",
+    )
+    edits: dict[str, list[dict]] = Field(
+        default_factory=dict,
+        max_length=10_000,
+        description="Per task index (as text), a list of edits (docs/detections.md): add, remove, keep, remove_track.",
+    )
 
 
 class JobList(_Body):
@@ -152,8 +201,7 @@ class JobList(_Body):
 
 
 class NotifyRequest(_Request):
-    callback_url: str = Field(..., max_length=2048,
-                              description="Where Veil POSTs the JobReport (JSON, HMAC-signed).")
+    callback_url: str = Field(..., max_length=2048, description="Where Veil POSTs the JobReport (JSON, HMAC-signed).")
     job_id: str | None = Field(None, description="Only this job; omit for every job of the key.")
 
 
@@ -161,8 +209,11 @@ class NotifyResponse(_Body):
     callback_url: str
     job_id: str | None
     detail: str
-    signing_secret: str = Field(..., description="This key's HMAC-SHA256 secret: verify `X-Veil-Signature` "
-                                "against HMAC(secret, \"<X-Veil-Timestamp>.\" + raw body).")
+    signing_secret: str = Field(
+        ...,
+        description="This key's HMAC-SHA256 secret: verify `X-Veil-Signature` "
+        'against HMAC(secret, "<X-Veil-Timestamp>." + raw body).',
+    )
 
 
 class Error(_Body):
@@ -188,6 +239,7 @@ class KeyCreated(KeyInfo):
 
 
 class CreditsAdd(_Request):
-    amount: int = Field(..., ge=-BIGINT_MAX, le=BIGINT_MAX,
-                        description="Credits to add (negative to correct a balance).")
+    amount: int = Field(
+        ..., ge=-BIGINT_MAX, le=BIGINT_MAX, description="Credits to add (negative to correct a balance)."
+    )
     reason: str = Field("admin", max_length=500)

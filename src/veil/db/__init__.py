@@ -3,5 +3,15 @@
 from .models import ApiKey, Base, CallbackRegistration, CreditEntry, Job, Task
 from .session import make_engine, make_sessionmaker, open_database, upgrade
 
-__all__ = ["ApiKey", "Base", "CallbackRegistration", "CreditEntry", "Job", "Task",
-           "make_engine", "make_sessionmaker", "open_database", "upgrade"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "CallbackRegistration",
+    "CreditEntry",
+    "Job",
+    "Task",
+    "make_engine",
+    "make_sessionmaker",
+    "open_database",
+    "upgrade",
+]

@@ -11,14 +11,14 @@ a completed job's render: completed → queued → running → completed)
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # A job's states (the state machine is `veil.jobs.service`'s): waiting for the client or a worker, and final.
@@ -97,8 +97,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
-    tasks: Mapped[list[Task]] = relationship(
-        back_populates="job", order_by="Task.index", cascade="all, delete-orphan")
+    tasks: Mapped[list[Task]] = relationship(back_populates="job", order_by="Task.index", cascade="all, delete-orphan")
 
     @property
     def charged_credits(self) -> int:

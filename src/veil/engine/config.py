@@ -21,28 +21,45 @@ class ModelConfig(BaseModel):
     #     plates are found and tracked unless a client turns that off, see docs/api.md) ---
     blur_face: bool = Field(True, description="Anonymize faces.")
     blur_threshold: float = Field(
-        0.5, ge=0.0, le=1.0,
+        0.5,
+        ge=0.0,
+        le=1.0,
         description="Face detection threshold on Veil's calibrated scale: 0 keeps every candidate, "
-        "0.5 is the high-recall default, 1 keeps only certain detections.")
+        "0.5 is the high-recall default, 1 keeps only certain detections.",
+    )
     lp_threshold: float = Field(
-        0.5, ge=0.0, le=1.0, description="Licence-plate threshold on the same calibrated scale.")
-    enable_lp: bool = Field(True, description="Anonymize vehicle licence plates (on unless `false` is sent: the "
-                            "vendor's pages disagree on the default, Veil takes the privacy-safe one).")
+        0.5, ge=0.0, le=1.0, description="Licence-plate threshold on the same calibrated scale."
+    )
+    enable_lp: bool = Field(
+        True,
+        description="Anonymize vehicle licence plates (on unless `false` is sent: the "
+        "vendor's pages disagree on the default, Veil takes the privacy-safe one).",
+    )
     mask_blur: bool = Field(
-        True, description="Blur inside a feathered ellipse (faces) / rounded rectangle (plates); "
-        "false draws the seed's circle blur around each detection.")
+        True,
+        description="Blur inside a feathered ellipse (faces) / rounded rectangle (plates); "
+        "false draws the seed's circle blur around each detection.",
+    )
     slicing: bool = Field(False, description="Tiled inference for high-resolution images and videos.")
-    lp_track: bool = Field(True, description="Track plates across video frames, so a plate missed for a few frames "
-                           "stays blurred (on unless `false` is sent, like face_track; the vendor documents false).")
+    lp_track: bool = Field(
+        True,
+        description="Track plates across video frames, so a plate missed for a few frames "
+        "stays blurred (on unless `false` is sent, like face_track; the vendor documents false).",
+    )
 
     # --- Veil extensions (README "What gets anonymized", docs/api.md) ---
     face_track: bool = Field(True, description="Track faces across video frames (extension).")
     style: Literal["blur", "pixelate", "solid"] = Field(
-        "blur", description="How a detected region is made unrecognisable (extension).")
+        "blur", description="How a detected region is made unrecognisable (extension)."
+    )
     video_crf: int = Field(
-        20, ge=0, le=51, description="H.264 constant rate factor for video output; lower is better quality (extension).")
-    review: bool = Field(False, description="The service detects, then waits for a reviewer's render call before "
-                         "writing any output (extension; the engine ignores it).")
+        20, ge=0, le=51, description="H.264 constant rate factor for video output; lower is better quality (extension)."
+    )
+    review: bool = Field(
+        False,
+        description="The service detects, then waits for a reviewer's render call before "
+        "writing any output (extension; the engine ignores it).",
+    )
 
     @property
     def wants_faces(self) -> bool:

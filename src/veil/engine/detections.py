@@ -50,32 +50,39 @@ class Detections:
         if self.landmarks is not None:
             self.landmarks = np.asarray(self.landmarks, np.float32).reshape(-1, 10)
         n = len(self.xyxy)
-        if len(self.scores) != n or len(self.kinds) != n or any(
-                a is not None and len(a) != n for a in (self.track_ids, self.landmarks)):
+        if (
+            len(self.scores) != n
+            or len(self.kinds) != n
+            or any(a is not None and len(a) != n for a in (self.track_ids, self.landmarks))
+        ):
             raise ValueError("Detections arrays must have the same length")
 
     def __len__(self) -> int:
         return len(self.xyxy)
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls()
 
     @classmethod
-    def of_kind(cls, xyxy, scores, kind: int, landmarks=None) -> "Detections":
+    def of_kind(cls, xyxy, scores, kind: int, landmarks=None) -> Detections:
         xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)
         return cls(xyxy, scores, np.full(len(xyxy), kind, np.int8), landmarks=landmarks)
 
-    def __getitem__(self, index) -> "Detections":
-        return Detections(self.xyxy[index], self.scores[index], self.kinds[index],
-                          None if self.track_ids is None else self.track_ids[index],
-                          None if self.landmarks is None else self.landmarks[index])
+    def __getitem__(self, index) -> Detections:
+        return Detections(
+            self.xyxy[index],
+            self.scores[index],
+            self.kinds[index],
+            None if self.track_ids is None else self.track_ids[index],
+            None if self.landmarks is None else self.landmarks[index],
+        )
 
-    def kind(self, kind: int) -> "Detections":
+    def kind(self, kind: int) -> Detections:
         return self[self.kinds == kind]
 
     @staticmethod
-    def concat(parts: list["Detections"]) -> "Detections":
+    def concat(parts: list[Detections]) -> Detections:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Detections()
@@ -86,12 +93,14 @@ class Detections:
             np.concatenate([p.scores for p in parts]),
             np.concatenate([p.kinds for p in parts]),
             np.concatenate([p.track_ids for p in parts]) if tracked else None,
-            np.concatenate([p.landmarks if p.landmarks is not None else np.full((len(p), 10), np.nan, np.float32)
-                            for p in parts]) if marked else None,
+            np.concatenate(
+                [p.landmarks if p.landmarks is not None else np.full((len(p), 10), np.nan, np.float32) for p in parts]
+            )
+            if marked
+            else None,
         )
 
     def rows(self, kind: int) -> list[list[float]]:
         """`[[x1, y1, x2, y2, score], ...]` for one kind, rounded for JSON."""
         sel = self.kind(kind)
-        return [[round(float(v), 2) for v in box] + [round(float(s), 4)]
-                for box, s in zip(sel.xyxy, sel.scores)]
+        return [[round(float(v), 2) for v in box] + [round(float(s), 4)] for box, s in zip(sel.xyxy, sel.scores)]

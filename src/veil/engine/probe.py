@@ -88,8 +88,7 @@ def _packet_extent(path: Path, limits: MediaLimits) -> tuple[int, float]:
 
 # Signatures of the still-image formats we read, to call a file that Pillow cannot open "corrupt"
 # rather than "unrecognised". HEIF brands sit in the ISO-BMFF `ftyp` box at offset 4.
-_IMAGE_MAGIC = [(b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*\x00", "TIFF"),
-                (b"MM\x00*", "TIFF")]
+_IMAGE_MAGIC = [(b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF")]
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 
 
@@ -111,13 +110,13 @@ ARCHIVE_SNIFF_BYTES = 512
 def archive_format(head: bytes) -> str | None:
     """The archive/compression format these leading bytes belong to ("rar5" is RAR 5), or None."""
     for offset, magic, name in _ARCHIVE_MAGIC:
-        if head[offset:offset + len(magic)] == magic:
+        if head[offset : offset + len(magic)] == magic:
             return name
     return None
 
 
 def media_kind(path: Path) -> Literal["image", "video"]:
-    """"image" or "video" from the file's content; MediaError naming the problem otherwise."""
+    """ "image" or "video" from the file's content; MediaError naming the problem otherwise."""
     path = Path(path)
     if not path.is_file():
         raise MediaError("no such file")
@@ -127,20 +126,26 @@ def media_kind(path: Path) -> Literal["image", "video"]:
     if image_format in image_io.FORMATS:
         return "image"
     if image_format is not None:
-        raise MediaError(f"unsupported image format {image_format} (supported: {image_io.FORMAT_NAMES}"
-                         + ("; convert an animation to MP4)" if image_format == "GIF" else ")"))
+        raise MediaError(
+            f"unsupported image format {image_format} (supported: {image_io.FORMAT_NAMES}"
+            + ("; convert an animation to MP4)" if image_format == "GIF" else ")")
+        )
     if (magic := _image_magic(path)) is not None:
         raise MediaError(f"cannot decode image, the {magic} file is corrupt or truncated")
     with open(path, "rb") as f:
         packed = archive_format(f.read(ARCHIVE_SNIFF_BYTES))
     if packed is not None:
         what = f"{packed}-compressed file" if packed in ("gzip", "bzip2", "xz") else f"{packed.rstrip('5')} archive"
-        raise MediaError(f"a {what}, not an image or a video (an archive's files are processed one by one, "
-                         "never the archive itself as media)")
+        raise MediaError(
+            f"a {what}, not an image or a video (an archive's files are processed one by one, "
+            "never the archive itself as media)"
+        )
     if _is_video(path):
         return "video"
-    raise NotMedia(f"not an image or a video (unrecognised content; images: {image_io.FORMAT_NAMES}; "
-                     "videos: any container and codec FFmpeg decodes)")
+    raise NotMedia(
+        f"not an image or a video (unrecognised content; images: {image_io.FORMAT_NAMES}; "
+        "videos: any container and codec FFmpeg decodes)"
+    )
 
 
 def _image_magic(path: Path) -> str | None:
@@ -167,7 +172,9 @@ def _is_video(path: Path) -> bool:
             name = container.format.name or ""
             if name in ("image2", "tty") or name.endswith("_pipe"):  # tty: any text file, as ANSI art
                 return False
-            return any(stream.type == "video" and not stream.disposition & av.stream.Disposition.attached_pic
-                       for stream in container.streams)
+            return any(
+                stream.type == "video" and not stream.disposition & av.stream.Disposition.attached_pic
+                for stream in container.streams
+            )
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
         return False

@@ -72,7 +72,7 @@ def redaction_mask(shape_hw: tuple[int, int], detections: Detections, config: Mo
     height, width = shape_hw[:2]
     mask = np.zeros((height, width), bool)
     for shape in _shapes((height, width), detections, config):
-        mask[shape.y0:shape.y1, shape.x0:shape.x1] |= shape.alpha > 0
+        mask[shape.y0 : shape.y1, shape.x0 : shape.x1] |= shape.alpha > 0
     return mask
 
 
@@ -82,7 +82,7 @@ def redaction_alpha(shape_hw: tuple[int, int], detections: Detections, config: M
     height, width = shape_hw[:2]
     alpha = np.zeros((height, width), np.float32)
     for shape in _shapes((height, width), detections, config):
-        roi = alpha[shape.y0:shape.y1, shape.x0:shape.x1]
+        roi = alpha[shape.y0 : shape.y1, shape.x0 : shape.x1]
         np.maximum(roi, shape.alpha, out=roi)
     return alpha
 
@@ -112,8 +112,14 @@ def _shapes(shape_hw: tuple[int, int], detections: Detections, config: ModelConf
             if marks is not None:
                 shape = _union(shape, _landmark_ellipse(shape_hw, marks[i], h))
         else:
-            shape = _rounded_rect(shape_hw, cx, cy, w / 2 + _PLATE_PAD_X * h, h / 2 + _PLATE_PAD_Y * h,
-                                  radius=min(_PLATE_PAD_X, _PLATE_PAD_Y) * h)
+            shape = _rounded_rect(
+                shape_hw,
+                cx,
+                cy,
+                w / 2 + _PLATE_PAD_X * h,
+                h / 2 + _PLATE_PAD_Y * h,
+                radius=min(_PLATE_PAD_X, _PLATE_PAD_Y) * h,
+            )
         if shape is not None:
             y0, y1_, x0, x1_, alpha = shape
             shapes.append(_Shape(y0, y1_, x0, x1_, alpha, float(np.sqrt(w * h)), int(kind)))
@@ -147,7 +153,7 @@ def _soft_shape(shape_hw, cx, cy, rx, ry, feather, signed_distance):
     alpha += np.float32(1.0)
     np.clip(alpha, 0.0, 1.0, out=alpha)
     if step > 1:
-        alpha = cv2.resize(alpha, (nx * step, ny * step), interpolation=cv2.INTER_LINEAR)[:y1 - y0, :x1 - x0]
+        alpha = cv2.resize(alpha, (nx * step, ny * step), interpolation=cv2.INTER_LINEAR)[: y1 - y0, : x1 - x0]
     return y0, y1, x0, x1, np.ascontiguousarray(alpha)
 
 
@@ -191,10 +197,15 @@ def _union(first, second):
     """Two `_soft_shape` results as one: the bounding ROI, alpha the max of both."""
     if first is None or second is None:
         return first if second is None else second
-    y0, y1, x0, x1 = min(first[0], second[0]), max(first[1], second[1]), min(first[2], second[2]), max(first[3], second[3])
+    y0, y1, x0, x1 = (
+        min(first[0], second[0]),
+        max(first[1], second[1]),
+        min(first[2], second[2]),
+        max(first[3], second[3]),
+    )
     alpha = np.zeros((y1 - y0, x1 - x0), np.float32)
     for sy0, sy1, sx0, sx1, a in (first, second):
-        roi = alpha[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+        roi = alpha[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
         np.maximum(roi, a, out=roi)
     return y0, y1, x0, x1, alpha
 
@@ -230,7 +241,7 @@ def _apply(image: np.ndarray, shape: _Shape, style: str) -> None:
         replacement = _pixelated(image, shape)
     else:
         replacement = _blurred(image, shape)
-    roi = image[shape.y0:shape.y1, shape.x0:shape.x1]
+    roi = image[shape.y0 : shape.y1, shape.x0 : shape.x1]
     # Per-pixel roi * (1 - alpha) + replacement * alpha; where alpha is 0 the source value comes
     # back exactly (weight 1.0), so nothing outside the mask changes.
     roi[:] = cv2.blendLinear(roi, replacement, 1.0 - shape.alpha, shape.alpha)
@@ -258,7 +269,7 @@ def _blurred(image: np.ndarray, shape: _Shape) -> np.ndarray:
         small = cv2.resize(image[y0:y1, x0:x1], small_size, interpolation=cv2.INTER_AREA)
         small = cv2.GaussianBlur(small, (0, 0), sigma / factor, borderType=cv2.BORDER_REPLICATE)
         blurred = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(blurred[shape.y0 - y0:shape.y1 - y0, shape.x0 - x0:shape.x1 - x0])
+    return np.ascontiguousarray(blurred[shape.y0 - y0 : shape.y1 - y0, shape.x0 - x0 : shape.x1 - x0])
 
 
 def _trim_to_multiple(lo: int, hi: int, inner_lo: int, inner_hi: int, factor: int) -> tuple[int, int]:
@@ -273,7 +284,7 @@ def _trim_to_multiple(lo: int, hi: int, inner_lo: int, inner_hi: int, factor: in
 
 def _pixelated(image: np.ndarray, shape: _Shape) -> np.ndarray:
     """Blocks of side size/_PIXEL_BLOCKS (at least 4 px), each filled with its mean colour."""
-    roi = image[shape.y0:shape.y1, shape.x0:shape.x1]
+    roi = image[shape.y0 : shape.y1, shape.x0 : shape.x1]
     block = max(4.0, shape.size / _PIXEL_BLOCKS)
     h, w = roi.shape[:2]
     small = cv2.resize(roi, (max(1, round(w / block)), max(1, round(h / block))), interpolation=cv2.INTER_AREA)

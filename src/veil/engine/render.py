@@ -24,8 +24,7 @@ import numpy as np
 from . import image_io
 from .config import MediaLimits, ModelConfig
 from .detections import FACE, KIND_NAMES, PLATE, Detections
-from .document import (DocumentWriter, Edit, Frame, Header, Review, iter_frames, normalized, read_edits,
-                       read_header)
+from .document import DocumentWriter, Edit, Frame, Header, Review, iter_frames, normalized, read_edits, read_header
 from .errors import MediaError
 from .probe import media_kind
 from .redact import redact
@@ -52,13 +51,21 @@ def render_config(header: Header, overrides: dict | None = None) -> ModelConfig:
     for kind, key in ((FACE, "blur_threshold"), (PLATE, "lp_threshold")):
         lowest = _floor(header, kind) + (LOW_SCORE_MARGIN if header.media == "video" else 0.0)
         if getattr(config, key) < lowest - 1e-6 and getattr(config, "blur_face" if kind == FACE else "enable_lp"):
-            raise ValueError(f"{key}: the document keeps candidates for a threshold of {lowest:.2f} or more "
-                             f"(detect again for a lower one)")
+            raise ValueError(
+                f"{key}: the document keeps candidates for a threshold of {lowest:.2f} or more "
+                f"(detect again for a lower one)"
+            )
     return config
 
 
-def detect_document(src: Path, doc: Path, config: ModelConfig, progress: Progress | None = None,
-                    limits: MediaLimits = MediaLimits(), image_floor: float = IMAGE_FLOOR) -> Report:
+def detect_document(
+    src: Path,
+    doc: Path,
+    config: ModelConfig,
+    progress: Progress | None = None,
+    limits: MediaLimits = MediaLimits(),
+    image_floor: float = IMAGE_FLOOR,
+) -> Report:
     """Run the detectors on `src` and write its detections document to `doc` (replaced only when complete)."""
     src, doc = Path(src), Path(doc)
     if media_kind(src) == "video":
@@ -71,9 +78,15 @@ def detect_document(src: Path, doc: Path, config: ModelConfig, progress: Progres
     return image_report(image, select(candidates, config, Review.of([])))
 
 
-def render(src: Path, doc: Path, dst: Path, config: dict | ModelConfig | None = None,
-           edits: list[Edit] | None = None, progress: Progress | None = None,
-           limits: MediaLimits = MediaLimits()) -> Report:
+def render(
+    src: Path,
+    doc: Path,
+    dst: Path,
+    config: dict | ModelConfig | None = None,
+    edits: list[Edit] | None = None,
+    progress: Progress | None = None,
+    limits: MediaLimits = MediaLimits(),
+) -> Report:
     """Write `dst` from `src` and its document `doc`: the document's candidates at `config`'s thresholds, its
     edits and `edits`, drawn with `config`'s mask and style. No detector is loaded."""
     src, doc, dst = Path(src), Path(doc), Path(dst)
@@ -86,14 +99,16 @@ def render(src: Path, doc: Path, dst: Path, config: dict | ModelConfig | None = 
         review = Review.of(all_edits, tracks)
         frames = iter_frames(doc)
         try:
-            return render_video(src, dst, config, document_candidates(header, frames, config, review),
-                                review.boxes, progress, limits)
+            return render_video(
+                src, dst, config, document_candidates(header, frames, config, review), review.boxes, progress, limits
+            )
         finally:
             frames.close()
     image = image_io.read_image(src, limits.max_image_pixels)
     if (image.width, image.height) != (header.width, header.height):
-        raise MediaError(f"{src.name}: {image.width}x{image.height}, the document is of a "
-                         f"{header.width}x{header.height} image")
+        raise MediaError(
+            f"{src.name}: {image.width}x{image.height}, the document is of a {header.width}x{header.height} image"
+        )
     frame = next(iter_frames(doc))
     detections = select(frame.candidates, config, Review.of(all_edits), frame)
     redacted = redact(image.rgb.copy(), detections, config)
@@ -109,8 +124,9 @@ def image_candidates(rgb: np.ndarray, config: ModelConfig, floor: float = IMAGE_
         return Detections.empty()
     from .detect import get_detector  # one shared Detector per config: models load once per process
 
-    low = config.model_copy(update={"blur_threshold": min(floor, config.blur_threshold),
-                                    "lp_threshold": min(floor, config.lp_threshold)})
+    low = config.model_copy(
+        update={"blur_threshold": min(floor, config.blur_threshold), "lp_threshold": min(floor, config.lp_threshold)}
+    )
     return get_detector(low).detect(rgb)
 
 
@@ -118,14 +134,20 @@ def select(candidates: Detections, config: ModelConfig, review: Review, frame: F
     """An image's boxes to redact: candidates at `config`'s thresholds after the review's edits, plus its boxes."""
     if frame is not None:
         candidates = review.candidates(frame)
-    thresholds = {kind: threshold for kind, wanted, threshold in ((FACE, config.wants_faces, config.blur_threshold),
-                                                                  (PLATE, config.wants_plates, config.lp_threshold))
-                  if wanted}
+    thresholds = {
+        kind: threshold
+        for kind, wanted, threshold in (
+            (FACE, config.wants_faces, config.blur_threshold),
+            (PLATE, config.wants_plates, config.lp_threshold),
+        )
+        if wanted
+    }
     return Detections.concat([candidates[_at_least(candidates, thresholds)], _without_tracks(review.boxes(0))])
 
 
-def write_image_document(path: Path, image: image_io.ImageFile, config: ModelConfig, candidates: Detections,
-                         floor: float) -> None:
+def write_image_document(
+    path: Path, image: image_io.ImageFile, config: ModelConfig, candidates: Detections, floor: float
+) -> None:
     header = Header("image", image.width, image.height, _floors(config, floor, floor), config.model_dump())
     with DocumentWriter(path, header) as writer:
         writer.frame(0, None, candidates)
@@ -142,12 +164,17 @@ class VideoDocument:
 
     def start(self, source, plan) -> None:
         planner = plan[0]
-        floors = _floors(self.config, self.config.blur_threshold - LOW_SCORE_MARGIN,
-                         self.config.lp_threshold - LOW_SCORE_MARGIN)
-        video = {"fps": source.fps, "stride": planner.stride if planner else 1,
-                 "scan": planner.scan_interval if planner else 1}
-        self._writer = DocumentWriter(self.path, Header("video", source.width, source.height, floors,
-                                                        self.config.model_dump(), video))
+        floors = _floors(
+            self.config, self.config.blur_threshold - LOW_SCORE_MARGIN, self.config.lp_threshold - LOW_SCORE_MARGIN
+        )
+        video = {
+            "fps": source.fps,
+            "stride": planner.stride if planner else 1,
+            "scan": planner.scan_interval if planner else 1,
+        }
+        self._writer = DocumentWriter(
+            self.path, Header("video", source.width, source.height, floors, self.config.model_dump(), video)
+        )
 
     def frame(self, index: int, pts: float | None, candidates: Detections | None) -> None:
         assert self._writer is not None, "the pipeline calls start() before frame()"
@@ -164,10 +191,15 @@ class VideoDocument:
 def document_candidates(header: Header, frames: Iterator[Frame], config: ModelConfig, review: Review):
     """The `plan` of a render: a planner that hands the tracker each frame's reviewed candidates (those a
     detector at `config`'s thresholds would have given it), in step with the decoder."""
-    tracked = {k for k, on in ((FACE, header.config.get("face_track")), (PLATE, header.config.get("lp_track")))
-               if on}
-    low = {kind: threshold - LOW_SCORE_MARGIN for kind, on, threshold in (
-        (FACE, config.wants_faces, config.blur_threshold), (PLATE, config.wants_plates, config.lp_threshold)) if on}
+    tracked = {k for k, on in ((FACE, header.config.get("face_track")), (PLATE, header.config.get("lp_track"))) if on}
+    low = {
+        kind: threshold - LOW_SCORE_MARGIN
+        for kind, on, threshold in (
+            (FACE, config.wants_faces, config.blur_threshold),
+            (PLATE, config.wants_plates, config.lp_threshold),
+        )
+        if on
+    }
 
     video = _video_header(header)
 
@@ -197,8 +229,10 @@ def track_candidates(doc: Path) -> dict[int, set[str]]:
     config = ModelConfig(**header.config)
     tracked = [k for k, on in ((FACE, config.face_track), (PLATE, config.lp_track)) if on]
     video = _video_header(header)
-    tracker = Tracker(TrackingParams.for_rate(float(video.get("fps") or 30.0), video["stride"], video["scan"]),
-                      {FACE: config.blur_threshold, PLATE: config.lp_threshold})
+    tracker = Tracker(
+        TrackingParams.for_rate(float(video.get("fps") or 30.0), video["stride"], video["scan"]),
+        {FACE: config.blur_threshold, PLATE: config.lp_threshold},
+    )
     low = {FACE: config.blur_threshold - LOW_SCORE_MARGIN, PLATE: config.lp_threshold - LOW_SCORE_MARGIN}
     ids: dict[tuple, str] = {}
     tracks = []
@@ -211,8 +245,9 @@ def track_candidates(doc: Path) -> dict[int, set[str]]:
             ids[(frame.index, *np.asarray(dets.xyxy[n], np.float64).round(2))] = f"{frame.index}.{n}"
         dets = dets[keep]
         tracks += tracker.update(frame.index, dets[np.isin(dets.kinds, tracked)])
-    return {track.id: {ids[(i, *np.asarray(box).round(2))] for i, box in zip(track.frames, track.boxes)}
-            for track in tracks}
+    return {
+        track.id: {ids[(i, *np.asarray(box).round(2))] for i, box in zip(track.frames, track.boxes)} for track in tracks
+    }
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -225,8 +260,10 @@ def _at_least(dets: Detections, thresholds: dict[int, float]) -> np.ndarray:
 
 
 def _floors(config: ModelConfig, faces: float, plates: float) -> dict[str, float]:
-    return {KIND_NAMES[FACE]: round(max(0.0, min(faces, config.blur_threshold)), 4),
-            KIND_NAMES[PLATE]: round(max(0.0, min(plates, config.lp_threshold)), 4)}
+    return {
+        KIND_NAMES[FACE]: round(max(0.0, min(faces, config.blur_threshold)), 4),
+        KIND_NAMES[PLATE]: round(max(0.0, min(plates, config.lp_threshold)), 4),
+    }
 
 
 def _video_header(header: Header) -> dict[str, Any]:

@@ -42,9 +42,12 @@ class Report:
             return item
         item["frames"] = []
         for frame in self.frames:
-            entry: dict[str, Any] = {"index": frame.index, "pts": frame.pts,
-                                     "faces": frame.detections.rows(FACE),
-                                     "plates": frame.detections.rows(PLATE)}
+            entry: dict[str, Any] = {
+                "index": frame.index,
+                "pts": frame.pts,
+                "faces": frame.detections.rows(FACE),
+                "plates": frame.detections.rows(PLATE),
+            }
             tracks, kinds = frame.detections.track_ids, frame.detections.kinds
             if tracks is not None:
                 entry["face_tracks"] = [int(t) for t in tracks[kinds == FACE]]

@@ -14,12 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 from ..settings import engine_settings
 
-_PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-}
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _CHOICES = ("auto", "cpu", "cuda", "openvino")
 _PRECISIONS = ("auto", "f32", "bf16")
 
@@ -109,11 +107,15 @@ class OpenVinoSession:
         import openvino as ov
 
         core = ov.Core()
-        self._compiled = core.compile_model(core.read_model(model, b""), "CPU", {
-            "INFERENCE_PRECISION_HINT": _openvino_precision(),
-            "INFERENCE_NUM_THREADS": _thread_count(),
-            "PERFORMANCE_HINT": "LATENCY",
-        })
+        self._compiled = core.compile_model(
+            core.read_model(model, b""),
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": _openvino_precision(),
+                "INFERENCE_NUM_THREADS": _thread_count(),
+                "PERFORMANCE_HINT": "LATENCY",
+            },
+        )
         self._inputs = [_Input(port.any_name) for port in self._compiled.inputs]
         self._outputs = {port.any_name: port for port in self._compiled.outputs}
         self._local = threading.local()

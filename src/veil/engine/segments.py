@@ -51,8 +51,14 @@ SEGMENT_SUFFIX = ".mp4"  # segment files: H.264 in MP4 (the source's time base, 
 MAX_SEGMENTS = 256  # a video is never split further (4 h at the default 60 s; longer videos get longer segments)
 
 
-def plan_segments(src: Path, config: ModelConfig, seconds: float, limits: MediaLimits = MediaLimits(),
-                  dst: Path | None = None, max_overhead: float | None = None) -> list[Segment]:
+def plan_segments(
+    src: Path,
+    config: ModelConfig,
+    seconds: float,
+    limits: MediaLimits = MediaLimits(),
+    dst: Path | None = None,
+    max_overhead: float | None = None,
+) -> list[Segment]:
     """The segments of `src` (one covering everything when it is not split: short, an output format
     other than MP4/MOV/Matroska, or packets without timestamps). At most `MAX_SEGMENTS`, and with
     `max_overhead`, so few that the frames their overlaps analyse twice stay within that fraction of the
@@ -70,8 +76,15 @@ def plan_segments(src: Path, config: ModelConfig, seconds: float, limits: MediaL
         source.container.close()
     whole = [Segment(0, 0, 0, 0, 0, 0, _NEVER, _NEVER, len(packets), len(packets))]
     pts = sorted(p for p, _, _ in packets if p is not None)
-    if (seconds <= 0 or fmt not in ("mp4", "mov", "matroska") or len(pts) != len(packets) or len(pts) < 2
-            or len(set(pts)) != len(pts) or not source.fps or not tb):
+    if (
+        seconds <= 0
+        or fmt not in ("mp4", "mov", "matroska")
+        or len(pts) != len(packets)
+        or len(pts) < 2
+        or len(set(pts)) != len(pts)
+        or not source.fps
+        or not tb
+    ):
         return whole
     length = float((pts[-1] - pts[0]) * tb)
     if length < 1.5 * seconds:
@@ -106,9 +119,20 @@ def plan_segments(src: Path, config: ModelConfig, seconds: float, limits: MediaL
         stop = min(len(pts), last + after)
         k = bisect.bisect_right(key_pts, pts[warm]) - 1
         seek, seek_dts = keys[k]
-        segments.append(Segment(n, seek, seek_dts, bisect.bisect_left(pts, seek), pts[warm], pts[first],
-                                pts[last] if last < len(pts) else _NEVER, pts[stop] if stop < len(pts) else _NEVER,
-                                last - first, stop - warm))
+        segments.append(
+            Segment(
+                n,
+                seek,
+                seek_dts,
+                bisect.bisect_left(pts, seek),
+                pts[warm],
+                pts[first],
+                pts[last] if last < len(pts) else _NEVER,
+                pts[stop] if stop < len(pts) else _NEVER,
+                last - first,
+                stop - warm,
+            )
+        )
     return segments
 
 
@@ -129,11 +153,17 @@ def overlap_frames(config: ModelConfig, size: tuple[int, int], fps: float) -> tu
 def _nearest(values: list[int], target: int) -> int:
     """The value of `values` (sorted, not empty) nearest to `target`."""
     i = bisect.bisect_left(values, target)
-    return min(values[max(0, i - 1):i + 1], key=lambda v: abs(v - target))
+    return min(values[max(0, i - 1) : i + 1], key=lambda v: abs(v - target))
 
 
-def run_segment(src: Path, segment: Segment, dst: Path, config: ModelConfig, progress: Progress | None = None,
-                limits: MediaLimits = MediaLimits()) -> Report:
+def run_segment(
+    src: Path,
+    segment: Segment,
+    dst: Path,
+    config: ModelConfig,
+    progress: Progress | None = None,
+    limits: MediaLimits = MediaLimits(),
+) -> Report:
     """Anonymize one segment of `src` into the video-only file `dst` (SEGMENT_SUFFIX); its report lists
     the segment's frames (indices and pts of the whole video)."""
     return Pipeline(Path(src), config, progress, limits=limits, segment=segment).run(Path(dst))
@@ -141,8 +171,10 @@ def run_segment(src: Path, segment: Segment, dst: Path, config: ModelConfig, pro
 
 def detect_split(src: Path, config: ModelConfig, seconds: float, limits: MediaLimits = MediaLimits()) -> Report:
     """The boxes a split run redacts (`detect_video` segment by segment, in this process)."""
-    reports = [Pipeline(Path(src), config, None, limits=limits, segment=s).run(None)
-               for s in plan_segments(src, config, seconds, limits)]
+    reports = [
+        Pipeline(Path(src), config, None, limits=limits, segment=s).run(None)
+        for s in plan_segments(src, config, seconds, limits)
+    ]
     report = reports[0]
     for part in reports[1:]:
         report.frames += part.frames
@@ -150,14 +182,25 @@ def detect_split(src: Path, config: ModelConfig, seconds: float, limits: MediaLi
     return report
 
 
-def stitch(src: Path, parts: list[Path], dst: Path, config: ModelConfig, limits: MediaLimits = MediaLimits(),
-           reports: Sequence[Report] = ()) -> Report:
+def stitch(
+    src: Path,
+    parts: list[Path],
+    dst: Path,
+    config: ModelConfig,
+    limits: MediaLimits = MediaLimits(),
+    reports: Sequence[Report] = (),
+) -> Report:
     """Join the segment files `parts` (in order) into `dst` with the audio of `src`, no re-encoding; the
     report holds the segments' `reports` frames in order."""
     src, dst = Path(src), Path(dst)
     source = open_source(src, limits)
-    report = Report("video", source.width, source.height, figures=dict(reports[0].figures) if reports else {},
-                    notes=list(dict.fromkeys(n for r in reports for n in r.notes)))
+    report = Report(
+        "video",
+        source.width,
+        source.height,
+        figures=dict(reports[0].figures) if reports else {},
+        notes=list(dict.fromkeys(n for r in reports for n in r.notes)),
+    )
     for part in reports:
         report.frames += part.frames
     try:
@@ -167,8 +210,9 @@ def stitch(src: Path, parts: list[Path], dst: Path, config: ModelConfig, limits:
                 frame = next(first.decode(first.streams.video[0]))
                 writer.copy_video(first.streams.video[0], frame)
                 extradata = first.streams.video[0].codec_context.extradata
-            for time_, kind, packet in heapq.merge(_video_packets(parts, extradata, source.time_base),
-                                                   _audio_packets(source), key=lambda item: item[:2]):
+            for _, kind, packet in heapq.merge(
+                _video_packets(parts, extradata, source.time_base), _audio_packets(source), key=lambda item: item[:2]
+            ):
                 if kind == 0:
                     writer.packet(packet)
                 else:
@@ -179,8 +223,14 @@ def stitch(src: Path, parts: list[Path], dst: Path, config: ModelConfig, limits:
         writer.finish()
     finally:
         source.container.close()
-    report.figures.update({"frame_count": len(report.frames), "fps": round(source.fps, 3),
-                           "seconds": round(source.duration or 0.0, 3), "segments": len(parts)})
+    report.figures.update(
+        {
+            "frame_count": len(report.frames),
+            "fps": round(source.fps, 3),
+            "seconds": round(source.duration or 0.0, 3),
+            "segments": len(parts),
+        }
+    )
     return report
 
 
@@ -227,8 +277,7 @@ def _init_worker(shared) -> None:
     _shared = shared
 
 
-def _segment_in_worker(src: str, segment: dict, dst: str, config: dict, limits: MediaLimits,
-                       shared=None) -> Report:
+def _segment_in_worker(src: str, segment: dict, dst: str, config: dict, limits: MediaLimits, shared=None) -> Report:
     seg = Segment(**segment)
     shared = _shared if shared is None else shared
 
@@ -254,13 +303,22 @@ class SegmentPool:
         else:
             ctx = multiprocessing.get_context("spawn")
             self._shared = ctx.Array("d", segments + 1, lock=False)
-            self._pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx,
-                                             initializer=_init_worker, initargs=(self._shared,))
+            self._pool = ProcessPoolExecutor(
+                max_workers=max(1, workers), mp_context=ctx, initializer=_init_worker, initargs=(self._shared,)
+            )
 
-    def submit(self, src: Path, segment: Segment, dst: Path, config: ModelConfig,
-               limits: MediaLimits = MediaLimits()) -> Future:
-        return self._pool.submit(_segment_in_worker, str(src), segment.to_json(), str(dst), config.model_dump(),
-                                 limits, self._shared if self._threads else None)
+    def submit(
+        self, src: Path, segment: Segment, dst: Path, config: ModelConfig, limits: MediaLimits = MediaLimits()
+    ) -> Future:
+        return self._pool.submit(
+            _segment_in_worker,
+            str(src),
+            segment.to_json(),
+            str(dst),
+            config.model_dump(),
+            limits,
+            self._shared if self._threads else None,
+        )
 
     def progress(self, index: int) -> float:
         return min(1.0, self._shared[index])
@@ -276,8 +334,15 @@ class SegmentPool:
             self._pool.shutdown(wait=True)
 
 
-def anonymize_split(src: Path, dst: Path, config: ModelConfig, seconds: float, jobs: int = 1,
-                    progress: Progress | None = None, limits: MediaLimits = MediaLimits()) -> Report:
+def anonymize_split(
+    src: Path,
+    dst: Path,
+    config: ModelConfig,
+    seconds: float,
+    jobs: int = 1,
+    progress: Progress | None = None,
+    limits: MediaLimits = MediaLimits(),
+) -> Report:
     """`anonymize_video`, in segments of about `seconds` run by `jobs` worker processes."""
     src, dst = Path(src), Path(dst)
     segments = plan_segments(src, config, seconds, limits, dst)
@@ -295,8 +360,9 @@ def anonymize_split(src: Path, dst: Path, config: ModelConfig, seconds: float, j
                 for future in done:
                     if (exc := future.exception()) is not None:
                         raise exc
-                value = min(0.99, sum(s.analysed * pool.progress(s.index) for s in segments)
-                            / sum(s.analysed for s in segments))
+                value = min(
+                    0.99, sum(s.analysed * pool.progress(s.index) for s in segments) / sum(s.analysed for s in segments)
+                )
                 if progress is not None and value > told:
                     told = value
                     progress(value)

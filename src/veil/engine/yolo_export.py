@@ -96,22 +96,49 @@ class _StorageType:
 
 
 _STORAGE_DTYPES = {
-    "HalfStorage": np.float16, "FloatStorage": np.float32, "DoubleStorage": np.float64, "BFloat16Storage": None,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8,
-    "ByteStorage": np.uint8, "BoolStorage": np.bool_, "UntypedStorage": np.uint8,
+    "HalfStorage": np.float16,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "BFloat16Storage": None,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+    "UntypedStorage": np.uint8,
 }
-_TORCH_DTYPES = {"float16": np.float16, "half": np.float16, "float32": np.float32, "float": np.float32,
-                 "float64": np.float64, "int64": np.int64, "long": np.int64, "int32": np.int32, "uint8": np.uint8,
-                 "bool": np.bool_, "int8": np.int8, "int16": np.int16}
+_TORCH_DTYPES = {
+    "float16": np.float16,
+    "half": np.float16,
+    "float32": np.float32,
+    "float": np.float32,
+    "float64": np.float64,
+    "int64": np.int64,
+    "long": np.int64,
+    "int32": np.int32,
+    "uint8": np.uint8,
+    "bool": np.bool_,
+    "int8": np.int8,
+    "int16": np.int16,
+}
 
 
-def _rebuild_tensor_v2(storage: np.ndarray, storage_offset: int, size: tuple, stride: tuple,
-                       requires_grad: bool = False, backward_hooks: Any = None, metadata: Any = None) -> np.ndarray:
+def _rebuild_tensor_v2(
+    storage: np.ndarray,
+    storage_offset: int,
+    size: tuple,
+    stride: tuple,
+    requires_grad: bool = False,
+    backward_hooks: Any = None,
+    metadata: Any = None,
+) -> np.ndarray:
     itemsize = storage.dtype.itemsize
     if not size:
         return storage[storage_offset].copy()
-    view = np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=tuple(size),
-                                           strides=tuple(s * itemsize for s in stride), writeable=False)
+    view = np.lib.stride_tricks.as_strided(
+        storage[storage_offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride), writeable=False
+    )
     return np.array(view)
 
 
@@ -166,6 +193,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def restricted_loads(data: bytes, storage_reader: Any = None) -> Any:
     """Unpickle ``data`` with the allow-list; ``storage_reader(key, dtype, numel)`` supplies tensor storages."""
+
     def no_storage(key: str, dtype: np.dtype, numel: int) -> np.ndarray:
         raise UnsafeCheckpoint("tensor storage referenced but no storage reader given")
 
@@ -227,8 +255,13 @@ def _conv_params(conv: Stub) -> dict[str, Any]:
     if isinstance(conv.padding, str):
         raise ValueError(f"unsupported conv padding {conv.padding!r}")
     pads = conv.padding if isinstance(conv.padding, (tuple, list)) else (conv.padding,) * 2
-    return {"kernel_shape": list(kernel), "strides": list(conv.stride), "pads": [*pads, *pads],
-            "dilations": list(conv.dilation), "group": int(conv.groups)}
+    return {
+        "kernel_shape": list(kernel),
+        "strides": list(conv.stride),
+        "pads": [*pads, *pads],
+        "dilations": list(conv.dilation),
+        "group": int(conv.groups),
+    }
 
 
 def _emit_conv2d(g: _Graph, conv: Stub, x: str, bn: Stub | None = None) -> str:
@@ -296,8 +329,13 @@ def _emit(g: _Graph, m: Stub, x: str | list[str]) -> str:
             raise ValueError(f"unsupported upsample mode {m.mode}")
         s = float(m.scale_factor)
         scales = g.const(np.array([1, 1, s, s], np.float32), "scales")
-        return g.op("Resize", [_single(m, x), "", scales], mode="nearest", coordinate_transformation_mode="asymmetric",
-                    nearest_mode="floor")
+        return g.op(
+            "Resize",
+            [_single(m, x), "", scales],
+            mode="nearest",
+            coordinate_transformation_mode="asymmetric",
+            nearest_mode="floor",
+        )
     if kind == "Concat":
         return g.op("Concat", list(x), axis=int(m.d))
     raise ValueError(f"unsupported layer type {m.qualname}")
@@ -328,8 +366,14 @@ def _emit_detect(g: _Graph, det: Stub, feats: list[str]) -> str:
         w = g.op("Gather", [shape, g.const(np.array(3, np.int64))], axis=0)
         xs = g.op("Add", [g.op("Cast", [g.op("Range", [zero, w, one])], to=TensorProto.FLOAT), half])
         ys = g.op("Add", [g.op("Cast", [g.op("Range", [zero, h, one])], to=TensorProto.FLOAT), half])
-        hw = g.op("Concat", [g.op("Unsqueeze", [h, g.const(np.array([0], np.int64))]),
-                             g.op("Unsqueeze", [w, g.const(np.array([0], np.int64))])], axis=0)
+        hw = g.op(
+            "Concat",
+            [
+                g.op("Unsqueeze", [h, g.const(np.array([0], np.int64))]),
+                g.op("Unsqueeze", [w, g.const(np.array([0], np.int64))]),
+            ],
+            axis=0,
+        )
         gx = g.op("Expand", [g.op("Unsqueeze", [xs, g.const(np.array([0], np.int64))]), hw])
         gy = g.op("Expand", [g.op("Unsqueeze", [ys, g.const(np.array([1], np.int64))]), hw])
         flat = g.const(np.array([1, 1, -1], np.int64))
@@ -367,7 +411,8 @@ def build_onnx(ckpt: dict) -> onnx.ModelProto:
     g.nodes.append(helper.make_node("Identity", [last], ["output0"], name="output0"))
     nc = int(head.nc)
     graph = helper.make_graph(
-        g.nodes, "yolov8",
+        g.nodes,
+        "yolov8",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 4 + nc, "anchors"])],
         g.initializers,
@@ -378,8 +423,12 @@ def build_onnx(ckpt: dict) -> onnx.ModelProto:
     train_args = ckpt.get("train_args")
     if not isinstance(train_args, dict):
         train_args = {}
-    meta = {"stride": str(int(max(np.asarray(head.stride).reshape(-1)))), "names": str(dict(names)),
-            "task": "detect", "train_imgsz": str(train_args.get("imgsz", ""))}
+    meta = {
+        "stride": str(int(max(np.asarray(head.stride).reshape(-1)))),
+        "names": str(dict(names)),
+        "task": "detect",
+        "train_imgsz": str(train_args.get("imgsz", "")),
+    }
     for key, value in meta.items():
         onnx_model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(onnx_model)

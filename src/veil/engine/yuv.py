@@ -11,9 +11,9 @@ def planes(yuv: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.nda
     """Views of the Y, U, V planes of a packed I420 array (as PyAV's yuv420p `to_ndarray` gives)."""
     q = height * width // 4
     flat = yuv.reshape(-1)
-    y = flat[:height * width].reshape(height, width)
-    u = flat[height * width:height * width + q].reshape(height // 2, width // 2)
-    v = flat[height * width + q:height * width + 2 * q].reshape(height // 2, width // 2)
+    y = flat[: height * width].reshape(height, width)
+    u = flat[height * width : height * width + q].reshape(height // 2, width // 2)
+    v = flat[height * width + q : height * width + 2 * q].reshape(height // 2, width // 2)
     return y, u, v
 
 
@@ -37,7 +37,7 @@ class FramePixels:
         else:
             luma = cv2.cvtColor(self._data, cv2.COLOR_RGB2GRAY)
         rows, cols = max(1, luma.shape[0] // block), max(1, luma.shape[1] // block)
-        luma = luma[:rows * block, :cols * block]
+        luma = luma[: rows * block, : cols * block]
         return cv2.resize(luma, (cols, rows), interpolation=cv2.INTER_AREA).astype(np.float32)
 
     def rgb(self, x0: int, y0: int, x1: int, y1: int, scale: float) -> np.ndarray:
@@ -46,10 +46,13 @@ class FramePixels:
         width, height = max(2, round((x1 - x0) * scale)), max(2, round((y1 - y0) * scale))
         if not self.yuv:
             rgb = self._data[y0:y1, x0:x1]
-            return np.ascontiguousarray(rgb) if (width, height) == (x1 - x0, y1 - y0) else \
-                cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+            return (
+                np.ascontiguousarray(rgb)
+                if (width, height) == (x1 - x0, y1 - y0)
+                else cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+            )
         y, u, v = planes(self._data, self.frame.height, self.frame.width)
-        y, u, v = y[y0:y1, x0:x1], u[y0 // 2:y1 // 2, x0 // 2:x1 // 2], v[y0 // 2:y1 // 2, x0 // 2:x1 // 2]
+        y, u, v = y[y0:y1, x0:x1], u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
         width, height = width + width % 2, height + height % 2
         if (width, height) != (x1 - x0, y1 - y0):
             mode = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR

@@ -56,8 +56,12 @@ def _check_depth(body: Any) -> None:
         depth += 1
         if depth > MAX_DEPTH:
             raise EventError(f"body is nested more than {MAX_DEPTH} deep")
-        level = [child for node in level if isinstance(node, (list, dict))
-                 for child in (node.values() if isinstance(node, dict) else node)]
+        level = [
+            child
+            for node in level
+            if isinstance(node, (list, dict))
+            for child in (node.values() if isinstance(node, dict) else node)
+        ]
 
 
 def _text(value: Any) -> str | None:
@@ -106,8 +110,13 @@ def blob_created(event: dict) -> BlobCreated | None:
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
         raise EventError(f"data.contentLength is not a byte count: {size!r:.100}")
     etag = data.get("eTag")
-    return BlobCreated(container=parts[3], blob=parts[5], size=size,
-                       etag=etag.strip('"') if _text(etag) else None, event_id=_text(event.get("id")))
+    return BlobCreated(
+        container=parts[3],
+        blob=parts[5],
+        size=size,
+        etag=etag.strip('"') if _text(etag) else None,
+        event_id=_text(event.get("id")),
+    )
 
 
 def blobs_created(body: bytes | str | Any) -> list[BlobCreated]:

@@ -64,8 +64,10 @@ def consume(service: JobService, connection_string: str, queue: str, stop: threa
     while not stop.is_set():
         try:
             renewer = AutoLockRenewer(max_lock_renewal_duration=300)
-            with ServiceBusClient.from_connection_string(connection_string) as client, \
-                    client.get_queue_receiver(queue, auto_lock_renewer=renewer) as receiver:
+            with (
+                ServiceBusClient.from_connection_string(connection_string) as client,
+                client.get_queue_receiver(queue, auto_lock_renewer=renewer) as receiver,
+            ):
                 log.info("consuming Blob Created events from Service Bus queue %s", queue)
                 pause = 1.0
                 QueueConsumer(service, receiver).run(stop)

@@ -17,7 +17,7 @@ import secrets
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -68,15 +68,20 @@ class _Throttle:
     def locked_until(self, email: str, source: str) -> datetime | None:
         with self._lock:
             window = self._accounts.get(email, ())
-            until = [self._pairs.get((email, source), (0, None))[1], self._sources.get(source, (0, None))[1],
-                     window[0] + ACCOUNT_WINDOW if len(window) >= ACCOUNT_WINDOW_FAILURES else None]
+            until = [
+                self._pairs.get((email, source), (0, None))[1],
+                self._sources.get(source, (0, None))[1],
+                window[0] + ACCOUNT_WINDOW if len(window) >= ACCOUNT_WINDOW_FAILURES else None,
+            ]
         return max((u for u in until if u is not None), default=None)
 
     def failed(self, email: str, source: str, now: datetime) -> timedelta:
         """Count a failure; the lock it starts (0 when none)."""
         with self._lock:
-            locks = [self._count(self._pairs, (email, source), FREE_FAILURES, now),
-                     self._count(self._sources, source, SOURCE_FREE_FAILURES, now)]
+            locks = [
+                self._count(self._pairs, (email, source), FREE_FAILURES, now),
+                self._count(self._sources, source, SOURCE_FREE_FAILURES, now),
+            ]
             window = self._accounts.get(email) or deque(maxlen=ACCOUNT_WINDOW_FAILURES)
             window.append(now)
             self._accounts.put(email, window)
@@ -167,8 +172,9 @@ def ensure_admin(db: sessionmaker[Session], email: str, password: str) -> bool:
     return True
 
 
-def sign_in(db: sessionmaker[Session], email: str, password: str, session_hours: float,
-            source: str | None = None) -> SignedIn | None:
+def sign_in(
+    db: sessionmaker[Session], email: str, password: str, session_hours: float, source: str | None = None
+) -> SignedIn | None:
     """A new session for the right email and password; None when wrong; SignInLocked while backing off
     (even with the right password, so guessing gains nothing from the lock). Unknown emails back off the
     same way, so neither the answer nor the lock tells whether an account exists. `source` is the client's
@@ -184,8 +190,11 @@ def sign_in(db: sessionmaker[Session], email: str, password: str, session_hours:
             verify_password(_DUMMY_HASH, password)  # the same work as for an account
         else:
             with db.begin() as session:
-                session.execute(update(AdminUser).where(AdminUser.id == admin.id).values(
-                    failed_signins=AdminUser.failed_signins + 1))
+                session.execute(
+                    update(AdminUser)
+                    .where(AdminUser.id == admin.id)
+                    .values(failed_signins=AdminUser.failed_signins + 1)
+                )
         lock = _throttle.failed(email, source, now)
         if lock:
             raise SignInLocked(max(1, round(lock.total_seconds())))
@@ -193,14 +202,21 @@ def sign_in(db: sessionmaker[Session], email: str, password: str, session_hours:
     _throttle.succeeded(email, source)
     token = secrets.token_urlsafe(32)
     with db.begin() as session:
-        session.execute(update(AdminUser).where(AdminUser.id == admin.id).values(
-            failed_signins=0, locked_until=None, last_signin_at=now))
+        session.execute(
+            update(AdminUser)
+            .where(AdminUser.id == admin.id)
+            .values(failed_signins=0, locked_until=None, last_signin_at=now)
+        )
         session.execute(delete(AdminSession).where(AdminSession.expires_at < now))
-        session.add(AdminSession(token_hash=_token_hash(token), admin_id=admin.id,
-                                 expires_at=now + timedelta(hours=session_hours)))
+        session.add(
+            AdminSession(
+                token_hash=_token_hash(token), admin_id=admin.id, expires_at=now + timedelta(hours=session_hours)
+            )
+        )
         if _hasher.check_needs_rehash(admin.password_hash):
-            session.execute(update(AdminUser).where(AdminUser.id == admin.id)
-                            .values(password_hash=hash_password(password)))
+            session.execute(
+                update(AdminUser).where(AdminUser.id == admin.id).values(password_hash=hash_password(password))
+            )
     return SignedIn(admin=admin, token=token)
 
 
@@ -209,8 +225,11 @@ def session_admin(db: sessionmaker[Session], token: str | None) -> AdminUser | N
     if not token:
         return None
     with db() as session:
-        row = session.scalar(select(AdminUser).join(AdminSession, AdminSession.admin_id == AdminUser.id).where(
-            AdminSession.token_hash == _token_hash(token), AdminSession.expires_at > utcnow()))
+        row = session.scalar(
+            select(AdminUser)
+            .join(AdminSession, AdminSession.admin_id == AdminUser.id)
+            .where(AdminSession.token_hash == _token_hash(token), AdminSession.expires_at > utcnow())
+        )
     return row
 
 
@@ -240,8 +259,9 @@ def set_role(db: sessionmaker[Session], admin_id: str, role: str) -> None:
         if row is None:
             raise AdminError("no such account")
         if row.role == "admin" and role != "admin":
-            others = session.scalar(select(func.count(AdminUser.id)).where(
-                AdminUser.role == "admin", AdminUser.id != admin_id))
+            others = session.scalar(
+                select(func.count(AdminUser.id)).where(AdminUser.role == "admin", AdminUser.id != admin_id)
+            )
             if not others:
                 raise AdminError(f"{row.email} is the last admin: make another account admin first")
         row.role = role
@@ -252,8 +272,16 @@ def review_queue(db: sessionmaker[Session], limit: int, offset: int) -> tuple[li
     """Jobs awaiting review, oldest first, with their tasks; and how many there are."""
     waiting = Job.status == "awaiting_review"
     with db() as session:
-        jobs = list(session.scalars(select(Job).where(waiting).options(selectinload(Job.tasks))
-                                    .order_by(Job.updated_at, Job.id).limit(limit).offset(offset)))
+        jobs = list(
+            session.scalars(
+                select(Job)
+                .where(waiting)
+                .options(selectinload(Job.tasks))
+                .order_by(Job.updated_at, Job.id)
+                .limit(limit)
+                .offset(offset)
+            )
+        )
         return jobs, session.scalar(select(func.count(Job.id)).where(waiting)) or 0
 
 
@@ -296,9 +324,8 @@ def record(db: sessionmaker[Session], job_id: str, email: str, action: str, deta
 
 def review_log(db: sessionmaker[Session], job_id: str) -> list[ReviewEntry]:
     with db() as session:
-        return list(session.scalars(select(ReviewEntry).where(ReviewEntry.job_id == job_id)
-                                    .order_by(ReviewEntry.id)))
+        return list(session.scalars(select(ReviewEntry).where(ReviewEntry.job_id == job_id).order_by(ReviewEntry.id)))
 
 
 def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)  # SQLite hands back naive UTC
+    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite hands back naive UTC

@@ -32,11 +32,11 @@ import ctypes
 import functools
 import tempfile
 import unicodedata
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 import libarchive
 import libarchive.exception
@@ -50,8 +50,16 @@ _CHUNK = 1024 * 1024
 MAX_NAME_BYTES = 255  # a file name on every common file system
 
 # libarchive's reader for each: (format, filter). Compressed streams must hold a tar archive.
-_READERS = {"zip": ("zip", "none"), "7z": ("7zip", "none"), "rar": ("rar", "none"), "rar5": ("rar5", "none"),
-            "tar": ("tar", "none"), "gzip": ("tar", "gzip"), "bzip2": ("tar", "bzip2"), "xz": ("tar", "xz")}
+_READERS = {
+    "zip": ("zip", "none"),
+    "7z": ("7zip", "none"),
+    "rar": ("rar", "none"),
+    "rar5": ("rar5", "none"),
+    "tar": ("tar", "none"),
+    "gzip": ("tar", "gzip"),
+    "bzip2": ("tar", "bzip2"),
+    "xz": ("tar", "xz"),
+}
 _JUNK_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 _is_encrypted = libarchive.ffi.libarchive.archive_entry_is_encrypted
@@ -111,8 +119,9 @@ def expand_archive(path: Path, dest: Path, limits: ArchiveLimits | None = None) 
         raise
 
 
-def iter_member_files(path: Path, limits: ArchiveLimits | None = None,
-                      work_dir: Path | None = None) -> Iterator[tuple[str, Path]]:
+def iter_member_files(
+    path: Path, limits: ArchiveLimits | None = None, work_dir: Path | None = None
+) -> Iterator[tuple[str, Path]]:
     """Yield `(name, file)` for each accepted member, one at a time, with every check of
     `expand_archive`. Each member is copied into a temporary file with a neutral name (in a private
     folder inside `work_dir`) that is gone once the next member is read: at most one member is on
@@ -159,8 +168,9 @@ def iter_members(path: Path, limits: ArchiveLimits | None = None) -> Generator[M
                     raise ArchiveError(f"{name!r}: encrypted archive members are not supported")
                 declared += entry.size or 0
                 if declared > limits.max_total_bytes:
-                    raise ArchiveError(f"{name!r}: archive expands to more than the limit of "
-                                       f"{limits.max_total_bytes} bytes")
+                    raise ArchiveError(
+                        f"{name!r}: archive expands to more than the limit of {limits.max_total_bytes} bytes"
+                    )
                 if declared > limits.ratio_floor_bytes and declared / archive_bytes > limits.max_total_ratio:
                     raise ArchiveError(_ratio_message(name, limits))
                 yield Member(name, entry.size, functools.partial(entry.get_blocks, _CHUNK))
@@ -205,8 +215,12 @@ def _accept_name(raw: str, kind: str, seen: set[str]) -> str | None:
         return None
     if kind == "file" and (name in _JUNK_NAMES or name.startswith("._")):
         return None
-    if "\\" in raw or raw.startswith("/") or (len(raw) > 1 and raw[1] == ":") \
-            or ".." in raw.replace("\\", "/").split("/"):
+    if (
+        "\\" in raw
+        or raw.startswith("/")
+        or (len(raw) > 1 and raw[1] == ":")
+        or ".." in raw.replace("\\", "/").split("/")
+    ):
         raise ArchiveError(f"{raw!r}: unsafe member name (absolute path, '..', drive letter or backslash)")
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in raw):
         raise ArchiveError(f"{_shown(raw)}: member name contains control characters")
@@ -233,8 +247,7 @@ def _shown(name: str) -> str:
 def _refuse_nested(name: str, head: bytes) -> None:
     fmt = archive_format(head)
     if fmt is not None:
-        raise ArchiveError(f"{name!r}: is itself an archive ({fmt.rstrip('5')}); "
-                           "nested archives are not supported")
+        raise ArchiveError(f"{name!r}: is itself an archive ({fmt.rstrip('5')}); nested archives are not supported")
 
 
 class _CheckedCopy:
@@ -252,7 +265,7 @@ class _CheckedCopy:
         try:
             for chunk in member.blocks():
                 if len(head) < _SNIFF_BYTES:
-                    head += chunk[:_SNIFF_BYTES - len(head)]
+                    head += chunk[: _SNIFF_BYTES - len(head)]
                     if len(head) >= _SNIFF_BYTES:
                         _refuse_nested(member.name, head)
                 member_bytes += len(chunk)
@@ -268,8 +281,9 @@ class _CheckedCopy:
     def _check(self, member: Member, member_bytes: int) -> None:
         limits = self.limits
         if self.total > limits.max_total_bytes:
-            raise ArchiveError(f"{member.name!r}: archive expands to more than the limit of "
-                               f"{limits.max_total_bytes} bytes")
+            raise ArchiveError(
+                f"{member.name!r}: archive expands to more than the limit of {limits.max_total_bytes} bytes"
+            )
         if member.size is not None and member_bytes > member.size:
             raise ArchiveError(f"{member.name!r}: holds more data than its header declares")
         if self.total > limits.ratio_floor_bytes and self.total / self.archive_bytes > limits.max_total_ratio:
@@ -277,8 +291,10 @@ class _CheckedCopy:
 
 
 def _ratio_message(name: str, limits: ArchiveLimits) -> str:
-    return (f"{name!r}: archive expands more than {limits.max_total_ratio:.0f} times its size: "
-            "refused as a possible decompression bomb")
+    return (
+        f"{name!r}: archive expands more than {limits.max_total_ratio:.0f} times its size: "
+        "refused as a possible decompression bomb"
+    )
 
 
 @contextmanager

@@ -87,8 +87,14 @@ def signature_headers(body: bytes, secret: str, timestamp: int | None = None) ->
     return {TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: f"sha256={sign(body, secret, ts)}"}
 
 
-def verify(body: bytes, secret: str, signature: str | None, timestamp: str | None,
-           tolerance_s: float = 300, now: float | None = None) -> bool:
+def verify(
+    body: bytes,
+    secret: str,
+    signature: str | None,
+    timestamp: str | None,
+    tolerance_s: float = 300,
+    now: float | None = None,
+) -> bool:
     """True when `signature` (the X-Veil-Signature value) matches `body` and `timestamp`, and the
     timestamp is within `tolerance_s` seconds of `now`."""
     if not signature or not timestamp or not signature.startswith("sha256="):
@@ -136,8 +142,10 @@ def _literal_address(host: str) -> Address | None:
 def _refuse(host: str, address: Address, problem: str) -> InvalidCallbackURL:
     address = _reached(address)
     shown = host if str(address) == host else f"{host} ({address})"
-    return InvalidCallbackURL(f"callback URL points at {shown}, and {problem} addresses are not allowed: "
-                              f"callbacks may only go to public internet addresses")
+    return InvalidCallbackURL(
+        f"callback URL points at {shown}, and {problem} addresses are not allowed: "
+        f"callbacks may only go to public internet addresses"
+    )
 
 
 def validate_callback_url(url: str, allowed: Iterable[Network] = ()) -> str:
@@ -243,8 +251,14 @@ def _connect(addresses: list[tuple[int, tuple]], deadline: float) -> socket.sock
     raise error
 
 
-def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, allowed: Iterable[Network],
-          ssl_context: ssl.SSLContext | None) -> tuple[int, str | None]:
+def _post(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    allowed: Iterable[Network],
+    ssl_context: ssl.SSLContext | None,
+) -> tuple[int, str | None]:
     """One POST, everything within `timeout` seconds, to an address checked after resolution.
     Returns (status, Retry-After); raises OSError (incl. timeouts) or InvalidCallbackURL."""
     deadline = time.monotonic() + timeout
@@ -292,11 +306,20 @@ class Outcome:
         return self.status == "delivered"
 
 
-def deliver(url: str, payload: dict, secret: str, attempts: int = 5, backoff: float = 1.0,
-            max_backoff: float = 60.0, timeout: float = 10.0, stop: threading.Event | None = None,
-            allowed: Iterable[Network] = (), delivery_id: str | None = None,
-            ssl_context: ssl.SSLContext | None = None,
-            on_retry: Callable[[Outcome], None] | None = None) -> Outcome:
+def deliver(
+    url: str,
+    payload: dict,
+    secret: str,
+    attempts: int = 5,
+    backoff: float = 1.0,
+    max_backoff: float = 60.0,
+    timeout: float = 10.0,
+    stop: threading.Event | None = None,
+    allowed: Iterable[Network] = (),
+    delivery_id: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    on_retry: Callable[[Outcome], None] | None = None,
+) -> Outcome:
     """POST `payload` to `url`, signed with `secret`, retrying transient failures; each attempt ends
     after `timeout` seconds whatever the receiver does. Stops retrying once `stop` is set.
     `on_retry` hears of each failed attempt that will be retried (an Outcome with status "queued").
@@ -312,8 +335,12 @@ def deliver(url: str, payload: dict, secret: str, attempts: int = 5, backoff: fl
         return Outcome("failed", 0, error=str(exc))
     for attempt in range(1, attempts + 1):
         outcome.attempts = attempt
-        headers = {"Content-Type": "application/json", "User-Agent": "Veil-Callback/1",
-                   DELIVERY_HEADER: delivery_id, **signature_headers(body, secret)}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "Veil-Callback/1",
+            DELIVERY_HEADER: delivery_id,
+            **signature_headers(body, secret),
+        }
         delay = min(backoff * 2 ** (attempt - 1), max_backoff)
         try:
             status, retry_after = _post(url, body, headers, timeout, allowed, ssl_context)
@@ -372,9 +399,17 @@ class CallbackDispatcher:
     by its own deadline.
     """
 
-    def __init__(self, workers: int = 4, per_key: int | None = None, queue_per_key: int = 100,
-                 attempts: int = 5, backoff: float = 1.0, max_backoff: float = 60.0, timeout: float = 10.0,
-                 allowed: Iterable[Network] = ()) -> None:
+    def __init__(
+        self,
+        workers: int = 4,
+        per_key: int | None = None,
+        queue_per_key: int = 100,
+        attempts: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        timeout: float = 10.0,
+        allowed: Iterable[Network] = (),
+    ) -> None:
         self._per_key = per_key or max(1, workers // 4)
         self._queue_per_key = queue_per_key
         self._queues: dict[str, deque[_Item]] = {}  # insertion order = whose turn it is
@@ -385,8 +420,15 @@ class CallbackDispatcher:
         self._timeout, self._allowed = timeout, tuple(allowed)
         self._workers, self._started = workers, False
 
-    def submit(self, key: str, url: str, payload: dict, secret: str, delivery_id: str | None = None,
-               on_done: Callable[[Outcome], None] | None = None) -> bool:
+    def submit(
+        self,
+        key: str,
+        url: str,
+        payload: dict,
+        secret: str,
+        delivery_id: str | None = None,
+        on_done: Callable[[Outcome], None] | None = None,
+    ) -> bool:
         """Queue one delivery for `key`; False (nothing queued) when the key's queue is full or closed."""
         with self._lock:
             queue = self._queues.get(key, deque())
@@ -419,10 +461,19 @@ class CallbackDispatcher:
     def _work(self) -> None:
         while (item := self._next()) is not None:
             try:
-                outcome = deliver(item.url, item.payload, item.secret, stop=self._stop,
-                                  delivery_id=item.delivery_id, on_retry=item.on_done, attempts=self._attempts,
-                                  backoff=self._backoff, max_backoff=self._max_backoff, timeout=self._timeout,
-                                  allowed=self._allowed)
+                outcome = deliver(
+                    item.url,
+                    item.payload,
+                    item.secret,
+                    stop=self._stop,
+                    delivery_id=item.delivery_id,
+                    on_retry=item.on_done,
+                    attempts=self._attempts,
+                    backoff=self._backoff,
+                    max_backoff=self._max_backoff,
+                    timeout=self._timeout,
+                    allowed=self._allowed,
+                )
             except Exception as exc:  # a bug must not kill the thread silently
                 log.exception("callback to %s failed unexpectedly", item.url)
                 outcome = Outcome("failed", error=f"internal error: {type(exc).__name__}")

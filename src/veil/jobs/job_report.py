@@ -3,7 +3,7 @@ the state in a sentence."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..db.models import Job
@@ -23,7 +23,7 @@ def job_status_number(job: Job) -> int:
 
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:  # SQLite hands back naive UTC
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value
 
 
@@ -33,15 +33,25 @@ def job_report(job: Job, store: BlobStore, expires: timedelta) -> dict[str, Any]
     for task in job.tasks:
         link = None
         if task.status == "completed" and task.output_blob and not job.files_deleted:
-            link = store.signed_download_url(OUTPUT_CONTAINER, task.output_blob, expires,
-                                                  filename=task.output_file)
+            link = store.signed_download_url(OUTPUT_CONTAINER, task.output_blob, expires, filename=task.output_file)
         detections = None
         if task.detections_blob and not job.files_deleted:
-            detections = store.signed_download_url(OUTPUT_CONTAINER, task.detections_blob, expires,
-                                                        filename=f"{task.output_file}.detections.gz")
-        tasks.append({"task_id": task.index, "input_file": task.input_name, "output_file": task.output_file,
-                      "download_link": link, "status": task.status, "error": task.error,
-                      "detections": task.detections, "detections_link": detections, "report": task.summary})
+            detections = store.signed_download_url(
+                OUTPUT_CONTAINER, task.detections_blob, expires, filename=f"{task.output_file}.detections.gz"
+            )
+        tasks.append(
+            {
+                "task_id": task.index,
+                "input_file": task.input_name,
+                "output_file": task.output_file,
+                "download_link": link,
+                "status": task.status,
+                "error": task.error,
+                "detections": task.detections,
+                "detections_link": detections,
+                "report": task.summary,
+            }
+        )
     return {
         "job_id": job.id,
         "job_status": job_status_number(job),

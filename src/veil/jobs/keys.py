@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..db.models import ApiKey, utcnow
 from .credits import change_balance
-
 
 _LAST_USED_STEP = timedelta(minutes=1)
 
@@ -24,8 +23,9 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.strip().encode()).hexdigest()
 
 
-def create_key(db: sessionmaker[Session], credits: int = 0, name: str = "",
-               actor: str = "system") -> tuple[str, ApiKey]:
+def create_key(
+    db: sessionmaker[Session], credits: int = 0, name: str = "", actor: str = "system"
+) -> tuple[str, ApiKey]:
     """Create a key with an opening balance; returns (the key itself, its row). The key is not stored.
     One transaction: a refused balance leaves no key behind."""
     key = str(uuid.uuid4())
@@ -47,7 +47,7 @@ def authenticate(db: sessionmaker[Session], key: str | None) -> ApiKey | None:
     if row is None or row.revoked:
         return None
     now, last = utcnow(), row.last_used_at
-    if last is None or now - last.replace(tzinfo=timezone.utc) > _LAST_USED_STEP:  # SQLite: naive UTC
+    if last is None or now - last.replace(tzinfo=UTC) > _LAST_USED_STEP:  # SQLite: naive UTC
         with db.begin() as session:  # at most one write a minute per key, not one per request
             session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
     return row
@@ -56,8 +56,9 @@ def authenticate(db: sessionmaker[Session], key: str | None) -> ApiKey | None:
 def find_key(db: sessionmaker[Session], key_or_id: str) -> ApiKey:
     """A key row by the key itself or by its id (the id is what `veil keys list` shows)."""
     with db() as session:
-        row = session.scalar(select(ApiKey).where(
-            or_(ApiKey.id == key_or_id.strip(), ApiKey.key_hash == hash_key(key_or_id))))
+        row = session.scalar(
+            select(ApiKey).where(or_(ApiKey.id == key_or_id.strip(), ApiKey.key_hash == hash_key(key_or_id)))
+        )
     if row is None:
         raise KeyNotFound(f"no API key matches {key_or_id!r}")
     return row

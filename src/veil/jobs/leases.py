@@ -36,18 +36,29 @@ class Leases:
         one caller. A message delivered again while the job's lease is alive claims nothing."""
         now = utcnow()
         with self.db.begin() as session:
-            rows = changed(session,
-                update(Job).where(Job.id == job_id, or_(
-                    Job.status == "queued", (Job.status == "running") & (Job.lease_expires_at < now)))
-                .values(status="running", started_at=func.coalesce(Job.started_at, now), attempts=Job.attempts + 1,
-                        lease_owner=owner, lease_expires_at=now + self._lease))
+            rows = changed(
+                session,
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    or_(Job.status == "queued", (Job.status == "running") & (Job.lease_expires_at < now)),
+                )
+                .values(
+                    status="running",
+                    started_at=func.coalesce(Job.started_at, now),
+                    attempts=Job.attempts + 1,
+                    lease_owner=owner,
+                    lease_expires_at=now + self._lease,
+                ),
+            )
         return rows == 1
 
     def renew_lease(self, job_id: str, owner: str) -> bool:
         """Extend `owner`'s lease (the heartbeat); False when it no longer holds it."""
         with self.db.begin() as session:
-            rows = changed(session, update(Job).where(holds(job_id, owner))
-                                     .values(lease_expires_at=utcnow() + self._lease))
+            rows = changed(
+                session, update(Job).where(holds(job_id, owner)).values(lease_expires_at=utcnow() + self._lease)
+            )
         return rows == 1
 
     @property
@@ -61,11 +72,14 @@ class Leases:
         with self.db.begin() as session:
             expired = list(session.scalars(select(Job.id).where(Job.status == "running", Job.lease_expires_at < now)))
             if expired:
-                session.execute(update(Task).where(Task.job_id.in_(expired), Task.status == "running")
-                                .values(status="pending"))
-                session.execute(update(Job).where(Job.id.in_(expired), Job.status == "running",
-                                                  Job.lease_expires_at < now)
-                                .values(status="queued", lease_owner=None, lease_expires_at=None, dispatched_at=None))
+                session.execute(
+                    update(Task).where(Task.job_id.in_(expired), Task.status == "running").values(status="pending")
+                )
+                session.execute(
+                    update(Job)
+                    .where(Job.id.in_(expired), Job.status == "running", Job.lease_expires_at < now)
+                    .values(status="queued", lease_owner=None, lease_expires_at=None, dispatched_at=None)
+                )
         sent = []
         for job_id in expired:
             log.warning("job %s: its worker stopped renewing the lease; queued again", job_id)
@@ -73,14 +87,16 @@ class Leases:
                 sent.append(job_id)
         grace = now - timedelta(seconds=min(10.0, self.settings.redispatch_seconds))  # approve is still sending
         stale = now - timedelta(seconds=self.settings.redispatch_seconds)
-        due = ((Job.dispatched_at.is_(None) & (func.coalesce(Job.approved_at, now) < grace))
-               | (Job.dispatched_at < stale))
+        due = (Job.dispatched_at.is_(None) & (func.coalesce(Job.approved_at, now) < grace)) | (
+            Job.dispatched_at < stale
+        )
         with self.db() as session:
             unsent = list(session.scalars(select(Job.id).where(Job.status == "queued", due).order_by(Job.approved_at)))
         for job_id in unsent:
             with self.db.begin() as session:  # one process sends it: the one whose update matched
-                taken = changed(session, update(Job).where(Job.id == job_id, Job.status == "queued", due)
-                                        .values(dispatched_at=now))
+                taken = changed(
+                    session, update(Job).where(Job.id == job_id, Job.status == "queued", due).values(dispatched_at=now)
+                )
             if taken and self._send(job_id):
                 sent.append(job_id)
         return expired, sent
@@ -90,22 +106,35 @@ class Leases:
         segments it ran are pending again, the job queued without a lease (its progress kept) and sent, so any
         worker resumes it without waiting for the lease to run out. False when `owner` no longer held it."""
         with self.db.begin() as session:
-            if changed(session, update(Job).where(holds(job_id, owner)).values(
-                    status="queued", lease_owner=None, lease_expires_at=None, dispatched_at=None)) != 1:
+            if (
+                changed(
+                    session,
+                    update(Job)
+                    .where(holds(job_id, owner))
+                    .values(status="queued", lease_owner=None, lease_expires_at=None, dispatched_at=None),
+                )
+                != 1
+            ):
                 return False
-            session.execute(update(Task).where(Task.job_id == job_id, Task.status == "running")
-                            .values(status="pending"))
+            session.execute(
+                update(Task).where(Task.job_id == job_id, Task.status == "running").values(status="pending")
+            )
             tasks = select(Task.id).where(Task.job_id == job_id).scalar_subquery()
-            session.execute(update(VideoSegment).where(VideoSegment.task_id.in_(tasks), VideoSegment.status == "running",
-                                                       VideoSegment.lease_owner == owner)
-                            .values(status="pending", lease_owner=None, lease_expires_at=None))
+            session.execute(
+                update(VideoSegment)
+                .where(
+                    VideoSegment.task_id.in_(tasks), VideoSegment.status == "running", VideoSegment.lease_owner == owner
+                )
+                .values(status="pending", lease_owner=None, lease_expires_at=None)
+            )
         self._send(job_id)
         return True
 
     def queued_ids(self, limit: int = 10) -> list[str]:
         with self.db() as session:
-            return list(session.scalars(select(Job.id).where(Job.status == "queued")
-                                        .order_by(Job.approved_at).limit(limit)))
+            return list(
+                session.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.approved_at).limit(limit))
+            )
 
     def requeue_interrupted(self) -> int:
         """At the start-up of a single-process deployment (embedded worker), every job left `running` by the
@@ -114,12 +143,18 @@ class Leases:
         with self.db.begin() as session:
             ids = list(session.scalars(select(Job.id).where(Job.status == "running")))
             if ids:
-                session.execute(update(Task).where(Task.job_id.in_(ids), Task.status == "running")
-                                .values(status="pending"))
+                session.execute(
+                    update(Task).where(Task.job_id.in_(ids), Task.status == "running").values(status="pending")
+                )
                 tasks = select(Task.id).where(Task.job_id.in_(ids)).scalar_subquery()
-                session.execute(update(VideoSegment).where(VideoSegment.task_id.in_(tasks),
-                                                           VideoSegment.status == "running")
-                                .values(status="pending", lease_owner=None, lease_expires_at=None))
-                session.execute(update(Job).where(Job.id.in_(ids), Job.status == "running")
-                                .values(status="queued", lease_owner=None, lease_expires_at=None))
+                session.execute(
+                    update(VideoSegment)
+                    .where(VideoSegment.task_id.in_(tasks), VideoSegment.status == "running")
+                    .values(status="pending", lease_owner=None, lease_expires_at=None)
+                )
+                session.execute(
+                    update(Job)
+                    .where(Job.id.in_(ids), Job.status == "running")
+                    .values(status="queued", lease_owner=None, lease_expires_at=None)
+                )
         return len(ids)

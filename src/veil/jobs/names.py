@@ -9,6 +9,7 @@ INPUT_CONTAINER = "uploads"  # the clients' uploads
 OUTPUT_CONTAINER = "outputs"  # anonymized files, detections documents, finished segments
 MAX_NAME_BYTES = 200  # leaves room, under the file systems' 255 bytes, for "_anonymized_<n>" and temporary names
 
+
 def safe_name(name: str, default: str = "file") -> str:
     """A bare file name: no directories (either separator), no control or format characters (no U+202E),
     no leading dots, at most MAX_NAME_BYTES bytes in UTF-8 (cut on a character boundary, extension kept)."""
@@ -17,7 +18,7 @@ def safe_name(name: str, default: str = "file") -> str:
     if len(base.encode("utf-8")) > MAX_NAME_BYTES:
         suffix = PurePosixPath(base).suffix
         suffix = suffix if len(suffix.encode("utf-8")) <= 16 else ""
-        stem = base[:len(base) - len(suffix)].encode("utf-8")[:MAX_NAME_BYTES - len(suffix.encode("utf-8"))]
+        stem = base[: len(base) - len(suffix)].encode("utf-8")[: MAX_NAME_BYTES - len(suffix.encode("utf-8"))]
         base = stem.decode("utf-8", "ignore").rstrip() + suffix
     return base or default
 
@@ -40,4 +41,3 @@ def public_message(text: str, *paths: Path) -> str:
     for path in sorted({str(p) for p in paths} | {str(Path(p).resolve()) for p in paths}, key=len, reverse=True):
         text = text.replace(path + "/", "").replace(path, "")
     return text
-

@@ -29,17 +29,25 @@ class TooManyCallbacks(InvalidCallbackURL):
 
 
 class Notifier:
-    def __init__(self, settings: Settings, db: sessionmaker[Session], get_job: Callable[..., Job],
-                 report: Callable[[Job], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: sessionmaker[Session],
+        get_job: Callable[..., Job],
+        report: Callable[[Job], dict[str, Any]],
+    ) -> None:
         """`get_job(job_id, key_id=None)` raises JobNotFound; `report(job)` is the JobReport sent."""
         self.settings = settings
         self.db = db
         self._get_job = get_job
         self._report = report
         self._callbacks = CallbackDispatcher(
-            workers=settings.callback_workers, queue_per_key=settings.callback_queue_per_key,
-            attempts=settings.callback_attempts, timeout=settings.callback_timeout_seconds,
-            allowed=settings.callback_networks)
+            workers=settings.callback_workers,
+            queue_per_key=settings.callback_queue_per_key,
+            attempts=settings.callback_attempts,
+            timeout=settings.callback_timeout_seconds,
+            allowed=settings.callback_networks,
+        )
         self._closed = threading.Event()
         self._callback_secret: str | None = None
 
@@ -56,18 +64,26 @@ class Notifier:
             self._get_job(job_id, key_id)
         mine = CallbackRegistration.key_id == key_id
         with self.db.begin() as session:
-            same = session.scalar(select(CallbackRegistration).where(
-                mine, CallbackRegistration.url == url,
-                CallbackRegistration.job_id == job_id if job_id else CallbackRegistration.job_id.is_(None)))
+            same = session.scalar(
+                select(CallbackRegistration).where(
+                    mine,
+                    CallbackRegistration.url == url,
+                    CallbackRegistration.job_id == job_id if job_id else CallbackRegistration.job_id.is_(None),
+                )
+            )
             if same is not None:
                 return same
             active = session.scalar(
-                select(func.count(CallbackRegistration.id)).outerjoin(Job, Job.id == CallbackRegistration.job_id)
-                .where(mine, CallbackRegistration.job_id.is_(None) | Job.status.not_in(FINAL)))
+                select(func.count(CallbackRegistration.id))
+                .outerjoin(Job, Job.id == CallbackRegistration.job_id)
+                .where(mine, CallbackRegistration.job_id.is_(None) | Job.status.not_in(FINAL))
+            )
             limit = self.settings.callback_max_per_key
             if (active or 0) >= limit:
-                raise TooManyCallbacks(f"this key already has {active} active callback registrations, the most "
-                                       f"it may have ({limit}); job-specific ones end with their job")
+                raise TooManyCallbacks(
+                    f"this key already has {active} active callback registrations, the most "
+                    f"it may have ({limit}); job-specific ones end with their job"
+                )
             row = CallbackRegistration(key_id=key_id, job_id=job_id, url=url)
             session.add(row)
         return row
@@ -89,46 +105,69 @@ class Notifier:
             except IntegrityError:  # another process inserted it first; theirs is the one
                 pass
             with self.db() as session:
-                self._callback_secret = session.scalars(select(DeploymentSecret.value).where(
-                    DeploymentSecret.name == "callback_secret")).one()
+                self._callback_secret = session.scalars(
+                    select(DeploymentSecret.value).where(DeploymentSecret.name == "callback_secret")
+                ).one()
         return self._callback_secret
 
     def notify(self, job_id: str) -> None:
         """POST the JobReport to the callbacks registered for the job (or its key), in the background."""
         job = self._get_job(job_id)
         with self.db() as session:
-            urls = list(session.scalars(select(CallbackRegistration.url).where(
-                CallbackRegistration.key_id == job.key_id,
-                (CallbackRegistration.job_id == job.id) | (CallbackRegistration.job_id.is_(None)))).unique())
+            urls = list(
+                session.scalars(
+                    select(CallbackRegistration.url).where(
+                        CallbackRegistration.key_id == job.key_id,
+                        (CallbackRegistration.job_id == job.id) | (CallbackRegistration.job_id.is_(None)),
+                    )
+                ).unique()
+            )
         if not urls or self._closed.is_set():
             return
         payload, secret = _jsonable(self._report(job)), self.callback_secret(job.key_id)
-        rows = [CallbackDelivery(id=str(uuid.uuid4()), key_id=job.key_id, job_id=job.id, url=url, event=job.status)
-                for url in dict.fromkeys(urls)]
+        rows = [
+            CallbackDelivery(id=str(uuid.uuid4()), key_id=job.key_id, job_id=job.id, url=url, event=job.status)
+            for url in dict.fromkeys(urls)
+        ]
         with self.db.begin() as session:
             session.add_all(rows)
         for row in rows:
             record = functools.partial(self._record_delivery, row.id)
             if not self._callbacks.submit(job.key_id, row.url, payload, secret, row.id, record):
-                record(Outcome("dropped", error=f"more than {self.settings.callback_queue_per_key} deliveries "
-                                                "were waiting for this key"))
+                record(
+                    Outcome(
+                        "dropped",
+                        error=f"more than {self.settings.callback_queue_per_key} deliveries were waiting for this key",
+                    )
+                )
 
     def _record_delivery(self, delivery_id: str, outcome: Outcome) -> None:
         """A delivery's progress (status "queued": an attempt failed, another follows) or its outcome."""
         finished = None if outcome.status == "queued" else utcnow()
         with self.db.begin() as session:
-            session.execute(update(CallbackDelivery).where(CallbackDelivery.id == delivery_id).values(
-                status=outcome.status, attempts=outcome.attempts, status_code=outcome.status_code,
-                last_error=outcome.error[:2000], finished_at=finished))
+            session.execute(
+                update(CallbackDelivery)
+                .where(CallbackDelivery.id == delivery_id)
+                .values(
+                    status=outcome.status,
+                    attempts=outcome.attempts,
+                    status_code=outcome.status_code,
+                    last_error=outcome.error[:2000],
+                    finished_at=finished,
+                )
+            )
 
     def drop_unfinished(self) -> None:
         """Deliveries still queued a day on were lost with the process sending them (each ends within
         minutes): recorded as dropped."""
         with self.db.begin() as session:
-            session.execute(update(CallbackDelivery).where(
-                CallbackDelivery.status == "queued", CallbackDelivery.created_at < utcnow() - timedelta(days=1))
-                .values(status="dropped", last_error="never finished: the process sending it stopped",
-                        finished_at=utcnow()))
+            session.execute(
+                update(CallbackDelivery)
+                .where(CallbackDelivery.status == "queued", CallbackDelivery.created_at < utcnow() - timedelta(days=1))
+                .values(
+                    status="dropped", last_error="never finished: the process sending it stopped", finished_at=utcnow()
+                )
+            )
 
 
 def _jsonable(report: dict) -> dict:

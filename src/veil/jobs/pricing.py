@@ -46,19 +46,28 @@ class Prices(BaseModel):
     per_video_minute: int = Field(5, ge=0, description="Credits per started minute of video.")
     per_archive_file: int = Field(0, ge=0, description="Extra credits per file inside an archive.")
     minimum_per_job: int = Field(1, ge=0, description="The least a job costs.")
-    video_fps: int = Field(60, ge=1, description="Frames a second one video minute covers; a video with more "
-                           "frames than that over its length is priced by its frame count at this rate.")
+    video_fps: int = Field(
+        60,
+        ge=1,
+        description="Frames a second one video minute covers; a video with more "
+        "frames than that over its length is priced by its frame count at this rate.",
+    )
 
     @classmethod
     def from_settings(cls, settings) -> Prices:
         """Built from `veil.settings`' VEIL_PRICE_* values."""
-        return cls(per_image=settings.price_per_image, per_video_minute=settings.price_per_video_minute,
-                   per_archive_file=settings.price_per_archive_file, minimum_per_job=settings.price_minimum_per_job,
-                   video_fps=settings.price_video_fps)
+        return cls(
+            per_image=settings.price_per_image,
+            per_video_minute=settings.price_per_video_minute,
+            per_archive_file=settings.price_per_archive_file,
+            minimum_per_job=settings.price_minimum_per_job,
+            video_fps=settings.price_video_fps,
+        )
 
 
-def cost_of(path: Path, prices: Prices | None = None, limits: ArchiveLimits | None = None,
-            media: MediaLimits = MediaLimits()) -> int:
+def cost_of(
+    path: Path, prices: Prices | None = None, limits: ArchiveLimits | None = None, media: MediaLimits = MediaLimits()
+) -> int:
     """Credits the job whose input is `path` costs (an image, a video or an archive of them).
 
     Archives are read member by member (never extracted as a tree) with every check of

@@ -24,15 +24,15 @@ from ..engine.render import detect_document, render
 from . import credits
 from .drain import HandBack
 from .names import safe_name
-from .running import (Cancelled, JobLease, LeaseLost, Progress, fail_task, get_task, output_suffix, run_tag,
-                      set_task)
+from .running import Cancelled, JobLease, LeaseLost, Progress, fail_task, get_task, output_suffix, run_tag, set_task
 from .service import OUTPUT_CONTAINER, JobService
 
 log = logging.getLogger(__name__)
 
 
-def run_review(svc: JobService, job: Job, work: Path, config: ModelConfig, tasks: list[tuple[int, Path]],
-               lease: JobLease) -> None:
+def run_review(
+    svc: JobService, job: Job, work: Path, config: ModelConfig, tasks: list[tuple[int, Path]], lease: JobLease
+) -> None:
     """Detect (review mode) or render (a render request) the job's files, then leave the job awaiting review
     or completed. Raises Cancelled like `_process`."""
     request = job.render_request
@@ -50,16 +50,25 @@ def run_review(svc: JobService, job: Job, work: Path, config: ModelConfig, tasks
         stored: list[str] = []
         try:
             if request is None:
-                report = detect_document(path, doc, config, progress.for_file(index), MediaLimits.from_settings(svc.settings),
-                                         svc.settings.detections_floor)
+                report = detect_document(
+                    path,
+                    doc,
+                    config,
+                    progress.for_file(index),
+                    MediaLimits.from_settings(svc.settings),
+                    svc.settings.detections_floor,
+                )
                 blob = f"{job.id}/{task.index}.{tag}.detections.gz"
                 svc.store.write(OUTPUT_CONTAINER, blob, doc)
                 stored.append(blob)
-                values = {"detections_blob": blob, "render_pending": True, "media": report.media,
-                          "summary": summarize(report, iter_frames(doc), config)}
+                values = {
+                    "detections_blob": blob,
+                    "render_pending": True,
+                    "media": report.media,
+                    "summary": summarize(report, iter_frames(doc), config),
+                }
             else:
-                values = _render_file(svc, task, path, dst, doc, config, request, tag, progress.for_file(index),
-                                      stored)
+                values = _render_file(svc, task, path, dst, doc, config, request, tag, progress.for_file(index), stored)
             lease.check()
             set_task(svc, lease, task_id, **values)
         except (Cancelled, LeaseLost, HandBack):
@@ -81,8 +90,18 @@ def run_review(svc: JobService, job: Job, work: Path, config: ModelConfig, tasks
     _close(svc, job, lease.owner, request)
 
 
-def _render_file(svc: JobService, task, path: Path, dst: Path, doc: Path, config: ModelConfig, request: dict,
-                 tag: str, progress, stored: list[str]) -> dict:
+def _render_file(
+    svc: JobService,
+    task,
+    path: Path,
+    dst: Path,
+    doc: Path,
+    config: ModelConfig,
+    request: dict,
+    tag: str,
+    progress,
+    stored: list[str],
+) -> dict:
     """Render one file from its stored document with the request's edits (recorded in a new copy of the
     document); returns the task's new values."""
     with svc.store.open_read(OUTPUT_CONTAINER, task.detections_blob) as src, doc.open("wb") as out:
@@ -102,9 +121,17 @@ def _render_file(svc: JobService, task, path: Path, dst: Path, doc: Path, config
         svc.store.write(OUTPUT_CONTAINER, doc_blob, doc)
         stored.append(doc_blob)
     rendered = ModelConfig(**{**config.model_dump(), **overrides})
-    return {"status": "completed", "output_blob": blob, "detections_blob": doc_blob, "render_pending": False,
-            "detections": report.detection_count, "media": report.media, "finished_at": utcnow(),
-            "summary": summarize(report, iter_frames(doc), rendered, edits=len(edits)), "error": None}
+    return {
+        "status": "completed",
+        "output_blob": blob,
+        "detections_blob": doc_blob,
+        "render_pending": False,
+        "detections": report.detection_count,
+        "media": report.media,
+        "finished_at": utcnow(),
+        "summary": summarize(report, iter_frames(doc), rendered, edits=len(edits)),
+        "error": None,
+    }
 
 
 def _close(svc: JobService, job: Job, owner: str, request: dict | None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -16,11 +16,33 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from ..db.models import ApiKey, CallbackDelivery, CreditEntry, Job, Task
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz", ".7z", ".rar")
-VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
-                  ".ts", ".mts")
+VIDEO_SUFFIXES = (
+    ".mp4",
+    ".mov",
+    ".m4v",
+    ".avi",
+    ".mkv",
+    ".webm",
+    ".mpg",
+    ".mpeg",
+    ".wmv",
+    ".flv",
+    ".3gp",
+    ".ts",
+    ".mts",
+)
 KINDS = ("image", "video", "archive")
-STATES = ("created", "uploaded", "awaiting_approval", "queued", "running", "awaiting_review", "completed", "failed",
-          "cancelled")
+STATES = (
+    "created",
+    "uploaded",
+    "awaiting_approval",
+    "queued",
+    "running",
+    "awaiting_review",
+    "completed",
+    "failed",
+    "cancelled",
+)
 _SPENDING = ("reserve", "refund")  # ledger kinds whose sum is what jobs cost (reservations less refunds)
 
 
@@ -45,11 +67,18 @@ class KeyRow:
 def key_rows(db: sessionmaker[Session], key_id: str | None = None) -> list[KeyRow]:
     """Every key (or one) with its job count and the credits its jobs cost, oldest key first."""
     jobs = select(Job.key_id, func.count(Job.id).label("n")).group_by(Job.key_id).subquery()
-    spent = (select(CreditEntry.key_id, func.sum(-CreditEntry.amount).label("spent"))
-             .where(CreditEntry.kind.in_(_SPENDING)).group_by(CreditEntry.key_id).subquery())
-    query = (select(ApiKey, func.coalesce(jobs.c.n, 0), func.coalesce(spent.c.spent, 0))
-             .outerjoin(jobs, jobs.c.key_id == ApiKey.id).outerjoin(spent, spent.c.key_id == ApiKey.id)
-             .order_by(ApiKey.created_at))
+    spent = (
+        select(CreditEntry.key_id, func.sum(-CreditEntry.amount).label("spent"))
+        .where(CreditEntry.kind.in_(_SPENDING))
+        .group_by(CreditEntry.key_id)
+        .subquery()
+    )
+    query = (
+        select(ApiKey, func.coalesce(jobs.c.n, 0), func.coalesce(spent.c.spent, 0))
+        .outerjoin(jobs, jobs.c.key_id == ApiKey.id)
+        .outerjoin(spent, spent.c.key_id == ApiKey.id)
+        .order_by(ApiKey.created_at)
+    )
     if key_id:
         query = query.where(ApiKey.id == key_id)
     with db() as session:
@@ -77,9 +106,9 @@ class JobFilter:
         elif self.kind == "image":
             found.append(~_suffix_match(ARCHIVE_SUFFIXES + VIDEO_SUFFIXES))
         if self.since:
-            found.append(Job.created_at >= datetime.combine(self.since, time.min, timezone.utc))
+            found.append(Job.created_at >= datetime.combine(self.since, time.min, UTC))
         if self.until:
-            found.append(Job.created_at < datetime.combine(self.until + timedelta(days=1), time.min, timezone.utc))
+            found.append(Job.created_at < datetime.combine(self.until + timedelta(days=1), time.min, UTC))
         return found
 
 
@@ -87,8 +116,16 @@ def find_jobs(db: sessionmaker[Session], where: JobFilter, limit: int, offset: i
     """Jobs matching `where`, newest first, with their tasks; and how many match in all."""
     conditions = where.conditions()
     with db() as session:
-        jobs = list(session.scalars(select(Job).where(*conditions).options(selectinload(Job.tasks))
-                                    .order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)))
+        jobs = list(
+            session.scalars(
+                select(Job)
+                .where(*conditions)
+                .options(selectinload(Job.tasks))
+                .order_by(Job.created_at.desc(), Job.id)
+                .limit(limit)
+                .offset(offset)
+            )
+        )
         total = session.scalar(select(func.count(Job.id)).where(*conditions)) or 0
     return jobs, total
 
@@ -101,21 +138,29 @@ class UsageDay:
     video_minutes: float = 0.0
 
 
-def usage_by_day(db: sessionmaker[Session], days: int, key_id: str | None = None,
-                 today: date | None = None) -> list[UsageDay]:
+def usage_by_day(
+    db: sessionmaker[Session], days: int, key_id: str | None = None, today: date | None = None
+) -> list[UsageDay]:
     """Credits spent (reservations less refunds, by the day they were booked), files anonymized and video
     minutes processed (by the day each file finished), for the last `days` days up to `today` (UTC)."""
-    today = today or datetime.now(timezone.utc).date()
+    today = today or datetime.now(UTC).date()
     first = today - timedelta(days=days - 1)
-    start = datetime.combine(first, time.min, timezone.utc)
+    start = datetime.combine(first, time.min, UTC)
     out = {first + timedelta(days=i): UsageDay(first + timedelta(days=i)) for i in range(days)}
     credit_day = func.date(CreditEntry.created_at)  # SQLite and PostgreSQL both have date()
-    credit_query = (select(credit_day, func.sum(-CreditEntry.amount))
-                    .where(CreditEntry.kind.in_(_SPENDING), CreditEntry.created_at >= start).group_by(credit_day))
+    credit_query = (
+        select(credit_day, func.sum(-CreditEntry.amount))
+        .where(CreditEntry.kind.in_(_SPENDING), CreditEntry.created_at >= start)
+        .group_by(credit_day)
+    )
     task_day = func.date(Task.finished_at)
     minutes = func.sum(case((Task.media == "video", func.coalesce(Task.media_seconds, 0.0)), else_=0.0)) / 60.0
-    task_query = (select(task_day, func.count(Task.id), minutes).join(Job, Job.id == Task.job_id)
-                  .where(Task.status == "completed", Task.finished_at >= start).group_by(task_day))
+    task_query = (
+        select(task_day, func.count(Task.id), minutes)
+        .join(Job, Job.id == Task.job_id)
+        .where(Task.status == "completed", Task.finished_at >= start)
+        .group_by(task_day)
+    )
     if key_id:
         credit_query = credit_query.where(CreditEntry.key_id == key_id)
         task_query = task_query.where(Job.key_id == key_id)
@@ -136,14 +181,28 @@ def _day(value) -> date:
 DELIVERY_STATES = ("queued", "delivered", "refused", "failed", "dropped")
 
 
-def find_deliveries(db: sessionmaker[Session], status: str | None, key_id: str | None, limit: int,
-                    offset: int) -> tuple[list[CallbackDelivery], int]:
+def find_deliveries(
+    db: sessionmaker[Session], status: str | None, key_id: str | None, limit: int, offset: int
+) -> tuple[list[CallbackDelivery], int]:
     """Callback deliveries, newest first, and how many match."""
-    conditions = [c for c in (CallbackDelivery.status == status if status else None,
-                              CallbackDelivery.key_id == key_id if key_id else None) if c is not None]
+    conditions = [
+        c
+        for c in (
+            CallbackDelivery.status == status if status else None,
+            CallbackDelivery.key_id == key_id if key_id else None,
+        )
+        if c is not None
+    ]
     with db() as session:
-        rows = list(session.scalars(select(CallbackDelivery).where(*conditions)
-                                    .order_by(CallbackDelivery.created_at.desc()).limit(limit).offset(offset)))
+        rows = list(
+            session.scalars(
+                select(CallbackDelivery)
+                .where(*conditions)
+                .order_by(CallbackDelivery.created_at.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+        )
         total = session.scalar(select(func.count(CallbackDelivery.id)).where(*conditions)) or 0
     return rows, total
 
@@ -167,7 +226,6 @@ def stored_bytes(store) -> int | None:
             except OSError:  # deleted while we walked
                 pass
     return total
-
 
 
 def system_info(settings, db: sessionmaker[Session], store) -> dict:

@@ -34,8 +34,20 @@ from .drain import Drain, HandBack, process_drain
 from .names import safe_name
 from .pricing import Prices, cost_of_members
 from .rendering import run_review
-from .running import (Cancelled, JobLease, LeaseLost, Progress, describe_error, ensure_tasks, fail_task, get_task,
-                      new_owner, output_suffix, run_tag, set_task)
+from .running import (
+    Cancelled,
+    JobLease,
+    LeaseLost,
+    Progress,
+    describe_error,
+    ensure_tasks,
+    fail_task,
+    get_task,
+    new_owner,
+    output_suffix,
+    run_tag,
+    set_task,
+)
 from .segments import anonymize_segments, drop_segments
 from .service import OUTPUT_CONTAINER, InputChanged, JobService
 
@@ -62,15 +74,26 @@ def process_job(job_id: str, svc: JobService, drain: Drain | None = None) -> boo
         _hand_back(svc, job_id, owner)
     except InputChanged as exc:
         log.warning("job %s: %s", job_id, exc)
-        svc.finish(job_id, "failed", f"{exc}; nothing was processed and the credits were refunded",
-                   refund_reason="input changed after it was priced", owner=owner)
+        svc.finish(
+            job_id,
+            "failed",
+            f"{exc}; nothing was processed and the credits were refunded",
+            refund_reason="input changed after it was priced",
+            owner=owner,
+        )
     except LeaseLost:
         log.warning("job %s: stopped; another worker holds its lease", job_id)
     except Exception as exc:  # noqa: BLE001 - never leave a job running because of a bug or an outage
         log.exception("job %s failed", job_id)
         shutil.rmtree(work, ignore_errors=True)  # first: on a full disk, the room to record the failure
-        svc.finish(job_id, "failed", f"internal error: {describe_error(exc, svc)}",
-                   refund_reason="job failed through no fault of its input", owner=owner, keep=_kept(svc, job_id))
+        svc.finish(
+            job_id,
+            "failed",
+            f"internal error: {describe_error(exc, svc)}",
+            refund_reason="job failed through no fault of its input",
+            owner=owner,
+            keep=_kept(svc, job_id),
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         current_job.reset(token)
@@ -92,8 +115,14 @@ def _hand_back(svc: JobService, job_id: str, owner: str) -> None:
     left = sum(t.status not in ("completed", "failed") for t in job.tasks)
     if svc.leases.hand_back(job_id, owner):
         HANDED_BACK.inc()
-        log.warning("job %s: handed back at shutdown with %d of %d files unfinished (progress %d %%, kept); lease "
-                    "released, queued for another worker", job_id, left, len(job.tasks), round(job.progress * 100))
+        log.warning(
+            "job %s: handed back at shutdown with %d of %d files unfinished (progress %d %%, kept); lease "
+            "released, queued for another worker",
+            job_id,
+            left,
+            len(job.tasks),
+            round(job.progress * 100),
+        )
 
 
 def _run(svc: JobService, job_id: str, work: Path, lease: JobLease) -> None:
@@ -125,8 +154,9 @@ def _run(svc: JobService, job_id: str, work: Path, lease: JobLease) -> None:
     _finish(svc, job_id, lease.owner)
 
 
-def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, tasks: list[tuple[int, Path]],
-             lease: JobLease) -> None:
+def _process(
+    svc: JobService, job_id: str, work: Path, config: ModelConfig, tasks: list[tuple[int, Path]], lease: JobLease
+) -> None:
     progress = Progress(svc, job_id, len(tasks), lease)
     tag = run_tag(lease.owner)
     for index, (task_id, path) in enumerate(tasks):
@@ -158,9 +188,19 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
                 count = report.figures.get("detections", count)  # segments: their counts' sum
             doc_blob, summary = store_document(svc, task, tag, doc, config, report)
             try:
-                set_task(svc, lease, task_id, status="completed", output_blob=blob, finished_at=utcnow(),
-                          detections=count, media=media, detections_blob=doc_blob, summary=summary,
-                          media_seconds=report.figures.get("seconds") if media == "video" else None)
+                set_task(
+                    svc,
+                    lease,
+                    task_id,
+                    status="completed",
+                    output_blob=blob,
+                    finished_at=utcnow(),
+                    detections=count,
+                    media=media,
+                    detections_blob=doc_blob,
+                    summary=summary,
+                    media_seconds=report.figures.get("seconds") if media == "video" else None,
+                )
             except LeaseLost:
                 for stored in (blob, doc_blob):  # the job is another worker's now: leave no output
                     if stored:
@@ -174,8 +214,9 @@ def _process(svc: JobService, job_id: str, work: Path, config: ModelConfig, task
         progress.file_done(index)
 
 
-def store_document(svc: JobService, task: Task, tag: str, doc: Path, config: ModelConfig,
-                   report) -> tuple[str | None, dict | None]:
+def store_document(
+    svc: JobService, task: Task, tag: str, doc: Path, config: ModelConfig, report
+) -> tuple[str | None, dict | None]:
     """Store a file's detections document beside its output; returns its blob (None when the run made no
     document: a video in segments) and the file's summary (`veil.engine.file_report`)."""
     if not isinstance(report, Report):
@@ -188,8 +229,17 @@ def store_document(svc: JobService, task: Task, tag: str, doc: Path, config: Mod
     return blob, summary
 
 
-def _anonymize(svc: JobService, task: Task, path: Path, dst: Path, config: ModelConfig, progress, lease: JobLease,
-               work: Path, doc: Path | None = None):
+def _anonymize(
+    svc: JobService,
+    task: Task,
+    path: Path,
+    dst: Path,
+    config: ModelConfig,
+    progress,
+    lease: JobLease,
+    work: Path,
+    doc: Path | None = None,
+):
     """The engine on one file (writing its detections document to `doc`); a long video in segments
     (`veil.jobs.segments`, no document) when this worker runs several processes (VEIL_WORKER_CONCURRENCY > 1)
     or other Celery workers can take segments."""
@@ -206,8 +256,9 @@ def _anonymize(svc: JobService, task: Task, path: Path, dst: Path, config: Model
             plan = plan_segments(path, config, seconds, limits, dst, svc.settings.video_segment_max_overhead)
             if len(plan) > 1:
                 return anonymize_segments(svc, task, path, dst, config, plan, progress, lease, work)
-        return engine_anonymize.anonymize(path, dst, config, progress=progress, limits=limits, document=doc,
-                         image_floor=svc.settings.detections_floor)
+        return engine_anonymize.anonymize(
+            path, dst, config, progress=progress, limits=limits, document=doc, image_floor=svc.settings.detections_floor
+        )
 
 
 def _drop_stray_outputs(svc: JobService, job_id: str) -> None:
@@ -231,9 +282,14 @@ def _cancelled(svc: JobService, job_id: str, tasks: list[tuple[int, Path]], owne
     keep = 0
     if any(status[task_id] == "completed" for task_id, _ in tasks):
         keep = cost_of_members(processed, Prices.from_settings(svc.settings), MediaLimits.from_settings(svc.settings))
-    svc.finish(job_id, "cancelled", f"cancelled by the client after {len(processed)} of {len(tasks)} files",
-               refund_reason=f"job cancelled: {len(tasks) - len(processed)} of {len(tasks)} files not processed",
-               keep=keep, owner=owner)
+    svc.finish(
+        job_id,
+        "cancelled",
+        f"cancelled by the client after {len(processed)} of {len(tasks)} files",
+        refund_reason=f"job cancelled: {len(tasks) - len(processed)} of {len(tasks)} files not processed",
+        keep=keep,
+        owner=owner,
+    )
 
 
 def _finish(svc: JobService, job_id: str, owner: str) -> None:
@@ -245,7 +301,12 @@ def _finish(svc: JobService, job_id: str, owner: str) -> None:
         text = f"completed: {len(done)} of {len(tasks)} files anonymized"
         svc.finish(job_id, "completed", f"{text}; failed: {errors}" if failed else text, owner=owner)
     elif any(t.system_fault for t in failed):
-        svc.finish(job_id, "failed", f"no file could be processed: {errors}",
-                   refund_reason="job failed through no fault of its input", owner=owner)
+        svc.finish(
+            job_id,
+            "failed",
+            f"no file could be processed: {errors}",
+            refund_reason="job failed through no fault of its input",
+            owner=owner,
+        )
     else:
         svc.finish(job_id, "failed", f"no file could be processed: {errors}", owner=owner)

@@ -100,6 +100,7 @@ class Progress:
             self.lease.drain.check()
             self._write((index + min(max(fraction, 0.0), 1.0)) / self.files)
             self.check_cancel()
+
         return report
 
     def file_done(self, index: int) -> None:
@@ -113,8 +114,12 @@ class Progress:
         self._written, self._last_write = value, now
         with self.svc.db.begin() as session:
             value = min(value, 0.99)  # never below what an earlier run reached (a resumed file starts again)
-            rows = changed(session, update(Job).where(holds(self.job_id, self.lease.owner))
-                                     .values(progress=case((Job.progress < value, value), else_=Job.progress)))
+            rows = changed(
+                session,
+                update(Job)
+                .where(holds(self.job_id, self.lease.owner))
+                .values(progress=case((Job.progress < value, value), else_=Job.progress)),
+            )
         if rows != 1:
             self.lease.lost.set()
             raise LeaseLost()
@@ -140,8 +145,7 @@ def ensure_tasks(svc: JobService, job_id: str, files: list[Path], lease: JobLeas
         for index, path in enumerate(files):
             task = existing.get(path.name)
             if task is None:
-                task = Task(job_id=job_id, index=index, input_name=path.name,
-                            output_file=output_name(path.name, taken))
+                task = Task(job_id=job_id, index=index, input_name=path.name, output_file=output_name(path.name, taken))
                 session.add(task)
                 session.flush()
             pairs.append((task.id, path))
@@ -168,8 +172,11 @@ def fail_task(svc: JobService, lease: JobLease, task_id: int, path: Path, dst: P
     input_fault = isinstance(exc, MediaError)
     if not input_fault:
         log.exception("job %s: file %s failed", lease.job_id, path.name)
-    error = (public_message(str(exc), svc.settings.data_dir) if input_fault
-             else f"internal error: {describe_error(exc, svc)}")
+    error = (
+        public_message(str(exc), svc.settings.data_dir)
+        if input_fault
+        else f"internal error: {describe_error(exc, svc)}"
+    )
     dst.unlink(missing_ok=True)  # first: on a full disk (the database's too), the room to record it
     set_task(svc, lease, task_id, status="failed", error=error, system_fault=not input_fault, finished_at=utcnow())
 

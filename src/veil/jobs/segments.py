@@ -3,10 +3,10 @@ is kept, and the output is stitched once all are done.
 
 The worker holding the job's lease plans the video's segments and records them (`VideoSegment`, once per
 task: a resumed run finds them). With Celery it sends each unfinished segment as a task of its own
-(`veil.process_segment`, sent by `JobService.dispatch_segment`), which any worker takes (`process_segment`); it also runs segments itself in
-spawned processes: at most `VEIL_WORKER_CONCURRENCY` at once in one worker process, over all the jobs its
-threads hold (`segment_slots`). A segment is taken with one conditional UPDATE that writes
-its lease (owner, expiry; renewed while it runs), like a job: a segment whose worker died is taken again
+(`veil.process_segment`, sent by `JobService.dispatch_segment`), which any worker takes (`process_segment`); it
+also runs segments itself in spawned processes: at most `VEIL_WORKER_CONCURRENCY` at once in one worker
+process, over all the jobs its threads hold (`segment_slots`). A segment is taken with one conditional UPDATE
+that writes its lease (owner, expiry; renewed while it runs), like a job: a segment whose worker died is taken again
 once its lease ran out (at the next start of an embedded `veil serve`, at once). Each finished segment's
 file goes to the output container and its row is marked completed under its lease, so it is never run
 again. Progress is the sum of the segments' (weighted by frames; it only grows within a run); a cancel
@@ -53,8 +53,9 @@ def segment_slots(concurrency: int) -> threading.BoundedSemaphore:
         return _slots.setdefault(concurrency, threading.BoundedSemaphore(concurrency))
 
 
-def anonymize_segments(svc: JobService, task, path: Path, dst: Path, config: ModelConfig, plan: list[Segment],
-                       progress, lease, work: Path) -> Report:
+def anonymize_segments(
+    svc: JobService, task, path: Path, dst: Path, config: ModelConfig, plan: list[Segment], progress, lease, work: Path
+) -> Report:
     """Anonymize the video `path` of `task` into `dst` segment by segment (see the module docstring);
     the report has the figures and `figures["detections"]` (not the frames)."""
     rows = _ensure_rows(svc, lease, task.id, plan)
@@ -83,8 +84,11 @@ def anonymize_segments(svc: JobService, task, path: Path, dst: Path, config: Mod
                 lease.drain.check()  # shutting down: the grace period is over
                 if lease.drain.requested and not mine:
                     raise HandBack()  # shutting down: this worker's segments finished, no new one is taken
-                while len(mine) < slots and not lease.drain.requested and \
-                        (segment := _claim_in_slot(svc, task.id, lease.owner, plan, free)) is not None:
+                while (
+                    len(mine) < slots
+                    and not lease.drain.requested
+                    and (segment := _claim_in_slot(svc, task.id, lease.owner, plan, free)) is not None
+                ):
                     try:
                         mine[pool.submit(path, segment, parts[segment.index], config, limits)] = segment
                     except BaseException:
@@ -100,15 +104,27 @@ def anonymize_segments(svc: JobService, task, path: Path, dst: Path, config: Mod
                     free.release()
                     report = future.result()  # a failed segment fails the file (the others stop)
                     _store(svc, task, segment.index, lease.owner, parts[segment.index], report.detection_count)
-                    log.info("job %s: file %s segment %d of %d done", task.job_id, task.index, segment.index + 1,
-                             len(plan))
+                    log.info(
+                        "job %s: file %s segment %d of %d done", task.job_id, task.index, segment.index + 1, len(plan)
+                    )
                 if time.monotonic() - renewed > svc.settings.job_lease_seconds / 3:
                     renewed = time.monotonic()
                     _renew(svc, task.id, lease.owner)
                 own = {s.index for s in mine.values()}
-                value = sum(s.analysed * (1.0 if rows[s.index].status == "completed" else
-                                          pool.progress(s.index) if s.index in own else rows[s.index].progress or 0.0)
-                            for s in plan) / total
+                value = (
+                    sum(
+                        s.analysed
+                        * (
+                            1.0
+                            if rows[s.index].status == "completed"
+                            else pool.progress(s.index)
+                            if s.index in own
+                            else rows[s.index].progress or 0.0
+                        )
+                        for s in plan
+                    )
+                    / total
+                )
                 if value > told:
                     told = value
                     progress(min(value, 0.99))
@@ -133,8 +149,9 @@ class StitchFailed(RuntimeError):
     the file fails as an internal error and its job is refunded."""
 
 
-def _claim_in_slot(svc: JobService, task_id: int, owner: str, plan: list[Segment],
-                   free: threading.BoundedSemaphore) -> Segment | None:
+def _claim_in_slot(
+    svc: JobService, task_id: int, owner: str, plan: list[Segment], free: threading.BoundedSemaphore
+) -> Segment | None:
     """`_claim` with one of this process's free segment slots held for the segment; None (and the slot
     given back) when no slot is free or no segment is left to take."""
     if not free.acquire(blocking=False):
@@ -165,8 +182,12 @@ def process_segment(job_id: str, task_id: int, index: int, svc: JobService) -> b
             return
         last[0] = time.monotonic()
         with svc.db.begin() as session:
-            held = changed(session, update(VideoSegment).where(_owned(task_id, owner), VideoSegment.index == index)
-                                   .values(progress=fraction, lease_expires_at=_expiry(svc)))
+            held = changed(
+                session,
+                update(VideoSegment)
+                .where(_owned(task_id, owner), VideoSegment.index == index)
+                .values(progress=fraction, lease_expires_at=_expiry(svc)),
+            )
             job = session.get(Job, job_id)
         if not held or job is None or job.status != "running" or job.cancel_requested or process_drain.overdue():
             raise _Released()
@@ -178,19 +199,31 @@ def process_segment(job_id: str, task_id: int, index: int, svc: JobService) -> b
         src = svc.fetch_input(job, work / "in")
         if is_archive(src):
             src = next(p for p in expand_archive(src, work / "files") if p.name == task.input_name)
-        report = run_segment(src, segment, work / "segment.mp4", ModelConfig(**job.model_config_json), beat,
-                             MediaLimits.from_settings(svc.settings))
+        report = run_segment(
+            src,
+            segment,
+            work / "segment.mp4",
+            ModelConfig(**job.model_config_json),
+            beat,
+            MediaLimits.from_settings(svc.settings),
+        )
         _store(svc, task, index, owner, work / "segment.mp4", report.detection_count)
         return True
     except MediaError as exc:
         with svc.db.begin() as session:
-            session.execute(update(VideoSegment).where(_owned(task_id, owner), VideoSegment.index == index)
-                            .values(status="failed", error=public_message(str(exc), svc.settings.data_dir)))
+            session.execute(
+                update(VideoSegment)
+                .where(_owned(task_id, owner), VideoSegment.index == index)
+                .values(status="failed", error=public_message(str(exc), svc.settings.data_dir))
+            )
     except Exception:  # noqa: BLE001 - stopped (cancel, lease), or an outage: another worker takes it again
         log.info("job %s: segment %d of file %s released", job_id, index, task_id, exc_info=True)
         with svc.db.begin() as session:
-            session.execute(update(VideoSegment).where(_owned(task_id, owner), VideoSegment.index == index)
-                            .values(status="pending", lease_owner=None, lease_expires_at=None))
+            session.execute(
+                update(VideoSegment)
+                .where(_owned(task_id, owner), VideoSegment.index == index)
+                .values(status="pending", lease_owner=None, lease_expires_at=None)
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return False
@@ -200,21 +233,31 @@ class _Released(Exception):
     """The segment's lease is gone, or its job stopped running."""
 
 
-def _claim(svc: JobService, task_id: int, owner: str, plan: list[Segment] | None = None,
-           index: int | None = None) -> Segment | None:
+def _claim(
+    svc: JobService, task_id: int, owner: str, plan: list[Segment] | None = None, index: int | None = None
+) -> Segment | None:
     """Take a pending segment of the task (or one whose lease ran out: its worker died), `index` or the
     first; its window, or None."""
     now = utcnow()
-    free = (VideoSegment.status == "pending") | ((VideoSegment.status == "running")
-                                                 & (VideoSegment.lease_expires_at < now))
+    free = (VideoSegment.status == "pending") | (
+        (VideoSegment.status == "running") & (VideoSegment.lease_expires_at < now)
+    )
     with svc.db.begin() as session:
         query = select(VideoSegment.id, VideoSegment.window).where(VideoSegment.task_id == task_id, free)
         if index is not None:
             query = query.where(VideoSegment.index == index)
         for row_id, window in session.execute(query.order_by(VideoSegment.index)).all():
-            taken = changed(session, update(VideoSegment).where(VideoSegment.id == row_id, free).values(
-                status="running", lease_owner=owner, lease_expires_at=_expiry(svc),
-                attempts=VideoSegment.attempts + 1))
+            taken = changed(
+                session,
+                update(VideoSegment)
+                .where(VideoSegment.id == row_id, free)
+                .values(
+                    status="running",
+                    lease_owner=owner,
+                    lease_expires_at=_expiry(svc),
+                    attempts=VideoSegment.attempts + 1,
+                ),
+            )
             if taken:
                 return Segment(**window)
     return None
@@ -225,8 +268,12 @@ def _store(svc: JobService, task, index: int, owner: str, part: Path, detections
     blob = f"{task.job_id}/{task.index}.segment{index}.{run_tag(owner)}.mp4"
     svc.store.write(OUTPUT_CONTAINER, blob, part)
     with svc.db.begin() as session:
-        done = changed(session, update(VideoSegment).where(_owned(task.id, owner), VideoSegment.index == index).values(
-            status="completed", blob=blob, detections=detections, progress=1.0, finished_at=utcnow()))
+        done = changed(
+            session,
+            update(VideoSegment)
+            .where(_owned(task.id, owner), VideoSegment.index == index)
+            .values(status="completed", blob=blob, detections=detections, progress=1.0, finished_at=utcnow()),
+        )
     if not done:
         svc.store.delete(OUTPUT_CONTAINER, blob)
         raise _Released()
@@ -270,15 +317,18 @@ def _ensure_rows(svc: JobService, lease, task_id: int, plan: list[Segment]) -> d
     with svc.db.begin() as session:
         if session.scalar(select(Job.id).where(holds(lease.job_id, lease.owner)).with_for_update()) is None:
             raise LeaseLost()
-        rows = list(session.scalars(select(VideoSegment).where(VideoSegment.task_id == task_id)
-                                    .order_by(VideoSegment.index)))
+        rows = list(
+            session.scalars(select(VideoSegment).where(VideoSegment.task_id == task_id).order_by(VideoSegment.index))
+        )
         if [r.window for r in rows] != windows:
             stale = [r.blob for r in rows if r.blob]
             for row in rows:
                 session.delete(row)
             session.flush()
-            rows = [VideoSegment(task_id=task_id, index=s.index, window=w, status="pending", attempts=0)
-                    for s, w in zip(plan, windows)]
+            rows = [
+                VideoSegment(task_id=task_id, index=s.index, window=w, status="pending", attempts=0)
+                for s, w in zip(plan, windows)
+            ]
             session.add_all(rows)
             session.flush()
         session.expunge_all()

@@ -88,8 +88,9 @@ class UploadSession:
 
 
 class JobService:
-    def __init__(self, settings: Settings, db: sessionmaker[Session], store,
-                 dispatch: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, db: sessionmaker[Session], store, dispatch: Callable[[str], None] | None = None
+    ) -> None:
         self.settings = settings
         self.db = db
         self.store = store
@@ -112,8 +113,15 @@ class JobService:
             engine.dispose()  # a PostgreSQL pool would otherwise hold its connections until the process ends
 
     # ------------------------------------------------------------------ creating jobs
-    def create_job(self, key_id: str, file_name: str, file_size: int | None, content_type: str = "",
-                   model: str = "blur", model_config: dict | None = None) -> UploadSession:
+    def create_job(
+        self,
+        key_id: str,
+        file_name: str,
+        file_size: int | None,
+        content_type: str = "",
+        model: str = "blur",
+        model_config: dict | None = None,
+    ) -> UploadSession:
         """Validate the request, create the job and an upload URL. Raises ValueError / UploadTooLarge."""
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
@@ -123,9 +131,15 @@ class JobService:
         if file_size is not None and file_size < 0:
             raise ValueError("file_size must not be negative")
         with self.db.begin() as session:
-            job = Job(key_id=key_id, file_name=safe_name(file_name, "upload"), file_size=file_size,
-                      content_type=content_type or "", model=model,
-                      model_config_json=config.model_dump(exclude_unset=True), input_blob="")
+            job = Job(
+                key_id=key_id,
+                file_name=safe_name(file_name, "upload"),
+                file_size=file_size,
+                content_type=content_type or "",
+                model=model,
+                model_config_json=config.model_dump(exclude_unset=True),
+                input_blob="",
+            )
             session.add(job)
             session.flush()
             job.input_blob = job.id
@@ -146,8 +160,17 @@ class JobService:
         if etag:
             query = query.where(or_(Job.upload_etag.is_(None), Job.upload_etag != etag))
         with self.db.begin() as session:  # a commit that slipped in before the freeze is priced again
-            rows = changed(session, query.values(status="uploaded", uploaded_size=size, uploaded_at=utcnow(),
-                                                  total_cost=None, input_sha256=None, upload_etag=etag))
+            rows = changed(
+                session,
+                query.values(
+                    status="uploaded",
+                    uploaded_size=size,
+                    uploaded_at=utcnow(),
+                    total_cost=None,
+                    input_sha256=None,
+                    upload_etag=etag,
+                ),
+            )
         if rows != 1:
             return False
         log.info("job %s: upload committed (%d bytes)", name, size)
@@ -233,20 +256,32 @@ class JobService:
                         return  # priced meanwhile by another caller, which deleted a refused input
                     raise
                 try:
-                    cost = int(pricing.cost_of(path, pricing.Prices.from_settings(self.settings),
-                                               media=MediaLimits.from_settings(self.settings)))
+                    cost = int(
+                        pricing.cost_of(
+                            path,
+                            pricing.Prices.from_settings(self.settings),
+                            media=MediaLimits.from_settings(self.settings),
+                        )
+                    )
                 except Exception as exc:  # noqa: BLE001 - input errors (ArchiveError, MediaError) name the problem
                     if not _is_input_error(exc):
                         raise
-                    problem = f"{job.file_name}: {public_message(str(exc).replace(str(path), job.file_name), Path(tmp))}"
+                    problem = (
+                        f"{job.file_name}: {public_message(str(exc).replace(str(path), job.file_name), Path(tmp))}"
+                    )
         with self.db.begin() as session:
-            values: dict[str, Any] = ({"status": "failed", "description": problem, "finished_at": utcnow(),
-                                       "files_deleted": True}
-                                      if problem else {"status": "awaiting_approval", "total_cost": cost,
-                                                       "input_sha256": digest})
+            values: dict[str, Any] = (
+                {"status": "failed", "description": problem, "finished_at": utcnow(), "files_deleted": True}
+                if problem
+                else {"status": "awaiting_approval", "total_cost": cost, "input_sha256": digest}
+            )
             # the size condition drops a result made stale by a re-upload while this one was priced
-            rows = changed(session, update(Job).where(Job.id == job_id, Job.status == "uploaded",
-                                                       Job.uploaded_size == job.uploaded_size).values(**values))
+            rows = changed(
+                session,
+                update(Job)
+                .where(Job.id == job_id, Job.status == "uploaded", Job.uploaded_size == job.uploaded_size)
+                .values(**values),
+            )
         if rows == 1:
             if problem:  # nothing will ever read it
                 self.store.delete(INPUT_CONTAINER, job.input_blob)
@@ -308,9 +343,12 @@ class JobService:
             return "already"
         cost = job.total_cost or 0
         with self.db.begin() as session:
-            claimed = changed(session, 
-                update(Job).where(Job.id == job_id, Job.status == "awaiting_approval")
-                .values(status="queued", approved_at=utcnow(), reserved_credits=cost))
+            claimed = changed(
+                session,
+                update(Job)
+                .where(Job.id == job_id, Job.status == "awaiting_approval")
+                .values(status="queued", approved_at=utcnow(), reserved_credits=cost),
+            )
             if claimed != 1:
                 return "already"
             credits.reserve(session, key_id, job_id, cost)  # raises → the whole transaction rolls back
@@ -322,8 +360,7 @@ class JobService:
         try:
             self.dispatch(job_id)
         except Exception:  # noqa: BLE001 - the broker is down: the job stays queued, unsent
-            log.warning("job %s: sending to the queue failed; it is re-sent at the next sweep", job_id,
-                        exc_info=True)
+            log.warning("job %s: sending to the queue failed; it is re-sent at the next sweep", job_id, exc_info=True)
             with self.db.begin() as session:
                 session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=None))
             return False
@@ -332,8 +369,15 @@ class JobService:
         return True
 
     # ------------------------------------------------------------------ worker side
-    def finish(self, job_id: str, status: str, description: str, refund_reason: str | None = None,
-               keep: int = 0, owner: str | None = None) -> bool:
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        description: str,
+        refund_reason: str | None = None,
+        keep: int = 0,
+        owner: str | None = None,
+    ) -> bool:
         """Record a job's final state; when `refund_reason` is given, refund its reservation but `keep` credits.
         A worker passes its lease `owner`: nothing is written unless it still holds the lease."""
         with self.db.begin() as session:
@@ -370,9 +414,17 @@ class JobService:
         expired = 0
         for job_id in ids:
             with self.db.begin() as session:
-                rows = changed(session, update(Job).where(Job.id == job_id, Job.status.in_(waiting)).values(
-                    status="failed", finished_at=utcnow(), files_deleted=True,
-                    description=f"not approved within {days:g} days; the upload was deleted"))
+                rows = changed(
+                    session,
+                    update(Job)
+                    .where(Job.id == job_id, Job.status.in_(waiting))
+                    .values(
+                        status="failed",
+                        finished_at=utcnow(),
+                        files_deleted=True,
+                        description=f"not approved within {days:g} days; the upload was deleted",
+                    ),
+                )
             if rows == 1:
                 self.store.delete(INPUT_CONTAINER, self.get_job(job_id).input_blob)
                 self.notifier.notify(job_id)
@@ -386,9 +438,15 @@ class JobService:
         with the process sending them (each ends within minutes): recorded as dropped."""
         cutoff = utcnow() - timedelta(seconds=self.settings.upload_sas_seconds)
         with self.db.begin() as session:
-            session.execute(update(Job).where(Job.status == "created", Job.created_at < cutoff).values(
-                status="failed", description="the upload session expired before the upload was complete",
-                finished_at=utcnow()))
+            session.execute(
+                update(Job)
+                .where(Job.status == "created", Job.created_at < cutoff)
+                .values(
+                    status="failed",
+                    description="the upload session expired before the upload was complete",
+                    finished_at=utcnow(),
+                )
+            )
         self.notifier.drop_unfinished()
         self.expire_unapproved()
         cleanup = getattr(self.store, "cleanup", None)
@@ -446,8 +504,14 @@ class JobService:
         if key_id is not None:
             query, count = query.where(Job.key_id == key_id), count.where(Job.key_id == key_id)
         with self.db() as session:
-            jobs = list(session.scalars(query.options(selectinload(Job.tasks))
-                                        .order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)))
+            jobs = list(
+                session.scalars(
+                    query.options(selectinload(Job.tasks))
+                    .order_by(Job.created_at.desc(), Job.id)
+                    .limit(limit)
+                    .offset(offset)
+                )
+            )
             total = session.scalar(count) or 0
         return jobs, total
 
@@ -479,19 +543,23 @@ def _is_input_error(exc: Exception) -> bool:
 def build_store(settings: Settings):
     """The BlobStore the settings name: the embedded local store, or an Azure account."""
     if settings.storage_backend == "azure":
-        from ..storage.azure import (
-            AzureBlobStore,  # lazy: azure-storage-blob is optional (veil[azure])
-        )
+        from ..storage.azure import AzureBlobStore  # lazy: azure-storage-blob is optional (veil[azure])
 
         if settings.azure_connection_string:
             return AzureBlobStore(settings.azure_connection_string, api_version=settings.azure_api_version)
         if not (settings.azure_blob_url and settings.storage_key):
-            raise ValueError("the azure storage backend needs VEIL_AZURE_CONNECTION_STRING, or "
-                             "VEIL_AZURE_BLOB_URL and VEIL_STORAGE_KEY")
-        return AzureBlobStore(account_url=settings.azure_blob_url, account_key=settings.storage_key,
-                              api_version=settings.azure_api_version)
-    return LocalBlobStore(settings.data_dir / "blobs", settings.storage_account, settings.account_key,
-                          settings.base_url)
+            raise ValueError(
+                "the azure storage backend needs VEIL_AZURE_CONNECTION_STRING, or "
+                "VEIL_AZURE_BLOB_URL and VEIL_STORAGE_KEY"
+            )
+        return AzureBlobStore(
+            account_url=settings.azure_blob_url,
+            account_key=settings.storage_key,
+            api_version=settings.azure_api_version,
+        )
+    return LocalBlobStore(
+        settings.data_dir / "blobs", settings.storage_account, settings.account_key, settings.base_url
+    )
 
 
 def build_service(settings: Settings, dispatch: Callable[[str], None] | None = None, store=None) -> JobService:

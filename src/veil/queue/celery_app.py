@@ -29,11 +29,18 @@ _service: JobService | None = None
 def make_app(settings: Settings) -> Celery:
     app = Celery("veil", broker=settings.celery_broker_url)
     app.conf.update(
-        task_acks_late=True, worker_prefetch_multiplier=1, task_reject_on_worker_lost=True,
-        broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout,
-                                  **settings.celery_transport_options},
-        broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
-        task_default_queue="veil", task_ignore_result=True)
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_reject_on_worker_lost=True,
+        broker_transport_options={
+            "visibility_timeout": settings.celery_visibility_timeout,
+            **settings.celery_transport_options,
+        },
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        task_default_queue="veil",
+        task_ignore_result=True,
+    )
     return app
 
 

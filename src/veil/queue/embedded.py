@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..jobs.service import JobService
 from ..jobs.drain import Drain
 from ..jobs.runner import process_job
+from ..jobs.service import JobService
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,11 @@ class EmbeddedWorker:
         for thread in self._threads:
             thread.join(self._drain.remaining() + 10.0)
             if thread.is_alive():
-                log.warning("%s still busy %g s after the grace period; its job is queued again at the next start",
-                            thread.name, 10.0)
+                log.warning(
+                    "%s still busy %g s after the grace period; its job is queued again at the next start",
+                    thread.name,
+                    10.0,
+                )
         self._threads.clear()
 
     def _loop(self) -> None:

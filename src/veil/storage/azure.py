@@ -9,16 +9,11 @@ import hashlib
 import hmac
 import io
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from veil.storage.base import (
-    DOWNLOAD_PERMISSION,
-    UPLOAD_PERMISSION,
-    BlobNotFoundError,
-    attachment_disposition,
-)
+from veil.storage.base import DOWNLOAD_PERMISSION, UPLOAD_PERMISSION, BlobNotFoundError, attachment_disposition
 
 _CHUNK = 4 * 1024 * 1024
 _TOMBSTONE = "veildeleted"  # metadata of the empty, still leased blob a frozen blob's delete leaves
@@ -50,8 +45,11 @@ class AzureBlobStore:
         elif account_url and account_key:
             from urllib.parse import urlsplit
 
-            name = urlsplit(account_url).hostname.split(".")[0] if ".core." in account_url else \
-                urlsplit(account_url).path.strip("/").split("/")[0]
+            name = (
+                urlsplit(account_url).hostname.split(".")[0]
+                if ".core." in account_url
+                else urlsplit(account_url).path.strip("/").split("/")[0]
+            )
             credential = {"account_name": name, "account_key": account_key}
             self._service = BlobServiceClient(account_url, credential=credential, **options)
         else:
@@ -69,9 +67,7 @@ class AzureBlobStore:
         self._ensure_container(container)
         return f"{self._blob(container, name).url}?{self._sas(container, name, UPLOAD_PERMISSION, expires_in)}"
 
-    def signed_download_url(
-        self, container: str, name: str, expires_in: timedelta, filename: str | None = None
-    ) -> str:
+    def signed_download_url(self, container: str, name: str, expires_in: timedelta, filename: str | None = None) -> str:
         disposition = attachment_disposition(filename) if filename else None
         sas = self._sas(container, name, DOWNLOAD_PERMISSION, expires_in, content_disposition=disposition)
         return f"{self._blob(container, name).url}?{sas}"
@@ -150,8 +146,9 @@ class AzureBlobStore:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            blobs = self._service.get_container_client(container).list_blobs(name_starts_with=prefix or None,
-                                                                              include=["metadata"])
+            blobs = self._service.get_container_client(container).list_blobs(
+                name_starts_with=prefix or None, include=["metadata"]
+            )
             return sorted(b.name for b in blobs if _TOMBSTONE not in (b.metadata or {}))
         except ResourceNotFoundError:
             return []
@@ -159,7 +156,7 @@ class AzureBlobStore:
     def cleanup(self, older_than: timedelta) -> int:
         """Remove what `delete` left of frozen blobs more than `older_than` ago (their upload URLs have
         expired). Returns blobs removed."""
-        cutoff = datetime.now(timezone.utc) - older_than
+        cutoff = datetime.now(UTC) - older_than
         removed = 0
         for container in self._service.list_containers():
             for blob in self._service.get_container_client(container.name).list_blobs(include=["metadata"]):
@@ -176,7 +173,7 @@ class AzureBlobStore:
     def _sas(self, container: str, name: str, permission: str, expires_in: timedelta, **overrides) -> str:
         from azure.storage.blob import generate_blob_sas
 
-        expiry = datetime.now(timezone.utc) + expires_in
+        expiry = datetime.now(UTC) + expires_in
         return generate_blob_sas(
             self.account, container, name, account_key=self._key, permission=permission, expiry=expiry, **overrides
         )

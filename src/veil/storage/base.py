@@ -34,9 +34,7 @@ class BlobStore(Protocol):
         """A blob URL with a write SAS (`sp=cw`): Put Blob, or Put Block + Put Block List."""
         ...
 
-    def signed_download_url(
-        self, container: str, name: str, expires_in: timedelta, filename: str | None = None
-    ) -> str:
+    def signed_download_url(self, container: str, name: str, expires_in: timedelta, filename: str | None = None) -> str:
         """A blob URL with a read SAS (`sp=r`); `filename` signs a `Content-Disposition: attachment`
         override (`rscd`) so browsers save the file under that name."""
         ...

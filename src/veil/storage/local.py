@@ -34,17 +34,12 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote
 
-from veil.storage.base import (
-    DOWNLOAD_PERMISSION,
-    UPLOAD_PERMISSION,
-    BlobNotFoundError,
-    attachment_disposition,
-)
+from veil.storage.base import DOWNLOAD_PERMISSION, UPLOAD_PERMISSION, BlobNotFoundError, attachment_disposition
 from veil.storage.sas import sign_blob_sas
 
 # URL layout of the embedded endpoint: <public_url>/blob/<account>/<container>/<blob>.
@@ -126,9 +121,7 @@ class LocalBlobStore:
         sas = self._sas(container, name, UPLOAD_PERMISSION, expires_in)
         return f"{self.blob_url(container, name)}?{sas}"
 
-    def signed_download_url(
-        self, container: str, name: str, expires_in: timedelta, filename: str | None = None
-    ) -> str:
+    def signed_download_url(self, container: str, name: str, expires_in: timedelta, filename: str | None = None) -> str:
         disposition = attachment_disposition(filename) if filename else None
         sas = self._sas(container, name, DOWNLOAD_PERMISSION, expires_in, content_disposition=disposition)
         return f"{self.blob_url(container, name)}?{sas}"
@@ -379,10 +372,15 @@ class LocalBlobStore:
 
     def _sas(self, container: str, name: str, permission: str, expires_in: timedelta, **overrides) -> str:
         _check_names(container, name)
-        expiry = datetime.now(timezone.utc) + expires_in
+        expiry = datetime.now(UTC) + expires_in
         return sign_blob_sas(
-            account=self.account, key=self.key, container=container, blob=name,
-            permission=permission, expiry=expiry, **overrides,
+            account=self.account,
+            key=self.key,
+            container=container,
+            blob=name,
+            permission=permission,
+            expiry=expiry,
+            **overrides,
         )
 
     def _blob_dir(self, container: str, name: str) -> Path:
@@ -410,8 +408,14 @@ class LocalBlobStore:
                 raise ConditionNotMetError(f"{container}/{name}")
 
     def _publish(
-        self, container: str, name: str, etag: str, size: int, content_md5: str | None,
-        headers: dict[str, str], blocks: list[list],
+        self,
+        container: str,
+        name: str,
+        etag: str,
+        size: int,
+        content_md5: str | None,
+        headers: dict[str, str],
+        blocks: list[list],
     ) -> BlobProperties:
         """Point meta.json at data-<etag> (atomic replace), then drop the old data file and the
         uncommitted blocks. Caller holds the blob's lock."""
@@ -453,9 +457,11 @@ class LocalBlobStore:
             if blocks_idle:
                 _remove_if_empty(blocks)
         for entry in directory.iterdir():
-            stale = entry.name.startswith("tmp-") or (
-                entry.name.startswith("data-") and (meta is None or entry.name != meta["data"])
-            ) or (entry.name == _LEASE and meta is None)  # a deleted blob's lease: its upload URLs have expired
+            stale = (
+                entry.name.startswith("tmp-")
+                or (entry.name.startswith("data-") and (meta is None or entry.name != meta["data"]))
+                or (entry.name == _LEASE and meta is None)
+            )  # a deleted blob's lease: its upload URLs have expired
             if stale and entry.stat().st_mtime < cutoff:
                 entry.unlink(missing_ok=True)
                 removed += 1
@@ -473,9 +479,7 @@ def _remove_if_empty(directory: Path) -> None:
 
 def _check_container(container: str) -> None:
     if not _CONTAINER_RE.match(container) or "--" in container:
-        raise ValueError(
-            f"invalid container name {container!r}: 3-63 lowercase letters, digits and single hyphens"
-        )
+        raise ValueError(f"invalid container name {container!r}: 3-63 lowercase letters, digits and single hyphens")
 
 
 def _check_names(container: str, name: str) -> None:
@@ -535,5 +539,9 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int, length: int) -> None:
 
 def _copy_unsupported(exc: Exception) -> bool:
     return isinstance(exc, AttributeError) or getattr(exc, "errno", None) in (
-        errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF,
+        errno.EXDEV,
+        errno.ENOSYS,
+        errno.EINVAL,
+        errno.EOPNOTSUPP,
+        errno.EBADF,
     )

@@ -20,7 +20,7 @@ import hmac
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from urllib.parse import quote
 
 # The version azure-storage-blob 12.31 signs with (notes §0); any sv ≥ 2020-12-06 verifies.
@@ -66,7 +66,7 @@ def format_time(value: datetime | date) -> str:
     """The SDK's SAS time format, `%Y-%m-%dT%H:%M:%SZ`, in UTC."""
     if isinstance(value, datetime):
         if value.utcoffset() is not None:
-            value = value.astimezone(timezone.utc)
+            value = value.astimezone(UTC)
         return value.strftime("%Y-%m-%dT%H:%M:%SZ")
     return datetime(value.year, value.month, value.day).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -185,7 +185,7 @@ def verify_blob_sas(
         shown = text.replace("\n", "\\n")
         raise SasError(fail, f"Signature did not match. String to sign used was {shown}")
 
-    current = now or datetime.now(timezone.utc)
+    current = now or datetime.now(UTC)
     expiry = _parse_time(query["se"], "se")
     start = _parse_time(query["st"], "st") if query.get("st") else None
     if current >= expiry or (start is not None and current < start):
@@ -223,13 +223,13 @@ def _parse_time(value: str, name: str) -> datetime:
     if "." in text:  # Azure allows 7 fractional digits; Python takes at most 6
         head, _, tail = text.partition(".")
         digits = "".join(ch for ch in tail if ch.isdigit())
-        text = f"{head}.{digits[:6]}{tail[len(digits):]}"
+        text = f"{head}.{digits[:6]}{tail[len(digits) :]}"
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise SasError("AuthenticationFailed", f"The value of '{name}' ({value}) is not a valid time.") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed
 
 

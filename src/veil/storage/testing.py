@@ -55,8 +55,9 @@ def azurite_binary(install: bool = True) -> Path | None:
     if shutil.which("node") is None:
         return None
     if not binary.exists() and install and shutil.which("npm"):
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=REPO,
-                       check=True, timeout=600)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=REPO, check=True, timeout=600
+        )
     if not binary.exists():
         raise RuntimeError(f"Azurite is not installed at {binary}: run `npm install` in {REPO}")
     return binary
@@ -71,9 +72,20 @@ def azurite(binary: Path | None = None) -> Iterator[str]:
         raise RuntimeError("Azurite needs node, which is not installed")
     port = free_port()
     process = subprocess.Popen(
-        [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-         "--disableTelemetry", "--skipApiVersionCheck", "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        [
+            str(binary),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--inMemoryPersistence",
+            "--disableTelemetry",
+            "--skipApiVersionCheck",
+            "--silent",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60

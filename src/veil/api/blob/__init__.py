@@ -56,19 +56,22 @@ def create_blob_router(
         head = request.method == "HEAD"
         try:
             handler = _dispatch(request)
-            op = BlobRequest(store, request, account, container, blob, on_blob_created, limits, upload_rule,
-                             in_flight)
+            op = BlobRequest(store, request, account, container, blob, on_blob_created, limits, upload_rule, in_flight)
             response = await handler(op)
         except BlobError as exc:
             response = error_response(exc, request_id, head=head)
         except SasError as exc:
             response = error_response(BlobError(403, exc.code, exc.detail), request_id, head=head)
         except BlobLeasedError:  # Azure's answer for a write to a leased blob without the lease id
-            response = error_response(BlobError(412, "LeaseIdMissing", "the upload is committed and can no "
-                                                "longer change"), request_id, head=head)
+            response = error_response(
+                BlobError(412, "LeaseIdMissing", "the upload is committed and can no longer change"),
+                request_id,
+                head=head,
+            )
         except BodyTooSlow:
-            response = error_response(BlobError(408, "OperationTimedOut", "the request body arrived too slowly"),
-                                      request_id)
+            response = error_response(
+                BlobError(408, "OperationTimedOut", "the request body arrived too slowly"), request_id
+            )
         except ClientDisconnect:
             response = error_response(BlobError(400, "InvalidBlobOrBlock", "client disconnected"), request_id)
         except Exception as exc:  # a bug or a disk error: an Azure 500 (503 for a full store), never a traceback
@@ -101,8 +104,13 @@ def _dispatch(request: Request) -> Callable[[BlobRequest], object]:
     if method == "DELETE" and comp is None:
         return delete_blob
     if comp is not None:
-        raise BlobError(400, "UnsupportedQueryParameter", f"comp={comp} is not supported by this endpoint",
-                        QueryParameterName="comp", QueryParameterValue=comp)
+        raise BlobError(
+            400,
+            "UnsupportedQueryParameter",
+            f"comp={comp} is not supported by this endpoint",
+            QueryParameterName="comp",
+            QueryParameterValue=comp,
+        )
     raise BlobError(405, "UnsupportedHttpVerb")
 
 

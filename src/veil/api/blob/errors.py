@@ -61,10 +61,12 @@ def unexpected_error(exc: Exception, request: Request, request_id: str, head: bo
     """A full disk under the store (the body was not kept) is 503 ServerBusy, which clients retry, logged in
     one line; anything else is a 500 InternalError with its traceback in the log."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        log.warning("blob endpoint: the store is out of space (%s): %s %s", exc.strerror, request.method,
-                    request.url.path)
-        response = error_response(BlobError(503, "ServerBusy", "The upload store is out of space; retry later."),
-                                   request_id, head=head)
+        log.warning(
+            "blob endpoint: the store is out of space (%s): %s %s", exc.strerror, request.method, request.url.path
+        )
+        response = error_response(
+            BlobError(503, "ServerBusy", "The upload store is out of space; retry later."), request_id, head=head
+        )
         response.headers["Retry-After"] = "30"
         return response
     log.exception("blob endpoint failed: %s %s", request.method, request.url.path)

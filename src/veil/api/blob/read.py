@@ -25,6 +25,7 @@ _RANGE_RE = re.compile(r"^\s*bytes=(\d*)-(\d*)\s*$")
 # --- Get Blob (notes §1.4): 200 / 206 + Content-Range, `x-ms-range` over `Range`; 416 InvalidRange
 # (start ≥ size, so any range on an empty blob); 412 on If-Match; rsc* overrides. -----------------
 
+
 async def get_blob(op: BlobRequest) -> Response:
     op.authorize("r")
     props, stream = await run_in_threadpool(open_blob, op)
@@ -57,8 +58,7 @@ async def get_blob(op: BlobRequest) -> Response:
     except BaseException:
         stream.close()
         raise
-    return StreamingResponse(_iter_file(stream, start, length), status_code=status, headers=headers,
-                             media_type=None)
+    return StreamingResponse(_iter_file(stream, start, length), status_code=status, headers=headers, media_type=None)
 
 
 def _requested_range(op: BlobRequest, size: int) -> tuple[int, int] | None:
@@ -70,8 +70,12 @@ def _requested_range(op: BlobRequest, size: int) -> tuple[int, int] | None:
             continue
         match = _RANGE_RE.match(value)
         first, last = (match.group(1), match.group(2)) if match else ("", "")
-        if not match or (not first and not last) or (first and last and int(first) > int(last)) \
-                or (name == "x-ms-range" and not first):
+        if (
+            not match
+            or (not first and not last)
+            or (first and last and int(first) > int(last))
+            or (name == "x-ms-range" and not first)
+        ):
             if name == "x-ms-range":
                 raise BlobError(400, "InvalidHeaderValue", HeaderName="x-ms-range", HeaderValue=value)
             return None
@@ -117,6 +121,7 @@ def open_blob(op: BlobRequest) -> tuple[BlobProperties, BinaryIO]:
 # --- Get Blob Properties (notes §1.5): HEAD, 200 + Content-Length; 404 without body but with
 # x-ms-error-code. -----------------------------------------------------------------------------
 
+
 async def get_blob_properties(op: BlobRequest) -> Response:
     op.authorize("r")
     props, stream = await run_in_threadpool(open_blob, op)
@@ -142,8 +147,13 @@ async def get_block_list(op: BlobRequest) -> Response:
     kind = op.request.query_params.get("blocklisttype", "committed").lower()
     op.authorize("rw" if kind == "uncommitted" else "r")
     if kind not in BLOCK_LIST_TYPES:
-        raise BlobError(400, "InvalidQueryParameterValue", QueryParameterName="blocklisttype",
-                        QueryParameterValue=kind, Reason="Valid values are committed, uncommitted and all.")
+        raise BlobError(
+            400,
+            "InvalidQueryParameterValue",
+            QueryParameterName="blocklisttype",
+            QueryParameterValue=kind,
+            Reason="Valid values are committed, uncommitted and all.",
+        )
     try:
         props, staged = await run_in_threadpool(op.store.block_list, op.container, op.blob)
     except BlobNotFoundError:
@@ -172,8 +182,11 @@ def properties_headers(props: BlobProperties, overrides: dict[str, str]) -> dict
         "Last-Modified": formatdate(props.modified, usegmt=True),
         "x-ms-creation-time": formatdate(props.created, usegmt=True),
         "x-ms-blob-type": "BlockBlob",
-        **({"x-ms-lease-state": "leased", "x-ms-lease-status": "locked", "x-ms-lease-duration": "infinite"}
-           if props.leased else {"x-ms-lease-state": "available", "x-ms-lease-status": "unlocked"}),
+        **(
+            {"x-ms-lease-state": "leased", "x-ms-lease-status": "locked", "x-ms-lease-duration": "infinite"}
+            if props.leased
+            else {"x-ms-lease-state": "available", "x-ms-lease-status": "unlocked"}
+        ),
         "x-ms-server-encrypted": "false",
         "Accept-Ranges": "bytes",
         **props.headers,

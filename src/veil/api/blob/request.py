@@ -48,8 +48,12 @@ class UploadLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadLimits:
-        return cls(max_bytes=settings.max_upload_bytes, idle_timeout=settings.upload_idle_timeout_seconds,
-                   min_rate=settings.upload_min_bytes_per_second, per_owner=settings.max_concurrent_uploads_per_key)
+        return cls(
+            max_bytes=settings.max_upload_bytes,
+            idle_timeout=settings.upload_idle_timeout_seconds,
+            min_rate=settings.upload_min_bytes_per_second,
+            per_owner=settings.max_concurrent_uploads_per_key,
+        )
 
 
 class BodyTooSlow(Exception):
@@ -77,10 +81,18 @@ async def timed_body(request: Request, length: int, limits: UploadLimits) -> Asy
 class BlobRequest:
     """One request against one blob: authentication, parsed headers, and the store."""
 
-    def __init__(self, store: LocalBlobStore, request: Request, account: str, container: str, blob: str,
-                 on_blob_created: Callable[[str, str, int], None] | None, limits: UploadLimits,
-                 upload_rule: Callable[[str, str], tuple[str | None, int | None]] | None,
-                 in_flight: dict[str, int]) -> None:
+    def __init__(
+        self,
+        store: LocalBlobStore,
+        request: Request,
+        account: str,
+        container: str,
+        blob: str,
+        on_blob_created: Callable[[str, str, int], None] | None,
+        limits: UploadLimits,
+        upload_rule: Callable[[str, str], tuple[str | None, int | None]] | None,
+        in_flight: dict[str, int],
+    ) -> None:
         self.store = store
         self.request = request
         self.account = account
@@ -133,8 +145,11 @@ class BlobRequest:
     async def upload_slot(self) -> AsyncIterator[None]:
         """One of the owner's `limits.per_owner` concurrent upload bodies, or 503 ServerBusy."""
         if self.in_flight.get(self.owner, 0) >= self.limits.per_owner:
-            raise BlobError(503, "ServerBusy", f"more than {self.limits.per_owner} uploads at once for this API "
-                            "key; retry when one has finished")
+            raise BlobError(
+                503,
+                "ServerBusy",
+                f"more than {self.limits.per_owner} uploads at once for this API key; retry when one has finished",
+            )
         self.in_flight[self.owner] = self.in_flight.get(self.owner, 0) + 1
         try:
             yield
@@ -159,13 +174,15 @@ class BlobRequest:
         try:
             length = int(self.header("content-length") or "")
         except ValueError:
-            raise BlobError(400, "InvalidHeaderValue", HeaderName="Content-Length",
-                            HeaderValue=self.header("content-length") or "") from None
+            raise BlobError(
+                400, "InvalidHeaderValue", HeaderName="Content-Length", HeaderValue=self.header("content-length") or ""
+            ) from None
         if length < 0:
             raise BlobError(400, "InvalidHeaderValue", HeaderName="Content-Length", HeaderValue=str(length))
         if length > limit:
-            raise BlobError(413, "RequestBodyTooLarge", f"{length} bytes is over the {limit} limit",
-                            MaxLimit=str(limit))
+            raise BlobError(
+                413, "RequestBodyTooLarge", f"{length} bytes is over the {limit} limit", MaxLimit=str(limit)
+            )
         return length
 
     def content_md5(self) -> bytes | None:

@@ -29,6 +29,7 @@ MAX_BLOCK_LIST_BYTES = 8 * 1024 * 1024  # 50,000 ids of 64 bytes fit with room t
 # --- Put Block (notes §1.1): 201; 400 InvalidQueryParameterValue / OutOfRangeInput /
 # InvalidBlobOrBlock / Md5Mismatch; 411; 413. -------------------------------------------------
 
+
 async def put_block(op: BlobRequest) -> Response:
     op.authorize("w")  # `c` alone cannot Put Block (§2)
     raw_id = op.request.query_params.get("blockid")
@@ -43,8 +44,12 @@ async def put_block(op: BlobRequest) -> Response:
         raise BlobError(400, "InvalidBlobOrBlock", "all block ids of a blob must have the same length")
     pending = sum(size for other, size in staged.items() if other != block_id)
     if pending + length > op.max_upload_bytes:
-        raise BlobError(413, "RequestBodyTooLarge", f"the staged blocks would exceed {op.max_upload_bytes} bytes",
-                        MaxLimit=str(op.max_upload_bytes))
+        raise BlobError(
+            413,
+            "RequestBodyTooLarge",
+            f"the staged blocks would exceed {op.max_upload_bytes} bytes",
+            MaxLimit=str(op.max_upload_bytes),
+        )
     expected_md5 = op.content_md5()
     temp = op.store.new_temp(op.container, op.blob)
     try:
@@ -71,11 +76,21 @@ def decode_block_id(raw: str) -> bytes:
             raise binascii.Error("bad length")
         decoded = base64.b64decode(text, validate=True)
     except binascii.Error:
-        raise BlobError(400, "InvalidQueryParameterValue", QueryParameterName="blockid",
-                        QueryParameterValue=raw, Reason="Not a valid base64 string.") from None
+        raise BlobError(
+            400,
+            "InvalidQueryParameterValue",
+            QueryParameterName="blockid",
+            QueryParameterValue=raw,
+            Reason="Not a valid base64 string.",
+        ) from None
     if not decoded:
-        raise BlobError(400, "InvalidQueryParameterValue", QueryParameterName="blockid",
-                        QueryParameterValue=raw, Reason="Block id must not be empty.")
+        raise BlobError(
+            400,
+            "InvalidQueryParameterValue",
+            QueryParameterName="blockid",
+            QueryParameterValue=raw,
+            Reason="Block id must not be empty.",
+        )
     if len(decoded) > MAX_BLOCK_ID_BYTES:
         raise BlobError(400, "OutOfRangeInput", "Block ID length cannot exceed 64.")
     return decoded
@@ -83,6 +98,7 @@ def decode_block_id(raw: str) -> bytes:
 
 # --- Put Block List (notes §1.2): 201; 400 InvalidXmlDocument / InvalidBlockList;
 # 409 BlobAlreadyExists on If-None-Match: *; 412 on If-Match. ---------------------------------
+
 
 async def put_block_list(op: BlobRequest) -> Response:
     op.authorize("w")
@@ -97,7 +113,9 @@ async def put_block_list(op: BlobRequest) -> Response:
     try:
         props = await run_in_threadpool(
             lambda: op.store.commit_block_list(
-                op.container, op.blob, blocks,
+                op.container,
+                op.blob,
+                blocks,
                 content_md5=blob_md5,  # Azure stores it only when the client sends it (§1.2)
                 headers=op.content_settings(),
                 if_none_match_any=op.if_none_match_any(),
@@ -108,8 +126,12 @@ async def put_block_list(op: BlobRequest) -> Response:
     except InvalidBlockListError as exc:
         raise BlobError(400, "InvalidBlockList", str(exc)) from None
     except BlobTooLargeError as exc:  # e.g. one block named over and over (issue 9 finding 4)
-        raise BlobError(413, "RequestBodyTooLarge", f"{exc} (the upload's declared file_size, or the server's "
-                        "upload limit)", MaxLimit=str(op.max_upload_bytes)) from None
+        raise BlobError(
+            413,
+            "RequestBodyTooLarge",
+            f"{exc} (the upload's declared file_size, or the server's upload limit)",
+            MaxLimit=str(op.max_upload_bytes),
+        ) from None
     except BlobExistsError:
         raise BlobError(409, "BlobAlreadyExists") from None
     except ConditionNotMetError:
@@ -145,14 +167,16 @@ def _parse_block_list(body: bytes) -> list[tuple[str, bytes]]:
 
 # --- Put Blob (notes §1.3): 201; 400 MissingRequiredHeader x-ms-blob-type; 409; 411; 413. -------
 
+
 async def put_blob(op: BlobRequest) -> Response:
     op.authorize("cw")  # `c` creates; overwriting needs `w` (§2)
     blob_type = op.header("x-ms-blob-type")
     if blob_type is None:
         raise BlobError(400, "MissingRequiredHeader", HeaderName="x-ms-blob-type")
     if blob_type != "BlockBlob":
-        raise BlobError(400, "InvalidHeaderValue", "only BlockBlob is supported",
-                        HeaderName="x-ms-blob-type", HeaderValue=blob_type)
+        raise BlobError(
+            400, "InvalidHeaderValue", "only BlockBlob is supported", HeaderName="x-ms-blob-type", HeaderValue=blob_type
+        )
     await op.check_upload_rule()
     length = op.content_length(op.max_upload_bytes)
     expected_md5 = op.content_md5()
@@ -171,8 +195,13 @@ async def put_blob(op: BlobRequest) -> Response:
             raise BlobError(400, "Md5Mismatch", UserSpecifiedMd5=b64(expected_md5), ServerCalculatedMd5=b64(md5))
         props = await run_in_threadpool(
             lambda: op.store.commit_file(
-                op.container, op.blob, temp, content_md5=b64(md5), headers=headers,
-                if_none_match_any=op.if_none_match_any(), if_match=op.header("if-match"),
+                op.container,
+                op.blob,
+                temp,
+                content_md5=b64(md5),
+                headers=headers,
+                if_none_match_any=op.if_none_match_any(),
+                if_match=op.header("if-match"),
             )
         )
     except BlobExistsError:
@@ -187,6 +216,7 @@ async def put_blob(op: BlobRequest) -> Response:
 
 # --- Delete Blob: 202; 404 BlobNotFound. ---------------------------------------------------------
 
+
 async def delete_blob(op: BlobRequest) -> Response:
     op.authorize("d")
     await op.refuse_if_leased()
@@ -196,6 +226,7 @@ async def delete_blob(op: BlobRequest) -> Response:
 
 
 # --- shared pieces --------------------------------------------------------------------------
+
 
 def commit_headers(props: BlobProperties) -> dict[str, str]:
     headers = {

@@ -3,9 +3,9 @@
 Revision ID: scaleout
 Revises: upload_guard
 """
-from alembic import op
-import sqlalchemy as sa
 
+import sqlalchemy as sa
+from alembic import op
 
 revision = "scaleout"
 down_revision = "upload_guard"

@@ -3,9 +3,9 @@
 Revision ID: segments
 Revises: admin_panel
 """
-from alembic import op
-import sqlalchemy as sa
 
+import sqlalchemy as sa
+from alembic import op
 
 revision = "segments"
 down_revision = "admin_panel"

@@ -3,9 +3,9 @@
 Revision ID: segments_lease
 Revises: segments
 """
-from alembic import op
-import sqlalchemy as sa
 
+import sqlalchemy as sa
+from alembic import op
 
 revision = "segments_lease"
 down_revision = "segments"

@@ -3,9 +3,9 @@
 Revision ID: review
 Revises: segments_lease
 """
-from alembic import op
-import sqlalchemy as sa
 
+import sqlalchemy as sa
+from alembic import op
 
 revision = "review"
 down_revision = "segments_lease"
