@@ -50,10 +50,16 @@ def reference_detections(clip: Path, every: int, cache: Path | None) -> dict[int
     from veil.engine.detect import get_detector
     from veil.engine.detections import Detections
 
-    ref_config = ModelConfig(blur_face=True, enable_lp=True, slicing=True,
-                             blur_threshold=REFERENCE_THRESHOLD, lp_threshold=REFERENCE_THRESHOLD)
-    key = hashlib.sha256(f"{clip.resolve()}|{clip.stat().st_size}|{clip.stat().st_mtime}|{every}|"
-                         f"{ref_config.model_dump_json()}".encode()).hexdigest()[:16]
+    ref_config = ModelConfig(
+        blur_face=True,
+        enable_lp=True,
+        slicing=True,
+        blur_threshold=REFERENCE_THRESHOLD,
+        lp_threshold=REFERENCE_THRESHOLD,
+    )
+    key = hashlib.sha256(
+        f"{clip.resolve()}|{clip.stat().st_size}|{clip.stat().st_mtime}|{every}|{ref_config.model_dump_json()}".encode()
+    ).hexdigest()[:16]
     cached = cache / f"reference-{clip.stem}-{key}.json" if cache else None
     if cached and cached.is_file():
         return {int(k): v for k, v in json.loads(cached.read_text()).items()}
@@ -73,8 +79,11 @@ def reference_detections(clip: Path, every: int, cache: Path | None) -> dict[int
             dets = Detections.concat([detector.detect_faces(rgb), detector.detect_plates(rgb)])
             out[index] = [[*map(float, b), float(s), int(k)] for b, s, k in zip(dets.xyxy, dets.scores, dets.kinds)]
             if index % (every * 20) == 0:
-                print(f"  reference: frame {index}/{total} ({time.perf_counter() - started:.0f} s)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  reference: frame {index}/{total} ({time.perf_counter() - started:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     if cached:
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(out))
@@ -101,7 +110,7 @@ def over_blur(shape: tuple[int, int], drawn, config, kind: int, rows: list) -> f
     for row in rows:
         if int(row[5]) == kind:
             x1, y1 = max(0, int(np.floor(row[0]))), max(0, int(np.floor(row[1])))
-            mask[y1:min(h, int(np.ceil(row[3]))), x1:min(w, int(np.ceil(row[2])))] = False
+            mask[y1 : min(h, int(np.ceil(row[3]))), x1 : min(w, int(np.ceil(row[2])))] = False
     return float(mask.mean())
 
 
@@ -156,8 +165,12 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1, help="check every N-th frame")
     ap.add_argument("--cache", type=Path, default=None, help="folder to keep reference detections in")
     ap.add_argument("--segment-seconds", type=float, default=0, help="check a run split into segments this long")
-    ap.add_argument("--min-width", type=float, default=0,
-                    help="legibility floor: reference objects narrower than this (px) are reported apart")
+    ap.add_argument(
+        "--min-width",
+        type=float,
+        default=0,
+        help="legibility floor: reference objects narrower than this (px) are reported apart",
+    )
     args = ap.parse_args()
 
     from veil.engine.config import ModelConfig
@@ -219,21 +232,27 @@ def main() -> None:
     for kind in sorted(redacted):
         print(f"  {KIND_NAMES[kind]:<7} reference object-frames {checked[kind]:5d}   leaked {leaked[kind]:4d}{floor}")
         if args.min_width:
-            print(f"  {KIND_NAMES[kind]:<7} narrower than {args.min_width:g} px: {small[kind][0]:5d}   "
-                  f"leaked {small[kind][1]:4d} (not counted above)")
+            print(
+                f"  {KIND_NAMES[kind]:<7} narrower than {args.min_width:g} px: {small[kind][0]:5d}   "
+                f"leaked {small[kind][1]:4d} (not counted above)"
+            )
     for kind in sorted(redacted):
         shares = over[kind]
         mean = float(np.mean([v for v, _ in shares])) if shares else 0.0
         top, at = max(shares, default=(0.0, -1))
         big = largest_box(report.frames, kind)
         box = f"{big[0]:.0f}x{big[1]:.0f} px at frame {big[2]}" if big else "none"
-        print(f"  {KIND_NAMES[kind]:<7} over-blur: mean {100 * mean:.3f}% of the frame, worst {100 * top:.2f}% "
-              f"(frame {at}); largest box {box}")
+        print(
+            f"  {KIND_NAMES[kind]:<7} over-blur: mean {100 * mean:.3f}% of the frame, worst {100 * top:.2f}% "
+            f"(frame {at}); largest box {box}"
+        )
     total = sum(leaked.values())
     print(f"leaked object-frames: {total}")
     if runs:
-        print("longest run of consecutive leaked (checked) frames per track: "
-              + ", ".join(f"track {t}: {n}" for t, n in sorted(runs.items(), key=lambda kv: -kv[1])[:10]))
+        print(
+            "longest run of consecutive leaked (checked) frames per track: "
+            + ", ".join(f"track {t}: {n}" for t, n in sorted(runs.items(), key=lambda kv: -kv[1])[:10])
+        )
         for cov, index, kind in sorted(worst)[:10]:
             print(f"    frame {index} {KIND_NAMES[kind]} covered {cov:.0%}")
     sys.exit(1 if total else 0)

@@ -22,16 +22,19 @@ PLATES = ModelConfig(blur_face=False, enable_lp=True)
 
 
 def test_bounds_drop_impossible_plates_and_faces_and_keep_boxes_cut_by_the_border():
-    plates = [[600, 200, 1200, 800],  # square, 600 px wide in a 1080p frame: no plate
-              [900, 500, 1000, 530],  # a plate
-              [500, 300, 520, 360],  # three times taller than wide: no plate
-              [0, 300, 15, 340],  # as tall, but cut by the left border: a plate half out of the frame
-              [100, 900, 1300, 980]]  # 1200 px wide: wider than a plate can be in this frame
-    faces = [[100, 100, 400, 150],  # six times wider than tall: no face
-             [100, 100, 150, 160],  # a face
-             [700, 1060, 1000, 1080]]  # as flat, but cut by the bottom border
-    dets = Detections.concat([Detections.of_kind(plates, [0.9] * 5, PLATE),
-                              Detections.of_kind(faces, [0.9] * 3, FACE)])
+    plates = [
+        [600, 200, 1200, 800],  # square, 600 px wide in a 1080p frame: no plate
+        [900, 500, 1000, 530],  # a plate
+        [500, 300, 520, 360],  # three times taller than wide: no plate
+        [0, 300, 15, 340],  # as tall, but cut by the left border: a plate half out of the frame
+        [100, 900, 1300, 980],
+    ]  # 1200 px wide: wider than a plate can be in this frame
+    faces = [
+        [100, 100, 400, 150],  # six times wider than tall: no face
+        [100, 100, 150, 160],  # a face
+        [700, 1060, 1000, 1080],
+    ]  # as flat, but cut by the bottom border
+    dets = Detections.concat([Detections.of_kind(plates, [0.9] * 5, PLATE), Detections.of_kind(faces, [0.9] * 3, FACE)])
     kept = plausible(dets, 1920, 1080)
     assert kept.kind(PLATE).xyxy.tolist() == [plates[1], plates[3]]
     assert kept.kind(FACE).xyxy.tolist() == [faces[1], faces[2]]
@@ -81,6 +84,7 @@ def test_implausible_plate_box_in_a_photo_is_not_drawn(shared_data, tmp_path, mo
             if image_rgb.shape[1] == 1920:  # the whole-photo pass
                 boxes, scores = np.vstack([boxes, [square]]), np.r_[scores, 0.99]
             return boxes.astype(np.float32), scores.astype(np.float32)
+
         return net
 
     monkeypatch.setattr(detect_module, "_plate_yolo", with_square)
@@ -107,7 +111,7 @@ def _clip(path: Path, frames: int = 20) -> Path:
         s.codec_context.options = {"qp": "0", "preset": "ultrafast"}  # lossless: the square stays still
         for i in range(frames):
             img = np.full((240, 320, 3), 60, np.uint8)
-            img[200:215, 230 + i:280 + i] = 255
+            img[200:215, 230 + i : 280 + i] = 255
             img[10:120, 10:120] = 255
             out.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
         out.mux(s.encode(None))
@@ -118,13 +122,15 @@ def _clip(path: Path, frames: int = 20) -> Path:
 def test_implausible_plate_box_in_a_video_is_not_drawn(tmp_path, track):
     """Video, tracked and untracked, with a detector that boxes every bright blob as a plate: the
     moving patch (a plate's shape) is drawn in every frame, the square (no plate's shape or size) in none."""
+
     def detector(image, kinds, side=None, tiles=None):
         count, _, stats, _ = cv2.connectedComponentsWithStats((image.min(axis=2) > 200).astype(np.uint8))
         boxes = [[x, y, x + w, y + h] for x, y, w, h, _ in stats[1:count]]
         return Detections.of_kind(boxes, [0.9] * len(boxes), PLATE)
 
-    report = Pipeline(_clip(tmp_path / "c.mp4"), PLATES.model_copy(update={"lp_track": track}), None,
-                      detect=detector).run(None)
+    report = Pipeline(
+        _clip(tmp_path / "c.mp4"), PLATES.model_copy(update={"lp_track": track}), None, detect=detector
+    ).run(None)
     for f in report.frames:
         boxes = f.detections.kind(PLATE).xyxy
         assert len(boxes) >= 1, f"frame {f.index}: the plate is not drawn"

@@ -35,6 +35,7 @@ def test_lead_box_of_a_plate_entering_at_the_bottom_edge():
     """A 40x20 plate drives in from the bottom edge at 8 px a frame; the detector first finds it at
     frame 10, whole. Before that the boxes lie between where it was found and the edge (inside the
     frame), keep its width plus the margin (no box grown from its size), and cover its visible part."""
+
     def plate(i: int) -> list[float]:
         y = 400 - 8 * (i - 10)
         return [300.0, y, 340.0, y + 20]
@@ -62,6 +63,7 @@ def test_bridge_box_at_the_frame_edge_keeps_the_detections_size():
     in frames 3-7, found again at frame 8 (whole, 40x50): the bridge stays in the frame, covers the
     face, and is no larger than the larger detection plus a quarter of the distance between the two
     on each side."""
+
     def face(i: int) -> list[float]:
         return [630.0 - 4 * i, 200.0, 670.0 - 4 * i, 250.0]
 
@@ -120,9 +122,12 @@ def test_no_half_car_blur_before_the_plate_of_a_car_entering(shared_data, tmp_pa
     report = detect_video(clip, config, record=seen)
     frames = {f.index: f.detections.kind(PLATE) for f in report.frames}
     # the plate's first confident detection in the entry area (x 330-410, lower half)
-    first = min(i for i, c in seen.frames.items()
-                for b, s in zip(c.kind(PLATE).xyxy, c.kind(PLATE).scores)
-                if s >= config.lp_threshold and 330 <= b[0] <= 410 and b[1] >= 200)
+    first = min(
+        i
+        for i, c in seen.frames.items()
+        for b, s in zip(c.kind(PLATE).xyxy, c.kind(PLATE).scores)
+        if s >= config.lp_threshold and 330 <= b[0] <= 410 and b[1] >= 200
+    )
     box0 = next(b for b in frames[first].xyxy if 330 <= b[0] <= 410 and b[1] >= 200)
     track = next(int(t) for b, t in zip(frames[first].xyxy, frames[first].track_ids) if np.array_equal(b, box0))
     w0, h0 = box0[2] - box0[0], box0[3] - box0[1]
@@ -136,5 +141,8 @@ def test_no_half_car_blur_before_the_plate_of_a_car_entering(shared_data, tmp_pa
         assert w <= 1.5 * w0 + 2 * moved[0] + 1 and h <= 1.5 * h0 + 2 * moved[1] + 1, (i, b.tolist(), box0.tolist())
         # near where the plate appears: a few plate sizes, on its way in from the bottom edge
         assert w <= 3.5 * w0 and h <= 3.5 * h0, (i, b.tolist(), box0.tolist())
-        assert box0[0] - 2.5 * w0 <= b[0] and b[2] <= box0[2] + 2.5 * w0 and b[1] >= box0[1] - 0.5 * h0, \
-            (i, b.tolist(), box0.tolist())
+        assert box0[0] - 2.5 * w0 <= b[0] and b[2] <= box0[2] + 2.5 * w0 and b[1] >= box0[1] - 0.5 * h0, (
+            i,
+            b.tolist(),
+            box0.tolist(),
+        )

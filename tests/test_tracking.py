@@ -18,8 +18,12 @@ def box_at(i: int, speed: float = 3.0, y: float = 200.0) -> list[float]:
     return [x, y, x + 40, y + 50]
 
 
-def run(detections: dict[int, Detections | None], frames: int, params: TrackingParams | None = None,
-        tracked=frozenset({FACE, PLATE})) -> dict[int, Detections]:
+def run(
+    detections: dict[int, Detections | None],
+    frames: int,
+    params: TrackingParams | None = None,
+    tracked=frozenset({FACE, PLATE}),
+) -> dict[int, Detections]:
     vt = VideoTracker(params or TrackingParams(), SIZE, THRESHOLDS, tracked)
     out = []
     for i in range(frames):
@@ -71,6 +75,7 @@ def test_fast_small_plate_keeps_one_track_and_stays_covered():
     """A plate 24 px tall moving 18 px per detector run (every 2nd frame) in steps, as in a 12.5 fps
     clip shown at 30 (the 1080p bench clip): consecutive boxes overlap too little (IoU 0.14) to match,
     yet it stays one track (buffered IoU), and it is covered before its first detection too."""
+
     def plate(i: int) -> list[float]:
         y = 100 + 9 * (i // 2 * 2)  # moves in steps: held for two frames
         return [300, y, 350, y + 24]
@@ -101,8 +106,9 @@ def test_object_leaving_the_frame_keeps_being_blurred():
 
 def test_low_scores_continue_but_do_not_start_tracks():
     dets = {i: Detections.of_kind([box_at(i)], [0.9 if i < 20 else 0.3], FACE) for i in range(10, 40)}
-    dets.update({i: Detections.concat([dets[i], Detections.of_kind([[400, 50, 440, 100]], [0.3], FACE)])
-                 for i in range(10, 40)})
+    dets.update(
+        {i: Detections.concat([dets[i], Detections.of_kind([[400, 50, 440, 100]], [0.3], FACE)]) for i in range(10, 40)}
+    )
     out = run(dets, 60, TrackingParams(trail=2))
     for i in range(20, 40):  # the face's score dipped below the threshold: still tracked
         assert len(out[i]) == 1 and covers(out[i].xyxy[0], box_at(i))
@@ -110,8 +116,12 @@ def test_low_scores_continue_but_do_not_start_tracks():
 
 
 def test_kinds_do_not_mix_and_untracked_kinds_pass_through():
-    dets = {i: Detections.concat([Detections.of_kind([box_at(i)], [0.9], FACE),
-                                  Detections.of_kind([box_at(i)], [0.8], PLATE)]) for i in range(0, 30, 3)}
+    dets = {
+        i: Detections.concat(
+            [Detections.of_kind([box_at(i)], [0.9], FACE), Detections.of_kind([box_at(i)], [0.8], PLATE)]
+        )
+        for i in range(0, 30, 3)
+    }
     out = run(dets, 30, tracked=frozenset({FACE}))
     faces_ids = {int(t) for i in range(30) for t in out[i].kind(FACE).track_ids}
     assert faces_ids == {1}
@@ -173,6 +183,7 @@ def test_tracker_associates_by_iou():
 def test_lead_follows_a_fast_object_found_late():
     """A plate moving 12 px a frame (more than half its height) first detected at frame 10: the lead
     boxes before it move back along its velocity far enough to cover it (up to a box size a frame)."""
+
     def plate(i: int) -> list[float]:
         return [300.0, 100 + 12.0 * i, 340.0, 120 + 12.0 * i]
 

@@ -19,8 +19,9 @@ from veil.engine.video_detect import FrameDetector, around, join
 SIZE = 24  # the moving square's side
 
 
-def square_clip(path: Path, frames: int, step: int, size: tuple[int, int] = (320, 240),
-                newcomer: int | None = None) -> Path:
+def square_clip(
+    path: Path, frames: int, step: int, size: tuple[int, int] = (320, 240), newcomer: int | None = None
+) -> Path:
     """A white square moving right by `step` px a frame on a grey background (30 fps); with
     `newcomer`, a second, still square appears at (220, 40) from that frame on."""
     w, h = size
@@ -31,9 +32,9 @@ def square_clip(path: Path, frames: int, step: int, size: tuple[int, int] = (320
         for i in range(frames):
             img = np.full((h, w, 3), 60, np.uint8)
             x = 10 + step * i
-            img[100:100 + SIZE, x:x + SIZE] = 255
+            img[100 : 100 + SIZE, x : x + SIZE] = 255
             if newcomer is not None and i >= newcomer:
-                img[40:40 + SIZE, 220:220 + SIZE] = 255
+                img[40 : 40 + SIZE, 220 : 220 + SIZE] = 255
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             out.mux(s.encode(frame))
         out.mux(s.encode(None))
@@ -109,8 +110,9 @@ def test_gating_skips_a_still_region_yet_finds_a_newcomer_there(tmp_path, monkey
 
 
 @pytest.mark.parametrize("gate_max, whole_scans", [(vd._GATE_MAX, "several"), (1.0, "one")])
-def test_changed_regions_covering_most_of_the_frame_get_a_whole_frame_scan(tmp_path, monkeypatch, gate_max,
-                                                                          whole_scans):
+def test_changed_regions_covering_most_of_the_frame_get_a_whole_frame_scan(
+    tmp_path, monkeypatch, gate_max, whole_scans
+):
     """In a 320x240 frame two small changes with their context cover more than half of it: the scan takes
     the whole frame (the same pixels a scan sees, not an oddly cut region); control: with the limit at 1
     only the first scan is whole. Every frame stays covered either way."""
@@ -131,8 +133,9 @@ def test_changed_regions_covering_most_of_the_frame_get_a_whole_frame_scan(tmp_p
 
 
 def test_crop_regions_pad_join_and_clip():
-    regions = join(around(np.array([[100, 100, 120, 110], [130, 100, 150, 110], [601, 11, 640, 30]]),
-                          1.0, 96, 640, 360))
+    regions = join(
+        around(np.array([[100, 100, 120, 110], [130, 100, 150, 110], [601, 11, 640, 30]]), 1.0, 96, 640, 360)
+    )
     assert len(regions) == 2  # the two near boxes share one crop
     (x0, y0, x1, y1), (a0, b0, a1, b1) = sorted(regions)
     assert x0 <= 100 - 20 and x1 >= 150 + 20 and x1 - x0 >= 96

@@ -11,8 +11,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from test_video import make_clip
 import veil.engine.video_detect as vd
+from test_video import make_clip
 from veil.engine.config import ModelConfig
 from veil.engine.detections import PLATE, Detections
 from veil.engine.video import Pipeline
@@ -58,8 +58,12 @@ def test_a_size_change_mid_stream_is_scaled_to_the_first_size_and_said(tmp_path)
 
 def test_veil_anonymize_processes_a_joined_recording_without_a_traceback(detection_models, tmp_path):
     src = joined_clip(tmp_path)
-    result = subprocess.run([str(VEIL), "anonymize", str(src), str(tmp_path / "a.ts"), "-o", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(VEIL), "anonymize", str(src), str(tmp_path / "a.ts"), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "note: the picture size changes at frame 20 (192 x 144, first 160 x 120)" in result.stdout

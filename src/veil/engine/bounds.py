@@ -47,8 +47,9 @@ def plausible(dets: Detections, width: int, height: int) -> Detections:
     longest = max(width, height)
     plate = dets.kinds == PLATE
     face = dets.kinds == FACE
-    bad = plate & ((aspect < PLATE_MIN_ASPECT) & ~cut_x
-                   | (h > PLATE_MAX_HEIGHT * longest) | (w > PLATE_MAX_WIDTH * longest))
+    bad = plate & (
+        (aspect < PLATE_MIN_ASPECT) & ~cut_x | (h > PLATE_MAX_HEIGHT * longest) | (w > PLATE_MAX_WIDTH * longest)
+    )
     bad |= _holds_a_smaller_plate(dets.xyxy, plate & ~bad)
     bad |= face & ((aspect < FACE_ASPECT[0]) & ~cut_x | (aspect > FACE_ASPECT[1]) & ~cut_y)
     return dets if not bad.any() else dets[~bad]

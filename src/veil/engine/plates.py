@@ -34,8 +34,9 @@ class PlateYolo:
             self.session = create_session(model_path("plates"), provider)
         self.input_name = self.session.get_inputs()[0].name
 
-    def __call__(self, image_rgb: np.ndarray, *, size: int = 1280, rect: bool = True,
-                 floor: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, image_rgb: np.ndarray, *, size: int = 1280, rect: bool = True, floor: float = 0.05
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Detect plates with the longest input side ``size`` (a multiple of 32); boxes in original
         pixels (float32 Nx4) and raw scores (N) above ``floor``."""
         h, w = image_rgb.shape[:2]
@@ -49,7 +50,7 @@ class PlateYolo:
         dw, dh = (out_w - nw) / 2, (out_h - nh) / 2
         top, left = round(dh - 0.1), round(dw - 0.1)
         canvas = np.full((out_h, out_w, 3), 114, np.uint8)
-        canvas[top:top + nh, left:left + nw] = resized
+        canvas[top : top + nh, left : left + nw] = resized
         blob = (canvas.transpose(2, 0, 1)[None].astype(np.float32)) / np.float32(255)
         out = self.session.run(None, {self.input_name: blob})[0][0]  # 5 x N
         keep = out[4] > floor
@@ -95,5 +96,6 @@ def low_light_view(image_rgb: np.ndarray) -> np.ndarray | None:
     balanced = cv2.LUT(cv2.GaussianBlur(image_rgb, (5, 5), 0), lut.reshape(256, 1, 3))
     lab = cv2.cvtColor(balanced, cv2.COLOR_RGB2LAB)
     lab[:, :, 0] = cv2.createCLAHE(clipLimit=_CLAHE_CLIP, tileGridSize=_CLAHE_TILES).apply(
-        np.ascontiguousarray(lab[:, :, 0]))
+        np.ascontiguousarray(lab[:, :, 0])
+    )
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)

@@ -50,7 +50,7 @@ class TrackingParams:
     match_buffer: float = 0.5  # second association pass with boxes grown by this much (C-BIoU)
 
     @classmethod
-    def for_rate(cls, fps: float, stride: int = 1, scan: int = 1) -> "TrackingParams":
+    def for_rate(cls, fps: float, stride: int = 1, scan: int = 1) -> TrackingParams:
         """Parameters in frames for a video at `fps` whose detector runs every `stride`-th frame and
         looks for new objects (full-frame scans) every `scan`-th frame: a new object is covered from
         two scans before its first detection."""
@@ -93,8 +93,18 @@ class _Kalman:
     def __init__(self, box: np.ndarray) -> None:
         z = _to_cxcywh(box)
         self.x = np.concatenate([z, np.zeros(4)])
-        std = np.array([2 * self._POS, 2 * self._POS, 2 * self._POS, 2 * self._POS,
-                        10 * self._VEL, 10 * self._VEL, 10 * self._VEL, 10 * self._VEL])
+        std = np.array(
+            [
+                2 * self._POS,
+                2 * self._POS,
+                2 * self._POS,
+                2 * self._POS,
+                10 * self._VEL,
+                10 * self._VEL,
+                10 * self._VEL,
+                10 * self._VEL,
+            ]
+        )
         self.P = np.diag((std * np.r_[z[[2, 3, 2, 3]], z[[2, 3, 2, 3]]]) ** 2)
 
     def predict(self, dt: int) -> None:
@@ -132,8 +142,9 @@ def _centre(box: np.ndarray) -> np.ndarray:
     return (np.asarray(box[:2], np.float64) + np.asarray(box[2:], np.float64)) / 2
 
 
-def lead_box(box: np.ndarray, velocity: np.ndarray, dt: int, travel: float, window: float,
-             p: TrackingParams) -> np.ndarray:
+def lead_box(
+    box: np.ndarray, velocity: np.ndarray, dt: int, travel: float, window: float, p: TrackingParams
+) -> np.ndarray:
     """Where an object seen at `box` may be `dt` frames later (earlier when negative), moving at
     `velocity` (its centre's, px a frame): its own size, never one extrapolated from the detections
     (a plate entering the frame grows in its first detections, and a box sized backwards from them
@@ -215,8 +226,11 @@ class Tracker:
         # Stages (minimum IoU, box buffer): 0 confident detections; 1 confident ones left over, again
         # with boxes grown by `match_buffer` (C-BIoU: a plate moving more than its own height between
         # detector runs does not overlap its prediction); 2 low scores, which only continue tracks.
-        for stage, min_iou, buffer in ((0, p.match_iou, 0.0), (1, p.match_iou, p.match_buffer),
-                                       (2, p.low_match_iou, 0.0)):
+        for stage, min_iou, buffer in (
+            (0, p.match_iou, 0.0),
+            (1, p.match_iou, p.match_buffer),
+            (2, p.low_match_iou, 0.0),
+        ):
             idx = new if stage < 2 else np.flatnonzero(~high)
             track_boxes = np.array([t.kalman.box for t in pool]).reshape(-1, 4)
             pairs, unmatched = _associate(_buffered(track_boxes, buffer), _buffered(dets.xyxy[idx], buffer), min_iou)
@@ -273,8 +287,13 @@ class VideoTracker:
     the rest at the end of the video. A frame is final `params.horizon` frames after it was pushed.
     """
 
-    def __init__(self, params: TrackingParams, frame_size: tuple[int, int], thresholds: dict[int, float],
-                 tracked_kinds: set[int] = frozenset({FACE, PLATE})) -> None:
+    def __init__(
+        self,
+        params: TrackingParams,
+        frame_size: tuple[int, int],
+        thresholds: dict[int, float],
+        tracked_kinds: frozenset[int] | set[int] = frozenset({FACE, PLATE}),
+    ) -> None:
         self.params = params
         self.width, self.height = frame_size
         self.thresholds = thresholds  # kind -> calibrated threshold (lower scores only continue tracks)
@@ -291,8 +310,9 @@ class VideoTracker:
             rest = dets[~tracked]
             rest = rest[rest.scores >= np.array([self.thresholds.get(int(k), 0.0) for k in rest.kinds])]
             if len(rest):
-                self._untracked[index] = Detections(rest.xyxy, rest.scores, rest.kinds,
-                                                    np.full(len(rest), -1, np.int64))
+                self._untracked[index] = Detections(
+                    rest.xyxy, rest.scores, rest.kinds, np.full(len(rest), -1, np.int64)
+                )
             self._tracks += self._tracker.update(index, dets[tracked])
         return self._emit(index - self.params.horizon)
 
@@ -324,15 +344,18 @@ class VideoTracker:
             if raw is None:
                 continue
             box, score = raw
-            near = [r[0] for d in range(-self.params.smooth, self.params.smooth + 1)
-                    if (r := (raw if d == 0 else self._raw(track, f + d))) is not None]
+            near = [
+                r[0]
+                for d in range(-self.params.smooth, self.params.smooth + 1)
+                if (r := (raw if d == 0 else self._raw(track, f + d))) is not None
+            ]
             smooth = np.mean(near, axis=0)
             box = np.r_[np.minimum(smooth[:2], box[:2]), np.maximum(smooth[2:], box[2:])]
             boxes.append(box)
             scores.append(score)
             kinds.append(track.kind)
             ids.append(track.id)
-        dets = Detections(np.array(boxes).reshape(-1, 4), scores, kinds, ids)
+        dets = Detections(np.array(boxes).reshape(-1, 4), np.array(scores), np.array(kinds), np.array(ids))
         return self._clip(Detections.concat([dets, self._untracked_near(f)]))
 
     def _untracked_near(self, f: int) -> Detections:
@@ -367,8 +390,7 @@ class VideoTracker:
             return t.boxes[i], t.scores[i]
         prev = i - 1 if i > 0 else None
         nxt = i if i < len(t.frames) else None
-        bridged = prev is not None and nxt is not None and t.frames[nxt] - t.frames[prev] <= p.max_gap + 1
-        if bridged:
+        if prev is not None and nxt is not None and t.frames[nxt] - t.frames[prev] <= p.max_gap + 1:  # bridged
             fp, fn = t.frames[prev], t.frames[nxt]
             bp, bn = t.boxes[prev], t.boxes[nxt]
             a = (f - fp) / (fn - fp)

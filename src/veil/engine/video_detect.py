@@ -31,12 +31,12 @@ import av
 import cv2
 import numpy as np
 
+from ..settings import engine_settings
 from .bounds import plausible
 from .config import ModelConfig
 from .detect import TilePick
 from .detections import FACE, PLATE, Detections
 from .yuv import FramePixels
-from ..settings import engine_settings
 
 _TUNING = engine_settings()  # read once: the detector's schedule is fixed for the process
 
@@ -46,8 +46,7 @@ _TUNING = engine_settings()  # read once: the detector's schedule is fixed for t
 DetectFn = Callable[..., Detections]
 
 # A full-frame scan runs on a copy whose longest side is this, per kind ...
-_DETECT_SIDE = {FACE: _TUNING.video_face_side,
-                PLATE: _TUNING.video_plate_side}
+_DETECT_SIDE = {FACE: _TUNING.video_face_side, PLATE: _TUNING.video_plate_side}
 # ... and at least this fraction of the frame's longest side, so the smallest object found (in source
 # pixels) does not grow with the resolution: at a fixed 640 px a 4K face would need to be twice
 # as large as a 1080p one to be seen. Plates at 2/3 (1280 px for 1080p): with 8 detector runs/s,
@@ -57,14 +56,12 @@ _MIN_DETECT_FRACTION = {FACE: 1 / 3, PLATE: 2 / 3}
 # bridges the frames in between. Plates need more: small plates on moving cars drift out of a
 # bridged box, and a plate often scores high in one frame and low in the next (leaked plate-frames
 # on the 1080p bench clip, full scans only: 22 of 184 at 8 runs/s, 4 at 10, 0 at 15).
-_DETECT_FPS = {FACE: _TUNING.video_detect_fps,
-               PLATE: _TUNING.video_plate_detect_fps}
+_DETECT_FPS = {FACE: _TUNING.video_detect_fps, PLATE: _TUNING.video_plate_detect_fps}
 # Scans per second for tracked kinds (the rest of the detector runs are crops). Plates at 5: at 3 a
 # fast plate that one scan missed was first found two scans later, and the look-ahead's box (moved
 # at most one box size back from the first detection) did not reach it (1 leaked plate-frame of 10
 # checked on a 221-frame cut of the 1080p bench clip; 0 at 5).
-_SCAN_FPS = {FACE: _TUNING.video_face_scan_fps,
-             PLATE: _TUNING.video_plate_scan_fps}
+_SCAN_FPS = {FACE: _TUNING.video_face_scan_fps, PLATE: _TUNING.video_plate_scan_fps}
 # Slicing tiles per second, per kind (one tile each time; see the module docstring).
 _TILE_FPS = _TUNING.video_tile_fps
 # Motion gating (tracked kinds): a scan looks only where the picture changed since any of that kind's
@@ -107,8 +104,7 @@ def default_detect(config: ModelConfig) -> DetectFn:
     face_t = max(0.0, config.blur_threshold - LOW_SCORE_MARGIN)
     plate_t = max(0.0, config.lp_threshold - LOW_SCORE_MARGIN)
 
-    def detect(image: np.ndarray, kinds: frozenset[int], side: int | None = None,
-               tiles: TilePick = None) -> Detections:
+    def detect(image: np.ndarray, kinds: frozenset[int], side: int | None = None, tiles: TilePick = None) -> Detections:
         side = side or max(image.shape[:2])
         detector = whole if tiles is None else sliced
         parts = []
@@ -136,21 +132,29 @@ def _every(fps: float, per_second: float) -> int:
 class FrameDetector:
     """Runs the detectors for one frame at a time, as the module docstring plans it."""
 
-    def __init__(self, detect: DetectFn, config: ModelConfig, size: tuple[int, int], fps: float,
-                 kinds: frozenset[int], tracked: set[int]) -> None:
+    def __init__(
+        self,
+        detect: DetectFn,
+        config: ModelConfig,
+        size: tuple[int, int],
+        fps: float,
+        kinds: frozenset[int],
+        tracked: set[int],
+    ) -> None:
         self.detect, self.config = detect, config
         self.width, self.height = size
         self.kinds = kinds
         self.strides = {k: _every(fps, _DETECT_FPS[k]) if k in tracked else 1 for k in kinds}
         # Scans on a multiple of the detector stride, so that a scan frame is a detector frame.
-        self.scans = {k: self.strides[k] * max(1, round(_every(fps, _SCAN_FPS[k]) / self.strides[k]))
-                      if k in tracked else 1 for k in kinds}
+        self.scans = {
+            k: self.strides[k] * max(1, round(_every(fps, _SCAN_FPS[k]) / self.strides[k])) if k in tracked else 1
+            for k in kinds
+        }
         # With slicing, a tile joins the scan about _TILE_FPS times a second (one tile, in turn).
         self.tile_scans = {k: self.scans[k] * max(1, round(_every(fps, _TILE_FPS) / self.scans[k])) for k in kinds}
         self._tile_turn = {k: 0 for k in kinds}
         self.tracked = tracked
-        self.full_scans = {k: self.scans[k] * max(1, round(_every(fps, _FULL_SCAN_FPS) / self.scans[k]))
-                           for k in kinds}
+        self.full_scans = {k: self.scans[k] * max(1, round(_every(fps, _FULL_SCAN_FPS) / self.scans[k])) for k in kinds}
         self._lumas: dict[int, deque[np.ndarray]] = {k: deque(maxlen=_GATE_MEMORY) for k in kinds}
         # Untracked kinds: each block's luma when the detector last looked at it, and what it found.
         self._looked: dict[int, np.ndarray] = {}
@@ -182,13 +186,13 @@ class FrameDetector:
                 else:
                     parts.append(changed)
                 continue
-            regions = []
+            regions: list[tuple[int, int, int, int]] = []
             if index % self.scans[kind] == 0:
-                changed = self._changed(kind, pixels, index)
-                if changed is None:
+                moved = self._changed(kind, pixels, index)
+                if moved is None:
                     whole.add(kind)
                     continue
-                regions += changed
+                regions += moved
             regions += around(predict(kind), _CROP_PAD[kind], _CROP_MIN[kind], self.width, self.height)
             parts.append(self._regions(pixels, kind, join(regions)))
         if whole:
@@ -203,10 +207,14 @@ class FrameDetector:
         the detector last looked, plus what it finds in the changed regions; None for a whole-frame scan."""
         luma = pixels.block_means(_GATE_BLOCK)
         looked = self._looked.get(kind)
-        whole = looked is None or index % self.full_scans[kind] == 0 \
-            or self.config.slicing and index % self.tile_scans[kind] == 0
-        changed = None if whole else np.abs(luma - looked) > _GATE_DIFF
-        if changed is None or changed.mean() > _GATE_MAX:
+        whole = (
+            looked is None
+            or index % self.full_scans[kind] == 0
+            or self.config.slicing
+            and index % self.tile_scans[kind] == 0
+        )
+        changed = None if whole or looked is None else np.abs(luma - looked) > _GATE_DIFF
+        if looked is None or changed is None or changed.mean() > _GATE_MAX:
             self._looked[kind] = luma
             return None
         held = self._held[kind]
@@ -215,13 +223,14 @@ class FrameDetector:
         regions = self._change_regions(changed, kind)
         # A kept box that a region touches is looked at whole, with context, in that region.
         boxes = np.clip(held.xyxy, 0, [self.width, self.height, self.width, self.height])
-        while cut := [self._with_context(box, kind) for box in boxes
-                      if _touches(box, regions) and not _inside(box, regions)]:
+        while cut := [
+            self._with_context(box, kind) for box in boxes if _touches(box, regions) and not _inside(box, regions)
+        ]:
             regions = join(regions + cut)
         keep = np.array([not _touches(box, regions) for box in boxes], bool)
         b = _GATE_BLOCK
         for x0, y0, x1, y1 in regions:  # the blocks looked at now remember this frame's luma
-            looked[y0 // b:-(-y1 // b), x0 // b:-(-x1 // b)] = luma[y0 // b:-(-y1 // b), x0 // b:-(-x1 // b)]
+            looked[y0 // b : -(-y1 // b), x0 // b : -(-x1 // b)] = luma[y0 // b : -(-y1 // b), x0 // b : -(-x1 // b)]
         found = Detections.concat([held[keep], self._regions(pixels, kind, regions, as_scanned=True)])
         self._held[kind] = found
         return found
@@ -231,8 +240,12 @@ class FrameDetector:
         luma = pixels.block_means(_GATE_BLOCK)
         earlier = list(self._lumas[kind])
         self._lumas[kind].append(luma)
-        if not earlier or index % self.full_scans[kind] == 0 \
-                or self.config.slicing and index % self.tile_scans[kind] == 0:
+        if (
+            not earlier
+            or index % self.full_scans[kind] == 0
+            or self.config.slicing
+            and index % self.tile_scans[kind] == 0
+        ):
             return None
         mask = (np.max([np.abs(luma - e) for e in earlier], axis=0) > _GATE_DIFF).astype(np.uint8)
         if mask.mean() > _GATE_MAX:
@@ -249,14 +262,19 @@ class FrameDetector:
         mask = cv2.dilate(changed.astype(np.uint8), np.ones((3, 3), np.uint8))
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         b = _GATE_BLOCK
-        return join([self._with_context((x * b, y * b, (x + w) * b, (y + h) * b), kind)
-                     for x, y, w, h, _ in stats[1:count]])
+        return join(
+            [self._with_context((x * b, y * b, (x + w) * b, (y + h) * b), kind) for x, y, w, h, _ in stats[1:count]]
+        )
 
     def _with_context(self, box, kind: int) -> tuple[int, int, int, int]:
         """`box` (frame pixels, may be fractional) grown by half a crop's least size on each side, clipped."""
         m = _CROP_MIN[kind] // 2
-        return (max(0, int(box[0]) - m), max(0, int(box[1]) - m),
-                min(self.width, int(np.ceil(box[2])) + m), min(self.height, int(np.ceil(box[3])) + m))
+        return (
+            max(0, int(box[0]) - m),
+            max(0, int(box[1]) - m),
+            min(self.width, int(np.ceil(box[2])) + m),
+            min(self.height, int(np.ceil(box[3])) + m),
+        )
 
     # ------------------------------------------------------------------ full-frame scans
     def _scan(self, index: int, pixels: FramePixels, kinds: frozenset[int]) -> Detections:
@@ -281,14 +299,18 @@ class FrameDetector:
         return lambda tiles: [tiles[turn % len(tiles)]] if tiles else []
 
     # ------------------------------------------------------------------ regions: crops, changes
-    def _regions(self, pixels: FramePixels, kind: int, regions: list[tuple[int, int, int, int]],
-                 as_scanned: bool = False) -> Detections:
+    def _regions(
+        self, pixels: FramePixels, kind: int, regions: list[tuple[int, int, int, int]], as_scanned: bool = False
+    ) -> Detections:
         """Detections in the regions; `as_scanned`: at the scan's scale (the pixels a scan would see)."""
         scan_scale = detect_side(kind, max(self.width, self.height)) / max(self.width, self.height)
         parts = []
         for x0, y0, x1, y1 in regions:
-            scale = scan_scale if as_scanned else \
-                max(scan_scale, min(_CROP_MAX_SCALE[kind], _CROP_SIDE / max(x1 - x0, y1 - y0)))
+            scale = (
+                scan_scale
+                if as_scanned
+                else max(scan_scale, min(_CROP_MAX_SCALE[kind], _CROP_SIDE / max(x1 - x0, y1 - y0)))
+            )
             image = pixels.rgb(x0, y0, x1, y1, scale)
             parts.append(_to_frame(self.detect(image, frozenset({kind})), image, x0, y0, x1, y1))
         return Detections.concat(parts)
@@ -301,8 +323,14 @@ def around(boxes: np.ndarray, pad: float, least: int, width: int, height: int) -
     for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4):
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         half = max(least / 2, (0.5 + pad) * max(x1 - x0, y1 - y0))
-        out.append((max(0, int(cx - half)), max(0, int(cy - half)), min(width, int(np.ceil(cx + half))),
-                    min(height, int(np.ceil(cy + half)))))
+        out.append(
+            (
+                max(0, int(cx - half)),
+                max(0, int(cy - half)),
+                min(width, int(np.ceil(cx + half))),
+                min(height, int(np.ceil(cy + half))),
+            )
+        )
     return out
 
 
@@ -320,7 +348,7 @@ def join(regions: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, 
                 break
         else:
             done.append(a)
-    return [tuple(r) for r in done]
+    return [(r[0], r[1], r[2], r[3]) for r in done]
 
 
 def _touches(box, regions: list[tuple[int, int, int, int]]) -> bool:
