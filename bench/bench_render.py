@@ -49,13 +49,16 @@ def hour_document(work: Path, per: int) -> None:
     doc = work / "hour.detections.gz"
     peaks = {}
     for step in ("write", "read"):
-        out = subprocess.run([sys.executable, "-c", _HOUR, str(doc), str(per), step], capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _HOUR, str(doc), str(per), step], capture_output=True, text=True, check=True
+        )
         peaks[step] = int(out.stdout.split()[-1]) / 1024
     size = doc.stat().st_size
-    print(f"one-hour 1080p30 document, {per} candidates a frame: {size / 1e6:.1f} MB "
-          f"({size / 108_000:.0f} bytes a frame); peak RSS writing {peaks['write']:.0f} MiB, "
-          f"reading {peaks['read']:.0f} MiB")
+    print(
+        f"one-hour 1080p30 document, {per} candidates a frame: {size / 1e6:.1f} MB "
+        f"({size / 108_000:.0f} bytes a frame); peak RSS writing {peaks['write']:.0f} MiB, "
+        f"reading {peaks['read']:.0f} MiB"
+    )
 
 
 def main() -> None:
@@ -77,18 +80,36 @@ def main() -> None:
     print(f"cpu: {cpu_line()}")
     try:
         doc = work / "clip.detections.gz"
-        subprocess.run([veil, "detect", str(args.clip), "--candidates", "--json", str(doc), "--config", args.config],
-                       check=True, capture_output=True)
-        print(f"clip {args.clip} ({frames} frames); document {doc.stat().st_size / 1e3:.0f} kB "
-              f"(detected once with {args.config})", flush=True)
+        subprocess.run(
+            [veil, "detect", str(args.clip), "--candidates", "--json", str(doc), "--config", args.config],
+            check=True,
+            capture_output=True,
+        )
+        print(
+            f"clip {args.clip} ({frames} frames); document {doc.stat().st_size / 1e3:.0f} kB "
+            f"(detected once with {args.config})",
+            flush=True,
+        )
         crf = str(ModelConfig().video_crf)
-        tools = {"render at 0.6": [veil, "render", str(args.clip), str(doc), "-o", str(work / "render"), "--config",
-                                   json.dumps({"blur_threshold": 0.6, "lp_threshold": 0.6})],
-                 "floor": [sys.executable, "-c", _FLOOR, str(args.clip), str(work / "floor.mp4"), X264_PRESET, crf]}
+        tools = {
+            "render at 0.6": [
+                veil,
+                "render",
+                str(args.clip),
+                str(doc),
+                "-o",
+                str(work / "render"),
+                "--config",
+                json.dumps({"blur_threshold": 0.6, "lp_threshold": 0.6}),
+            ],
+            "floor": [sys.executable, "-c", _FLOOR, str(args.clip), str(work / "floor.mp4"), X264_PRESET, crf],
+        }
         results = measure(tools, frames, args.runs)
         (render, render_cpu), (floor, floor_cpu) = results["render at 0.6"], results["floor"]
-        print(f"\nrender {render:.2f} fps ({render_cpu:.0f} CPU ms/frame), floor {floor:.2f} fps "
-              f"({floor_cpu:.0f} CPU ms/frame): render / floor {render / floor:.2f}x")
+        print(
+            f"\nrender {render:.2f} fps ({render_cpu:.0f} CPU ms/frame), floor {floor:.2f} fps "
+            f"({floor_cpu:.0f} CPU ms/frame): render / floor {render / floor:.2f}x"
+        )
         hour_document(work, args.hour_candidates)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -37,8 +37,11 @@ def main() -> None:
     frames = frame_count(args.clip)
     segments = plan_segments(args.clip, config, args.segment_seconds)
     print(cpu_line())
-    print(f"clip {args.clip}: {frames} frames; config {config.model_dump_json()}; "
-          f"{len(segments)} segments of about {args.segment_seconds} s", flush=True)
+    print(
+        f"clip {args.clip}: {frames} frames; config {config.model_dump_json()}; "
+        f"{len(segments)} segments of about {args.segment_seconds} s",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         anonymize_video(args.clip, Path(out) / f"unsplit{args.clip.suffix}", config)
@@ -46,11 +49,15 @@ def main() -> None:
         print(f"unsplit            {base:8.1f} s  {frames / base:6.2f} frames/s", flush=True)
         for workers in (int(w) for w in args.workers.split(",")):
             started = time.perf_counter()
-            anonymize_split(args.clip, Path(out) / f"split{workers}{args.clip.suffix}", config,
-                            args.segment_seconds, workers)
+            anonymize_split(
+                args.clip, Path(out) / f"split{workers}{args.clip.suffix}", config, args.segment_seconds, workers
+            )
             took = time.perf_counter() - started
-            print(f"split, {workers:2d} workers  {took:8.1f} s  {frames / took:6.2f} frames/s  "
-                  f"x{base / took:.2f} vs unsplit", flush=True)
+            print(
+                f"split, {workers:2d} workers  {took:8.1f} s  {frames / took:6.2f} frames/s  "
+                f"x{base / took:.2f} vs unsplit",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ import requests
 
 MIB = 1024 * 1024
 TESTS = Path(__file__).resolve().parents[1] / "tests"
-NAMES = {"seed": "seed loop (4 MiB, 1 at a time)", "client": "veil_client (defaults, Content-MD5)",
-         "client-no-md5": "veil_client (defaults, no Content-MD5)"}
+NAMES = {
+    "seed": "seed loop (4 MiB, 1 at a time)",
+    "client": "veil_client (defaults, Content-MD5)",
+    "client-no-md5": "veil_client (defaults, no Content-MD5)",
+}
 
 
 def serve(root: Path, port: int, key: bytes) -> None:
@@ -183,8 +186,11 @@ def main() -> None:
         children.append(server)
         base = f"http://127.0.0.1:{port}"
         wait_for(f"{base}/", server)
-        proxy = subprocess.Popen([sys.executable, __file__, "--proxy", str(port), str(args.delay_ms / 1000)],
-                                 stdout=subprocess.PIPE, text=True)
+        proxy = subprocess.Popen(
+            [sys.executable, __file__, "--proxy", str(port), str(args.delay_ms / 1000)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         children.append(proxy)
         proxied = f"http://127.0.0.1:{proxy.stdout.readline().strip()}"
         rss0, _ = peak_rss_mib(server.pid)
@@ -192,8 +198,10 @@ def main() -> None:
 
         from veil_client.transfer import CONCURRENCY, block_size_for
 
-        print(f"veil_client defaults for this file: {block_size_for(size) // MIB} MiB blocks, {CONCURRENCY} in "
-              f"flight; {args.runs} runs of each upload, interleaved; CPU: {cpu_model()}")
+        print(
+            f"veil_client defaults for this file: {block_size_for(size) // MIB} MiB blocks, {CONCURRENCY} in "
+            f"flight; {args.runs} runs of each upload, interleaved; CPU: {cpu_model()}"
+        )
         mb, seconds, kept = size / 1e6, {}, None
         for label, url in (("loopback", base), (f"proxy +{args.delay_ms:g} ms each way", proxied)):
             store = LocalBlobStore(root, "veilbench", key, url)  # signs URLs pointing at `url`
@@ -202,21 +210,31 @@ def main() -> None:
                     blob = f"{how}-{label[:5]}-{run}.bin"
                     session_uri = store.signed_upload_url("uploads", blob, timedelta(hours=1))
                     server_cpu = cpu_seconds(server.pid)
-                    out = subprocess.run([sys.executable, __file__, "--upload", how, session_uri, str(src)],
-                                         capture_output=True, text=True, check=True).stdout.split()
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--upload", how, session_uri, str(src)],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout.split()
                     seconds.setdefault((label, how), []).append(float(out[0]))
                     assert store.size("uploads", blob) == size
-                    print(f"upload {label:22} {NAMES[how]:38} {float(out[0]):6.1f} s {mb / float(out[0]):5.0f} MB/s, "
-                          f"CPU s client {float(out[2]):4.1f} server {cpu_seconds(server.pid) - server_cpu:4.1f}; "
-                          f"peak RSS client {float(out[1]):3.0f} MiB server {peak_rss_mib(server.pid)[1]:3.0f} MiB; "
-                          f"load {os.getloadavg()[0]:.1f}", flush=True)
+                    print(
+                        f"upload {label:22} {NAMES[how]:38} {float(out[0]):6.1f} s {mb / float(out[0]):5.0f} MB/s, "
+                        f"CPU s client {float(out[2]):4.1f} server {cpu_seconds(server.pid) - server_cpu:4.1f}; "
+                        f"peak RSS client {float(out[1]):3.0f} MiB server {peak_rss_mib(server.pid)[1]:3.0f} MiB; "
+                        f"load {os.getloadavg()[0]:.1f}",
+                        flush=True,
+                    )
                     if kept is None and how == "client":
                         kept = blob  # one client upload stays, for the download
                     else:
                         store.delete("uploads", blob)
             seed, client, plain = (statistics.median(seconds[label, how]) for how in NAMES)
-            print(f"  medians on {label}: seed {seed:.1f} s, client {client:.1f} s, without Content-MD5 {plain:.1f} s; "
-                  f"client / seed loop {seed / client:.1f}x ({seed / plain:.1f}x without Content-MD5)", flush=True)
+            print(
+                f"  medians on {label}: seed {seed:.1f} s, client {client:.1f} s, without Content-MD5 {plain:.1f} s; "
+                f"client / seed loop {seed / client:.1f}x ({seed / plain:.1f}x without Content-MD5)",
+                flush=True,
+            )
 
         store = LocalBlobStore(root, "veilbench", key, base)
         dest = work / "output.bin"
@@ -230,8 +248,10 @@ def main() -> None:
                     digest.update(chunk)
         download_s = time.perf_counter() - t
         assert digest.hexdigest() == sha, "downloaded bytes differ from the upload"
-        print(f"download (requests stream, 1 MiB chunks, sha256 checked): {download_s:.1f} s, "
-              f"{mb / download_s:.0f} MB/s; server peak RSS {peak_rss_mib(server.pid)[1]:.0f} MiB")
+        print(
+            f"download (requests stream, 1 MiB chunks, sha256 checked): {download_s:.1f} s, "
+            f"{mb / download_s:.0f} MB/s; server peak RSS {peak_rss_mib(server.pid)[1]:.0f} MiB"
+        )
     finally:
         for child in children:
             child.terminate()

@@ -67,8 +67,12 @@ def cpu_line() -> str:
                 flags = set(value.split())
     except OSError:
         pass
-    has = {"AVX2": "avx2" in flags, "AVX-512": "avx512f" in flags,
-           "AVX512-BF16": "avx512_bf16" in flags, "AMX": "amx_tile" in flags}
+    has = {
+        "AVX2": "avx2" in flags,
+        "AVX-512": "avx512f" in flags,
+        "AVX512-BF16": "avx512_bf16" in flags,
+        "AMX": "amx_tile" in flags,
+    }
     return f"{model}, {os.cpu_count()} CPUs; " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in has.items())
 
 
@@ -111,10 +115,14 @@ def measure(tools: dict[str, list[str]], frames: int, runs: int) -> dict[str, tu
             wall, cpu = timed(cmd)
             walls[name].append(wall)
             cpus[name].append(cpu)
-            print(f"  run {run + 1} {name:<18} {frames / wall:6.2f} fps ({wall:.1f} s, "
-                  f"{1000 * cpu / frames:.0f} CPU ms/frame, load {os.getloadavg()[0]:.1f})", flush=True)
-    return {name: (frames / statistics.median(walls[name]), 1000 * statistics.median(cpus[name]) / frames)
-            for name in tools}
+            print(
+                f"  run {run + 1} {name:<18} {frames / wall:6.2f} fps ({wall:.1f} s, "
+                f"{1000 * cpu / frames:.0f} CPU ms/frame, load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+    return {
+        name: (frames / statistics.median(walls[name]), 1000 * statistics.median(cpus[name]) / frames) for name in tools
+    }
 
 
 def main() -> None:
@@ -140,15 +148,27 @@ def main() -> None:
     print(f"runtime: {describe()} (VEIL_EXECUTION_PROVIDER={os.environ.get('VEIL_EXECUTION_PROVIDER', 'auto')})")
     print(f"clip {args.clip} ({frames} frames), load {os.getloadavg()[0]:.1f}, median of {args.runs} runs", flush=True)
     crf = str(ModelConfig().video_crf)
-    tools = {name: [veil, "anonymize", str(args.clip), "-o", str(work / name.replace(" ", "_")), "--config",
-                    ModelConfig(**cfg).model_dump_json()] for name, cfg in configs.items()}
+    tools = {
+        name: [
+            veil,
+            "anonymize",
+            str(args.clip),
+            "-o",
+            str(work / name.replace(" ", "_")),
+            "--config",
+            ModelConfig(**cfg).model_dump_json(),
+        ]
+        for name, cfg in configs.items()
+    }
     tools["floor"] = [sys.executable, "-c", _FLOOR, str(args.clip), str(work / "floor.mp4"), X264_PRESET, crf]
     if not args.skip_deface:
         deface = str(ensure_deface(args.deface_venv))
         tools["deface"] = [deface, str(args.clip), "-o", str(work / "deface.mp4")]
         tools["deface_640"] = [deface, str(args.clip), "-o", str(work / "deface640.mp4"), "--scale", "640x360"]
-    print(f"floor = decode + libx264 preset {X264_PRESET}, CRF {crf}; configs: "
-          + "; ".join(f"{name} {json.dumps(cfg)}" for name, cfg in configs.items()))
+    print(
+        f"floor = decode + libx264 preset {X264_PRESET}, CRF {crf}; configs: "
+        + "; ".join(f"{name} {json.dumps(cfg)}" for name, cfg in configs.items())
+    )
     try:
         results = measure(tools, frames, args.runs)
     finally:
@@ -162,10 +182,14 @@ def main() -> None:
         v, v_cpu = results[name]
         print(f"  {name:<18} / floor       {v / floor:.2f}x fps   {floor_cpu / v_cpu:.2f}x by CPU time")
         if "deface" in results:
-            print(f"  {name:<18} / deface      {v / results['deface'][0]:.2f}x fps   "
-                  f"{results['deface'][1] / v_cpu:.2f}x by CPU time")
-            print(f"  {name:<18} / deface 640  {v / results['deface_640'][0]:.2f}x fps   "
-                  f"{results['deface_640'][1] / v_cpu:.2f}x by CPU time")
+            print(
+                f"  {name:<18} / deface      {v / results['deface'][0]:.2f}x fps   "
+                f"{results['deface'][1] / v_cpu:.2f}x by CPU time"
+            )
+            print(
+                f"  {name:<18} / deface 640  {v / results['deface_640'][0]:.2f}x fps   "
+                f"{results['deface_640'][1] / v_cpu:.2f}x by CPU time"
+            )
 
 
 if __name__ == "__main__":

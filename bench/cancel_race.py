@@ -22,8 +22,8 @@ from PIL import Image
 
 import veil.engine.anonymize
 from veil.jobs.keys import create_key, get_key
-from veil.jobs.service import INPUT_CONTAINER, JobConflict, build_service
 from veil.jobs.runner import process_job
+from veil.jobs.service import INPUT_CONTAINER, JobConflict, build_service
 from veil.settings import Settings
 
 
@@ -41,8 +41,9 @@ def main() -> None:
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(out, format="JPEG")
     data = out.getvalue()
     with tempfile.TemporaryDirectory() as tmp:
-        svc = build_service(Settings(data_dir=Path(tmp), worker="none",
-                                     storage_key=base64.b64encode(b"k" * 32).decode()))
+        svc = build_service(
+            Settings(data_dir=Path(tmp), worker="none", storage_key=base64.b64encode(b"k" * 32).decode())
+        )
         endings: Counter[str] = Counter()
         for _ in range(rounds):
             _, key = create_key(svc.db, 10)

@@ -39,14 +39,19 @@ def letterbox(image: np.ndarray) -> np.ndarray:
     nw, nh = round(w * r), round(h * r)
     canvas = np.full((CANVAS[1], CANVAS[0], 3), 114, np.uint8)
     top, left = (CANVAS[1] - nh) // 2, (CANVAS[0] - nw) // 2
-    canvas[top:top + nh, left:left + nw] = cv2.resize(image, (nw, nh))
+    canvas[top : top + nh, left : left + nw] = cv2.resize(image, (nw, nh))
     return canvas.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255)
 
 
 def quantize(src: Path, dst: Path, images: list[Path], method: str) -> None:
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     model = onnx.load_from_string(runtime._model_bytes(src))
     consumers: dict[str, list] = {}
@@ -64,13 +69,23 @@ def quantize(src: Path, dst: Path, images: list[Path], method: str) -> None:
 
         def get_next(self):
             path = next(self.todo, None)
-            return None if path is None else {"images": letterbox(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))}
+            return (
+                None if path is None else {"images": letterbox(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))}
+            )
 
-    quantize_static(str(clean), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
-                    nodes_to_exclude=keep_float, per_channel=True, reduce_range=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method={"minmax": CalibrationMethod.MinMax,
-                                      "percentile": CalibrationMethod.Percentile}[method])
+    quantize_static(
+        str(clean),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        nodes_to_exclude=keep_float,
+        per_channel=True,
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method],
+    )
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -82,8 +97,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def detector(path: Path) -> PlateYolo:
     yolo = PlateYolo.__new__(PlateYolo)
-    yolo.session = runtime.ort.InferenceSession(str(path), runtime._session_options(),
-                                                providers=["CPUExecutionProvider"])
+    yolo.session = runtime.ort.InferenceSession(
+        str(path), runtime._session_options(), providers=["CPUExecutionProvider"]
+    )
     yolo.input_name = "images"
     return yolo
 
@@ -132,8 +148,10 @@ def main() -> None:
                 r = recall(yolo, args.data, name)
                 print(f"{name:20s} {label:8s} recall@.5 (raw > 0.05) {r[0.05]:.3f}  (raw > 0.3) {r[0.3]:.3f}")
         ms = latency(yolos)
-        print(f"latency 1280x736: float32 {ms['float32'] * 1000:.0f} ms, int8 {ms['int8'] * 1000:.0f} ms "
-              f"({ms['float32'] / ms['int8']:.2f}x)")
+        print(
+            f"latency 1280x736: float32 {ms['float32'] * 1000:.0f} ms, int8 {ms['int8'] * 1000:.0f} ms "
+            f"({ms['float32'] / ms['int8']:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,11 @@ def main() -> None:
         vs.codec_context.options = {"crf": "18", "preset": "fast"}
         a_in = audio_in.streams.audio[0] if audio_in.streams.audio else None
         a_out = out.add_stream_from_template(a_in) if a_in is not None else None
-        packets = iter(p for p in audio_in.demux(a_in) if p.dts is not None and p.pts is not None) \
-            if a_in is not None else iter(())
+        packets = (
+            iter(p for p in audio_in.demux(a_in) if p.dts is not None and p.pts is not None)
+            if a_in is not None
+            else iter(())
+        )
         pending = next(packets, None)
         for i in range(round(args.seconds * FPS)):
             t = i / FPS

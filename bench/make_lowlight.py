@@ -68,8 +68,12 @@ def main() -> None:
             name = Path(item["file"]).with_suffix(".png").name
             cv2.imwrite(str(target / "images" / name), degrade(bgr, step, seed=index))
         items = [dict(item, file=f"images/{Path(item['file']).with_suffix('.png').name}") for item in doc["items"]]
-        out = dict(doc, set=f"{args.set}_step{step}", items=items,
-                   notes=f"{doc.get('notes', '')} Degraded by bench/make_lowlight.py step {step}: {STEPS[step]}.")
+        out = dict(
+            doc,
+            set=f"{args.set}_step{step}",
+            items=items,
+            notes=f"{doc.get('notes', '')} Degraded by bench/make_lowlight.py step {step}: {STEPS[step]}.",
+        )
         (target / "labels.json").write_text(json.dumps(out, indent=1))
         print(f"{target}: {len(items)} images")
 

@@ -17,8 +17,11 @@ from libarchive.entry import FileType
 
 FORMATS = ("zip", "tar", "tar.gz", "7z", "rar")
 _LIBARCHIVE = {"zip": ("zip", None), "tar": ("pax", None), "tar.gz": ("pax", "gzip")}
-_TYPES = {"file": FileType.REGULAR_FILE, "folder": FileType.DIRECTORY,
-          "symlink": getattr(FileType, "SYMBOLIC_LINK", None) or FileType.SYMBOLINK_LINK}  # 5.3 spells it so
+_TYPES = {
+    "file": FileType.REGULAR_FILE,
+    "folder": FileType.DIRECTORY,
+    "symlink": getattr(FileType, "SYMBOLIC_LINK", None) or FileType.SYMBOLINK_LINK,
+}  # 5.3 spells it so
 
 
 def write_archive(path: Path, fmt: str, members: list[tuple[str, bytes | str | None]]) -> Path:
@@ -34,8 +37,9 @@ def write_archive(path: Path, fmt: str, members: list[tuple[str, bytes | str | N
             kind = "folder" if content is None else "symlink" if isinstance(content, str) else "file"
             extra = {"linkpath": content} if kind == "symlink" else {}
             data = content if kind == "file" else b""
-            archive.add_file_from_memory(name, len(data), data, filetype=_TYPES[kind],
-                                         permission=0o755 if kind == "folder" else 0o644, **extra)
+            archive.add_file_from_memory(
+                name, len(data), data, filetype=_TYPES[kind], permission=0o755 if kind == "folder" else 0o644, **extra
+            )
     return path
 
 
@@ -57,6 +61,7 @@ def write_7z(path: Path, members: list[tuple[str, bytes | str | None]]) -> Path:
 def write_rar4(path: Path, members: list[tuple[str, bytes | str | None]]) -> Path:
     """A RAR 4 archive of stored (uncompressed) members, as documented in RAR's technote.txt: marker block,
     main header, one file header per member (Unix host, method 0x30 "store"), end-of-archive block."""
+
     def block(head_type: int, flags: int, body: bytes, data: bytes = b"") -> bytes:
         header = struct.pack("<BHH", head_type, flags, 7 + len(body)) + body
         return struct.pack("<H", zlib.crc32(header) & 0xFFFF) + header + data
@@ -70,8 +75,10 @@ def write_rar4(path: Path, members: list[tuple[str, bytes | str | None]]) -> Pat
             data, mode, flags = content.encode(), stat.S_IFLNK | 0o777, 0x8000
         else:
             data, mode, flags = content, stat.S_IFREG | 0o644, 0x8000
-        body = struct.pack("<IIBIIBBHI", len(data), len(data), 3, zlib.crc32(data), 0x5A210000, 20, 0x30,
-                           len(raw), mode) + raw
+        body = (
+            struct.pack("<IIBIIBBHI", len(data), len(data), 3, zlib.crc32(data), 0x5A210000, 20, 0x30, len(raw), mode)
+            + raw
+        )
         out += block(0x74, flags, body, data)
     path.write_bytes(out + block(0x7B, 0x4000, b""))
     return path

@@ -15,8 +15,15 @@ import requests
 from veil.storage.testing import free_port
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (scripts/test-services.sh installs it); never a browser download
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def veil_command() -> list[str]:
@@ -31,9 +38,12 @@ def veil_server(data: Path, env: dict[str, str] | None = None, ready_s: float = 
     data.mkdir(parents=True, exist_ok=True)
     log_path = data / "serve.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*veil_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--data-dir", str(data)], stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            [*veil_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_s

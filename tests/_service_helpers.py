@@ -16,15 +16,20 @@ from PIL import Image
 from veil.jobs.keys import create_key
 from veil.settings import Settings
 
-
 PG_SCHEMA_PREFIX = "veil_t_"
 
 
 def settings_for(tmp: Path, **overrides) -> Settings:
     """Settings on a temp data dir: SQLite there, or, when VEIL_TEST_DATABASE_URL names a PostgreSQL
     server (scripts/test.sh runs the service tests a second time so), a fresh schema of that database."""
-    values = dict(data_dir=tmp, worker="none", port=8000, storage_key=base64.b64encode(b"k" * 32).decode(),
-                  callback_secret="test-secret", database_url=database_url_for(tmp))
+    values = dict(
+        data_dir=tmp,
+        worker="none",
+        port=8000,
+        storage_key=base64.b64encode(b"k" * 32).decode(),
+        callback_secret="test-secret",
+        database_url=database_url_for(tmp),
+    )
     values.update(overrides)
     return Settings(**values)
 
@@ -78,8 +83,9 @@ def drop_test_schemas() -> None:
     engine = create_engine(server.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            for (name,) in conn.execute(text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"),
-                                        {"p": PG_SCHEMA_PREFIX + "%"}):
+            for (name,) in conn.execute(
+                text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"), {"p": PG_SCHEMA_PREFIX + "%"}
+            ):
                 conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
     finally:
         engine.dispose()
@@ -129,7 +135,7 @@ def seed_upload(http, session_uri: str, data: bytes, chunk: int = 4 * 1024 * 102
     ids = []
     for n, start in enumerate(range(0, len(data), chunk)):
         block_id = base64.urlsafe_b64encode(n.to_bytes(4, "big")).decode()
-        r = http.put(session_uri + "&comp=block&blockid=" + block_id, content=data[start:start + chunk])
+        r = http.put(session_uri + "&comp=block&blockid=" + block_id, content=data[start : start + chunk])
         assert r.status_code == 201, r.text
         ids.append(block_id)
     xml = "<BlockList>" + "".join(f"<Latest>{i}</Latest>" for i in ids) + "</BlockList>"

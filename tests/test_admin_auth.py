@@ -52,8 +52,9 @@ def test_account_rules(db):
 
 
 def test_cli_admin_create_prompts_for_the_password(tmp_path):
-    result = CliRunner().invoke(main, ["admin", "create", "ops@example.com", "--data-dir", str(tmp_path)],
-                                input=f"{PASSWORD}\n{PASSWORD}\n")
+    result = CliRunner().invoke(
+        main, ["admin", "create", "ops@example.com", "--data-dir", str(tmp_path)], input=f"{PASSWORD}\n{PASSWORD}\n"
+    )
     assert result.exit_code == 0, result.output
     assert "created admin ops@example.com" in result.output
     assert PASSWORD not in (tmp_path / "veil.db").read_bytes().decode(errors="ignore")
@@ -68,6 +69,7 @@ def fresh_throttle(monkeypatch):
 @pytest.fixture
 def clock(monkeypatch):
     """Sign-in time that a test moves on by hand: `clock.advance(seconds)`."""
+
     class Clock:
         now = utcnow()
 
@@ -143,8 +145,11 @@ def _panel(tmp_path, scheme: str = "http") -> TestClient:
 
 def _sign_in(client: TestClient, password: str = PASSWORD, next_page: str = "/admin/keys"):
     page = client.get("/admin/login")
-    return client.post("/admin/login", follow_redirects=False, data={
-        "csrf_token": _csrf(page.text), "email": "ops@example.com", "password": password, "next": next_page})
+    return client.post(
+        "/admin/login",
+        follow_redirects=False,
+        data={"csrf_token": _csrf(page.text), "email": "ops@example.com", "password": password, "next": next_page},
+    )
 
 
 def test_panel_requires_sign_in_and_refuses_forms_without_csrf(tmp_path):
@@ -165,8 +170,9 @@ def test_panel_requires_sign_in_and_refuses_forms_without_csrf(tmp_path):
             data = {"name": "sneaky", "credits": "5", **({"csrf_token": token} if token else {})}
             assert client.post("/admin/keys", data=data).status_code == 403
         assert "sneaky" not in client.get("/admin/keys").text
-        made = client.post("/admin/keys", data={"csrf_token": _csrf(keys_page.text, "/admin/keys"), "name": "app",
-                                                 "credits": "5"})
+        made = client.post(
+            "/admin/keys", data={"csrf_token": _csrf(keys_page.text, "/admin/keys"), "name": "app", "credits": "5"}
+        )
         assert made.status_code == 200 and re.search(r'id="new-key">[0-9a-f-]{36}<', made.text)
         client.post("/admin/logout", data={"csrf_token": _csrf(keys_page.text)})
         assert client.get("/admin/keys", follow_redirects=False).status_code == 303
@@ -174,8 +180,9 @@ def test_panel_requires_sign_in_and_refuses_forms_without_csrf(tmp_path):
 
 def test_session_cookie_is_secure_behind_https(tmp_path):
     with _panel(tmp_path, scheme="https") as client:
-        cookie = next(c for c in _sign_in(client).headers.get_list("set-cookie")
-                      if c.startswith(security.SESSION_COOKIE))
+        cookie = next(
+            c for c in _sign_in(client).headers.get_list("set-cookie") if c.startswith(security.SESSION_COOKIE)
+        )
         assert "Secure" in cookie
 
 
@@ -184,22 +191,31 @@ def test_credit_changes_record_who_made_them(tmp_path):
         _sign_in(client)
         _, row = create_key(client.app.state.service.db, 0, "app", actor="cli")
         page = client.get(f"/admin/keys/{row.id}")
-        client.post(f"/admin/keys/{row.id}/credits",
-                    data={"csrf_token": _csrf(page.text, f"/admin/keys/{row.id}/credits"), "amount": "25",
-                          "reason": "invoice 41"})
-        missing_reason = client.post(f"/admin/keys/{row.id}/credits",
-                                     data={"csrf_token": _csrf(page.text), "amount": "5", "reason": " "})
+        client.post(
+            f"/admin/keys/{row.id}/credits",
+            data={
+                "csrf_token": _csrf(page.text, f"/admin/keys/{row.id}/credits"),
+                "amount": "25",
+                "reason": "invoice 41",
+            },
+        )
+        missing_reason = client.post(
+            f"/admin/keys/{row.id}/credits", data={"csrf_token": _csrf(page.text), "amount": "5", "reason": " "}
+        )
         assert missing_reason.status_code == 422
         with client.app.state.service.db() as session:
             entries = list(session.scalars(select(CreditEntry).where(CreditEntry.key_id == row.id)))
         assert [(e.amount, e.reason, e.actor) for e in entries] == [(25, "invoice 41", "admin:ops@example.com")]
         assert "invoice 41" in client.get(f"/admin/keys/{row.id}").text
-        too_much = client.post(f"/admin/keys/{row.id}/credits",  # issue 9: 2^63 - 25 would leave BIGINT
-                               data={"csrf_token": _csrf(page.text), "amount": str(2**63 - 25), "reason": "x"})
+        too_much = client.post(
+            f"/admin/keys/{row.id}/credits",  # issue 9: 2^63 - 25 would leave BIGINT
+            data={"csrf_token": _csrf(page.text), "amount": str(2**63 - 25), "reason": "x"},
+        )
         assert too_much.status_code == 409 and "exceed the largest balance" in too_much.text
         page = client.get("/admin/keys")
-        huge_key = client.post("/admin/keys", data={"csrf_token": _csrf(page.text, "/admin/keys"),
-                                                    "name": "huge", "credits": str(2**63)})
+        huge_key = client.post(
+            "/admin/keys", data={"csrf_token": _csrf(page.text, "/admin/keys"), "name": "huge", "credits": str(2**63)}
+        )
         assert huge_key.status_code == 422 and "amount must be between" in huge_key.text
 
 
@@ -235,8 +251,9 @@ def test_job_filters(db):
     now = utcnow()
     with db.begin() as session:
         for name, status, age in (("a.JPG", "completed", 0), ("b.mp4", "failed", 0), ("c.tar.gz", "completed", 3)):
-            session.add(Job(key_id=row.id, file_name=name, input_blob=name, status=status,
-                            created_at=now - timedelta(days=age)))
+            session.add(
+                Job(key_id=row.id, file_name=name, input_blob=name, status=status, created_at=now - timedelta(days=age))
+            )
 
     def names(**where) -> list[str]:
         jobs, total = reports.find_jobs(db, reports.JobFilter(**where), 10, 0)

@@ -23,9 +23,13 @@ from _live_server import CHROMIUM, veil_command, veil_server
 from _service_helpers import jpeg_bytes
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
-pytestmark = [pytest.mark.timeout(600),
-              pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-                                 reason="Debian's chromium is not installed (scripts/test-services.sh does it)")]
+pytestmark = [
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+        reason="Debian's chromium is not installed (scripts/test-services.sh does it)",
+    ),
+]
 
 ADMIN, PASSWORD = "ops@example.com", "panel-password-1"
 SECOND, SECOND_PASSWORD = "second@example.com", "another-password-2"
@@ -35,8 +39,13 @@ FAST = {"blur_face": True, "enable_lp": False, "slicing": False}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, detection_models):
     data = tmp_path_factory.mktemp("veil-panel")
-    made = subprocess.run([*veil_command(), "admin", "create", SECOND, "--data-dir", str(data)],
-                          input=f"{SECOND_PASSWORD}\n{SECOND_PASSWORD}\n", capture_output=True, text=True, timeout=120)
+    made = subprocess.run(
+        [*veil_command(), "admin", "create", SECOND, "--data-dir", str(data)],
+        input=f"{SECOND_PASSWORD}\n{SECOND_PASSWORD}\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert made.returncode == 0, made.stderr
     with veil_server(data, {"VEIL_ADMIN_EMAIL": ADMIN, "VEIL_ADMIN_PASSWORD": PASSWORD}) as base:
         yield base

@@ -3,8 +3,8 @@ no upload event the service finds the committed blob itself (approve polls it, n
 
 from __future__ import annotations
 
-import pytest
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from _service_helpers import jpeg_bytes, new_key, seed_upload, settings_for
@@ -17,14 +17,16 @@ def connection_string(azurite_connection_string):
 
 
 def test_seed_upload_to_azurite_then_approve(tmp_path, connection_string):
-    settings = settings_for(tmp_path, storage_backend="azure", azure_connection_string=connection_string,
-                            worker="none")
+    settings = settings_for(tmp_path, storage_backend="azure", azure_connection_string=connection_string, worker="none")
     app = create_app(settings)
     with TestClient(app) as client:
         key = new_key(app.state.service, credits=5)
         data = jpeg_bytes()
-        r = client.post("/v1/create_upload_session", headers={"access_token": key},
-                        json={"file_name": "p.jpg", "file_size": len(data), "model": "blur", "model_config": {}})
+        r = client.post(
+            "/v1/create_upload_session",
+            headers={"access_token": key},
+            json={"file_name": "p.jpg", "file_size": len(data), "model": "blur", "model_config": {}},
+        )
         assert r.status_code == 200, r.text
         uri, job_id = r.json()["session_uri"], r.json()["job_id"]
         assert uri.startswith("http://127.0.0.1:") and "/devstoreaccount1/uploads/" in uri
@@ -67,19 +69,30 @@ def test_celery_mode_polls_the_upload_so_cost_and_callback_come_before_approval(
 
     hook = HTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
-    settings = settings_for(tmp_path, storage_backend="azure", azure_connection_string=connection_string,
-                            worker="celery", upload_poll_seconds=0.2,
-                            callback_allowed_networks="127.0.0.1/32")  # the receiver above, on loopback
+    settings = settings_for(
+        tmp_path,
+        storage_backend="azure",
+        azure_connection_string=connection_string,
+        worker="celery",
+        upload_poll_seconds=0.2,
+        callback_allowed_networks="127.0.0.1/32",
+    )  # the receiver above, on loopback
     app = create_app(settings)
     try:
         with TestClient(app) as client:
             key = new_key(app.state.service, credits=5)
-            r = client.post("/v1/notify_on_job_status", headers={"access_token": key},
-                            json={"callback_url": f"http://127.0.0.1:{hook.server_port}/hook"})
+            r = client.post(
+                "/v1/notify_on_job_status",
+                headers={"access_token": key},
+                json={"callback_url": f"http://127.0.0.1:{hook.server_port}/hook"},
+            )
             secret = r.json()["signing_secret"]
             data = jpeg_bytes()
-            r = client.post("/v1/create_upload_session", headers={"access_token": key},
-                            json={"file_name": "p.jpg", "file_size": len(data), "model": "blur", "model_config": {}})
+            r = client.post(
+                "/v1/create_upload_session",
+                headers={"access_token": key},
+                json={"file_name": "p.jpg", "file_size": len(data), "model": "blur", "model_config": {}},
+            )
             uri, job_id = r.json()["session_uri"], r.json()["job_id"]
             with httpx.Client() as http:
                 seed_upload(http, uri, data)
@@ -88,8 +101,9 @@ def test_celery_mode_polls_the_upload_so_cost_and_callback_come_before_approval(
                 time.sleep(0.05)
             assert received, "no callback before approval"
             body, headers = received[0]
-            assert callbacks.verify(body, secret, headers[callbacks.SIGNATURE_HEADER],
-                                    headers[callbacks.TIMESTAMP_HEADER])
+            assert callbacks.verify(
+                body, secret, headers[callbacks.SIGNATURE_HEADER], headers[callbacks.TIMESTAMP_HEADER]
+            )
             sent = json.loads(body)
             assert sent["job_id"] == job_id and sent["state"] == "awaiting_approval"
             report = client.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -24,8 +25,13 @@ def client(tmp_path):
 
 
 def _create(http, key, **body):
-    payload = {"file_name": "dir/photo.jpg", "file_size": 100, "content_type": "octet-stream", "model": "blur",
-               "model_config": {"blur_face": True}} | body
+    payload = {
+        "file_name": "dir/photo.jpg",
+        "file_size": 100,
+        "content_type": "octet-stream",
+        "model": "blur",
+        "model_config": {"blur_face": True},
+    } | body
     headers = {"access_token": key} if key else {}
     return http.post("/v1/create_upload_session", headers=headers, json=payload)
 
@@ -91,8 +97,7 @@ def test_not_enough_credits_is_402(client):
     job_id = _uploaded_job(client, key)
     r = client.post(f"/v1/approve_job/{job_id}", headers={"access_token": key})
     assert r.status_code == 402 and "credits" in r.json()["detail"]
-    assert client.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()["state"] == \
-        "awaiting_approval"
+    assert client.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()["state"] == "awaiting_approval"
 
 
 def test_size_different_from_declared_fails_the_job_before_approval(client):
@@ -111,12 +116,19 @@ def test_size_different_from_declared_fails_the_job_before_approval(client):
 def test_another_keys_job_is_404_everywhere(client):
     owner, other = new_key(client.svc), new_key(client.svc)
     job_id = _uploaded_job(client, owner)
-    for method, path in [("GET", f"/v1/job_result/{job_id}"), ("GET", f"/v1/get_job_result/{job_id}"),
-                         ("POST", f"/v1/approve_job/{job_id}"), ("POST", f"/v1/jobs/{job_id}/cancel"),
-                         ("DELETE", f"/v1/jobs/{job_id}/files")]:
+    for method, path in [
+        ("GET", f"/v1/job_result/{job_id}"),
+        ("GET", f"/v1/get_job_result/{job_id}"),
+        ("POST", f"/v1/approve_job/{job_id}"),
+        ("POST", f"/v1/jobs/{job_id}/cancel"),
+        ("DELETE", f"/v1/jobs/{job_id}/files"),
+    ]:
         assert client.request(method, path, headers={"access_token": other}).status_code == 404, path
-    r = client.post("/v1/notify_on_job_status", headers={"access_token": other},
-                    json={"callback_url": "http://127.0.0.1:9/cb", "job_id": job_id})
+    r = client.post(
+        "/v1/notify_on_job_status",
+        headers={"access_token": other},
+        json={"callback_url": "http://127.0.0.1:9/cb", "job_id": job_id},
+    )
     assert r.status_code == 404
     assert client.get("/v1/jobs", headers={"access_token": other}).json()["total"] == 0
     assert client.get("/v1/job_result/nonsense", headers={"access_token": owner}).status_code == 404
@@ -149,8 +161,12 @@ def test_cancel_queued_job_refunds_and_delete_needs_a_final_job(client):
 def test_direct_upload_redirects_with_307_and_names_the_job(client):
     key = new_key(client.svc)
     data = jpeg_bytes()
-    r = client.put("/v1/direct_upload?file_name=a.jpg", content=data, follow_redirects=False,
-                   headers={"access_token": key, "x-ms-blob-type": "BlockBlob"})
+    r = client.put(
+        "/v1/direct_upload?file_name=a.jpg",
+        content=data,
+        follow_redirects=False,
+        headers={"access_token": key, "x-ms-blob-type": "BlockBlob"},
+    )
     assert r.status_code == 307
     job_id = r.headers["x-veil-job-id"]
     assert r.json()["job_id"] == job_id and r.headers["location"] == r.json()["session_uri"]
@@ -175,8 +191,12 @@ def test_callback_is_signed_when_upload_awaits_approval(client):
     class Receiver(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            ok = callbacks.verify(body, secret[0], self.headers.get(callbacks.SIGNATURE_HEADER),
-                                  self.headers.get(callbacks.TIMESTAMP_HEADER))
+            ok = callbacks.verify(
+                body,
+                secret[0],
+                self.headers.get(callbacks.SIGNATURE_HEADER),
+                self.headers.get(callbacks.TIMESTAMP_HEADER),
+            )
             received.append((ok, json.loads(body)))
             self.send_response(200)
             self.end_headers()
@@ -188,12 +208,16 @@ def test_callback_is_signed_when_upload_awaits_approval(client):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         key = new_key(client.svc)
-        r = client.post("/v1/notify_on_job_status", headers={"access_token": key},
-                        json={"callback_url": f"http://127.0.0.1:{server.server_port}/hook"})
+        r = client.post(
+            "/v1/notify_on_job_status",
+            headers={"access_token": key},
+            json={"callback_url": f"http://127.0.0.1:{server.server_port}/hook"},
+        )
         assert r.status_code == 200
         secret.append(r.json()["signing_secret"])
-        bad = client.post("/v1/notify_on_job_status", headers={"access_token": key},
-                          json={"callback_url": "ftp://example.org/x"})
+        bad = client.post(
+            "/v1/notify_on_job_status", headers={"access_token": key}, json={"callback_url": "ftp://example.org/x"}
+        )
         assert bad.status_code == 422 and "http" in bad.text
         job_id = _uploaded_job(client, key)
         deadline = time.monotonic() + 20
@@ -226,28 +250,37 @@ def test_admin_api_needs_the_token_and_manages_keys(client, tmp_path):
 
 
 def test_start_upload_gives_sdk_parts_valid_for_seven_days(client):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
     from urllib.parse import parse_qs
 
-    r = client.post("/v1/start_upload", headers={"access_token": new_key(client.svc)},
-                    json={"file_name": "a.jpg", "file_size": 10})
+    r = client.post(
+        "/v1/start_upload", headers={"access_token": new_key(client.svc)}, json={"file_name": "a.jpg", "file_size": 10}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["blob"] == body["job_id"] and body["container"] and body["account_url"]
     expiry = parse_qs(body["sas_token"])["se"][0]
-    expected = datetime.now(timezone.utc) + timedelta(days=7)
+    expected = datetime.now(UTC) + timedelta(days=7)
     assert abs(datetime.fromisoformat(expiry.replace("Z", "+00:00")) - expected) < timedelta(minutes=10)
     assert parse_qs(body["sas_token"])["sp"][0] == "cw"
 
 
 def test_openapi_documents_the_seed_routes_and_fields(client):
     spec = client.get("/openapi.json").json()
-    for route in ["/v1/create_upload_session", "/v1/start_upload", "/v1/direct_upload", "/v1/approve_job/{job_id}",
-                  "/v1/job_result/{job_id}", "/v1/get_job_result/{job_id}", "/v1/notify_on_job_status"]:
+    for route in [
+        "/v1/create_upload_session",
+        "/v1/start_upload",
+        "/v1/direct_upload",
+        "/v1/approve_job/{job_id}",
+        "/v1/job_result/{job_id}",
+        "/v1/get_job_result/{job_id}",
+        "/v1/notify_on_job_status",
+    ]:
         assert route in spec["paths"], route
     report = spec["components"]["schemas"]["JobReport"]["properties"]
-    assert {"job_id", "job_status", "job_status_description", "job_total_credit_cost", "tasks",
-            "model_config"} <= set(report)
+    assert {"job_id", "job_status", "job_status_description", "job_total_credit_cost", "tasks", "model_config"} <= set(
+        report
+    )
     assert client.get("/docs").status_code == 200
     key = new_key(client.svc)
     job_id = _create(client, key, model_config={"enable_lp": True}).json()["job_id"]
@@ -283,9 +316,10 @@ def test_direct_upload_takes_the_reference_form_and_keeps_the_model_config_form(
     headers = {"access_token": key, "x-ms-blob-type": "BlockBlob"}
     data = jpeg_bytes()
     jobs = []
-    for url in ("/v1/direct_upload/p.jpg?model=blur&enable_lp=False&blur_threshold=0.25&video_crf=30",
-                '/v1/direct_upload?file_name=p.jpg&model_config={"enable_lp":false,"blur_threshold":0.25,'
-                '"video_crf":30}'):
+    for url in (
+        "/v1/direct_upload/p.jpg?model=blur&enable_lp=False&blur_threshold=0.25&video_crf=30",
+        '/v1/direct_upload?file_name=p.jpg&model_config={"enable_lp":false,"blur_threshold":0.25,"video_crf":30}',
+    ):
         r = client.put(url, content=data, headers=headers, follow_redirects=False)
         assert r.status_code == 307, r.text
         assert r.headers["job_id"] == r.headers["x-veil-job-id"] == r.json()["job_id"]
@@ -293,19 +327,25 @@ def test_direct_upload_takes_the_reference_form_and_keeps_the_model_config_form(
         jobs.append(client.svc.get_job(r.json()["job_id"]))
     assert jobs[0].model_config_json == jobs[1].model_config_json
     assert jobs[0].model_config_json["enable_lp"] is False and jobs[0].model_config_json["video_crf"] == 30
-    both = client.put('/v1/direct_upload/p.jpg?enable_lp=True&model_config={"enable_lp":true}', content=data,
-                      headers=headers, follow_redirects=False)
+    both = client.put(
+        '/v1/direct_upload/p.jpg?enable_lp=True&model_config={"enable_lp":true}',
+        content=data,
+        headers=headers,
+        follow_redirects=False,
+    )
     assert both.status_code == 422 and both.json()["detail"][0]["loc"] == ["query", "enable_lp"]
-    stray = client.put("/v1/direct_upload/p.jpg?file_name=q.jpg", content=data, headers=headers,
-                       follow_redirects=False)
+    stray = client.put("/v1/direct_upload/p.jpg?file_name=q.jpg", content=data, headers=headers, follow_redirects=False)
     assert stray.status_code == 422 and stray.json()["detail"][0]["loc"] == ["query", "file_name"]
 
 
 def test_defaults_find_and_track_plates(client):
     """enable_lp and lp_track are on unless a client sends false (the privacy-safe reading of the vendor's pages)."""
     key = new_key(client.svc)
-    r = client.post("/v1/create_upload_session", headers={"access_token": key},
-                    json={"file_name": "a.jpg", "file_size": 10, "model_config": {"blur_face": True}})
+    r = client.post(
+        "/v1/create_upload_session",
+        headers={"access_token": key},
+        json={"file_name": "a.jpg", "file_size": 10, "model_config": {"blur_face": True}},
+    )
     config = client.svc.get_job(r.json()["job_id"]).model_config_json
     assert config["enable_lp"] is True and config["lp_track"] is True
 
@@ -313,6 +353,7 @@ def test_defaults_find_and_track_plates(client):
 def test_the_upload_limit_is_the_references_4294967295_bytes(client):
     key = new_key(client.svc)
     for size, status in ((4294967295, 200), (4294967296, 413)):
-        r = client.post("/v1/create_upload_session", headers={"access_token": key},
-                        json={"file_name": "a.mp4", "file_size": size})
+        r = client.post(
+            "/v1/create_upload_session", headers={"access_token": key}, json={"file_name": "a.mp4", "file_size": size}
+        )
         assert r.status_code == status, r.text

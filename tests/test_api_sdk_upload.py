@@ -18,16 +18,26 @@ def test_sdk_upload_with_start_upload_parts(tmp_path):
     with serve_app(app, port) as base:
         key = new_key(app.state.service, credits=5)
         data = jpeg_bytes(640, 480)
-        r = requests.post(f"{base}/v1/start_upload", headers={"access_token": key}, timeout=10,
-                          json={"file_name": "p.jpg", "file_size": len(data), "model": "blur"})
+        r = requests.post(
+            f"{base}/v1/start_upload",
+            headers={"access_token": key},
+            timeout=10,
+            json={"file_name": "p.jpg", "file_size": len(data), "model": "blur"},
+        )
         assert r.status_code == 200, r.text
         parts = r.json()
-        blob = BlobClient(parts["account_url"], parts["container"], parts["blob"], credential=parts["sas_token"],
-                          max_single_put_size=4 * 1024, max_block_size=4 * 1024)
+        blob = BlobClient(
+            parts["account_url"],
+            parts["container"],
+            parts["blob"],
+            credential=parts["sas_token"],
+            max_single_put_size=4 * 1024,
+            max_block_size=4 * 1024,
+        )
         blob.upload_blob(data)  # 4 KiB blocks: Put Block ×n + Put Block List through the SDK
-        approved = requests.post(f"{base}/v1/approve_job/{parts['job_id']}", headers={"access_token": key},
-                                 timeout=30)
+        approved = requests.post(f"{base}/v1/approve_job/{parts['job_id']}", headers={"access_token": key}, timeout=30)
         assert approved.status_code == 200, approved.text
-        report = requests.get(f"{base}/v1/job_result/{parts['job_id']}", headers={"access_token": key},
-                              timeout=10).json()
+        report = requests.get(
+            f"{base}/v1/job_result/{parts['job_id']}", headers={"access_token": key}, timeout=10
+        ).json()
         assert report["state"] == "queued" and report["file_size"] == len(data)

@@ -13,8 +13,11 @@ import pytest
 from _archives import FORMATS, write_archive
 from veil.jobs.archive import ArchiveError, ArchiveLimits, expand_archive, is_archive, iter_member_files
 
-FILES = {"a.jpg": b"\xff\xd8\xff\xe0 fake jpeg " + os.urandom(3000), "b.png": b"\x89PNG\r\n\x1a\n" + os.urandom(2000),
-         "c.mp4": b"\x00\x00\x00\x18ftypmp42" + os.urandom(5000)}
+FILES = {
+    "a.jpg": b"\xff\xd8\xff\xe0 fake jpeg " + os.urandom(3000),
+    "b.png": b"\x89PNG\r\n\x1a\n" + os.urandom(2000),
+    "c.mp4": b"\x00\x00\x00\x18ftypmp42" + os.urandom(5000),
+}
 RAR_SAMPLES = Path(__file__).parent / "data" / "rar"
 
 
@@ -60,8 +63,12 @@ def test_leading_dot_slash_and_os_junk(tmp_path: Path, fmt: str) -> None:
 
 
 def test_not_archives(tmp_path: Path) -> None:
-    for name, data in [("x.jpg", FILES["a.jpg"]), ("x.mp4", FILES["c.mp4"]), ("empty", b""),
-                       ("notes.txt", b"/set type=file\n. type=dir\n")]:  # an mtree manifest is not an archive
+    for name, data in [
+        ("x.jpg", FILES["a.jpg"]),
+        ("x.mp4", FILES["c.mp4"]),
+        ("empty", b""),
+        ("notes.txt", b"/set type=file\n. type=dir\n"),
+    ]:  # an mtree manifest is not an archive
         (tmp_path / name).write_bytes(data)
         assert not is_archive(tmp_path / name)
     with pytest.raises(ArchiveError, match="not an archive"):
@@ -89,8 +96,10 @@ def test_refused_members(tmp_path: Path, fmt: str, members, problem: str, shown:
     if fmt == "7z" and problem == "unsafe member name" and shown != "../x.jpg":
         pytest.skip("py7zr strips a leading / or drive letter when it writes")
     if isinstance(members, dict):
-        inner = {"ZIP": _archive(tmp_path, "zip", {"z.jpg": b"z"}, "inner"),
-                 "7Z": _archive(tmp_path, "7z", {"z.jpg": b"z"}, "inner")}
+        inner = {
+            "ZIP": _archive(tmp_path, "zip", {"z.jpg": b"z"}, "inner"),
+            "7Z": _archive(tmp_path, "7z", {"z.jpg": b"z"}, "inner"),
+        }
         members = {k: inner[v].read_bytes() if v in inner else v for k, v in members.items()}
     archive = _archive(tmp_path, fmt, members)
     dest = tmp_path / "out"
@@ -110,8 +119,10 @@ def test_backslash_names_never_reach_the_disk(tmp_path: Path, fmt: str) -> None:
     _assert_empty_and_contained(tmp_path, tmp_path / "out")
 
 
-@pytest.mark.parametrize("kind,problem", [(tarfile.LNKTYPE, "hard link"), (tarfile.CHRTYPE, "special file"),
-                                          (tarfile.FIFOTYPE, "special file")])
+@pytest.mark.parametrize(
+    "kind,problem",
+    [(tarfile.LNKTYPE, "hard link"), (tarfile.CHRTYPE, "special file"), (tarfile.FIFOTYPE, "special file")],
+)
 def test_links_and_devices_in_tar_refused(tmp_path: Path, kind: bytes, problem: str) -> None:
     archive = tmp_path / "in.tar"
     with tarfile.open(archive, "w") as tf:
@@ -128,14 +139,17 @@ def test_links_and_devices_in_tar_refused(tmp_path: Path, kind: bytes, problem: 
     _assert_empty_and_contained(tmp_path, dest)
 
 
-@pytest.mark.parametrize("sample,problem", [
-    ("rar5-symlink-unix.rar", "'data_link': is a symlink"),
-    ("rar3-symlink-unix.rar", "'data_link': is a symlink"),
-    ("rar5-subdirs.rar", "inside a folder"),
-    ("rar5-hlink.rar", "'stest2.txt': is a hard link"),
-    ("rar5-psw.rar", "encrypted|corrupt"),
-    ("rar3-solid.rar", "corrupt or unsupported rar archive: RAR solid archive support unavailable"),
-])
+@pytest.mark.parametrize(
+    "sample,problem",
+    [
+        ("rar5-symlink-unix.rar", "'data_link': is a symlink"),
+        ("rar3-symlink-unix.rar", "'data_link': is a symlink"),
+        ("rar5-subdirs.rar", "inside a folder"),
+        ("rar5-hlink.rar", "'stest2.txt': is a hard link"),
+        ("rar5-psw.rar", "encrypted|corrupt"),
+        ("rar3-solid.rar", "corrupt or unsupported rar archive: RAR solid archive support unavailable"),
+    ],
+)
 def test_real_rar_archives_refused(tmp_path: Path, sample: str, problem: str) -> None:
     """Archives WinRAR made (shipped in rarfile's sdist): links, folders, encryption, RAR 3 solid."""
     dest = tmp_path / "out"
@@ -164,7 +178,7 @@ def test_zip_whose_headers_understate_the_size(tmp_path: Path) -> None:
     data = bytearray(archive.read_bytes())
     for header, size_at in ((b"PK\x01\x02", 24), (b"PK\x03\x04", 22)):  # central and local headers
         entry = data.rindex(header)
-        data[entry + size_at:entry + size_at + 4] = (1000).to_bytes(4, "little")
+        data[entry + size_at : entry + size_at + 4] = (1000).to_bytes(4, "little")
     archive.write_bytes(bytes(data))
     dest = tmp_path / "out"
     with pytest.raises(ArchiveError, match="'bomb.jpg'"):

@@ -27,8 +27,7 @@ HOUR = timedelta(hours=1)
 def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """The SDK parses loopback URLs differently from custom hosts (pitfall 17): try both names."""
     port = free_port()
-    store = LocalBlobStore(tmp_path_factory.mktemp("sdk"), "veilsdk", os.urandom(32),
-                           f"http://{request.param}:{port}")
+    store = LocalBlobStore(tmp_path_factory.mktemp("sdk"), "veilsdk", os.urandom(32), f"http://{request.param}:{port}")
     events: list[tuple[str, str, int]] = []
     app = FastAPI()
     app.include_router(create_blob_router(store, lambda c, b, s: events.append((c, b, s))))
@@ -92,8 +91,10 @@ def test_ranged_and_validated_downloads(store: LocalBlobStore) -> None:
     link = store.signed_download_url("uploads", name, HOUR, filename="out.bin")
     client = blob.BlobClient.from_blob_url(link, max_single_get_size=1024 * 1024, max_chunk_get_size=1024 * 1024)
     assert client.download_blob(offset=10, length=25).readall() == data[10:35]
-    assert client.download_blob(offset=5_000_000, length=3_000_000, validate_content=True).readall() == \
-        data[5_000_000:8_000_000]
+    assert (
+        client.download_blob(offset=5_000_000, length=3_000_000, validate_content=True).readall()
+        == data[5_000_000:8_000_000]
+    )
     full = client.download_blob(validate_content=True)
     assert hashlib.sha256(full.readall()).digest() == hashlib.sha256(data).digest()
     props = client.get_blob_properties()

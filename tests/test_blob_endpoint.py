@@ -51,7 +51,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     store = LocalBlobStore(tmp_path_factory.mktemp("blobs"), "veiltest", os.urandom(32), f"http://127.0.0.1:{port}")
     events: list[tuple[str, str, int]] = []
     app = FastAPI()
-    app.include_router(create_blob_router(store, lambda c, b, s: events.append((c, b, s)), UploadLimits(max_bytes=MAX_UPLOAD)))
+    app.include_router(
+        create_blob_router(store, lambda c, b, s: events.append((c, b, s)), UploadLimits(max_bytes=MAX_UPLOAD))
+    )
     with serve_app(app, port):
         yield Server(store, events)
 
@@ -71,7 +73,7 @@ def vendor_upload_file(session_uri: str, file_name: str, chunk_size: int = 4 * 1
             else:
                 block_ids.append(block_id)
     xml = "<BlockList>"
-    for i, block_id in enumerate(block_ids):
+    for block_id in block_ids:
         xml += f"<Latest>{block_id}</Latest>"
     xml += "</BlockList>"
     response = requests.put(session_uri + "&comp=blocklist", data=xml)
@@ -131,7 +133,10 @@ def test_standard_alphabet_and_percent_encoded_ids(server: Server) -> None:
     assert requests.put(url + "&comp=blocklist", data=xml).status_code == 201
     raw_name, raw_url = server.upload_url()
     assert requests.put(f"{raw_url}&comp=block&blockid={ids[0]}", data=b"raw").status_code == 201
-    assert requests.put(raw_url + "&comp=blocklist", data=f"<BlockList><Latest>{ids[0]}</Latest></BlockList>").status_code == 201
+    assert (
+        requests.put(raw_url + "&comp=blocklist", data=f"<BlockList><Latest>{ids[0]}</Latest></BlockList>").status_code
+        == 201
+    )
     assert server.store.open_read("uploads", name).read() == b"one-two"
     assert server.store.open_read("uploads", raw_name).read() == b"raw"
 
@@ -141,9 +146,16 @@ def test_sdk_style_block_list_with_declaration_and_content_settings(server: Serv
     block_id = base64.b64encode(b"%048d" % 7).decode()
     assert requests.put(f"{url}&comp=block&blockid={block_id}", data=b"hello").status_code == 201
     xml = f"<?xml version='1.0' encoding='utf-8'?>\n<BlockList><Latest>{block_id}</Latest></BlockList>"
-    response = requests.put(url + "&comp=blocklist", data=xml, headers={
-        "Content-Type": "application/xml", "x-ms-blob-content-type": "text/plain",
-        "x-ms-blob-content-disposition": 'attachment; filename="h.txt"', "If-None-Match": "*"})
+    response = requests.put(
+        url + "&comp=blocklist",
+        data=xml,
+        headers={
+            "Content-Type": "application/xml",
+            "x-ms-blob-content-type": "text/plain",
+            "x-ms-blob-content-disposition": 'attachment; filename="h.txt"',
+            "If-None-Match": "*",
+        },
+    )
     assert response.status_code == 201 and response.headers["ETag"].startswith('"0x')
     got = requests.get(server.download_url(name))
     assert got.content == b"hello"
@@ -308,8 +320,13 @@ def test_sas_failures_are_403_with_azure_codes(server: Server) -> None:
     url = server.download_url(name)
     sig = url.split("sig=")[1]
     flipped = ("B" if sig[0] != "B" else "C") + sig[1:]
-    for tampered in (url.replace(sig, flipped), url.replace("sp=r", "sp=rw"), url.replace(name, "other.bin"),
-                     url.split("?")[0], url.replace("/veiltest/", "/otheracct/")):
+    for tampered in (
+        url.replace(sig, flipped),
+        url.replace("sp=r", "sp=rw"),
+        url.replace(name, "other.bin"),
+        url.split("?")[0],
+        url.replace("/veiltest/", "/otheracct/"),
+    ):
         r = requests.get(tampered)
         assert r.status_code == 403 and error_code(r) == "AuthenticationFailed", tampered
     # A valid download SAS cannot write; a valid upload SAS cannot read.
@@ -329,8 +346,7 @@ def test_download_filename_override(server: Server) -> None:
     r = requests.get(server.download_url(name, filename="photo_blurred.jpg"))
     assert r.headers["Content-Disposition"] == 'attachment; filename="photo_blurred.jpg"'
     r = requests.get(server.download_url(name, filename='café "1".jpg'))  # quotes dropped, RFC 6266 filename*
-    assert r.headers["Content-Disposition"] == \
-        'attachment; filename="caf_ 1.jpg"; filename*=UTF-8\'\'caf%C3%A9%201.jpg'
+    assert r.headers["Content-Disposition"] == "attachment; filename=\"caf_ 1.jpg\"; filename*=UTF-8''caf%C3%A9%201.jpg"
 
 
 def _raw_put(server: Server, url: str, headers: str, body: bytes = b"") -> bytes:
@@ -407,7 +423,9 @@ def test_get_block_list_lists_a_sessions_own_staged_blocks_and_no_content(server
     assert _block_list(r) == {"CommittedBlocks": [(ids[0], 1000), (ids[1], 700)]}
     assert r.headers["ETag"] == requests.head(read).headers["ETag"] and r.headers["x-ms-blob-content-length"] == "1700"
     assert _block_list(requests.get(read + "&comp=blocklist&blocklisttype=all")) == {
-        "CommittedBlocks": [(ids[0], 1000), (ids[1], 700)], "UncommittedBlocks": []}
+        "CommittedBlocks": [(ids[0], 1000), (ids[1], 700)],
+        "UncommittedBlocks": [],
+    }
     bad = requests.get(read + "&comp=blocklist&blocklisttype=everything")
     assert bad.status_code == 400 and error_code(bad) == "InvalidQueryParameterValue"
 

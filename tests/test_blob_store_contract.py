@@ -29,8 +29,9 @@ HOUR = timedelta(hours=1)
 @pytest.fixture(scope="module")
 def local_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlobStore]:
     port = free_port()
-    store = LocalBlobStore(tmp_path_factory.mktemp("contract"), "veilcontract", os.urandom(32),
-                           f"http://127.0.0.1:{port}")
+    store = LocalBlobStore(
+        tmp_path_factory.mktemp("contract"), "veilcontract", os.urandom(32), f"http://127.0.0.1:{port}"
+    )
     app = FastAPI()
     app.include_router(create_blob_router(store, lambda c, b, s: None))
     with serve_app(app, port):
@@ -156,8 +157,14 @@ def test_upload_sas_parts_for_sdk_clients(store: BlobStore) -> None:
     name = _name()
     parts = store.upload_sas_parts("uploads", name, HOUR)
     assert set(parts) == {"account_url", "container", "blob", "sas_token"}
-    client = blob.BlobClient(parts["account_url"], parts["container"], parts["blob"], credential=parts["sas_token"],
-                             max_single_put_size=1024, max_block_size=1024)
+    client = blob.BlobClient(
+        parts["account_url"],
+        parts["container"],
+        parts["blob"],
+        credential=parts["sas_token"],
+        max_single_put_size=1024,
+        max_block_size=1024,
+    )
     data = os.urandom(5000)
     client.upload_blob(data)  # staged blocks
     assert store.open_read("uploads", name).read() == data
@@ -171,9 +178,11 @@ def test_a_frozen_blob_refuses_every_sas_write_with_the_lease_error(store: BlobS
     store.freeze("uploads", name)
     store.freeze("uploads", name)  # idempotent
     assert store.frozen("uploads", name)
-    writes = [requests.put(url, data=b"swapped", headers={"x-ms-blob-type": "BlockBlob"}),
-              requests.put(url + "&comp=block&blockid=AAAAAA==", data=b"swapped"),
-              requests.put(url + "&comp=blocklist", data="<BlockList></BlockList>")]
+    writes = [
+        requests.put(url, data=b"swapped", headers={"x-ms-blob-type": "BlockBlob"}),
+        requests.put(url + "&comp=block&blockid=AAAAAA==", data=b"swapped"),
+        requests.put(url + "&comp=blocklist", data="<BlockList></BlockList>"),
+    ]
     for answer in writes:
         assert answer.status_code == 412 and answer.headers["x-ms-error-code"] == "LeaseIdMissing", answer.text
     assert store.open_read("uploads", name).read() == b"priced"

@@ -19,7 +19,6 @@ from _service_helpers import jpeg_bytes, new_key, seed_upload, settings_for
 from veil.api.app import create_app
 from veil.db.models import CallbackDelivery
 from veil.jobs import callbacks
-from veil.settings import parse_networks
 from veil.jobs.callbacks import (
     CallbackDispatcher,
     InvalidCallbackURL,
@@ -29,11 +28,16 @@ from veil.jobs.callbacks import (
     validate_callback_url,
     verify,
 )
+from veil.settings import parse_networks
 
 SECRET = "s3cret-for-tests"
-REPORT = {"job_id": "8c1f0a4e-0000-4000-8000-000000000001", "job_status": 100,
-          "job_status_description": "completed", "job_total_credit_cost": 3,
-          "tasks": [{"output_file": "a.jpg", "download_link": "http://127.0.0.1/x?sig=1"}]}
+REPORT = {
+    "job_id": "8c1f0a4e-0000-4000-8000-000000000001",
+    "job_status": 100,
+    "job_status_description": "completed",
+    "job_total_credit_cost": 3,
+    "tasks": [{"output_file": "a.jpg", "download_link": "http://127.0.0.1/x?sig=1"}],
+}
 LOOPBACK = parse_networks("127.0.0.0/8")  # the test receivers' network, allowed as an operator would
 
 
@@ -41,8 +45,9 @@ class Receiver:
     """A real HTTP server that answers `plan[i]` to the i-th request (then 200) and records them; with a
     `gate`, it holds every answer until the gate opens (the fixture opens it at the end of the test)."""
 
-    def __init__(self, plan: list[int], gate: threading.Event | None = None, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+    def __init__(
+        self, plan: list[int], gate: threading.Event | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.plan, self.gate, self.requests, self.answered = list(plan), gate, [], 0
         receiver = self
 
@@ -109,8 +114,7 @@ def test_retried_until_accepted_and_signature_verifies(receiver_factory) -> None
     assert json.loads(body) == REPORT
     assert verify(body, SECRET, headers["X-Veil-Signature"], headers["X-Veil-Timestamp"])
     assert not verify(body, "wrong-secret", headers["X-Veil-Signature"], headers["X-Veil-Timestamp"])
-    assert not verify(body.replace(b"100", b"200"), SECRET, headers["X-Veil-Signature"],
-                      headers["X-Veil-Timestamp"])
+    assert not verify(body.replace(b"100", b"200"), SECRET, headers["X-Veil-Signature"], headers["X-Veil-Timestamp"])
 
 
 def test_client_errors_are_not_retried_but_408_and_429_are(receiver_factory) -> None:
@@ -174,37 +178,49 @@ def test_a_trickling_receiver_is_cut_at_the_attempts_deadline() -> None:
     assert trickler.cut.wait(20) and trickler.sent < 40
 
 
-@pytest.mark.parametrize("url, shown, kind", [
-    ("http://127.0.0.1:9/x", "127.0.0.1", "loopback"),
-    ("http://localhost:8000/admin/api/keys", "localhost (127.0.0.1)", "loopback"),
-    ("http://[::1]/", "::1", "loopback"),
-    ("http://0.0.0.0:8000/", "0.0.0.0", "unspecified"),
-    ("http://[::]/", "::", "unspecified"),
-    ("http://2130706433/", "2130706433 (127.0.0.1)", "loopback"),
-    ("http://0x7f000001/", "0x7f000001 (127.0.0.1)", "loopback"),
-    ("http://0177.0.0.1/", "0177.0.0.1 (127.0.0.1)", "loopback"),
-    ("http://127.1/", "127.1 (127.0.0.1)", "loopback"),
-    ("http://[::ffff:127.0.0.1]/", "(127.0.0.1)", "loopback"),
-    ("http://[::ffff:a9fe:a9fe]/", "(169.254.169.254)", "link-local"),
-    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254", "link-local"),
-    ("http://[fe80::1]/", "fe80::1", "link-local"),
-    ("http://10.0.0.5/", "10.0.0.5", "private"),
-    ("http://172.16.3.4/", "172.16.3.4", "private"),
-    ("http://192.168.1.1/", "192.168.1.1", "private"),
-    ("http://[fd00::1]/", "fd00::1", "private"),
-    ("http://100.64.0.1/", "100.64.0.1", "non-public"),
-    ("http://224.0.0.1/", "224.0.0.1", "multicast"),
-])
+@pytest.mark.parametrize(
+    "url, shown, kind",
+    [
+        ("http://127.0.0.1:9/x", "127.0.0.1", "loopback"),
+        ("http://localhost:8000/admin/api/keys", "localhost (127.0.0.1)", "loopback"),
+        ("http://[::1]/", "::1", "loopback"),
+        ("http://0.0.0.0:8000/", "0.0.0.0", "unspecified"),
+        ("http://[::]/", "::", "unspecified"),
+        ("http://2130706433/", "2130706433 (127.0.0.1)", "loopback"),
+        ("http://0x7f000001/", "0x7f000001 (127.0.0.1)", "loopback"),
+        ("http://0177.0.0.1/", "0177.0.0.1 (127.0.0.1)", "loopback"),
+        ("http://127.1/", "127.1 (127.0.0.1)", "loopback"),
+        ("http://[::ffff:127.0.0.1]/", "(127.0.0.1)", "loopback"),
+        ("http://[::ffff:a9fe:a9fe]/", "(169.254.169.254)", "link-local"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254", "link-local"),
+        ("http://[fe80::1]/", "fe80::1", "link-local"),
+        ("http://10.0.0.5/", "10.0.0.5", "private"),
+        ("http://172.16.3.4/", "172.16.3.4", "private"),
+        ("http://192.168.1.1/", "192.168.1.1", "private"),
+        ("http://[fd00::1]/", "fd00::1", "private"),
+        ("http://100.64.0.1/", "100.64.0.1", "non-public"),
+        ("http://224.0.0.1/", "224.0.0.1", "multicast"),
+    ],
+)
 def test_internal_addresses_are_refused_in_every_spelling(url: str, shown: str, kind: str) -> None:
-    with pytest.raises(InvalidCallbackURL, match=f"points at .*{shown.replace('(', '[(]').replace(')', '[)]')}"
-                                                 f".*{kind} addresses are not allowed"):
+    with pytest.raises(
+        InvalidCallbackURL,
+        match=f"points at .*{shown.replace('(', '[(]').replace(')', '[)]')}.*{kind} addresses are not allowed",
+    ):
         validate_callback_url(url)
     outcome = deliver(url, REPORT, SECRET, attempts=3, backoff=0.01)  # nothing is sent either
     assert outcome.status == "failed" and outcome.attempts == 0 and kind in outcome.error
 
 
-@pytest.mark.parametrize("url", ["https://example.com/hooks?a=1", "http://8.8.8.8/x",
-                                 "http://[2001:4860:4860::8888]:8080/", "https://bücher.example/x"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/hooks?a=1",
+        "http://8.8.8.8/x",
+        "http://[2001:4860:4860::8888]:8080/",
+        "https://bücher.example/x",
+    ],
+)
 def test_public_callback_urls_are_accepted(url: str) -> None:
     assert validate_callback_url(url) == url
 
@@ -275,17 +291,24 @@ def _certificate_for(name: str, tmp_path) -> tuple[str, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return str(cert_file), str(key_file)
 
 
@@ -300,13 +323,25 @@ def test_https_goes_to_the_checked_address_with_the_names_sni(receiver_factory, 
     server_side.sni_callback = lambda sock, name, context: names.append(name)
     receiver.server.socket = server_side.wrap_socket(receiver.server.socket, server_side=True)
     fake_dns["answers"] = ["127.0.0.2"]
-    outcome = deliver(f"https://hook.test:{receiver.port}/hook", REPORT, SECRET, attempts=1,
-                      allowed=parse_networks("127.0.0.2/32"), ssl_context=ssl.create_default_context(cafile=cert))
+    outcome = deliver(
+        f"https://hook.test:{receiver.port}/hook",
+        REPORT,
+        SECRET,
+        attempts=1,
+        allowed=parse_networks("127.0.0.2/32"),
+        ssl_context=ssl.create_default_context(cafile=cert),
+    )
     assert outcome.delivered, outcome
     assert names == ["hook.test"] and receiver.requests[0][0]["Host"] == f"hook.test:{receiver.port}"
     fake_dns["answers"] = ["127.0.0.2"]  # the certificate is verified: one the client does not trust is refused
-    outcome = deliver(f"https://hook.test:{receiver.port}/hook", REPORT, SECRET, attempts=1,
-                      allowed=parse_networks("127.0.0.2/32"), ssl_context=ssl.create_default_context())
+    outcome = deliver(
+        f"https://hook.test:{receiver.port}/hook",
+        REPORT,
+        SECRET,
+        attempts=1,
+        allowed=parse_networks("127.0.0.2/32"),
+        ssl_context=ssl.create_default_context(),
+    )
     assert outcome.status == "failed" and "CERTIFICATE_VERIFY_FAILED" in outcome.error
 
 
@@ -315,6 +350,7 @@ def _outcomes() -> tuple[dict, callable]:
 
     def on_done_for(name: str):  # final outcomes only
         return lambda outcome: outcome.status == "queued" or done.__setitem__(name, outcome)
+
     return done, on_done_for
 
 
@@ -381,6 +417,7 @@ def test_sign_and_verify_rules() -> None:
     # the documented recipe, done by hand
     import hashlib
     import hmac
+
     expected = hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
     assert headers["X-Veil-Signature"] == f"sha256={expected}"
     sig, ts = headers["X-Veil-Signature"], headers["X-Veil-Timestamp"]
@@ -390,18 +427,21 @@ def test_sign_and_verify_rules() -> None:
     assert not verify(body, SECRET, None, ts) and not verify(body, SECRET, expected, ts)
 
 
-@pytest.mark.parametrize("url,problem", [
-    ("ftp://example.com/x", "http or https, not 'ftp'"),
-    ("file:///etc/passwd", "http or https"),
-    ("example.com/hook", "http or https, not 'no scheme'"),
-    ("http:///nohost", "no host"),
-    ("http://user:pw@example.com/", "user name or password"),
-    ("http://example.com:99999/", "malformed"),
-    ("http://example.com:0/", "port must not be 0"),
-    ("http://exa mple.com/", "whitespace"),
-    ("http://a..b/", "host name is not valid"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "url,problem",
+    [
+        ("ftp://example.com/x", "http or https, not 'ftp'"),
+        ("file:///etc/passwd", "http or https"),
+        ("example.com/hook", "http or https, not 'no scheme'"),
+        ("http:///nohost", "no host"),
+        ("http://user:pw@example.com/", "user name or password"),
+        ("http://example.com:99999/", "malformed"),
+        ("http://example.com:0/", "port must not be 0"),
+        ("http://exa mple.com/", "whitespace"),
+        ("http://a..b/", "host name is not valid"),
+        ("", "empty"),
+    ],
+)
 def test_refused_callback_urls(url: str, problem: str) -> None:
     with pytest.raises(InvalidCallbackURL, match=problem):
         validate_callback_url(url)
@@ -410,16 +450,20 @@ def test_refused_callback_urls(url: str, problem: str) -> None:
 # ---------------------------------------------------------------------------------- through the service
 def _upload(http, key: str) -> str:
     data = jpeg_bytes()
-    r = http.post("/v1/create_upload_session", headers={"access_token": key},
-                  json={"file_name": "a.jpg", "file_size": len(data), "model": "blur", "model_config": {}})
+    r = http.post(
+        "/v1/create_upload_session",
+        headers={"access_token": key},
+        json={"file_name": "a.jpg", "file_size": len(data), "model": "blur", "model_config": {}},
+    )
     assert r.status_code == 200, r.text
     seed_upload(http, r.json()["session_uri"], data)
     return r.json()["job_id"]
 
 
 def _register(http, key: str, url: str, job_id: str | None = None):
-    return http.post("/v1/notify_on_job_status", headers={"access_token": key},
-                     json={"callback_url": url, "job_id": job_id})
+    return http.post(
+        "/v1/notify_on_job_status", headers={"access_token": key}, json={"callback_url": url, "job_id": job_id}
+    )
 
 
 def test_dead_receivers_of_one_key_delay_neither_pricing_nor_other_keys_nor_shutdown(tmp_path, receiver_factory):
@@ -428,8 +472,11 @@ def test_dead_receivers_of_one_key_delay_neither_pricing_nor_other_keys_nor_shut
     gate = threading.Event()
     dead = [receiver_factory([], gate) for _ in range(2)]
     live = receiver_factory([])
-    app = create_app(settings_for(tmp_path, callback_allowed_networks="127.0.0.0/8", callback_timeout_seconds=120,
-                                  callback_attempts=1))
+    app = create_app(
+        settings_for(
+            tmp_path, callback_allowed_networks="127.0.0.0/8", callback_timeout_seconds=120, callback_attempts=1
+        )
+    )
     with TestClient(app) as http:
         svc = app.state.service
         a, b = new_key(svc), new_key(svc)
@@ -482,9 +529,18 @@ def test_housekeeping_drops_deliveries_lost_with_their_process(tmp_path):
     try:
         key_id = create_key(svc.db, 0)[1].id
         with svc.db.begin() as session:
-            session.add_all([CallbackDelivery(id="lost", key_id=key_id, url="https://a.example/", event="completed",
-                                              created_at=utcnow() - timedelta(days=2)),
-                             CallbackDelivery(id="recent", key_id=key_id, url="https://a.example/", event="completed")])
+            session.add_all(
+                [
+                    CallbackDelivery(
+                        id="lost",
+                        key_id=key_id,
+                        url="https://a.example/",
+                        event="completed",
+                        created_at=utcnow() - timedelta(days=2),
+                    ),
+                    CallbackDelivery(id="recent", key_id=key_id, url="https://a.example/", event="completed"),
+                ]
+            )
         svc.housekeeping()
         with svc.db() as session:
             lost, recent = session.get(CallbackDelivery, "lost"), session.get(CallbackDelivery, "recent")

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-
 VEIL = Path(sys.executable).parent / "veil"
 FACES = "dlib_faces/images/dlib_2008_001322.jpg"
 PLATE_PHOTO = "openalpr_plates/images/br_JOG9221.jpg"
@@ -60,8 +59,7 @@ def test_detect_reports_a_corrupt_file_and_goes_on(detection_models, inputs):
 
 
 def test_anonymize_writes_every_good_file_and_fails_clearly_on_a_corrupt_one(detection_models, inputs):
-    result = _veil("anonymize", "in/faces.jpg", "in/broken.jpg", "in/car.jpg", "--enable-lp", "-o", "out",
-                   cwd=inputs)
+    result = _veil("anonymize", "in/faces.jpg", "in/broken.jpg", "in/car.jpg", "--enable-lp", "-o", "out", cwd=inputs)
     assert result.returncode == 1
     assert "error: in/broken.jpg: cannot decode image" in result.stderr
     assert "Traceback" not in result.stderr

@@ -125,8 +125,9 @@ def test_folder_four_jobs_in_flight_each_job_created_and_charged_once(live: Live
     _check_outputs(folder, out, manifest)
     jobs = live.jobs(key)
     assert sorted(j["job_id"] for j in jobs) == sorted(row["job_id"] for row in manifest.values())  # once each
-    assert all(j["credits_charged"] == row["cost"] for j in jobs for row in manifest.values()
-               if row["job_id"] == j["job_id"])
+    assert all(
+        j["credits_charged"] == row["cost"] for j in jobs for row in manifest.values() if row["job_id"] == j["job_id"]
+    )
     assert _charged(jobs) == FOLDER_COST and live.balance(key) == 10
     again = live.submit(key, str(folder), "--jobs", "4", "--exclude", "*.txt", "-o", str(out))
     assert again.returncode == 0 and "42 completed" in again.stdout, again.stdout
@@ -138,8 +139,7 @@ def test_interrupted_run_rerun_charges_nothing_twice(live: Live, folder: Path, t
     key, out = live.key(FOLDER_COST), tmp_path / "out"
     proc = live.submit(key, str(folder), "--jobs", "4", "--exclude", "*.txt", "-o", str(out), wait=False)
     deadline = time.monotonic() + 300
-    while not (out / "manifest.json").exists() or \
-            sum(r["status"] == "completed" for r in _manifest(out).values()) < 12:
+    while not (out / "manifest.json").exists() or sum(r["status"] == "completed" for r in _manifest(out).values()) < 12:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -168,8 +168,9 @@ def test_proxy_failing_a_tenth_of_requests(live: Live, folder: Path, tmp_path: P
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     _check_outputs(folder, out, _manifest(out))
     assert live.balance(key) == 0
-    assert live.proxy.faults["cut"] >= 3 and {"503", "reset", "reset-after"} <= set(live.proxy.faults), \
+    assert live.proxy.faults["cut"] >= 3 and {"503", "reset", "reset-after"} <= set(live.proxy.faults), (
         live.proxy.faults
+    )
 
 
 def test_balance_for_half_the_files_refuses_the_rest_clearly(live: Live, tmp_path: Path):
@@ -187,8 +188,9 @@ def test_balance_for_half_the_files_refuses_the_rest_clearly(live: Live, tmp_pat
     assert live.balance(key) == 0
     by_id = {j["job_id"]: j for j in live.jobs(key)}
     assert all(by_id[r["job_id"]]["credits_charged"] == 0 for r in refused)
-    assert sorted(p.name for p in out.glob("*.jpg")) == sorted(Path(r["outputs"][0]).name for r in
-                                                             manifest.values() if r["status"] == "completed")
+    assert sorted(p.name for p in out.glob("*.jpg")) == sorted(
+        Path(r["outputs"][0]).name for r in manifest.values() if r["status"] == "completed"
+    )
 
 
 def test_max_credits_refuses_before_approval(live: Live, folder: Path, tmp_path: Path):
@@ -211,8 +213,13 @@ def test_wrong_key_and_file_over_the_limit_are_one_line_with_their_exit_status(l
     config = tmp_path / "client.toml"  # the server and the key from the config file alone
     config.write_text(f'server = "{live.api}"\nkey = "00000000-0000-0000-0000-000000000000"\n')
     env = {k: v for k, v in os.environ.items() if k not in ("VEIL_API_KEY", "VEIL_SERVER")}
-    from_file = subprocess.run([*veil_command(), "submit", str(photo), "-o", str(tmp_path / "out3")], text=True,
-                               capture_output=True, env={**env, "VEIL_CLIENT_CONFIG": str(config)}, timeout=120)
+    from_file = subprocess.run(
+        [*veil_command(), "submit", str(photo), "-o", str(tmp_path / "out3")],
+        text=True,
+        capture_output=True,
+        env={**env, "VEIL_CLIENT_CONFIG": str(config)},
+        timeout=120,
+    )
     assert from_file.returncode == 3 and "HTTP 401" in from_file.stderr, from_file.stderr
     huge = tmp_path / "in2" / "huge.mp4"
     huge.parent.mkdir()
@@ -284,17 +291,32 @@ def test_300_mb_upload_killed_half_way_resumes_without_resending(live: Live, tmp
 def test_client_alone_installs_no_engine_dependency(tmp_path: Path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    client = shutil.copytree(Path(__file__).resolve().parents[1] / "client", tmp_path / "client",
-                             ignore=shutil.ignore_patterns("build", "*.egg-info"))  # pip builds in the source tree
-    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(client)], capture_output=True,
-                             text=True, timeout=300)
+    client = shutil.copytree(
+        Path(__file__).resolve().parents[1] / "client",
+        tmp_path / "client",
+        ignore=shutil.ignore_patterns("build", "*.egg-info"),
+    )  # pip builds in the source tree
+    install = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(client)], capture_output=True, text=True, timeout=300
+    )
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
-    listed = subprocess.run([str(venv / "bin" / "pip"), "list", "--format=json"], capture_output=True, text=True,
-                            check=True, timeout=120)
+    listed = subprocess.run(
+        [str(venv / "bin" / "pip"), "list", "--format=json"], capture_output=True, text=True, check=True, timeout=120
+    )
     names = {row["name"].lower() for row in json.loads(listed.stdout)}
     assert "veil-client" in names and "requests" in names
-    engine = {"numpy", "onnxruntime", "onnx", "openvino", "opencv-python", "opencv-python-headless", "av",
-              "pillow", "torch", "veil"}
+    engine = {
+        "numpy",
+        "onnxruntime",
+        "onnx",
+        "openvino",
+        "opencv-python",
+        "opencv-python-headless",
+        "av",
+        "pillow",
+        "torch",
+        "veil",
+    }
     assert not names & engine, names & engine
     code = "import veil_client, sys; assert 'numpy' not in sys.modules; print(veil_client.Client)"
     subprocess.run([str(venv / "bin" / "python"), "-c", code], check=True, timeout=60)
@@ -353,8 +375,14 @@ def test_resume_asks_azurite_get_block_list_over_the_journal(azurite_connection_
 
     service = BlobServiceClient.from_connection_string(azurite_connection_string)
     container = service.create_container("resume")
-    sas = generate_blob_sas(service.account_name, "resume", "in.bin", account_key=service.credential.account_key,
-                            permission="racw", expiry=datetime.now(UTC) + timedelta(hours=1))
+    sas = generate_blob_sas(
+        service.account_name,
+        "resume",
+        "in.bin",
+        account_key=service.credential.account_key,
+        permission="racw",
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
     _resume_from_the_store(f"{container.url}/in.bin?{sas}", f"{container.url}/in.bin?{sas}", tmp_path)
 
 

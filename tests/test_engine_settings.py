@@ -53,8 +53,9 @@ CASES = {
 
 def _observe(env: dict[str, str]) -> dict:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("VEIL_")}
-    out = subprocess.run([sys.executable, "-c", _OBSERVE], env={**clean, **env}, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _OBSERVE], env={**clean, **env}, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -71,8 +72,13 @@ def test_every_engine_setting_takes_effect_through_the_environment():
 def test_a_bad_value_stops_a_command_with_one_line_naming_it(tmp_path):
     veil = Path(sys.executable).with_name("veil")
     for name, value in (("VEIL_VIDEO_FACE_SIDE", "abc"), ("VEIL_X264_PRESET", "turbo"), ("VEIL_ORT_THREADS", "-1")):
-        out = subprocess.run([str(veil), "detect", "x.jpg", "--json", str(tmp_path / "d.json")], capture_output=True,
-                             text=True, timeout=120, env={**os.environ, name: value})
+        out = subprocess.run(
+            [str(veil), "detect", "x.jpg", "--json", str(tmp_path / "d.json")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, name: value},
+        )
         assert out.returncode != 0
         assert name in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -80,8 +86,13 @@ def test_a_bad_value_stops_a_command_with_one_line_naming_it(tmp_path):
 
 def test_veil_config_prints_the_effective_settings_with_secrets_masked():
     veil = Path(sys.executable).with_name("veil")
-    out = subprocess.run([str(veil), "config"], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "VEIL_ORT_THREADS": "2", "VEIL_ADMIN_TOKEN": "very-secret-token"})
+    out = subprocess.run(
+        [str(veil), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "VEIL_ORT_THREADS": "2", "VEIL_ADMIN_TOKEN": "very-secret-token"},
+    )
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line for line in out.stdout.splitlines()}
     assert rows["VEIL_ORT_THREADS"].split()[1:] == ["2", "(environment)"]

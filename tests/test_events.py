@@ -26,44 +26,74 @@ from veil.storage.testing import free_port, serve_app
 # The documented Event Grid schema example (notes §3.1), pointed at a job's blob by `_event`.
 EVENT_GRID = {
     "topic": "/subscriptions/{subscription-id}/resourceGroups/Storage/providers/Microsoft.Storage/"
-             "storageAccounts/my-storage-account",
+    "storageAccounts/my-storage-account",
     "subject": "/blobServices/default/containers/test-container/blobs/new-file.txt",
     "eventType": "Microsoft.Storage.BlobCreated",
     "eventTime": "2017-06-26T18:41:00.9584103Z",
     "id": "831e1650-001e-001b-66ab-eeb76e069631",
-    "data": {"api": "PutBlockList", "clientRequestId": "6d79dbfb-0e37-4fc4-981f-442c9ca65760",
-             "requestId": "831e1650-001e-001b-66ab-eeb76e000000", "eTag": "\"0x8D4BCC2E4835CD0\"",
-             "contentType": "text/plain", "contentLength": 524288, "blobType": "BlockBlob",
-             "url": "https://my-storage-account.blob.core.windows.net/testcontainer/new-file.txt",
-             "sequencer": "00000000000004420000000000028963",
-             "storageDiagnostics": {"batchId": "b68529f3-68cd-4744-baa4-3c0498ec19f0"}},
-    "dataVersion": "", "metadataVersion": "1",
+    "data": {
+        "api": "PutBlockList",
+        "clientRequestId": "6d79dbfb-0e37-4fc4-981f-442c9ca65760",
+        "requestId": "831e1650-001e-001b-66ab-eeb76e000000",
+        "eTag": '"0x8D4BCC2E4835CD0"',
+        "contentType": "text/plain",
+        "contentLength": 524288,
+        "blobType": "BlockBlob",
+        "url": "https://my-storage-account.blob.core.windows.net/testcontainer/new-file.txt",
+        "sequencer": "00000000000004420000000000028963",
+        "storageDiagnostics": {"batchId": "b68529f3-68cd-4744-baa4-3c0498ec19f0"},
+    },
+    "dataVersion": "",
+    "metadataVersion": "1",
 }
 # The documented CloudEvents 1.0 example (notes §3.2): no leading slash in subject, unquoted eTag.
 CLOUD_EVENT = {
-    "specversion": "1.0", "type": "Microsoft.Storage.BlobCreated",
+    "specversion": "1.0",
+    "type": "Microsoft.Storage.BlobCreated",
     "source": "/subscriptions/{subscription-id}/resourceGroups/{resource-group}/providers/"
-              "Microsoft.Storage/storageAccounts/{storage-account}",
-    "id": "9aeb0fdf-c01e-0131-0922-9eb54906e209", "time": "2019-11-18T15:13:39.4589254Z",
+    "Microsoft.Storage/storageAccounts/{storage-account}",
+    "id": "9aeb0fdf-c01e-0131-0922-9eb54906e209",
+    "time": "2019-11-18T15:13:39.4589254Z",
     "subject": "blobServices/default/containers/{storage-container}/blobs/{new-file}",
-    "data": {"api": "PutBlockList", "clientRequestId": "4c5dd7fb-2c48-4a27-bb30-5361b5de920a",
-             "requestId": "9aeb0fdf-c01e-0131-0922-9eb549000000", "eTag": "0x8D76C39E4407333",
-             "contentType": "image/png", "contentLength": 30699, "blobType": "BlockBlob",
-             "url": "https://gridtesting.blob.core.windows.net/testcontainer/{new-file}",
-             "sequencer": "000000000000000000000000000099240000000000c41c18",
-             "storageDiagnostics": {"batchId": "681fe319-3006-00a8-0022-9e7cde000000"}},
+    "data": {
+        "api": "PutBlockList",
+        "clientRequestId": "4c5dd7fb-2c48-4a27-bb30-5361b5de920a",
+        "requestId": "9aeb0fdf-c01e-0131-0922-9eb549000000",
+        "eTag": "0x8D76C39E4407333",
+        "contentType": "image/png",
+        "contentLength": 30699,
+        "blobType": "BlockBlob",
+        "url": "https://gridtesting.blob.core.windows.net/testcontainer/{new-file}",
+        "sequencer": "000000000000000000000000000099240000000000c41c18",
+        "storageDiagnostics": {"batchId": "681fe319-3006-00a8-0022-9e7cde000000"},
+    },
 }
-VALIDATION = [{
-    "id": "2d1781af-3a4c-4d7c-bd0c-e34b19da4e66", "topic": "/subscriptions/xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
-    "subject": "", "data": {"validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6",
-                            "validationUrl": "https://rp-eastus2.eventgrid.azure.net:553/eventsubscriptions/"
-                                             "myeventsub/validate?id=x&t=y&apiVersion=2018-05-01-preview&token=z"},
-    "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent", "eventTime": "2022-10-28T04:23:35.1981776Z",
-    "metadataVersion": "1", "dataVersion": "1"}]
+VALIDATION = [
+    {
+        "id": "2d1781af-3a4c-4d7c-bd0c-e34b19da4e66",
+        "topic": "/subscriptions/xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
+        "subject": "",
+        "data": {
+            "validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6",
+            "validationUrl": "https://rp-eastus2.eventgrid.azure.net:553/eventsubscriptions/"
+            "myeventsub/validate?id=x&t=y&apiVersion=2018-05-01-preview&token=z",
+        },
+        "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+        "eventTime": "2022-10-28T04:23:35.1981776Z",
+        "metadataVersion": "1",
+        "dataVersion": "1",
+    }
+]
 
 
-def _event(template: dict, blob: str, size: int, etag: str = "0x8D4BCC2E4835CD0", container: str = INPUT_CONTAINER,
-           api: str = "PutBlockList") -> dict:
+def _event(
+    template: dict,
+    blob: str,
+    size: int,
+    etag: str = "0x8D4BCC2E4835CD0",
+    container: str = INPUT_CONTAINER,
+    api: str = "PutBlockList",
+) -> dict:
     event = copy.deepcopy(template)
     lead = "/" if event["subject"].startswith("/") else ""
     event["subject"] = f"{lead}blobServices/default/containers/{container}/blobs/{blob}"
@@ -104,9 +134,12 @@ class FakeReceiver:
 
     def message(self, body: bytes | str, message_id: str | None = None, delivery_count: int = 0):
         data = body.encode() if isinstance(body, str) else body
-        amqp = Message(data=[data], properties=Properties(message_id=message_id or str(uuid.uuid4())),
-                       header=Header(delivery_count=delivery_count),
-                       application_properties={b"aeg-event-type": b"Notification"})
+        amqp = Message(
+            data=[data],
+            properties=Properties(message_id=message_id or str(uuid.uuid4())),
+            header=Header(delivery_count=delivery_count),
+            application_properties={b"aeg-event-type": b"Notification"},
+        )
         return ServiceBusReceivedMessage(amqp, receiver=self, lock_token=uuid.uuid4())
 
     def __enter__(self) -> FakeReceiver:
@@ -148,17 +181,23 @@ def test_consumer_marks_the_upload_then_completes_and_a_redelivery_changes_nothi
     duplicate = receiver.message(body, receiver.settled[0][1].message_id, delivery_count=1)
     assert consumer.handle(duplicate) == "completed"
     again = svc.get_job(job_id)
-    assert (again.status, again.uploaded_at, again.total_cost) == ("awaiting_approval", first.uploaded_at,
-                                                                   first.total_cost)
+    assert (again.status, again.uploaded_at, again.total_cost) == (
+        "awaiting_approval",
+        first.uploaded_at,
+        first.total_cost,
+    )
 
 
-@pytest.mark.parametrize("body, problem", [
-    (b"\xff\xfe not json", "not JSON"),
-    ("[1, 2]", "event object"),
-    ("{}", "eventType"),
-    (json.dumps({**EVENT_GRID, "subject": "/containers/uploads"}), "subject"),
-    (json.dumps({**EVENT_GRID, "data": {**EVENT_GRID["data"], "contentLength": "12"}}), "contentLength"),
-])
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        (b"\xff\xfe not json", "not JSON"),
+        ("[1, 2]", "event object"),
+        ("{}", "eventType"),
+        (json.dumps({**EVENT_GRID, "subject": "/containers/uploads"}), "subject"),
+        (json.dumps({**EVENT_GRID, "data": {**EVENT_GRID["data"], "contentLength": "12"}}), "contentLength"),
+    ],
+)
 def test_consumer_dead_letters_unreadable_messages_with_the_reason(svc, body, problem):
     receiver = FakeReceiver([body])
     QueueConsumer(svc, receiver).run(receiver.stop, max_wait=0)
@@ -185,16 +224,20 @@ def test_consumer_abandons_when_the_state_cannot_be_saved_and_completes_the_rede
     assert svc.get_job(job_id).status in ("uploaded", "awaiting_approval")
 
 
-@pytest.mark.parametrize("change", [
-    {"container": "outputs"},  # not an upload
-    {"api": "CreateFile"},  # an empty HNS file before FlushWithClose (notes §7.21)
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"container": "outputs"},  # not an upload
+        {"api": "CreateFile"},  # an empty HNS file before FlushWithClose (notes §7.21)
+    ],
+)
 def test_consumer_completes_events_that_announce_no_upload(svc, change):
     data = jpeg_bytes()
     job_id = _created_job(svc, data)
     deleted = {**EVENT_GRID, "eventType": "Microsoft.Storage.BlobDeleted"}
-    receiver = FakeReceiver([json.dumps(_event(EVENT_GRID, job_id, len(data), **change)),
-                             json.dumps(_event(deleted, job_id, len(data)))])
+    receiver = FakeReceiver(
+        [json.dumps(_event(EVENT_GRID, job_id, len(data), **change)), json.dumps(_event(deleted, job_id, len(data)))]
+    )
     QueueConsumer(svc, receiver).run(receiver.stop, max_wait=0)
     assert [kind for kind, _, _ in receiver.settled] == ["complete", "complete"]
     assert svc.get_job(job_id).status == "created"
@@ -226,8 +269,12 @@ def test_consume_renews_locks_and_reconnects_after_a_failure(svc, monkeypatch):
             return receiver
 
     monkeypatch.setattr(ServiceBusClient, "from_connection_string", classmethod(lambda cls, conn: FakeClient()))
-    consume(svc, "Endpoint=sb://example.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=x",
-            "veil-uploads", receiver.stop)
+    consume(
+        svc,
+        "Endpoint=sb://example.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=x",
+        "veil-uploads",
+        receiver.stop,
+    )
     assert [queue for queue, _ in opened] == ["veil-uploads", "veil-uploads"]
     assert isinstance(opened[1][1], AutoLockRenewer)
     assert [kind for kind, _, _ in receiver.settled] == ["complete"]
@@ -245,32 +292,41 @@ def webhook(tmp_path):
 
 def test_webhook_event_grid_validation_handshake(webhook):
     _, url = webhook
-    r = requests.post(f"{url}?secret=hook-secret", json=VALIDATION,
-                      headers={"aeg-event-type": "SubscriptionValidation"}, timeout=10)
+    r = requests.post(
+        f"{url}?secret=hook-secret", json=VALIDATION, headers={"aeg-event-type": "SubscriptionValidation"}, timeout=10
+    )
     assert r.status_code == 200 and r.json() == {"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"}
 
 
 def test_webhook_cloudevents_options_handshake(webhook):
     _, url = webhook
-    r = requests.options(f"{url}?secret=hook-secret", headers={"WebHook-Request-Origin": "eventgrid.azure.net"},
-                         timeout=10)
+    r = requests.options(
+        f"{url}?secret=hook-secret", headers={"WebHook-Request-Origin": "eventgrid.azure.net"}, timeout=10
+    )
     assert r.status_code == 200 and r.headers["WebHook-Allowed-Origin"] == "eventgrid.azure.net"
     assert "POST" in r.headers["Allow"]
 
 
-@pytest.mark.parametrize("schema, content_type, as_array", [
-    (EVENT_GRID, "application/json; charset=utf-8", True),
-    (EVENT_GRID, "application/json; charset=utf-8", False),
-    (CLOUD_EVENT, "application/cloudevents+json; charset=utf-8", False),
-    (CLOUD_EVENT, "application/cloudevents-batch+json; charset=utf-8", True),
-])
+@pytest.mark.parametrize(
+    "schema, content_type, as_array",
+    [
+        (EVENT_GRID, "application/json; charset=utf-8", True),
+        (EVENT_GRID, "application/json; charset=utf-8", False),
+        (CLOUD_EVENT, "application/cloudevents+json; charset=utf-8", False),
+        (CLOUD_EVENT, "application/cloudevents-batch+json; charset=utf-8", True),
+    ],
+)
 def test_webhook_blob_created_marks_the_upload(webhook, schema, content_type, as_array):
     svc, url = webhook
     data = jpeg_bytes()
     job_id = _created_job(svc, data)
     event = _event(schema, job_id, len(data))
-    r = requests.post(f"{url}?secret=hook-secret", data=json.dumps([event] if as_array else event),
-                      headers={"Content-Type": content_type}, timeout=10)
+    r = requests.post(
+        f"{url}?secret=hook-secret",
+        data=json.dumps([event] if as_array else event),
+        headers={"Content-Type": content_type},
+        timeout=10,
+    )
     assert r.status_code == 200 and r.json() == {"accepted": 1}, r.text
     _wait_priced(svc, job_id)
     job = svc.get_job(job_id)
@@ -282,21 +338,25 @@ def test_webhook_needs_its_secret_and_names_bad_payloads(webhook):
     event = json.dumps([_event(EVENT_GRID, "x", 1)])
     assert requests.post(url, data=event, timeout=10).status_code == 401
     assert requests.post(f"{url}?secret=wrong", data=event, timeout=10).status_code == 401
-    assert requests.options(url, headers={"WebHook-Request-Origin": "eventgrid.azure.net"},
-                            timeout=10).status_code == 401
-    bad = requests.post(f"{url}?secret=hook-secret", data="[{\"subject\": 1}]", timeout=10)
+    assert (
+        requests.options(url, headers={"WebHook-Request-Origin": "eventgrid.azure.net"}, timeout=10).status_code == 401
+    )
+    bad = requests.post(f"{url}?secret=hook-secret", data='[{"subject": 1}]', timeout=10)
     assert bad.status_code == 400 and "eventType" in bad.json()["detail"]
 
 
-@pytest.mark.parametrize("body, problem", [
-    ("[" * 100_000, "nested"),  # was a RecursionError (issue 18)
-    (json.dumps([{**VALIDATION[0], "data": "512d38b6"}]), "validationCode"),  # was an AttributeError
-    (json.dumps([{**VALIDATION[0], "data": ["512d38b6"]}]), "validationCode"),
-    (json.dumps([{**EVENT_GRID, "data": {**EVENT_GRID["data"], "contentLength": 2**70}}]), "contentLength"),
-    (json.dumps([{**EVENT_GRID, "data": {**EVENT_GRID["data"], "api": ["PutBlob"]}}]), None),  # unhashable
-    (json.dumps([{**EVENT_GRID, "subject": "/blobServices/default/containers/uploads/blobs/\ud800"}]), "subject"),
-    (json.dumps([{"eventType": "x", "data": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}]), "nested"),
-])
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        ("[" * 100_000, "nested"),  # was a RecursionError (issue 18)
+        (json.dumps([{**VALIDATION[0], "data": "512d38b6"}]), "validationCode"),  # was an AttributeError
+        (json.dumps([{**VALIDATION[0], "data": ["512d38b6"]}]), "validationCode"),
+        (json.dumps([{**EVENT_GRID, "data": {**EVENT_GRID["data"], "contentLength": 2**70}}]), "contentLength"),
+        (json.dumps([{**EVENT_GRID, "data": {**EVENT_GRID["data"], "api": ["PutBlob"]}}]), None),  # unhashable
+        (json.dumps([{**EVENT_GRID, "subject": "/blobServices/default/containers/uploads/blobs/\ud800"}]), "subject"),
+        (json.dumps([{"eventType": "x", "data": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}]), "nested"),
+    ],
+)
 def test_webhook_answers_400_to_malformed_deliveries(webhook, body, problem):
     _, url = webhook
     r = requests.post(f"{url}?secret=hook-secret", data=body, timeout=30)

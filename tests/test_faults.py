@@ -103,17 +103,29 @@ class _Books:
 
 def _create(dep: Deployment, token: str, name: str, size: int, config: dict) -> tuple[str, str]:
     """create_upload_session: (session_uri, job_id)."""
-    r = requests.post(f"{dep.api_url}/create_upload_session", headers={"access_token": token}, timeout=30, json={
-        "file_name": name, "file_size": size, "content_type": "octet-stream", "model": "blur",
-        "model_config": config})
+    r = requests.post(
+        f"{dep.api_url}/create_upload_session",
+        headers={"access_token": token},
+        timeout=30,
+        json={
+            "file_name": name,
+            "file_size": size,
+            "content_type": "octet-stream",
+            "model": "blur",
+            "model_config": config,
+        },
+    )
     assert r.status_code == 200, r.text
     return r.json()["session_uri"], r.json()["job_id"]
 
 
 def _approve(dep: Deployment, token: str, job_id: str) -> None:
     deadline = time.monotonic() + 60
-    while (status := requests.post(f"{dep.api_url}/approve_job/{job_id}", headers={"access_token": token},
-                                   timeout=30).status_code) == 302:
+    while (
+        status := requests.post(
+            f"{dep.api_url}/approve_job/{job_id}", headers={"access_token": token}, timeout=30
+        ).status_code
+    ) == 302:
         assert time.monotonic() < deadline, "the upload was never priced"
         time.sleep(0.2)
     assert status == 200, status
@@ -172,8 +184,9 @@ def local(tmp_path_factory, detection_models) -> Iterator[tuple[_Local, _Books]]
         pytest.skip("mounting a small tmpfs as the data dir needs root")
     root = tmp_path_factory.mktemp("faults-local")
     (root / "api").mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(root / "api")],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(root / "api")], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs as the data dir: {mounted.stderr.strip()}")  # under CI a failure
     database = f"sqlite:///{root / 'api' / 'veil.db'}"  # the default layout: the database on the full disk too
@@ -227,7 +240,7 @@ def test_the_upload_store_fills_during_an_upload(local):
     token, key_id = books.key(100)
     data = padded_jpeg(3 * MiB)
     uri, job_id = _create(dep, token, "big.jpg", len(data), {"blur_face": True})
-    blocks = [data[n:n + MiB] for n in range(0, len(data), MiB)]
+    blocks = [data[n : n + MiB] for n in range(0, len(data), MiB)]
 
     def refused(response: requests.Response) -> None:
         assert response.status_code == 503, response.text
@@ -262,7 +275,7 @@ def test_sigterm_during_an_upload_then_the_client_resumes(local):
     token, key_id = books.key(100)
     data = padded_jpeg(3 * MiB)
     uri, job_id = _create(dep, token, "resumed.jpg", len(data), {"blur_face": True})
-    blocks = [data[n:n + MiB] for n in range(0, len(data), MiB)]
+    blocks = [data[n : n + MiB] for n in range(0, len(data), MiB)]
     assert _put_block(uri, 0, blocks[0]).status_code == 201
     logged = len(dep.log("api"))
     half_sent, signalled, outcome = threading.Event(), threading.Event(), {}
@@ -274,11 +287,11 @@ def test_sigterm_during_an_upload_then_the_client_resumes(local):
             conn.putrequest("PUT", f"{url.path}?{url.query}")
             conn.putheader("Content-Length", str(MiB))
             conn.endheaders()
-            conn.send(blocks[1][:MiB // 2])
+            conn.send(blocks[1][: MiB // 2])
             half_sent.set()
             signalled.wait(30)
             time.sleep(0.5)
-            conn.send(blocks[1][MiB // 2:])
+            conn.send(blocks[1][MiB // 2 :])
             outcome["status"] = conn.getresponse().status
         except OSError as exc:  # the connection closed under it: a clean failure
             outcome["error"] = exc
@@ -312,9 +325,9 @@ def test_a_stitch_that_fails_through_veils_fault_is_refunded(tmp_path, shared_da
     """The segments are anonymized (worker processes of their own), then one of Veil's own segment files is
     unusable when they are joined (here: another segment's file stored in its place, as a worker mixing up
     its files would): the real stitch refuses it. That is not the input's fault: refunded, no output."""
-    from veil.jobs.service import OUTPUT_CONTAINER, build_service
     from veil.jobs import segments
     from veil.jobs.runner import process_job
+    from veil.jobs.service import OUTPUT_CONTAINER, build_service
 
     real_stitch = segments.stitch
 
@@ -324,8 +337,9 @@ def test_a_stitch_that_fails_through_veils_fault_is_refunded(tmp_path, shared_da
         return real_stitch(src, parts, dst, config, limits, *args, **kwargs)
 
     monkeypatch.setattr(segments, "stitch", stitch_with_a_damaged_part)
-    svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5,
-                                     **_TINY_SEGMENTS))
+    svc = build_service(
+        settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5, **_TINY_SEGMENTS)
+    )
     try:
         job_id = _video_job(svc, make_clip(tmp_path / "long.mp4", frames=150, vfr=True, audio=True).read_bytes())
         assert process_job(job_id, svc)
@@ -419,9 +433,24 @@ class _PrivateRedis:
     def start(self) -> None:
         import redis
 
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.root)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -446,8 +475,9 @@ def _postgresql_behind_a_proxy() -> Iterator[tuple[str, str, _TcpProxy]]:
 
     schema = f"veil_faults_{uuid.uuid4().hex[:12]}"
     try:
-        admin = create_engine(PG_SERVER.replace("postgresql://", "postgresql+psycopg://", 1),
-                              isolation_level="AUTOCOMMIT")
+        admin = create_engine(
+            PG_SERVER.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+        )
         with admin.connect() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     except Exception as exc:  # noqa: BLE001
@@ -471,10 +501,18 @@ def scaled(tmp_path_factory, detection_models, shared_data, azurite_connection_s
     root = tmp_path_factory.mktemp("faults-scaled")
     with _postgresql_behind_a_proxy() as (direct, proxied, proxy):
         broker, books = _PrivateRedis(root), _Books.open(direct)
-        env = {**os.environ, "VEIL_DATABASE_URL": proxied, "VEIL_STORAGE_BACKEND": "azure",
-               "VEIL_AZURE_CONNECTION_STRING": azurite_connection_string, "VEIL_WORKER": "celery",
-               "VEIL_CELERY_BROKER_URL": broker.url, "VEIL_JOB_LEASE_SECONDS": "9", "VEIL_SWEEP_SECONDS": "1",
-               "VEIL_UPLOAD_POLL_SECONDS": "0.5", "VEIL_REDISPATCH_SECONDS": "20"}
+        env = {
+            **os.environ,
+            "VEIL_DATABASE_URL": proxied,
+            "VEIL_STORAGE_BACKEND": "azure",
+            "VEIL_AZURE_CONNECTION_STRING": azurite_connection_string,
+            "VEIL_WORKER": "celery",
+            "VEIL_CELERY_BROKER_URL": broker.url,
+            "VEIL_JOB_LEASE_SECONDS": "9",
+            "VEIL_SWEEP_SECONDS": "1",
+            "VEIL_UPLOAD_POLL_SECONDS": "0.5",
+            "VEIL_REDISPATCH_SECONDS": "20",
+        }
         env.pop("VEIL_CALLBACK_SECRET", None)
         dep = Deployment(root, env, free_port())
         try:
@@ -525,8 +563,8 @@ def test_postgresql_lost_just_after_an_output_was_stored_leaves_no_stray_output(
     nothing recorded (whether its output was recorded is unknown to it, so it cannot delete it), and the run that
     takes the job after its lease ran out deletes that stray output and completes the job with the only output
     in the store, charged once."""
-    from veil.jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, build_service
     from veil.jobs.runner import process_job
+    from veil.jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, build_service
 
     with _postgresql_behind_a_proxy() as (_, proxied, proxy):
         svc = build_service(settings_for(tmp_path / "data", database_url=proxied, job_lease_seconds=3))

@@ -23,8 +23,11 @@ from test_video import make_clip
 def _scrape(http) -> dict[tuple[str, tuple], float]:
     r = http.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
 
 
 def _value(samples: dict, name: str, **labels: str) -> float:
@@ -103,6 +106,7 @@ def hold_engine_at_half(monkeypatch) -> tuple[threading.Event, threading.Event]:
             if fraction >= 0.5 and not halfway.is_set():
                 halfway.set()
                 assert go_on.wait(60)
+
         return real(src, dst, config, progress=report, **kwargs)
 
     monkeypatch.setattr(engine, "anonymize", held_at_half)
@@ -117,12 +121,19 @@ def test_metrics_follow_a_running_job(tmp_path, detection_models, monkeypatch):
     with app_client(tmp_path / "data", worker="embedded", worker_poll_seconds=0.1) as http:
         key = new_key(http.svc, 100)
         data = clip.read_bytes()
-        r = http.post("/v1/create_upload_session", headers={"access_token": key},
-                      json={"file_name": "clip.mp4", "file_size": len(data), "model_config": {"enable_lp": False}})
+        r = http.post(
+            "/v1/create_upload_session",
+            headers={"access_token": key},
+            json={"file_name": "clip.mp4", "file_size": len(data), "model_config": {"enable_lp": False}},
+        )
         job_id = r.json()["job_id"]
         seed_upload(http, r.json()["session_uri"], data)
-        _wait(lambda: http.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()["state"]
-              == "awaiting_approval")
+        _wait(
+            lambda: (
+                http.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()["state"]
+                == "awaiting_approval"
+            )
+        )
         before = _scrape(http)
         assert _value(before, "veil_jobs", state="awaiting_approval") == 1
         assert _value(before, "veil_credits_reserved_total") == 0
@@ -137,16 +148,21 @@ def test_metrics_follow_a_running_job(tmp_path, detection_models, monkeypatch):
         assert _value(during, "veil_jobs", state="running") == 1 and _value(during, "veil_jobs", state="queued") == 0
         assert _value(during, "veil_worker_leases", kind="job", state="held") == 1
         assert _value(during, "veil_credits_reserved_total") == cost >= 1
-        counted = (_value(during, "veil_frames_processed_total", kind="video")
-                   - _value(before, "veil_frames_processed_total", kind="video"))
+        counted = _value(during, "veil_frames_processed_total", kind="video") - _value(
+            before, "veil_frames_processed_total", kind="video"
+        )
         assert frames // 2 <= counted < frames
         _wait(lambda: http.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()["job_status"] == 100)
         after = _scrape(http)
     assert _value(after, "veil_jobs", state="running") == 0 and _value(after, "veil_jobs", state="completed") == 1
-    assert (_value(after, "veil_frames_processed_total", kind="video")
-            - _value(before, "veil_frames_processed_total", kind="video")) == frames
-    assert (_value(after, "veil_processing_seconds_count", kind="video")
-            - _value(before, "veil_processing_seconds_count", kind="video")) == 1
+    assert (
+        _value(after, "veil_frames_processed_total", kind="video")
+        - _value(before, "veil_frames_processed_total", kind="video")
+    ) == frames
+    assert (
+        _value(after, "veil_processing_seconds_count", kind="video")
+        - _value(before, "veil_processing_seconds_count", kind="video")
+    ) == 1
     assert _value(after, "veil_frames_per_second_count", kind="video") >= 1
     assert _value(after, "veil_credits_refunded_total") == 0
 
@@ -161,11 +177,25 @@ def test_metrics_token(tmp_path):
 def test_every_metric_is_documented(tmp_path):
     page = (Path(__file__).parents[1] / "docs" / "scaling.md").read_text()
     with app_client(tmp_path) as http:
-        names = {family.name for family in text_string_to_metric_families(http.get("/metrics").text)
-                 if family.name.startswith("veil_")}
-    assert {"veil_jobs", "veil_queue_depth", "veil_worker_leases", "veil_credits_reserved", "veil_credits_refunded",
-            "veil_upload_bytes", "veil_callback_deliveries", "veil_frames_processed", "veil_processing_seconds",
-            "veil_frames_per_second", "veil_jobs_handed_back", "veil_database_up"} <= names
+        names = {
+            family.name
+            for family in text_string_to_metric_families(http.get("/metrics").text)
+            if family.name.startswith("veil_")
+        }
+    assert {
+        "veil_jobs",
+        "veil_queue_depth",
+        "veil_worker_leases",
+        "veil_credits_reserved",
+        "veil_credits_refunded",
+        "veil_upload_bytes",
+        "veil_callback_deliveries",
+        "veil_frames_processed",
+        "veil_processing_seconds",
+        "veil_frames_per_second",
+        "veil_jobs_handed_back",
+        "veil_database_up",
+    } <= names
     for name in names:
         assert f"`{name}" in page, f"{name} is not in docs/scaling.md's Metrics section"
 
@@ -176,20 +206,50 @@ def test_json_log_lines_carry_the_job_id_and_the_key_id(tmp_path, detection_mode
     with veil_server(data, env) as base:
         import subprocess
 
-        created = subprocess.run([*veil_command(), "keys", "create", "--credits", "10", "--data-dir", str(data)],
-                                 capture_output=True, text=True, timeout=120, check=True)
+        created = subprocess.run(
+            [*veil_command(), "keys", "create", "--credits", "10", "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         key = created.stdout.strip().splitlines()[-1]
         with requests.Session() as http:
             image = jpeg_bytes()
-            r = http.post(f"{base}/v1/create_upload_session", headers={"access_token": key}, timeout=30,
-                          json={"file_name": "a.jpg", "file_size": len(image)})
+            r = http.post(
+                f"{base}/v1/create_upload_session",
+                headers={"access_token": key},
+                timeout=30,
+                json={"file_name": "a.jpg", "file_size": len(image)},
+            )
             job_id = r.json()["job_id"]
-            assert http.put(r.json()["session_uri"], data=image, headers={"x-ms-blob-type": "BlockBlob"},
-                            timeout=30).status_code == 201
-            _wait(lambda: http.post(f"{base}/v1/approve_job/{job_id}", headers={"access_token": key},
-                                    allow_redirects=False, timeout=30).status_code == 200, 60)
-            _wait(lambda: http.get(f"{base}/v1/job_result/{job_id}", headers={"access_token": key},
-                                   timeout=30).json()["job_status"] == 100, 120)
+            assert (
+                http.put(
+                    r.json()["session_uri"], data=image, headers={"x-ms-blob-type": "BlockBlob"}, timeout=30
+                ).status_code
+                == 201
+            )
+            _wait(
+                lambda: (
+                    http.post(
+                        f"{base}/v1/approve_job/{job_id}",
+                        headers={"access_token": key},
+                        allow_redirects=False,
+                        timeout=30,
+                    ).status_code
+                    == 200
+                ),
+                60,
+            )
+            _wait(
+                lambda: (
+                    http.get(f"{base}/v1/job_result/{job_id}", headers={"access_token": key}, timeout=30).json()[
+                        "job_status"
+                    ]
+                    == 100
+                ),
+                120,
+            )
     lines = [line for line in (data / "serve.log").read_text().splitlines() if line.startswith("{")]
     records = [json.loads(line) for line in lines]  # every record is one JSON object on its line
     assert records and all({"time", "level", "logger", "message", "job_id", "key_id"} <= set(r) for r in records)
@@ -209,7 +269,9 @@ def test_a_worker_serves_its_own_metrics_on_its_port():
 
     port = free_port()
     serve_metrics(port, host="127.0.0.1")
-    names = {family.name for family in text_string_to_metric_families(
-        requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)}
+    names = {
+        family.name
+        for family in text_string_to_metric_families(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+    }
     assert {"veil_frames_processed", "veil_processing_seconds", "veil_jobs_handed_back"} <= names
     assert "veil_jobs" not in names

@@ -15,8 +15,10 @@ from veil.engine.image_io import estimate_jpeg_quality, read_image, write_image
 SERIAL = b"SN-4711-VEIL-SECRET"
 MAKER_NOTE = b"MAKERNOTE-VEIL-SECRET"
 COMMENT = b"COMMENT-VEIL-SECRET"
-XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-       b'<rdf:Description>XMP-VEIL-SECRET</rdf:Description></rdf:RDF></x:xmpmeta>')
+XMP = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    b"<rdf:Description>XMP-VEIL-SECRET</rdf:Description></rdf:RDF></x:xmpmeta>"
+)
 # Make, Model, EXIF IFD, GPS IFD, XMP, IPTC, DateTime, Artist, Copyright
 IDENTIFYING_TAGS = {0x010F, 0x0110, 0x8769, 0x8825, 0x02BC, 0x83BB, 0x0132, 0x013B, 0x8298}
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -58,10 +60,17 @@ def _exif_with_thumbnail(orientation: int = 1) -> tuple[bytes, bytes]:
     thumb = thumb.getvalue()
 
     def ifd0(exif_at: int, gps_at: int, next_ifd: int) -> bytes:
-        return _ifd([_ascii(0x010F, b"VeilCam"), _ascii(0x0110, b"Model X"),
-                     (0x0112, 3, 1, struct.pack("<H", orientation)),
-                     (0x8769, 4, 1, struct.pack("<I", exif_at)), (0x8825, 4, 1, struct.pack("<I", gps_at))],
-                    8, next_ifd)
+        return _ifd(
+            [
+                _ascii(0x010F, b"VeilCam"),
+                _ascii(0x0110, b"Model X"),
+                (0x0112, 3, 1, struct.pack("<H", orientation)),
+                (0x8769, 4, 1, struct.pack("<I", exif_at)),
+                (0x8825, 4, 1, struct.pack("<I", gps_at)),
+            ],
+            8,
+            next_ifd,
+        )
 
     def exif_ifd(at: int) -> bytes:
         return _ifd([_ascii(0xA431, SERIAL), (0x927C, 7, len(MAKER_NOTE), MAKER_NOTE)], at)
@@ -77,8 +86,15 @@ def _exif_with_thumbnail(orientation: int = 1) -> tuple[bytes, bytes]:
     gps_at = exif_at + len(exif_ifd(exif_at))
     ifd1_at = gps_at + len(gps_ifd(gps_at))
     thumb_at = ifd1_at + len(ifd1(ifd1_at, 0))
-    tiff = (b"II*\0" + struct.pack("<I", 8) + ifd0(exif_at, gps_at, ifd1_at) + exif_ifd(exif_at)
-            + gps_ifd(gps_at) + ifd1(ifd1_at, thumb_at) + thumb)
+    tiff = (
+        b"II*\0"
+        + struct.pack("<I", 8)
+        + ifd0(exif_at, gps_at, ifd1_at)
+        + exif_ifd(exif_at)
+        + gps_ifd(gps_at)
+        + ifd1(ifd1_at, thumb_at)
+        + thumb
+    )
     return b"Exif\0\0" + tiff, thumb
 
 
@@ -135,8 +151,14 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 # ----------------------------------------------------------------------------- every format
-FORMATS = [("jpg", "JPEG", "JPEG"), ("png", "PNG", "PNG"), ("webp", "WEBP", "WEBP"), ("bmp", "BMP", "BMP"),
-           ("tif", "TIFF", "TIFF"), ("heic", "HEIF", "HEIF")]
+FORMATS = [
+    ("jpg", "JPEG", "JPEG"),
+    ("png", "PNG", "PNG"),
+    ("webp", "WEBP", "WEBP"),
+    ("bmp", "BMP", "BMP"),
+    ("tif", "TIFF", "TIFF"),
+    ("heic", "HEIF", "HEIF"),
+]
 
 
 @pytest.mark.parametrize("ext,save_as,opened_as", FORMATS)
@@ -204,8 +226,11 @@ def test_palette_image_with_transparency_becomes_rgba(tmp_path):
 
 def test_grayscale_and_16_bit_keep_their_mode_and_untouched_pixels(tmp_path):
     gray16 = (np.tile(np.arange(160, dtype=np.uint16) * 400, (120, 1)) + 7).astype(np.uint16)
-    for name, img in (("gray.png", Image.fromarray(_photo()[..., 0])), ("deep.png", Image.fromarray(gray16)),
-                      ("deep.tif", Image.fromarray(gray16))):
+    for name, img in (
+        ("gray.png", Image.fromarray(_photo()[..., 0])),
+        ("deep.png", Image.fromarray(gray16)),
+        ("deep.tif", Image.fromarray(gray16)),
+    ):
         src, dst = tmp_path / name, tmp_path / f"out-{name}"
         img.save(src)
         image = read_image(src)
@@ -263,11 +288,14 @@ def test_truncated_jpeg_is_a_clear_error(tmp_path):
         read_image(path)
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "empty file"),
-    (b"hello, this is not a picture\n" * 10, "not a supported image"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0garbage" * 20, "corrupt or truncated|not a supported image"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "empty file"),
+        (b"hello, this is not a picture\n" * 10, "not a supported image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0garbage" * 20, "corrupt or truncated|not a supported image"),
+    ],
+)
 def test_non_images_are_clear_errors(tmp_path, content, message):
     path = tmp_path / "bad.png"
     path.write_bytes(content)
@@ -281,8 +309,7 @@ def test_unsupported_and_animated_images_are_rejected(tmp_path):
     with pytest.raises(MediaError, match="unsupported image format GIF"):
         read_image(gif)
     animated = tmp_path / "a.webp"
-    Image.fromarray(_photo()).save(animated, "WEBP", save_all=True,
-                                   append_images=[Image.fromarray(_photo(seed=3))])
+    Image.fromarray(_photo()).save(animated, "WEBP", save_all=True, append_images=[Image.fromarray(_photo(seed=3))])
     with pytest.raises(MediaError, match="animated"):
         read_image(animated)
 

@@ -15,8 +15,8 @@ from _archives import write_archive
 from _service_helpers import jpeg_bytes, settings_for
 from veil.jobs.keys import create_key, get_key
 from veil.jobs.names import output_name, safe_name
-from veil.jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, build_service
 from veil.jobs.runner import process_job
+from veil.jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, build_service
 
 NO_DETECTION = {"blur_face": False, "enable_lp": False}  # the worker runs without the models
 
@@ -87,8 +87,7 @@ def test_output_names_are_unique_within_a_job(svc, tmp_path) -> None:
 
 
 def test_archive_member_name_over_255_bytes_is_refused_without_a_server_path(svc, tmp_path) -> None:
-    key_id, job = _upload(svc, _archive(tmp_path, {"a.jpg": jpeg_bytes(), "é" * 130 + ".jpg": jpeg_bytes()}),
-                          "set.zip")
+    key_id, job = _upload(svc, _archive(tmp_path, {"a.jpg": jpeg_bytes(), "é" * 130 + ".jpg": jpeg_bytes()}), "set.zip")
     _assert_refused_free(svc, key_id, job, "set.zip", "longer than 255 bytes")
 
 
@@ -100,11 +99,14 @@ def _animated_gif() -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("name,data,words", [
-    ("notes.jpg", b"hello, not a picture\n" * 50, ("notes.jpg", "not an image or a video")),
-    ("cut.jpg", jpeg_bytes(640, 480)[:-2000], ("cut.jpg", "corrupt or truncated")),
-    ("anim.gif", _animated_gif(), ("anim.gif", "GIF", "MP4")),
-])
+@pytest.mark.parametrize(
+    "name,data,words",
+    [
+        ("notes.jpg", b"hello, not a picture\n" * 50, ("notes.jpg", "not an image or a video")),
+        ("cut.jpg", jpeg_bytes(640, 480)[:-2000], ("cut.jpg", "corrupt or truncated")),
+        ("anim.gif", _animated_gif(), ("anim.gif", "GIF", "MP4")),
+    ],
+)
 def test_unusable_input_fails_at_pricing_and_costs_nothing(svc, name: str, data: bytes, words) -> None:
     key_id, job = _upload(svc, data, name)
     _assert_refused_free(svc, key_id, job, *words)

@@ -61,24 +61,52 @@ def test_serve_sh_twice_the_second_time_without_a_package_index(tmp_path, detect
     nothing the scripts do changed), the second run has a dead package index and starts the service all
     the same."""
     repo = tmp_path / "veil"
-    for name in ("scripts", "deploy", "src", "client", "pyproject.toml", "README.md", *[p.name for p in LOCKS.values()]):
+    for name in (
+        "scripts",
+        "deploy",
+        "src",
+        "client",
+        "pyproject.toml",
+        "README.md",
+        *[p.name for p in LOCKS.values()],
+    ):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(
-            ROOT / name, repo / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")}
-                                        if (ROOT / name).is_dir() else {}))
+            ROOT / name,
+            repo / name,
+            **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")} if (ROOT / name).is_dir() else {}),
+        )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VEIL_", "PIP_"))}
     env["VEIL_DATA_DIR"] = str(tmp_path / "data")
     subprocess.run([sys.executable, "-m", "venv", str(repo / ".venv")], check=True)
-    (Path(subprocess.run([repo / ".venv" / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         capture_output=True, text=True, check=True).stdout.strip()) / "zz-this-environment.pth"
-     ).write_text(sysconfig.get_paths()["purelib"] + "\n")
-    dead = {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple",
-            "PIP_FIND_LINKS": "", "PIP_RETRIES": "0", "PIP_TIMEOUT": "5"}
+    (
+        Path(
+            subprocess.run(
+                [repo / ".venv" / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
+        / "zz-this-environment.pth"
+    ).write_text(sysconfig.get_paths()["purelib"] + "\n")
+    dead = {
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple",
+        "PIP_FIND_LINKS": "",
+        "PIP_RETRIES": "0",
+        "PIP_TIMEOUT": "5",
+    }
 
     def serve(extra_env: dict[str, str]) -> str:
         port, log = free_port(), tmp_path / f"serve-{time.monotonic_ns()}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(["bash", "scripts/serve.sh", "--port", str(port)], cwd=repo,
-                                    env={**env, **extra_env}, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                ["bash", "scripts/serve.sh", "--port", str(port)],
+                cwd=repo,
+                env={**env, **extra_env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
             deadline = time.monotonic() + 300
             while True:
@@ -117,16 +145,20 @@ def test_the_lock_pins_every_distribution_with_hashes_and_meets_pyproject(which)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
     extras = ["postgres", "celery", "azure"] + (["test"] if which == "test" else [])
-    wanted = [*project["dependencies"], *client["dependencies"],
-              *(r for extra in extras for r in project["optional-dependencies"][extra])]
+    wanted = [
+        *project["dependencies"],
+        *client["dependencies"],
+        *(r for extra in extras for r in project["optional-dependencies"][extra]),
+    ]
     for text in wanted:
         req = Requirement(text)
         name = canonicalize_name(req.name)
         if name == "veil-client" or (req.marker and not req.marker.evaluate()):
             continue  # veil-client: client/ in this repository, installed from its folder
         assert name in pins, f"{req} (pyproject.toml) is not in {LOCKS[which].name}: run scripts/lock.sh"
-        assert req.specifier.contains(pins[name][0], prereleases=True), \
+        assert req.specifier.contains(pins[name][0], prereleases=True), (
             f"{LOCKS[which].name} pins {name}=={pins[name][0]}, outside {req}: run scripts/lock.sh"
+        )
     if which == "test":  # the test lock is the service lock plus the test tools, never other versions
         service = _pins(LOCKS["service"])
         assert {n: p[0] for n, p in service.items()} == {n: pins[n][0] for n in service}
@@ -134,7 +166,7 @@ def test_the_lock_pins_every_distribution_with_hashes_and_meets_pyproject(which)
 
 def test_setup_the_dockerfile_and_ci_install_from_the_lock():
     setup = (ROOT / "scripts" / "setup.sh").read_text()
-    assert "--require-hashes -r \"$lock\"" in setup and "requirements-test.lock" in setup
+    assert '--require-hashes -r "$lock"' in setup and "requirements-test.lock" in setup
     assert "--no-deps --no-build-isolation -e ./client -e ." in setup  # nothing outside the lock
     assert "bash scripts/setup.sh test" in (ROOT / "scripts" / "test.sh").read_text()
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
@@ -148,8 +180,11 @@ def test_this_environment_is_the_locks():
     """What scripts/setup.sh installed here (so what the tests run on) is the test lock's versions."""
     installed = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()}
     pins = _pins(LOCKS["test"])
-    wrong = {name: (version, installed.get(name)) for name, (version, marker, _) in pins.items()
-             if _applies(marker) and installed.get(name) != version}
+    wrong = {
+        name: (version, installed.get(name))
+        for name, (version, marker, _) in pins.items()
+        if _applies(marker) and installed.get(name) != version
+    }
     assert not wrong, f"(locked, installed) differ: {wrong}; run bash scripts/setup.sh test"
 
 
@@ -184,8 +219,12 @@ def test_the_image_installs_setup_sh_s_system_packages():
 
 def _installed_debian_packages() -> dict[str, tuple[list[str], str]]:
     """Installed Debian packages: name -> (the packages its Depends/Pre-Depends name, priority)."""
-    out = subprocess.run(["dpkg-query", "-W", "-f", "${Package}\t${Depends}, ${Pre-Depends}\t${Priority}\n"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package}\t${Depends}, ${Pre-Depends}\t${Priority}\n"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     packages = {}
     for line in out.splitlines():
         name, depends, priority = line.split("\t")
@@ -219,7 +258,8 @@ from veil.engine.config import ModelConfig
 from veil.engine.detect import get_detector
 import veil.api.app, veil.jobs.archive
 get_detector(ModelConfig(blur_face=True, enable_lp=True)).detect(np.zeros((64, 64, 3), np.uint8))
-print("\n".join(sorted(p for p in mapped() - bare if not p.startswith((sys.prefix, sys.base_prefix)) and "site-packages" not in p)))
+outside = (p for p in mapped() - bare if not p.startswith((sys.prefix, sys.base_prefix)) and "site-packages" not in p)
+print("\n".join(sorted(outside)))
 """
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     assert any("libarchive" in path for path in loaded), loaded  # the probe reached the system library
@@ -233,6 +273,10 @@ print("\n".join(sorted(p for p in mapped() - bare if not p.startswith((sys.prefi
         owners = set()
         for candidate in candidates:
             found = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True)
-            owners |= {o.split(":")[0] for o in found.stdout.split(": ")[0].split(", ") if o} if found.returncode == 0 else set()
+            owners |= (
+                {o.split(":")[0] for o in found.stdout.split(": ")[0].split(", ") if o}
+                if found.returncode == 0
+                else set()
+            )
         assert owners, f"{path}: no Debian package owns it"
         assert owners & allowed, f"{path} ({', '.join(owners)}) is loaded but not in deploy/system-packages.txt"

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from _service_helpers import assert_charged_once, jpeg_bytes, settings_for, database_url_for
+from _service_helpers import assert_charged_once, database_url_for, jpeg_bytes, settings_for
 from veil.db.models import Job, utcnow
 from veil.jobs import callbacks
 from veil.jobs.keys import create_key
-from veil.jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, build_service
 from veil.jobs.runner import process_job
+from veil.jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, build_service
 
 
 def _service(tmp_path: Path, name: str = "a", store=None, **overrides):
@@ -175,8 +175,11 @@ def test_a_queued_job_nobody_took_is_sent_again_after_redispatch_seconds(svc):
     svc.dispatch = sent.append
     _, job_id = _queued(svc)
     with svc.db.begin() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(
-            dispatched_at=utcnow() - timedelta(seconds=svc.settings.redispatch_seconds + 1)))
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(dispatched_at=utcnow() - timedelta(seconds=svc.settings.redispatch_seconds + 1))
+        )
     assert svc.leases.sweep() == ([], [job_id]) and sent == [job_id, job_id]
 
 
@@ -204,8 +207,13 @@ def test_callbacks_sent_by_a_worker_verify_with_the_api_servers_secret(tmp_path,
     monkeypatch.setattr("veil.engine.anonymize.anonymize", _copy_engine)
     loopback = "127.0.0.1/32"  # the receiver's address, allowed as an operator of an internal network would
     api = _service(tmp_path, "api", callback_secret=None, callback_allowed_networks=loopback)
-    worker = _service(tmp_path, "worker", store=api.store, callback_secret=None,  # one store, like Azure
-                      callback_allowed_networks=loopback)
+    worker = _service(
+        tmp_path,
+        "worker",
+        store=api.store,
+        callback_secret=None,  # one store, like Azure
+        callback_allowed_networks=loopback,
+    )
     receiver = _Receiver()
     try:
         key_id, job_id = _queued(api)
@@ -236,8 +244,11 @@ def test_uploads_whose_pricing_process_died_are_priced_by_another(svc):
         job = svc.create_job(key.id, f"{name}.jpg", len(data)).job
         svc.store.write(INPUT_CONTAINER, job.input_blob, io.BytesIO(data))
         with svc.db.begin() as session:  # committed and marked, as by a process that died before pricing
-            session.execute(update(Job).where(Job.id == job.id).values(
-                status="uploaded", uploaded_size=len(data), uploaded_at=utcnow() - timedelta(seconds=age)))
+            session.execute(
+                update(Job)
+                .where(Job.id == job.id)
+                .values(status="uploaded", uploaded_size=len(data), uploaded_at=utcnow() - timedelta(seconds=age))
+            )
         jobs[name] = job.id
     svc.price_pending(stalled_seconds=300)
     deadline = time.monotonic() + 30

@@ -53,8 +53,14 @@ def test_only_the_hash_is_stored_and_revoked_keys_fail(tmp_path):
 
 def _priced_job(svc: JobService, key_id: str, cost: int) -> str:
     with svc.db.begin() as session:
-        job = Job(key_id=key_id, file_name="a.jpg", input_blob="x", status="awaiting_approval", total_cost=cost,
-                  model_config_json={})
+        job = Job(
+            key_id=key_id,
+            file_name="a.jpg",
+            input_blob="x",
+            status="awaiting_approval",
+            total_cost=cost,
+            model_config_json={},
+        )
         session.add(job)
     return job.id
 
@@ -113,4 +119,3 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout_and_migrations_are_idempote
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == head
     engine.dispose()
     engine2.dispose()
-

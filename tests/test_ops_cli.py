@@ -40,12 +40,19 @@ def test_default_data_dir_hint_and_doctor_port(tmp_path, detection_models):
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
-        server = subprocess.Popen([*veil_command(), "serve", "--port", str(port)], cwd=tmp_path, env=env,
-                                  stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [*veil_command(), "serve", "--port", str(port)], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         _wait_for(f"http://127.0.0.1:{port}/healthz", server, log)
-        created = subprocess.run([*veil_command(), "keys", "create", "--credits", "5"], cwd=elsewhere, env=env,
-                                 capture_output=True, text=True, timeout=120)
+        created = subprocess.run(
+            [*veil_command(), "keys", "create", "--credits", "5"],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert created.returncode == 0, created.stderr
         key = created.stdout.strip().splitlines()[-1]
         assert str(home / "veil" / "veil.db") in created.stdout  # says where the key was stored
@@ -56,12 +63,18 @@ def test_default_data_dir_hint_and_doctor_port(tmp_path, detection_models):
         hint = next(line for line in log.read_text().splitlines() if line.startswith("Get an API key:"))
         command = hint.split(":", 1)[1].split()[0]
         assert shutil.which(command, path=env["PATH"]) or Path(command).is_file(), hint
-        again = subprocess.run([*hint.split(":", 1)[1].split()[:-2], "--data-dir", str(tmp_path / "other")],
-                               env=env, capture_output=True, text=True, timeout=120)  # the hint runs as printed
+        again = subprocess.run(
+            [*hint.split(":", 1)[1].split()[:-2], "--data-dir", str(tmp_path / "other")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )  # the hint runs as printed
         assert again.returncode == 0, again.stderr
 
-        doctor = subprocess.run([*veil_command(), "doctor"], cwd=elsewhere, env=env, capture_output=True, text=True,
-                                timeout=300)
+        doctor = subprocess.run(
+            [*veil_command(), "doctor"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+        )
         store = next(line for line in doctor.stdout.splitlines() if " store " in line)
         assert store.startswith("ok"), doctor.stdout  # probed the port serve listens on, not 8000
     finally:

@@ -26,13 +26,15 @@ def test_query_parameters_are_bounded_and_answered_with_a_page(tmp_path):
     with _panel(tmp_path) as client:
         assert client.get("/admin/jobs?page=1000000000000000000000", follow_redirects=False).status_code == 303
         _sign_in(client)
-        for address, name in (("/admin/jobs?page=1000000000000000000000", "page"),
-                              ("/admin/deliveries?page=1000000000000000000000", "page"),
-                              ("/admin/jobs?until=9999-12-31", "until"),
-                              ("/admin/jobs?since=10000-01-01", "since"),
-                              ("/admin/usage.csv?key=中文字", "key"),
-                              ("/admin/usage.csv?key=a%0d%0aSet-Cookie:%20x=1", "key"),
-                              ("/admin/usage?days=100000000000000000000", "days")):
+        for address, name in (
+            ("/admin/jobs?page=1000000000000000000000", "page"),
+            ("/admin/deliveries?page=1000000000000000000000", "page"),
+            ("/admin/jobs?until=9999-12-31", "until"),
+            ("/admin/jobs?since=10000-01-01", "since"),
+            ("/admin/usage.csv?key=中文字", "key"),
+            ("/admin/usage.csv?key=a%0d%0aSet-Cookie:%20x=1", "key"),
+            ("/admin/usage?days=100000000000000000000", "days"),
+        ):
             r = client.get(address)
             assert r.status_code == 422 and "Invalid address" in r.text and name in r.text, (address, r.text)
             assert r.headers["content-type"].startswith("text/html")
@@ -140,8 +142,14 @@ def _signin_post(base: str, address: str, results: list) -> None:
     with requests.Session() as http:
         http.headers["X-Forwarded-For"] = address  # uvicorn trusts it from loopback: the client's address
         page = http.get(f"{base}/admin/login", timeout=30)
-        results.append(http.post(f"{base}/admin/login", timeout=60, allow_redirects=False, data={
-            "csrf_token": _csrf(page.text), "email": f"guess-{address}@example.com", "password": "x"}).status_code)
+        results.append(
+            http.post(
+                f"{base}/admin/login",
+                timeout=60,
+                allow_redirects=False,
+                data={"csrf_token": _csrf(page.text), "email": f"guess-{address}@example.com", "password": "x"},
+            ).status_code
+        )
 
 
 def test_sign_ins_run_off_the_event_loop_and_are_bounded(tmp_path, slow_checks):

@@ -39,9 +39,21 @@ print(json.dumps(found))
 
 
 def _plates_found_again(shared_data, tmp_path, config: dict, every: int) -> dict[str, list]:
-    out = subprocess.run([sys.executable, "-c", _SCRIPT, str(shared_data / CLIP), str(tmp_path / "out.mp4"),
-                          json.dumps(config), str(every)], capture_output=True, text=True, timeout=800,
-                         env={**os.environ, "VEIL_EXECUTION_PROVIDER": "cpu"})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _SCRIPT,
+            str(shared_data / CLIP),
+            str(tmp_path / "out.mp4"),
+            json.dumps(config),
+            str(every),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=800,
+        env={**os.environ, "VEIL_EXECUTION_PROVIDER": "cpu"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

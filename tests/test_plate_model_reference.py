@@ -114,7 +114,9 @@ def test_plate_model_matches_reference(shared_data: Path, plate_session) -> None
                 compared += 1
             extra = ours[~matched & (ours[:, 4] > CONF + SCORE_TOL)]
             failures += [f"{item['file']} {key} {size_wh}: extra box {e.round(2).tolist()}" for e in extra]
-    print(f"\nplate model vs reference: {compared} boxes, max |box| deviation {worst_box:.3f} px, "
-          f"max |score| deviation {worst_score:.4f}")
+    print(
+        f"\nplate model vs reference: {compared} boxes, max |box| deviation {worst_box:.3f} px, "
+        f"max |score| deviation {worst_score:.4f}"
+    )
     assert compared > 0
     assert not failures, "\n".join(failures)

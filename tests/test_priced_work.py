@@ -41,7 +41,7 @@ def _lie_about_duration(path: Path, milliseconds: float) -> Path:
     data = bytearray(path.read_bytes())
     at = data.find(b"\x44\x89\x88")
     assert at > 0, "no 8-byte Duration element"
-    data[at + 3:at + 11] = struct.pack(">d", milliseconds)
+    data[at + 3 : at + 11] = struct.pack(">d", milliseconds)
     path.write_bytes(bytes(data))
     return path
 
@@ -84,8 +84,8 @@ def _run_job(tmp_path, data: bytes, name: str):
     """A job for `data` through the service's embedded worker; returns (service, key id, job id, process_job)."""
     from _service_helpers import settings_for
     from veil.jobs.keys import create_key
-    from veil.jobs.service import INPUT_CONTAINER, build_service
     from veil.jobs.runner import process_job
+    from veil.jobs.service import INPUT_CONTAINER, build_service
 
     svc = build_service(settings_for(tmp_path / "data"))
     _, key = create_key(svc.db, 100)

@@ -40,9 +40,14 @@ def _video(path: Path, seconds: int, fps: int = 2) -> Path:
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("media")
-    return {"jpg": _image(d / "a.jpg"), "png": _image(d / "b.png", "PNG"),
-            "v59": _video(d / "v59.mp4", 59), "v60": _video(d / "v60.mp4", 60), "v61": _video(d / "v61.mp4", 61),
-            "v1": _video(d / "v1.mp4", 1)}
+    return {
+        "jpg": _image(d / "a.jpg"),
+        "png": _image(d / "b.png", "PNG"),
+        "v59": _video(d / "v59.mp4", 59),
+        "v60": _video(d / "v60.mp4", 60),
+        "v61": _video(d / "v61.mp4", 61),
+        "v1": _video(d / "v1.mp4", 1),
+    }
 
 
 def test_probe(media) -> None:

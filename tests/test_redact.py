@@ -84,14 +84,17 @@ def test_circle_blur_on_a_plate_is_still_a_circle():
     assert abs((rows.max() - rows.min()) - (cols.max() - cols.min())) <= 2
 
 
-@pytest.mark.parametrize("config", [ModelConfig(), ModelConfig(mask_blur=False), ModelConfig(style="pixelate"),
-                                    ModelConfig(style="solid")])
+@pytest.mark.parametrize(
+    "config", [ModelConfig(), ModelConfig(mask_blur=False), ModelConfig(style="pixelate"), ModelConfig(style="solid")]
+)
 def test_redaction_mask_is_exactly_the_changed_area(config):
     # Overlapping faces, a plate, a box clipped by the image border and one entirely outside.
-    dets = Detections.concat([
-        _dets([(50, 50, 110, 120), (90, 70, 150, 140), (370, -20, 430, 40), (500, 500, 560, 560)], FACE),
-        _dets([(200, 220, 330, 255)], PLATE),
-    ])
+    dets = Detections.concat(
+        [
+            _dets([(50, 50, 110, 120), (90, 70, 150, 140), (370, -20, 430, 40), (500, 500, 560, 560)], FACE),
+            _dets([(200, 220, 330, 255)], PLATE),
+        ]
+    )
     image = _noise(1)
     out = redact(image.copy(), dets, config)
     changed = _changed(image, out)
@@ -153,11 +156,11 @@ def test_plate_text_is_unreadable():
     image = np.full((H, W, 3), 90, np.uint8)
     image[140:180, 100:260] = 255
     for x in range(108, 250, 20):
-        image[146:174, x:x + 6] = 0
+        image[146:174, x : x + 6] = 0
     out = redact(image.copy(), _dets([(100, 140, 260, 180)], PLATE), ModelConfig(enable_lp=True))
     row = out[160, :, 0].astype(float)
-    strokes = np.concatenate([row[x:x + 6] for x in range(108, 250, 20)])
-    gaps = np.concatenate([row[x + 8:x + 16] for x in range(108, 240, 20)])
+    strokes = np.concatenate([row[x : x + 6] for x in range(108, 250, 20)])
+    gaps = np.concatenate([row[x + 8 : x + 16] for x in range(108, 240, 20)])
     assert abs(strokes.mean() - gaps.mean()) < 5  # was 255: no character stands out
     assert np.abs(np.diff(row[100:260])).max() < 4  # and no stroke edge is left
 

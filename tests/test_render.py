@@ -88,14 +88,22 @@ def test_render_runs_with_the_model_directory_empty(crowd, tmp_path):
     empty = tmp_path / "no-models"
     empty.mkdir()
     veil = Path(sys.executable).with_name("veil")
-    out = subprocess.run([str(veil), "render", str(src), str(doc), "-o", str(tmp_path / "cli")],
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "VEIL_MODEL_DIR": str(empty)})
+    out = subprocess.run(
+        [str(veil), "render", str(src), str(doc), "-o", str(tmp_path / "cli")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "VEIL_MODEL_DIR": str(empty)},
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "cli" / "crowd.png").read_bytes() == (tmp_path / "here.png").read_bytes()
-    control = subprocess.run([str(veil), "anonymize", str(src), "-o", str(tmp_path / "anon")],
-                             capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "VEIL_MODEL_DIR": str(empty)})
+    control = subprocess.run(
+        [str(veil), "anonymize", str(src), "-o", str(tmp_path / "anon")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "VEIL_MODEL_DIR": str(empty)},
+    )
     assert control.returncode != 0  # the same directory really holds no model
 
 
@@ -125,8 +133,9 @@ def test_an_added_box_is_blurred_and_a_removed_candidate_is_left_as_it_was(crowd
     assert np.abs(before[y1:y2, x1:x2] - source[y1:y2, x1:x2]).mean() > 5  # blurred in the plain render
     box = (10.0, 10.0, 90.0, 70.0)  # a corner of the photo with texture and no face
     assert not (before[10:70, 10:90] != source[10:70, 10:90]).any()
-    edits = _edit(op="add", kind="face", frames={0: box}, by="reviewer") + \
-        _edit(op="remove", ids=[f"0.{first}"], by="reviewer")
+    edits = _edit(op="add", kind="face", frames={0: box}, by="reviewer") + _edit(
+        op="remove", ids=[f"0.{first}"], by="reviewer"
+    )
     render(src, doc, tmp_path / "edited.png", edits=edits)
     after = _pixels(tmp_path / "edited.png")
     assert np.abs(after[12:68, 12:88] - source[12:68, 12:88]).mean() > 3  # the added box is blurred
@@ -168,7 +177,7 @@ def test_a_span_added_on_frames_10_and_40_covers_every_frame_between(clip, tmp_p
     edited = _frames(tmp_path / "span.mp4")
     for index in range(9, 42):
         x1 = 20 + 2 * (index - 10)  # the interpolated box's left edge
-        core = edited[index][315:345, x1 + 15:x1 + 45]
+        core = edited[index][315:345, x1 + 15 : x1 + 45]
         assert (core.mean() < 25) == (10 <= index <= 40), index
 
 
@@ -178,16 +187,21 @@ def test_a_removed_track_is_unblurred_on_all_its_frames(clip, tmp_path):
     tracks = [int(t) for f in plain.frames for t in f.detections.track_ids if t > 0]
     assert tracks, "the clip's plate must be tracked"
     track = max(set(tracks), key=tracks.count)
-    frames = {f.index: f.detections.xyxy[f.detections.track_ids == track] for f in plain.frames
-              if (f.detections.track_ids == track).any()}
+    frames = {
+        f.index: f.detections.xyxy[f.detections.track_ids == track]
+        for f in plain.frames
+        if (f.detections.track_ids == track).any()
+    }
     report = render(src, doc, tmp_path / "removed.mp4", edits=_edit(op="remove_track", track=track))
     source, removed, blurred = _frames(src), _frames(tmp_path / "removed.mp4"), _frames(tmp_path / "plain.mp4")
     for index, boxes in frames.items():
         assert not (report.frames[index].detections.track_ids == track).any()
         x1, y1, x2, y2 = (int(v) for v in boxes[0])
         region = (slice(y1, y2), slice(x1, x2))
-        assert np.abs(removed[index][region] - source[index][region]).mean() < \
-            np.abs(blurred[index][region] - source[index][region]).mean()
+        assert (
+            np.abs(removed[index][region] - source[index][region]).mean()
+            < np.abs(blurred[index][region] - source[index][region]).mean()
+        )
 
 
 def test_the_per_file_report_says_where_to_look(crowd, clip, tmp_path):
@@ -200,15 +214,28 @@ def test_the_per_file_report_says_where_to_look(crowd, clip, tmp_path):
     from veil.cli import main
 
     src, doc = crowd
-    out = CliRunner().invoke(main, ["anonymize", str(src), str(clip[0]), "-o", str(tmp_path / "out"),
-                                    "--report", str(tmp_path / "report.json"), "--no-enable-lp"])
+    out = CliRunner().invoke(
+        main,
+        [
+            "anonymize",
+            str(src),
+            str(clip[0]),
+            "-o",
+            str(tmp_path / "out"),
+            "--report",
+            str(tmp_path / "report.json"),
+            "--no-enable-lp",
+        ],
+    )
     assert out.exit_code == 0, out.output
     photo, video = json.loads((tmp_path / "report.json").read_text())["files"]
     scores = next(iter_frames(doc)).candidates.kind(FACE).scores
     assert photo["faces"]["regions"] == int((scores >= 0.5).sum()) > 0
-    assert photo["faces"]["below_threshold"] == {"candidates": int(((scores >= 0.3) & (scores < 0.5)).sum()),
-                                                 "frames": int(((scores >= 0.3) & (scores < 0.5)).any()),
-                                                 "from": 0.3}
+    assert photo["faces"]["below_threshold"] == {
+        "candidates": int(((scores >= 0.3) & (scores < 0.5)).sum()),
+        "frames": int(((scores >= 0.3) & (scores < 0.5)).any()),
+        "from": 0.3,
+    }
     assert video["media"] == "video" and video["frames"] == 75 and video["plates"]["regions"] == 0  # plates off
     from veil.engine.file_report import anonymize_with_summary
 

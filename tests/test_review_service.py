@@ -31,8 +31,11 @@ def client(tmp_path, detection_models):
 
 
 def _job(http, key: str, data: bytes, config: dict) -> str:
-    r = http.post("/v1/create_upload_session", headers={"access_token": key},
-                  json={"file_name": "photo.jpg", "file_size": len(data), "model_config": config})
+    r = http.post(
+        "/v1/create_upload_session",
+        headers={"access_token": key},
+        json={"file_name": "photo.jpg", "file_size": len(data), "model_config": config},
+    )
     assert r.status_code == 200, r.text
     seed_upload(http, r.json()["session_uri"], data)
     assert http.post(f"/v1/approve_job/{r.json()['job_id']}", headers={"access_token": key}).status_code == 200
@@ -70,8 +73,10 @@ def test_a_job_keeps_its_document_and_renders_again_with_overrides_and_edits(cli
     assert task["report"]["faces"]["regions"] == task["detections"] > 0
     old_link, old_output = task["download_link"], _download(client, task["download_link"])
 
-    body = {"model_config": {"style": "solid"}, "edits": {"0": [{"op": "add", "kind": "face", "frames": {"0": BOX},
-                                                                 "by": "ana@example.com"}]}}
+    body = {
+        "model_config": {"style": "solid"},
+        "edits": {"0": [{"op": "add", "kind": "face", "frames": {"0": BOX}, "by": "ana@example.com"}]},
+    }
     queued = _render(client, key, job_id, body)
     assert queued.status_code == 202, queued.text
     assert queued.json()["job_status"] == 0 and queued.json()["tasks"][0]["download_link"]  # the old one still
@@ -82,7 +87,7 @@ def test_a_job_keeps_its_document_and_renders_again_with_overrides_and_edits(cli
     [task] = second["tasks"]
     output = _pixels(_download(client, task["download_link"]))
     x1, y1, x2, y2 = BOX
-    assert output[y1 + 5:y2 - 5, x1 + 5:x2 - 5].mean() < 20  # the added box, drawn solid
+    assert output[y1 + 5 : y2 - 5, x1 + 5 : x2 - 5].mean() < 20  # the added box, drawn solid
     assert task["detections"] == first["tasks"][0]["detections"] + 1 and task["report"]["edits"] == 1
     entries = [(e.kind, e.amount) for e in ledger(client.svc.db, key_id=client.svc.get_job(job_id).key_id)]
     assert entries[-2:] == [("reserve", -1), ("reserve", -1)]  # the job (1), then the render (half, at least 1)
@@ -111,18 +116,22 @@ def test_render_requests_are_validated(client, shared_data):
     assert _render(client, key, job_id, {}).status_code == 409  # not finished yet
     process_job(job_id, client.svc)
     assert _render(client, other, job_id, {}).status_code == 404  # another key's job
-    bad = [({"model_config": {"slicing": True}}, ["model_config", "slicing"]),
-           ({"model_config": {"enable_lp": True}}, ["model_config", "enable_lp"]),
-           ({"model_config": {"blur_threshold": 0.01}}, ["model_config"]),
-           ({"edits": {"0": [{"op": "add", "kind": "face", "frames": {"0": [0, 0, 5000, 10]}}]}},
-            ["edits", "0", 0, "frames", 0]),
-           ({"edits": {"0": [{"op": "remove", "ids": ["0.999"]}]}}, ["edits", "0", 0, "ids"]),
-           ({"edits": {"0": [{"op": "paint"}]}}, ["edits", "0"]),
-           ({"edits": {"7": []}}, ["edits", "7"])]
+    bad = [
+        ({"model_config": {"slicing": True}}, ["model_config", "slicing"]),
+        ({"model_config": {"enable_lp": True}}, ["model_config", "enable_lp"]),
+        ({"model_config": {"blur_threshold": 0.01}}, ["model_config"]),
+        (
+            {"edits": {"0": [{"op": "add", "kind": "face", "frames": {"0": [0, 0, 5000, 10]}}]}},
+            ["edits", "0", 0, "frames", 0],
+        ),
+        ({"edits": {"0": [{"op": "remove", "ids": ["0.999"]}]}}, ["edits", "0", 0, "ids"]),
+        ({"edits": {"0": [{"op": "paint"}]}}, ["edits", "0"]),
+        ({"edits": {"7": []}}, ["edits", "7"]),
+    ]
     for body, loc in bad:
         r = _render(client, key, job_id, body)
         assert r.status_code == 422, (body, r.text)
-        assert r.json()["detail"][0]["loc"][:len(loc)] == loc, (body, r.json())
+        assert r.json()["detail"][0]["loc"][: len(loc)] == loc, (body, r.json())
     assert client.svc.get_job(job_id).status == "completed"  # nothing was queued or charged
     assert [e.kind for e in ledger(client.svc.db, key_id=client.svc.get_job(job_id).key_id)][-1] == "reserve"
 
@@ -141,27 +150,47 @@ def test_concurrent_render_calls_on_a_balance_that_covers_one(tmp_path, shared_d
         key, row = create_key(db, 3)
         jobs = []
         for _ in range(3):
-            r = requests.post(f"{base}/v1/create_upload_session", headers={"access_token": key}, timeout=30,
-                              json={"file_name": "p.jpg", "file_size": len(photo := (shared_data / PHOTO).read_bytes()),
-                                    "model_config": {"enable_lp": False}})
+            r = requests.post(
+                f"{base}/v1/create_upload_session",
+                headers={"access_token": key},
+                timeout=30,
+                json={
+                    "file_name": "p.jpg",
+                    "file_size": len(photo := (shared_data / PHOTO).read_bytes()),
+                    "model_config": {"enable_lp": False},
+                },
+            )
             uri = r.json()["session_uri"]
             assert requests.put(uri, data=photo, headers={"x-ms-blob-type": "BlockBlob"}, timeout=30).status_code == 201
             jobs.append(r.json()["job_id"])
         for job_id in jobs:
-            while requests.post(f"{base}/v1/approve_job/{job_id}", headers={"access_token": key},
-                                timeout=30).status_code == 302:
+            while (
+                requests.post(f"{base}/v1/approve_job/{job_id}", headers={"access_token": key}, timeout=30).status_code
+                == 302
+            ):
                 threading.Event().wait(0.2)
         for job_id in jobs:
-            while requests.get(f"{base}/v1/job_result/{job_id}", headers={"access_token": key},
-                               timeout=30).json()["job_status"] != 100:
+            while (
+                requests.get(f"{base}/v1/job_result/{job_id}", headers={"access_token": key}, timeout=30).json()[
+                    "job_status"
+                ]
+                != 100
+            ):
                 threading.Event().wait(0.3)
         with ThreadPoolExecutor(20) as pool:  # balance now 0: one more credit covers one render
             from veil.jobs.credits import add_credits
 
             add_credits(db, row.id, 1, reason="test")
-            answers = list(pool.map(lambda n: requests.post(f"{base}/v1/render_job/{jobs[n % 3]}",
-                                                            headers={"access_token": key}, json={},
-                                                            timeout=60).status_code, range(20)))
+            answers = list(
+                pool.map(
+                    lambda n: (
+                        requests.post(
+                            f"{base}/v1/render_job/{jobs[n % 3]}", headers={"access_token": key}, json={}, timeout=60
+                        ).status_code
+                    ),
+                    range(20),
+                )
+            )
         assert answers.count(202) == 1 and set(answers) <= {202, 402, 409}, answers
         with db() as session:
             from veil.db.models import ApiKey
@@ -191,9 +220,11 @@ def test_the_seed_client_unchanged_sits_through_review(tmp_path, shared_data, de
         photo = tmp_path / "photo.jpg"
         photo.write_bytes((shared_data / PHOTO).read_bytes())
         monkeypatch.chdir(out)
-        client = threading.Thread(target=seed_client.process_file, daemon=True,
-                                  kwargs={"file_name": str(photo), "api_key": key,
-                                          "model_config": {"review": True, "enable_lp": False}})
+        client = threading.Thread(
+            target=seed_client.process_file,
+            daemon=True,
+            kwargs={"file_name": str(photo), "api_key": key, "model_config": {"review": True, "enable_lp": False}},
+        )
         client.start()
         headers = {"access_token": key}
         job = None
@@ -206,8 +237,12 @@ def test_the_seed_client_unchanged_sits_through_review(tmp_path, shared_data, de
         assert job and job["state"] == "awaiting_review" and job["job_status"] == 0
         threading.Event().wait(1.0)
         assert client.is_alive() and not list(out.iterdir())  # still polling, nothing written yet
-        r = requests.post(f"{base}/v1/render_job/{job['job_id']}", headers=headers, timeout=30,
-                          json={"model_config": {"style": "solid"}})
+        r = requests.post(
+            f"{base}/v1/render_job/{job['job_id']}",
+            headers=headers,
+            timeout=30,
+            json={"model_config": {"style": "solid"}},
+        )
         assert r.status_code == 202, r.text
         client.join(timeout=300)
         assert not client.is_alive()

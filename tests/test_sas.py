@@ -4,7 +4,7 @@ official SDK's `generate_blob_sas` / `generate_container_sas` (notes §2)."""
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl
 
 import pytest
@@ -16,9 +16,9 @@ sdk = pytest.importorskip("azure.storage.blob")
 ACCOUNT = "devstoreaccount1"
 KEY_B64 = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 KEY = base64.b64decode(KEY_B64)
-EXPIRY = datetime(2030, 12, 1, 2, 27, 30, tzinfo=timezone.utc)
-START = datetime(2026, 11, 24, 2, 19, 32, tzinfo=timezone.utc)
-NOW = datetime(2027, 1, 1, tzinfo=timezone.utc)
+EXPIRY = datetime(2030, 12, 1, 2, 27, 30, tzinfo=UTC)
+START = datetime(2026, 11, 24, 2, 19, 32, tzinfo=UTC)
+NOW = datetime(2027, 1, 1, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -27,8 +27,14 @@ NOW = datetime(2027, 1, 1, tzinfo=timezone.utc)
         {"permission": "cw"},
         {"permission": "r", "start": START},
         {"permission": "wc", "start": START, "ip": "127.0.0.1-127.0.0.9", "protocol": "https,http"},
-        {"permission": "r", "cache_control": "no-cache", "content_disposition": 'attachment; filename="a b+c.jpg"',
-         "content_encoding": "identity", "content_language": "en", "content_type": "image/jpeg"},
+        {
+            "permission": "r",
+            "cache_control": "no-cache",
+            "content_disposition": 'attachment; filename="a b+c.jpg"',
+            "content_encoding": "identity",
+            "content_language": "en",
+            "content_type": "image/jpeg",
+        },
     ],
 )
 @pytest.mark.parametrize("blob", ["0f1e2d3c.bin", "dir/sub dir/name+x ü.bin"])
@@ -37,8 +43,14 @@ def test_blob_sas_is_byte_identical_to_sdk(kwargs: dict, blob: str) -> None:
     permission = kwargs["permission"]
     sdk_kwargs = {k: v for k, v in kwargs.items() if k != "permission"}
     theirs = sdk.generate_blob_sas(
-        ACCOUNT, "uploads", blob, account_key=KEY_B64, permission=sdk.BlobSasPermissions.from_string(permission),
-        expiry=EXPIRY, version="2026-10-06", **sdk_kwargs,
+        ACCOUNT,
+        "uploads",
+        blob,
+        account_key=KEY_B64,
+        permission=sdk.BlobSasPermissions.from_string(permission),
+        expiry=EXPIRY,
+        version="2026-10-06",
+        **sdk_kwargs,
     )
     assert ours == theirs
 
@@ -53,8 +65,16 @@ def test_container_sas_is_byte_identical_to_sdk() -> None:
 
 def test_string_to_sign_matches_sdk_hook() -> None:
     seen: list[str] = []
-    sdk.generate_blob_sas(ACCOUNT, "c1", "x y.bin", account_key=KEY_B64, permission="cw", expiry=EXPIRY,
-                          version="2026-10-06", sts_hook=seen.append)
+    sdk.generate_blob_sas(
+        ACCOUNT,
+        "c1",
+        "x y.bin",
+        account_key=KEY_B64,
+        permission="cw",
+        expiry=EXPIRY,
+        version="2026-10-06",
+        sts_hook=seen.append,
+    )
     query = sign_blob_sas(account=ACCOUNT, key=KEY, container="c1", blob="x y.bin", permission="cw", expiry=EXPIRY)
     fields = dict(parse_qsl(query))
     assert string_to_sign(fields, f"/blob/{ACCOUNT}/c1/x y.bin") == seen[0]
@@ -62,8 +82,16 @@ def test_string_to_sign_matches_sdk_hook() -> None:
 
 
 def _verify(query: str, blob: str = "b.bin", allowed: str = "r", now: datetime = NOW, **kwargs):
-    return verify_blob_sas(dict(parse_qsl(query, keep_blank_values=True)), account=ACCOUNT, key=KEY,
-                           container="c1", blob=blob, allowed=allowed, now=now, **kwargs)
+    return verify_blob_sas(
+        dict(parse_qsl(query, keep_blank_values=True)),
+        account=ACCOUNT,
+        key=KEY,
+        container="c1",
+        blob=blob,
+        allowed=allowed,
+        now=now,
+        **kwargs,
+    )
 
 
 def _sign(**kwargs) -> str:

@@ -52,8 +52,13 @@ class Deployment:
 
     def start(self, name: str, *args: str, ready) -> None:
         with open(self.root / f"{name}.log", "ab") as out:
-            proc = subprocess.Popen([*veil_command(), *args, "--data-dir", str(self.root / name)], env=self.env,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [*veil_command(), *args, "--data-dir", str(self.root / name)],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs[name] = proc
         deadline = time.monotonic() + 120
         while not ready():
@@ -91,8 +96,13 @@ class Deployment:
                 pass
 
     def key(self, credits: int) -> str:
-        done = subprocess.run([*veil_command(), "keys", "create", "--credits", str(credits), "--data-dir",
-                               str(self.root / "admin")], env=self.env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [*veil_command(), "keys", "create", "--credits", str(credits), "--data-dir", str(self.root / "admin")],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1]
 
@@ -118,10 +128,18 @@ def deployment(tmp_path_factory, detection_models, shared_data) -> Iterator[Depl
     if binary is None:
         pytest.skip("Azurite unavailable: node is missing")
     with azurite(binary) as connection_string:
-        env = {**os.environ, "VEIL_DATABASE_URL": database, "VEIL_STORAGE_BACKEND": "azure",
-               "VEIL_AZURE_CONNECTION_STRING": connection_string, "VEIL_WORKER": "celery",
-               "VEIL_CELERY_BROKER_URL": REDIS_URL, "VEIL_JOB_LEASE_SECONDS": "15", "VEIL_SWEEP_SECONDS": "1",
-               "VEIL_UPLOAD_POLL_SECONDS": "0.5", "VEIL_SHUTDOWN_GRACE_SECONDS": "0"}
+        env = {
+            **os.environ,
+            "VEIL_DATABASE_URL": database,
+            "VEIL_STORAGE_BACKEND": "azure",
+            "VEIL_AZURE_CONNECTION_STRING": connection_string,
+            "VEIL_WORKER": "celery",
+            "VEIL_CELERY_BROKER_URL": REDIS_URL,
+            "VEIL_JOB_LEASE_SECONDS": "15",
+            "VEIL_SWEEP_SECONDS": "1",
+            "VEIL_UPLOAD_POLL_SECONDS": "0.5",
+            "VEIL_SHUTDOWN_GRACE_SECONDS": "0",
+        }
         env.pop("VEIL_CALLBACK_SECRET", None)
         deployment = Deployment(root, env, free_port())
         try:
@@ -171,8 +189,11 @@ def _submit(dep: Deployment, key: str, path: Path) -> str:
     upload_url, job_id = _session(dep, key, path)
     seed_client.upload_file(session_uri=upload_url, file_name=str(path))
     deadline = time.monotonic() + 60
-    while (r := requests.post(f"{dep.api_url}/approve_job/{job_id}", headers={"access_token": key},
-                              allow_redirects=False, timeout=30)).status_code == 302:
+    while (
+        r := requests.post(
+            f"{dep.api_url}/approve_job/{job_id}", headers={"access_token": key}, allow_redirects=False, timeout=30
+        )
+    ).status_code == 302:
         assert time.monotonic() < deadline, "the upload was never seen"
         time.sleep(0.2)
     assert r.status_code == 200, f"{r.status_code} {r.text}\n--- api\n{dep.log('api')[-3000:]}"
@@ -180,9 +201,18 @@ def _submit(dep: Deployment, key: str, path: Path) -> str:
 
 
 def _session(dep: Deployment, key: str, path: Path) -> tuple[str, str]:
-    r = requests.post(f"{dep.api_url}/create_upload_session", headers={"access_token": key}, timeout=30, json={
-        "file_name": path.name, "file_size": path.stat().st_size, "content_type": "octet-stream",
-        "model": "blur", "model_config": CONFIG})
+    r = requests.post(
+        f"{dep.api_url}/create_upload_session",
+        headers={"access_token": key},
+        timeout=30,
+        json={
+            "file_name": path.name,
+            "file_size": path.stat().st_size,
+            "content_type": "octet-stream",
+            "model": "blur",
+            "model_config": CONFIG,
+        },
+    )
     assert r.status_code == 200, r.text
     return r.json()["session_uri"], r.json()["job_id"]
 
@@ -322,8 +352,9 @@ def test_sigterm_to_a_worker_mid_video_hands_the_job_to_the_other(deployment, sh
             assert f":{proc.pid}:" not in (session.get(Job, job_id).lease_owner or "")
     finally:
         engine.dispose()
-    report = _wait(deployment, key, job_id, lambda r: seen.append(r["job_status"]) or r["job_status"] in (100, 200),
-                   300)
+    report = _wait(
+        deployment, key, job_id, lambda r: seen.append(r["job_status"]) or r["job_status"] in (100, 200), 300
+    )
     try:
         assert report["job_status"] == 100, report
         assert seen == sorted(seen), seen  # progress never moved backwards
@@ -348,8 +379,12 @@ def test_kill_9_of_a_worker_mid_render(deployment, shared_data, tmp_path):
     done = _wait(deployment, key, job_id, lambda r: r["job_status"] in (100, 200), 300)
     assert done["job_status"] == 100 and done["tasks"][0]["detections_link"], done
     first_link = done["tasks"][0]["download_link"]
-    r = requests.post(f"{deployment.api_url}/render_job/{job_id}", headers={"access_token": key}, timeout=30,
-                      json={"model_config": {"style": "pixelate"}})
+    r = requests.post(
+        f"{deployment.api_url}/render_job/{job_id}",
+        headers={"access_token": key},
+        timeout=30,
+        json={"model_config": {"style": "pixelate"}},
+    )
     assert r.status_code == 202, r.text
     _wait(deployment, key, job_id, lambda r: 0 < r["job_status"] < 100, 120)
     with requests.get(first_link, timeout=60) as old:

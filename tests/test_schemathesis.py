@@ -28,8 +28,15 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 EXAMPLES = 30  # per operation: about 25 s of CPU for the whole API
 
 _data = tempfile.TemporaryDirectory(prefix="veil-schemathesis-")
-_app = create_app(settings_for(Path(_data.name), admin_token="admin-secret", events_secret="hook-secret",
-                               admin_email="ops@example.com", admin_password="panel-password-1"))
+_app = create_app(
+    settings_for(
+        Path(_data.name),
+        admin_token="admin-secret",
+        events_secret="hook-secret",
+        admin_email="ops@example.com",
+        admin_password="panel-password-1",
+    )
+)
 PANEL_SCHEMA = "/panel-and-webhook-openapi.json"
 
 
@@ -78,16 +85,21 @@ def _half(case) -> bool:
 
 def _no_server_error(case) -> None:
     response = case.call()
-    assert response.status_code < 500, (case.method, case.path, case.path_parameters, case.query, case.body,
-                                        response.text[:500])
+    assert response.status_code < 500, (
+        case.method,
+        case.path,
+        case.path_parameters,
+        case.query,
+        case.body,
+        response.text[:500],
+    )
 
 
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_no_server_errors(case) -> None:
     if _half(case):
-        case.headers = {**(case.headers or {}), "access_token": _app.state.key,
-                        "Authorization": "Bearer admin-secret"}
+        case.headers = {**(case.headers or {}), "access_token": _app.state.key, "Authorization": "Bearer admin-secret"}
     _no_server_error(case)
 
 

@@ -90,8 +90,7 @@ def test_short_video_is_not_split(tmp_path):
 def test_plates_across_cuts_are_covered_as_unsplit(shared_data, detection_models, tmp_path):
     """Real footage with moving plates, cut every 2 s at keyframes: the per-frame boxes of the split run
     around each cut are the unsplit run's (a track crossing a cut is blurred on both sides)."""
-    src = cut_clip(shared_data / "videos" / "intel_car-detection.mp4", tmp_path / "cars.mp4", 6.0, start=14.0,
-                   gop=12)
+    src = cut_clip(shared_data / "videos" / "intel_car-detection.mp4", tmp_path / "cars.mp4", 6.0, start=14.0, gop=12)
     config = ModelConfig(enable_lp=True, lp_track=True)
     whole = anonymize_video(src, tmp_path / "whole.mp4", config)
     split, segments, _ = split_run(src, tmp_path / "split.mp4", config, 2.0)
@@ -105,7 +104,7 @@ def test_plates_across_cuts_are_covered_as_unsplit(shared_data, detection_models
     assert [(f.index, f.pts) for f in split.frames] == [(f.index, f.pts) for f in whole.frames]
     crossing = 0
     for segment in segments[1:]:
-        cut = sum(s.frames for s in segments[:segment.index])
+        cut = sum(s.frames for s in segments[: segment.index])
         if len(whole.frames[cut - 1].detections) and len(whole.frames[cut].detections):
             crossing += 1
         for i in range(max(0, cut - 12), min(len(whole.frames), cut + 12)):
@@ -121,8 +120,13 @@ def test_cli_jobs_splits_a_long_video(tmp_path):
     env = {**os.environ, "VEIL_VIDEO_SEGMENT_SECONDS": "1.5", "PYTHONFAULTHANDLER": "1"}
     log = tmp_path / "stderr.txt"
     with open(log, "w") as err:
-        run = subprocess.Popen([str(VEIL), "anonymize", str(src), "--no-blur-face", "--jobs", "2", "-o",
-                                str(tmp_path / "out")], stdout=err, stderr=err, env=env, start_new_session=True)
+        run = subprocess.Popen(
+            [str(VEIL), "anonymize", str(src), "--no-blur-face", "--jobs", "2", "-o", str(tmp_path / "out")],
+            stdout=err,
+            stderr=err,
+            env=env,
+            start_new_session=True,
+        )
         try:
             assert run.wait(120) == 0, log.read_text()
         except subprocess.TimeoutExpired:
@@ -193,12 +197,13 @@ def test_service_runs_segments_in_parallel_and_redoes_only_an_interrupted_one(tm
     the segment files are gone, credits charged once, progress only grows."""
     from _service_helpers import assert_charged_once, settings_for
     from veil.db.models import VideoSegment
-    from veil.jobs.service import OUTPUT_CONTAINER, build_service
     from veil.jobs import runner, running
+    from veil.jobs.service import OUTPUT_CONTAINER, build_service
 
     src = make_clip(tmp_path / "long.mp4", frames=150, vfr=True, audio=True)
-    svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5,
-                                     **_TINY_SEGMENTS))
+    svc = build_service(
+        settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5, **_TINY_SEGMENTS)
+    )
     try:
         job_id = _video_job(svc, src.read_bytes())
         submitted = _record_submitted(monkeypatch)
@@ -259,8 +264,9 @@ def test_concurrent_jobs_share_the_worker_processes_segment_slots(tmp_path, monk
     from veil.jobs.service import build_service
 
     src = make_clip(tmp_path / "long.mp4", frames=150)
-    svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.0,
-                                     **_TINY_SEGMENTS))
+    svc = build_service(
+        settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.0, **_TINY_SEGMENTS)
+    )
     lock, running, peak, jobs_seen, pools = threading.Lock(), [0], [0], set(), [0, 0]  # pools: open, most open
     pool_class = engine_segments.SegmentPool
     submit, enter, leave = pool_class.submit, pool_class.__enter__, pool_class.__exit__
@@ -315,13 +321,12 @@ def test_celery_workers_take_segments_of_one_video(tmp_path, monkeypatch):
     monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
 
     from _service_helpers import settings_for
-    from veil.jobs.service import build_service
-    from veil.jobs.segments import process_segment
     from veil.jobs.runner import process_job
+    from veil.jobs.segments import process_segment
+    from veil.jobs.service import build_service
 
     src = make_clip(tmp_path / "long.mp4", frames=150, audio=True)
-    svc = build_service(settings_for(tmp_path / "data", worker="celery", video_segment_seconds=1.5,
-                                     **_TINY_SEGMENTS))
+    svc = build_service(settings_for(tmp_path / "data", worker="celery", video_segment_seconds=1.5, **_TINY_SEGMENTS))
     try:
         job_id = _video_job(svc, src.read_bytes())
         others: list[bool] = []
@@ -361,13 +366,14 @@ def test_cancel_stops_every_segment_and_leaves_no_segment_file(tmp_path, monkeyp
     from _service_helpers import settings_for
     from veil.db.models import Job, VideoSegment
     from veil.engine import segments as engine_segments
-    from veil.jobs.service import OUTPUT_CONTAINER, build_service
     from veil.jobs import running
     from veil.jobs.runner import process_job
+    from veil.jobs.service import OUTPUT_CONTAINER, build_service
 
     src = make_clip(tmp_path / "long.mp4", frames=150, audio=True)
-    svc = build_service(settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5,
-                                     **_TINY_SEGMENTS))
+    svc = build_service(
+        settings_for(tmp_path / "data", worker_concurrency=2, video_segment_seconds=1.5, **_TINY_SEGMENTS)
+    )
     try:
         job_id = _video_job(svc, src.read_bytes())
         cancelled, ended, written = threading.Event(), [], []

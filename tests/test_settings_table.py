@@ -20,8 +20,9 @@ def test_the_configuration_table_is_generated_from_the_settings_model():
     module = _module()
     generated = module.table()
     assert "`VEIL_X264_PRESET` | veryfast" in generated and "VEIL_X264X264" not in generated
-    assert module.page_table((ROOT / "docs" / "configuration.md").read_text()) == generated, \
+    assert module.page_table((ROOT / "docs" / "configuration.md").read_text()) == generated, (
         "docs/configuration.md's settings table is stale: run python scripts/settings_table.py --write"
+    )
 
 
 def test_the_readme_links_the_configuration_page():

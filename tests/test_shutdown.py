@@ -70,13 +70,15 @@ def test_the_file_in_progress_finishes_and_no_other_starts(tmp_path, detection_m
         svc.close()
 
 
-def test_sigterm_to_veil_serve_hands_the_job_back_and_progress_never_falls(tmp_path, shared_data, detection_models,
-                                                                           monkeypatch):
+def test_sigterm_to_veil_serve_hands_the_job_back_and_progress_never_falls(
+    tmp_path, shared_data, detection_models, monkeypatch
+):
     """A grace period too short for the video: the job is handed back at once, logged, and the next start
     resumes it; the progress clients see never moves backwards."""
     data, log, port = tmp_path / "data", tmp_path / "serve.log", _free_port()
-    key = subprocess.run(_veil("keys", "create", "--credits", "100", "--data-dir", str(data)), capture_output=True,
-                         text=True, check=True).stdout.split()[-1]
+    key = subprocess.run(
+        _veil("keys", "create", "--credits", "100", "--data-dir", str(data)), capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
     api, seen = f"http://127.0.0.1:{port}/v1", []
     monkeypatch.setenv("VEIL_SHUTDOWN_GRACE_SECONDS", "0")
     monkeypatch.setattr(seed_client, "API_URL", api)

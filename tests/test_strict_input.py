@@ -19,24 +19,28 @@ def client(tmp_path):
 
 
 def _post_raw(http, url: str, text: str, headers: dict):
-    return http.post(url, content=text.encode("utf-8", "surrogatepass"),
-                     headers={"content-type": "application/json", **headers})
+    return http.post(
+        url, content=text.encode("utf-8", "surrogatepass"), headers={"content-type": "application/json", **headers}
+    )
 
 
-@pytest.mark.parametrize("body,field", [
-    ('{"file_name": "a.jpg", "model_config": {"blur_threshold": NaN}}', "blur_threshold"),
-    ('{"file_name": "a.jpg", "model_config": {"lp_threshold": Infinity}}', "lp_threshold"),
-    ('{"file_name": "a.jpg", "file_size": NaN}', "file_size"),
-    ('{"file_name": "a.jpg", "file_size": -Infinity}', "file_size"),
-    ('{"file_name": "a\\ud800.jpg"}', "file_name"),
-    ('{"file_name": "a.jpg", "file_size": "10"}', "file_size"),
-    ('{"file_name": "a.jpg", "file_size": 9223372036854775808}', "file_size"),
-    ('{"file_name": "a.jpg", "model_config": {"blur_face": "yes"}}', "blur_face"),
-    ('{"file_name": "a.jpg", "model_config": {"enable_lp": 1}}', "enable_lp"),
-    ('{"file_name": "a.jpg", "model_config": {"video_crf": false}}', "video_crf"),
-    ('{"file_name": "a.jpg", "model_config": {"blur_threshold": "0.5"}}', "blur_threshold"),
-    ('{"file_name": 5}', "file_name"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ('{"file_name": "a.jpg", "model_config": {"blur_threshold": NaN}}', "blur_threshold"),
+        ('{"file_name": "a.jpg", "model_config": {"lp_threshold": Infinity}}', "lp_threshold"),
+        ('{"file_name": "a.jpg", "file_size": NaN}', "file_size"),
+        ('{"file_name": "a.jpg", "file_size": -Infinity}', "file_size"),
+        ('{"file_name": "a\\ud800.jpg"}', "file_name"),
+        ('{"file_name": "a.jpg", "file_size": "10"}', "file_size"),
+        ('{"file_name": "a.jpg", "file_size": 9223372036854775808}', "file_size"),
+        ('{"file_name": "a.jpg", "model_config": {"blur_face": "yes"}}', "blur_face"),
+        ('{"file_name": "a.jpg", "model_config": {"enable_lp": 1}}', "enable_lp"),
+        ('{"file_name": "a.jpg", "model_config": {"video_crf": false}}', "video_crf"),
+        ('{"file_name": "a.jpg", "model_config": {"blur_threshold": "0.5"}}', "blur_threshold"),
+        ('{"file_name": 5}', "file_name"),
+    ],
+)
 def test_bad_values_are_422_naming_the_field(client, body: str, field: str) -> None:
     r = _post_raw(client, "/v1/create_upload_session", body, {"access_token": new_key(client.svc)})
     assert r.status_code == 422, r.text
@@ -51,11 +55,19 @@ def test_good_values_still_pass(client) -> None:
 
 def test_direct_upload_model_config_is_strict_too(client) -> None:
     key = new_key(client.svc)
-    r = client.put("/v1/direct_upload", params={"file_name": "a.jpg", "model_config": '{"blur_face": "yes"}'},
-                   headers={"access_token": key, "x-ms-blob-type": "BlockBlob"}, content=b"x")
+    r = client.put(
+        "/v1/direct_upload",
+        params={"file_name": "a.jpg", "model_config": '{"blur_face": "yes"}'},
+        headers={"access_token": key, "x-ms-blob-type": "BlockBlob"},
+        content=b"x",
+    )
     assert r.status_code == 422 and "blur_face" in r.text
-    r = client.put("/v1/direct_upload", params={"file_name": "a.jpg", "model_config": '{"blur_threshold": NaN}'},
-                   headers={"access_token": key, "x-ms-blob-type": "BlockBlob"}, content=b"x")
+    r = client.put(
+        "/v1/direct_upload",
+        params={"file_name": "a.jpg", "model_config": '{"blur_threshold": NaN}'},
+        headers={"access_token": key, "x-ms-blob-type": "BlockBlob"},
+        content=b"x",
+    )
     assert r.status_code == 422 and "blur_threshold" in r.text
 
 
@@ -85,8 +97,12 @@ def test_balance_never_leaves_the_bigint_range(client) -> None:
     assert keys.status_code == 200
     balance = next(k["credits"] for k in keys.json() if k["id"] == key_id)
     assert balance == 2**62 and isinstance(balance, int)
-    assert client.post(f"/admin/api/keys/{key_id}/credits", json={"amount": BALANCE_MAX - 2**62},
-                       headers=ADMIN).json()["credits"] == BALANCE_MAX
+    assert (
+        client.post(f"/admin/api/keys/{key_id}/credits", json={"amount": BALANCE_MAX - 2**62}, headers=ADMIN).json()[
+            "credits"
+        ]
+        == BALANCE_MAX
+    )
     assert client.post(f"/admin/api/keys/{key_id}/credits", json={"amount": 1}, headers=ADMIN).status_code == 409
     # the opening balance and the one top-up that fitted: refused changes left no ledger row
     assert [e.amount for e in ledger(client.svc.db, key_id)] == [2**62, BALANCE_MAX - 2**62]

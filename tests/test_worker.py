@@ -15,9 +15,9 @@ from PIL import Image
 from _service_helpers import jpeg_bytes, settings_for
 from veil.jobs.credits import ledger
 from veil.jobs.keys import create_key, get_key
+from veil.jobs.runner import process_job
 from veil.jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, build_service
 from veil.queue.embedded import EmbeddedWorker
-from veil.jobs.runner import process_job
 
 
 @pytest.fixture()
@@ -105,6 +105,7 @@ def _copying_engine(seen: list[str]):
     def engine(src, dst, config, progress=None, **_):
         seen.append(Path(src).name)
         Path(dst).write_bytes(Path(src).read_bytes())
+
     return engine
 
 
@@ -156,10 +157,9 @@ def test_cancel_during_an_archive_keeps_only_what_the_processed_files_cost(svc, 
     assert entries[-1].reason == "job cancelled: 2 of 3 files not processed"
 
 
-@pytest.mark.parametrize("members, problem", [
-    ({"inner.zip": None, "a.jpg": b"x"}, "nested"),
-    ({"../evil.jpg": b"x"}, ".."),
-])
+@pytest.mark.parametrize(
+    "members, problem", [({"inner.zip": None, "a.jpg": b"x"}, "nested"), ({"../evil.jpg": b"x"}, "..")]
+)
 def test_nested_archive_and_zip_slip_are_refused_before_approval(svc, members, problem):
     members = {k: (v if v is not None else _zip({"a.jpg": jpeg_bytes()})) for k, v in members.items()}
     key_id, job_id = _submit(svc, _zip(members), "set.zip")
@@ -261,8 +261,10 @@ def test_celery_task_runs_the_same_task_function(tmp_path, monkeypatch):
     monkeypatch.setenv("VEIL_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("VEIL_STORAGE_KEY", base64.b64encode(b"k" * 32).decode())
     monkeypatch.setattr(celery_app, "_service", None)
-    monkeypatch.setattr("veil.engine.anonymize.anonymize",
-                        lambda src, dst, config, progress=None, **_: Path(dst).write_bytes(Path(src).read_bytes()))
+    monkeypatch.setattr(
+        "veil.engine.anonymize.anonymize",
+        lambda src, dst, config, progress=None, **_: Path(dst).write_bytes(Path(src).read_bytes()),
+    )
     svc = celery_app.default_service()
     try:
         _, job_id = _submit(svc, jpeg_bytes(), "x.jpg")

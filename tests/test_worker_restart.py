@@ -36,8 +36,11 @@ def _veil(*args: str) -> list[str]:
 
 def _start(data: Path, port: int, log: Path) -> subprocess.Popen:
     out = log.open("ab")
-    proc = subprocess.Popen(_veil("serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)),
-                            stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        _veil("serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -72,8 +75,9 @@ def _report(api: str, key: str, job_id: str) -> dict:
 
 def test_kill_mid_video_then_restart_completes_the_job(tmp_path, shared_data, detection_models):
     data, log, port = tmp_path / "data", tmp_path / "serve.log", _free_port()
-    created = subprocess.run(_veil("keys", "create", "--credits", "100", "--data-dir", str(data)),
-                             capture_output=True, text=True, check=True)
+    created = subprocess.run(
+        _veil("keys", "create", "--credits", "100", "--data-dir", str(data)), capture_output=True, text=True, check=True
+    )
     key = created.stdout.strip().splitlines()[-1]
     api = f"http://127.0.0.1:{port}/v1"
     clip = _clip(shared_data / "videos" / "intel_car-detection.mp4", tmp_path / "clip.mp4")
@@ -81,18 +85,34 @@ def test_kill_mid_video_then_restart_completes_the_job(tmp_path, shared_data, de
 
     proc = _start(data, port, log)
     try:
-        r = requests.post(f"{api}/create_upload_session", headers={"access_token": key}, timeout=10, json={
-            "file_name": "clip.mp4", "file_size": len(body), "content_type": "octet-stream", "model": "blur",
-            "model_config": {"blur_face": True}})
+        r = requests.post(
+            f"{api}/create_upload_session",
+            headers={"access_token": key},
+            timeout=10,
+            json={
+                "file_name": "clip.mp4",
+                "file_size": len(body),
+                "content_type": "octet-stream",
+                "model": "blur",
+                "model_config": {"blur_face": True},
+            },
+        )
         assert r.status_code == 200, r.text
         uri, job_id = r.json()["session_uri"], r.json()["job_id"]
         block = base64.urlsafe_b64encode((0).to_bytes(4, "big")).decode()
         assert requests.put(uri + "&comp=block&blockid=" + block, data=body, timeout=60).status_code == 201
-        assert requests.put(uri + "&comp=blocklist", data=f"<BlockList><Latest>{block}</Latest></BlockList>",
-                            timeout=60).status_code == 201
+        assert (
+            requests.put(
+                uri + "&comp=blocklist", data=f"<BlockList><Latest>{block}</Latest></BlockList>", timeout=60
+            ).status_code
+            == 201
+        )
         deadline = time.monotonic() + 60
-        while (status := requests.post(f"{api}/approve_job/{job_id}", headers={"access_token": key},
-                                       timeout=10).status_code) == 302 and time.monotonic() < deadline:
+        while (
+            status := requests.post(
+                f"{api}/approve_job/{job_id}", headers={"access_token": key}, timeout=10
+            ).status_code
+        ) == 302 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert status == 200
         deadline = time.monotonic() + 300
