@@ -31,6 +31,7 @@ from ..logs import bind_key, current_job, name_key, unbind_key
 from ..metrics import HANDED_BACK, file_meter
 from .archive import ArchiveError, expand_archive, is_archive
 from .drain import Drain, HandBack, process_drain
+from .intake import InputChanged
 from .names import safe_name
 from .pricing import Prices, cost_of_members
 from .rendering import run_review
@@ -49,7 +50,7 @@ from .running import (
     set_task,
 )
 from .segments import anonymize_segments, drop_segments
-from .service import OUTPUT_CONTAINER, InputChanged, JobService
+from .service import OUTPUT_CONTAINER, JobService
 
 log = logging.getLogger(__name__)
 
