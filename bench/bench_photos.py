@@ -1,7 +1,7 @@
 """Photo speed: `veil anonymize` against deface 1.5.0 (and, optionally, an earlier commit's Veil) on the dev photos.
 
     .venv/bin/python bench/bench_photos.py [--sets facemask_faces,openalpr_plates] [--rounds 3]
-        [--config '{"enable_lp": true}'] [--baseline REF] [--skip-deface]
+        [--config '{"enable_lp": true}'] [--baseline REF] [--tree REF] [--skip-deface]
         [--deface-venv /tmp/veil-bench/deface-venv] [--data ../shared/data]
 
 Per set, the photos are copied into a temporary folder and each tool anonymizes all of them in one
@@ -9,7 +9,8 @@ command, as a user with a folder of photos runs it:
 
   * veil:     `python -m veil anonymize PHOTOS... -o DIR --config CONFIG` (default config: the seed's
               defaults plus plates, ``{"enable_lp": true}``), the working tree's ``src``;
-  * baseline: the same with ``src/veil`` of ``--baseline REF`` (exported with ``git archive``);
+  * baseline: the same with ``src/veil`` of ``--baseline REF`` (exported with ``git archive``; ``--tree REF``
+              likewise replaces the working tree in the veil row);
   * deface:   `deface PHOTOS...` with its defaults (faces only; outputs beside the copies), installed
               with pip into a side virtual environment if missing, with ONNX Runtime so that both use
               the same runtime (`bench_video.ensure_deface`).
@@ -65,7 +66,7 @@ def copy_photos(doc: dict, folder: Path) -> list[str]:
 
 
 def veil_command(src: Path, photos: list[str], out: Path, config: dict) -> list[str]:
-    # PYTHONPATH picks the tree: a small launcher, so the venv's installed copy never shadows it.
+    # The tree goes first on sys.path, before the path the venv's editable install adds.
     launcher = f"import sys; sys.path.insert(0, {str(src)!r}); from veil.cli import main; sys.argv[0] = 'veil'; main()"
     return [sys.executable, "-c", launcher, "anonymize", *photos, "-o", str(out), "--config", json.dumps(config)]
 
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--config", default='{"enable_lp": true}',
                         help="Veil's ModelConfig JSON (default: seed defaults + plates)")
     parser.add_argument("--baseline", help="also time the Veil of this git commit")
+    parser.add_argument("--tree", help="time this git commit as 'veil' instead of the working tree")
     parser.add_argument("--skip-deface", action="store_true")
     parser.add_argument("--deface-venv", type=Path, default=Path(tempfile.gettempdir()) / "veil-bench" / "deface-venv")
     args = parser.parse_args()
@@ -107,7 +109,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="veil-bench-photos-") as tmp:
         work = Path(tmp)
-        trees = {"veil": REPO / "src"}
+        trees = {"veil": export(args.tree, work / "tree") if args.tree else REPO / "src"}
         if args.baseline:
             trees["baseline"] = export(args.baseline, work / "baseline")
         for doc in docs:
