@@ -67,20 +67,31 @@ def frames(clip: Path, runs: int) -> None:
     times: dict[tuple[str, str], list[float]] = {}
     for _ in range(runs):  # the same frames from each server, in turn
         at = rng.randrange(n - 40)
-        asked = {"next frame": range(at + 1, at + 11), "10 frames on": range(at + 20, min(n, at + 40), 10),
-                 "frame before": range(at + 39, at + 34, -1), "random frame": rng.sample(range(n), 8)}
+        asked = {
+            "next frame": range(at + 1, at + 11),
+            "10 frames on": range(at + 20, min(n, at + 40), 10),
+            "frame before": range(at + 39, at + 34, -1),
+            "random frame": rng.sample(range(n), 8),
+        }
         for name, server in servers.items():
             server._jpegs.clear()
             server.jpeg(clip, pts, at)
             for what, indexes in asked.items():
-                times.setdefault((name, what), []).extend(_timed(lambda i=i, s=server: s.jpeg(clip, pts, i))
-                                                          for i in indexes)
-    print(f"frames of {clip.name} ({n} frames); its review copy made in {built:.1f} s ({built / n * 1000:.0f} ms a "
-          f"frame, {size / 1e6:.1f} MB)")
+                times.setdefault((name, what), []).extend(
+                    _timed(lambda i=i, s=server: s.jpeg(clip, pts, i)) for i in indexes
+                )
+    print(
+        f"frames of {clip.name} ({n} frames); its review copy made in {built:.1f} s ({built / n * 1000:.0f} ms a "
+        f"frame, {size / 1e6:.1f} MB)"
+    )
     for name, label in (("video", "from the video (before)"), ("copy", "from the review copy (now)")):
-        print(f"  {label}: first {first[name] * 1000:.0f} ms; " + "; ".join(
-            f"{what} {_ms(times[name, what])}" for what in ("next frame", "10 frames on", "frame before",
-                                                              "random frame")))
+        print(
+            f"  {label}: first {first[name] * 1000:.0f} ms; "
+            + "; ".join(
+                f"{what} {_ms(times[name, what])}"
+                for what in ("next frame", "10 frames on", "frame before", "random frame")
+            )
+        )
     ratio = statistics.median(times["copy", "random frame"]) / statistics.median(times["video", "random frame"])
     print(f"  random frame, copy / video: {ratio:.2f}x")
 
@@ -121,13 +132,17 @@ def timeline(work: Path, per: int, runs: int) -> None:
         time.sleep(0.1)
     tracked = time.perf_counter() - start
     assert (before.track == index.track).all() and before.lanes == index.lanes
-    print(f"one-hour 1080p30 document, {per} candidates a frame ({doc.stat().st_size / 1e6:.1f} MB, written with "
-          f"its tracks in {written:.0f} s, {writing:.0f} CPU s): timeline with its {len(index.lanes)} lanes "
-          f"{_ms(views)}, CPU {_ms(cpu)} (reading it {_ms(loads)}); then the timeline at a threshold "
-          f"{_ms(answers)}; 200 frames' candidates {_ms(page)}")
-    print(f"the same document in version 1 (no tracks, before): places to look after {first:.2f} s, lanes after "
-          f"{tracked:.0f} s (the tracker over 108,000 frames, once); lanes now / before: "
-          f"{statistics.median(views) / tracked:.4f}x")
+    print(
+        f"one-hour 1080p30 document, {per} candidates a frame ({doc.stat().st_size / 1e6:.1f} MB, written with "
+        f"its tracks in {written:.0f} s, {writing:.0f} CPU s): timeline with its {len(index.lanes)} lanes "
+        f"{_ms(views)}, CPU {_ms(cpu)} (reading it {_ms(loads)}); then the timeline at a threshold "
+        f"{_ms(answers)}; 200 frames' candidates {_ms(page)}"
+    )
+    print(
+        f"the same document in version 1 (no tracks, before): places to look after {first:.2f} s, lanes after "
+        f"{tracked:.0f} s (the tracker over 108,000 frames, once); lanes now / before: "
+        f"{statistics.median(views) / tracked:.4f}x"
+    )
 
 
 def main() -> None:

@@ -28,9 +28,13 @@ from _live_server import CHROMIUM, veil_command, veil_server
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
 expect = playwright_api.expect
-pytestmark = [pytest.mark.timeout(600),
-              pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-                                 reason="Debian's chromium is not installed (scripts/test-services.sh does it)")]
+pytestmark = [
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+        reason="Debian's chromium is not installed (scripts/test-services.sh does it)",
+    ),
+]
 
 ADMIN, REVIEWER, SECOND, VIEWER = "ops@example.com", "ana@example.com", "ben@example.com", "vic@example.com"
 PASSWORD = "review-password-1"
@@ -39,8 +43,9 @@ PHOTO = "dlib_faces/images/dlib_2008_001322.jpg"
 
 
 def _veil(data: Path, *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run([*veil_command(), *args, "--data-dir", str(data)], input=stdin, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [*veil_command(), *args, "--data-dir", str(data)], input=stdin, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -49,8 +54,9 @@ def _veil(data: Path, *args: str, stdin: str | None = None) -> str:
 def server(tmp_path_factory, detection_models):
     data = tmp_path_factory.mktemp("veil-review")
     for email, role in ((REVIEWER, "reviewer"), (SECOND, "reviewer"), (VIEWER, "viewer")):
-        assert f"created {role} {email}" in _veil(data, "admin", "create", email, "--role", role,
-                                                  stdin=f"{PASSWORD}\n{PASSWORD}\n")
+        assert f"created {role} {email}" in _veil(
+            data, "admin", "create", email, "--role", role, stdin=f"{PASSWORD}\n{PASSWORD}\n"
+        )
     key = _veil(data, "keys", "create", "--credits", "50", "--name", "review test").strip().splitlines()[-1]
     with veil_server(data, {"VEIL_ADMIN_EMAIL": ADMIN, "VEIL_ADMIN_PASSWORD": PASSWORD}) as base:
         seed_client.API_URL = f"{base}/v1"
@@ -119,7 +125,7 @@ def _video(photo: Path, path: Path, frames: int = 40) -> Path:
         stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
         stream.options = {"crf": "12"}
         for i in range(frames):
-            crop = Image.fromarray(np.ascontiguousarray(picture[20 + i:320 + i, 60 + i:460 + i])).resize((320, 240))
+            crop = Image.fromarray(np.ascontiguousarray(picture[20 + i : 320 + i, 60 + i : 460 + i])).resize((320, 240))
             out.mux(stream.encode(av.VideoFrame.from_ndarray(np.asarray(crop), format="rgb24")))
         out.mux(stream.encode(None))
     return path
@@ -136,8 +142,12 @@ def _screen(page, box) -> tuple[float, float, float, float]:
     """An image-pixel box in page coordinates (the overlay's viewBox is the picture's pixels)."""
     r = page.locator("#overlay").bounding_box()
     w, h = (float(v) for v in page.locator("#overlay").get_attribute("viewBox").split()[2:])
-    return (r["x"] + box[0] / w * r["width"], r["y"] + box[1] / h * r["height"],
-            r["x"] + box[2] / w * r["width"], r["y"] + box[3] / h * r["height"])
+    return (
+        r["x"] + box[0] / w * r["width"],
+        r["y"] + box[1] / h * r["height"],
+        r["x"] + box[2] / w * r["width"],
+        r["y"] + box[3] / h * r["height"],
+    )
 
 
 def _drag(page, box) -> None:
@@ -178,7 +188,8 @@ def test_reviewer_fixes_a_photo_and_renders(server, signed_in, shared_data, tmp_
 
     # toggle the surest face off; draw a box over a corner with no face
     surest = page.locator("#overlay g.c-drawn").evaluate_all(
-        "gs => gs.map(g => [g.dataset.id, ...['x', 'y', 'width', 'height'].map(a => +g.firstChild.getAttribute(a))])")
+        "gs => gs.map(g => [g.dataset.id, ...['x', 'y', 'width', 'height'].map(a => +g.firstChild.getAttribute(a))])"
+    )
     surest.sort(key=lambda row: -row[3] * row[4])
     face_id, fx, fy, fw, fh = surest[0]
     face = page.locator(f'#overlay g[data-id="{face_id}"]')
@@ -203,16 +214,17 @@ def test_reviewer_fixes_a_photo_and_renders(server, signed_in, shared_data, tmp_
     output = _pixels(requests.get(done["tasks"][0]["download_link"], timeout=30).content)
     source = _pixels(photo.read_bytes())
     x1, y1, x2, y2 = corner
-    drawn, before = output[y1 + 4:y2 - 4, x1 + 4:x2 - 4], source[y1 + 4:y2 - 4, x1 + 4:x2 - 4]
+    drawn, before = output[y1 + 4 : y2 - 4, x1 + 4 : x2 - 4], source[y1 + 4 : y2 - 4, x1 + 4 : x2 - 4]
     assert np.abs(drawn - before).mean() > 4 and drawn.std() < before.std() * 0.8  # blurred in the drawn box
     fx, fy, fw, fh = (int(v) for v in (fx, fy, fw, fh))
-    kept = np.abs(output[fy:fy + fh, fx:fx + fw] - source[fy:fy + fh, fx:fx + fw]).mean()
+    kept = np.abs(output[fy : fy + fh, fx : fx + fw] - source[fy : fy + fh, fx : fx + fw]).mean()
     assert kept < 3, kept  # unchanged (but for JPEG re-encoding) where the toggled face is
 
     # the job page records who rendered, with the edits
     page.goto(f"/admin/jobs/{job_id}")
-    expect(page.locator("#review-log")).to_contain_text(f"{REVIEWER} render: 2 edits (file 0: remove {face_id}; "
-                                                        "add face on frame 0)")
+    expect(page.locator("#review-log")).to_contain_text(
+        f"{REVIEWER} render: 2 edits (file 0: remove {face_id}; add face on frame 0)"
+    )
 
 
 def _frame_is(page, index: int) -> None:
@@ -277,8 +289,10 @@ def test_reviewer_covers_a_span_of_video_frames_with_the_keyboard(server, signed
     _render(page, key=True)
     page.keyboard.press("ArrowRight")  # before and after follow the frame shown
     expect(page.locator("#compare-after")).to_have_attribute("src", re.compile(r"after\.jpg\?frame=21&"))
-    before, after = (_pixels(page.request.get(f"/admin/jobs/{job_id}/review/0/{which}.jpg?frame=21").body())
-                     for which in ("before", "after"))
+    before, after = (
+        _pixels(page.request.get(f"/admin/jobs/{job_id}/review/0/{which}.jpg?frame=21").body())
+        for which in ("before", "after")
+    )
 
     done = _result(key, job_id)
     assert done["job_status"] == 100, done["job_status_description"]
@@ -310,8 +324,9 @@ def test_roles_reviewer_and_viewer(server, signed_in, shared_data, tmp_path):
     expect(viewer.get_by_role("button", name="Render…")).to_be_disabled()
     expect(viewer.get_by_text("Read only: your role (viewer)")).to_be_visible()
     token = viewer.locator("input[name=csrf_token]").first.input_value()
-    refused = viewer.request.post(f"/admin/jobs/{job_id}/render", data="{}",
-                                  headers={"X-CSRF-Token": token, "Content-Type": "application/json"})
+    refused = viewer.request.post(
+        f"/admin/jobs/{job_id}/render", data="{}", headers={"X-CSRF-Token": token, "Content-Type": "application/json"}
+    )
     assert refused.status == 403 and _result(key, job_id)["state"] == "awaiting_review"
 
     # an admin changes the viewer's role on the Accounts page; the last admin keeps theirs
@@ -351,8 +366,11 @@ def test_two_reviewers_see_the_claim(server, signed_in, shared_data, tmp_path):
 
     # a render the job's document cannot serve is refused with the field named, nothing queued
     token = ben.locator("input[name=csrf_token]").first.input_value()
-    bad = ben.request.post(f"/admin/jobs/{job_id}/render", headers={"X-CSRF-Token": token},
-                           data={"edits": {"0": [{"op": "add", "kind": "face", "frames": {"0": [0, 0, 9000, 10]}}]}})
+    bad = ben.request.post(
+        f"/admin/jobs/{job_id}/render",
+        headers={"X-CSRF-Token": token},
+        data={"edits": {"0": [{"op": "add", "kind": "face", "frames": {"0": [0, 0, 9000, 10]}}]}},
+    )
     assert bad.status == 422 and bad.json()["error"].startswith("edits › 0 › 0 › frames › 0: the box must lie inside")
     no_token = ben.request.post(f"/admin/jobs/{job_id}/render", data={})
     assert no_token.status == 403 and _result(key, job_id)["state"] == "awaiting_review"

@@ -32,7 +32,7 @@ def clip(tmp_path_factory):
         stream.options = {"g": "50", "bf": "3", "crf": "10"}
         for i in range(120):
             picture = np.zeros((96, 160, 3), np.uint8)
-            picture[:, i:i + 6] = 255
+            picture[:, i : i + 6] = 255
             out.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
         out.mux(stream.encode(None))
     with av.open(str(path)) as c:
@@ -97,9 +97,14 @@ def test_bounded_keeps_the_most_recent_and_builds_once():
 
 def test_a_documents_index(tmp_path):
     doc = tmp_path / "doc.gz"
-    header = Header("video", 320, 240, {"faces": 0.3, "plates": 0.3},
-                    {"blur_threshold": 0.5, "lp_threshold": 0.5, "face_track": True, "lp_track": True},
-                    {"fps": 10.0, "stride": 1, "scan": 1})
+    header = Header(
+        "video",
+        320,
+        240,
+        {"faces": 0.3, "plates": 0.3},
+        {"blur_threshold": 0.5, "lp_threshold": 0.5, "face_track": True, "lp_track": True},
+        {"fps": 10.0, "stride": 1, "scan": 1},
+    )
     with DocumentWriter(doc, header) as writer:
         for i in range(30):  # a face walking right on every frame; a plate-like blip at 0.42 on frame 12
             boxes, scores, kinds = [[10 + i, 20, 50 + i, 70]], [0.9], [0]
@@ -108,8 +113,11 @@ def test_a_documents_index(tmp_path):
             writer.frame(i, i / 10, Detections(np.array(boxes, float), np.array(scores), np.array(kinds)))
     index = DocIndex.load(doc, tracks_in_background=False)
     assert index.frames == 30 and len(index.table) == 31
-    read = [(f.index, n, *f.candidates.xyxy[n], f.candidates.scores[n]) for f in iter_frames(doc)
-            for n in range(len(f.candidates))]  # the engine's reader gives the same candidates
+    read = [
+        (f.index, n, *f.candidates.xyxy[n], f.candidates.scores[n])
+        for f in iter_frames(doc)
+        for n in range(len(f.candidates))
+    ]  # the engine's reader gives the same candidates
     assert np.allclose([(f, n, *row[1:]) for f, n, row in zip(index.frame, index.n, index.table)], read, atol=1e-3)
     assert np.allclose(index.pts, np.arange(30) / 10) and index.ran.all()
     rows = index.candidates(12, 13)
@@ -124,9 +132,14 @@ def _walkers(path, frames: int = 160, version_one: bool = False, sort_keys: bool
     """A video document of faces and plates moving about: some leave and come back, some score below the
     threshold for a while, a few frames the detector skipped, noise that starts no track."""
     rng = np.random.default_rng(3)
-    header = Header("video", 640, 360, {"faces": 0.3, "plates": 0.3},
-                    {"blur_threshold": 0.5, "lp_threshold": 0.5, "face_track": True, "lp_track": True},
-                    {"fps": 25.0, "stride": 1, "scan": 1})
+    header = Header(
+        "video",
+        640,
+        360,
+        {"faces": 0.3, "plates": 0.3},
+        {"blur_threshold": 0.5, "lp_threshold": 0.5, "face_track": True, "lp_track": True},
+        {"fps": 25.0, "stride": 1, "scan": 1},
+    )
     start = rng.uniform(0, 500, (6, 2))
     step = rng.uniform(-3, 3, (6, 2))
     with DocumentWriter(path, header) as writer:
@@ -145,8 +158,11 @@ def _walkers(path, frames: int = 160, version_one: bool = False, sort_keys: bool
                 scores.append(float(rng.uniform(0.3, 0.7)))
                 kinds.append(int(rng.integers(0, 2)))
             ran = i % 9 != 4
-            writer.frame(i, i / 25, Detections(np.array(boxes, float).reshape(-1, 4), np.array(scores),
-                                               np.array(kinds)) if ran else None)
+            writer.frame(
+                i,
+                i / 25,
+                Detections(np.array(boxes, float).reshape(-1, 4), np.array(scores), np.array(kinds)) if ran else None,
+            )
     if version_one or sort_keys:  # as Veil wrote it before documents held their tracks; as another writer might
         import json
 
@@ -180,8 +196,9 @@ def test_an_old_document_finds_its_tracks_once(tmp_path):
     new, old = tmp_path / "new.gz", tmp_path / "old.gz"
     _walkers(new)
     _walkers(old, version_one=True)
-    assert [f.candidates.xyxy.tolist() for f in iter_frames(old)] == [f.candidates.xyxy.tolist()
-                                                                    for f in iter_frames(new)]
+    assert [f.candidates.xyxy.tolist() for f in iter_frames(old)] == [
+        f.candidates.xyxy.tolist() for f in iter_frames(new)
+    ]
     was = DocIndex.load(old)  # the tracker runs in a thread; the places to look come at once
     assert was.header.version == 1 and was.timeline({0: 0.5, 1: 0.5})["marks"]
     while not was.tracks_ready:
@@ -216,10 +233,13 @@ def test_render_edits_are_checked_against_the_documents_arrays(tmp_path):
 
     check({"op": "remove", "ids": ["0.0", last]})
     check({"op": "remove_track", "track": max(tracks)})
-    for edit, field in (({"op": "remove", "ids": [f"39.{read.counts[39]}"]}, "ids"),  # one past the frame's last
-                        ({"op": "keep", "ids": ["40.0"]}, "ids"), ({"op": "keep", "ids": ["01.0"]}, "ids"),
-                        ({"op": "remove_track", "track": max(tracks) + 1}, "track"),
-                        ({"op": "add", "kind": "face", "frames": {"40": [1, 1, 9, 9]}}, "frames")):
+    for edit, field in (
+        ({"op": "remove", "ids": [f"39.{read.counts[39]}"]}, "ids"),  # one past the frame's last
+        ({"op": "keep", "ids": ["40.0"]}, "ids"),
+        ({"op": "keep", "ids": ["01.0"]}, "ids"),
+        ({"op": "remove_track", "track": max(tracks) + 1}, "track"),
+        ({"op": "add", "kind": "face", "frames": {"40": [1, 1, 9, 9]}}, "frames"),
+    ):
         with pytest.raises(InvalidRender) as refused:
             check(edit)
         assert refused.value.loc[3] == field, edit

@@ -22,7 +22,7 @@ import gc
 import gzip
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,8 +50,16 @@ class Header:
     version: int = VERSION  # of the document read; a writer writes the current one
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "media": self.media, "width": self.width,
-                "height": self.height, "floor": self.floor, "config": self.config, "video": self.video}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "media": self.media,
+            "width": self.width,
+            "height": self.height,
+            "floor": self.floor,
+            "config": self.config,
+            "video": self.video,
+        }
 
 
 @dataclass
@@ -75,6 +83,7 @@ class _Edit(BaseModel):
 class AddBox(_Edit):
     """A region the detectors missed: one box (an image: frame 0), or boxes on two or more frames of a video,
     covering every frame between them (linearly interpolated)."""
+
     op: Literal["add"]
     kind: Literal["face", "plate"]
     frames: dict[int, tuple[float, float, float, float]] = Field(..., min_length=1)
@@ -90,18 +99,21 @@ class AddBox(_Edit):
 
 class RemoveCandidates(_Edit):
     """Candidates that are not faces or plates: never drawn, whatever the threshold."""
+
     op: Literal["remove"]
     ids: list[str] = Field(..., min_length=1)
 
 
 class KeepCandidates(_Edit):
     """Candidates below the threshold that are real: drawn (and tracked) as if certain."""
+
     op: Literal["keep"]
     ids: list[str] = Field(..., min_length=1)
 
 
 class RemoveTrack(_Edit):
     """Every candidate of a track (numbered as a render at the document's own config numbers them)."""
+
     op: Literal["remove_track"]
     track: int = Field(..., ge=1)
 
@@ -156,9 +168,10 @@ class TrackNumbers:
 
         config, video = ModelConfig(**header.config), header.video or {}
         self._tracked = [k for k, on in ((FACE, config.face_track), (PLATE, config.lp_track)) if on]
-        self._tracker = Tracker(TrackingParams.for_rate(float(video.get("fps") or 30.0), video.get("stride", 1),
-                                                        video.get("scan", 1)),
-                                {FACE: config.blur_threshold, PLATE: config.lp_threshold})
+        self._tracker = Tracker(
+            TrackingParams.for_rate(float(video.get("fps") or 30.0), video.get("stride", 1), video.get("scan", 1)),
+            {FACE: config.blur_threshold, PLATE: config.lp_threshold},
+        )
         self._low = {FACE: config.blur_threshold - LOW_SCORE_MARGIN, PLATE: config.lp_threshold - LOW_SCORE_MARGIN}
 
     def frame(self, index: int, ran: bool, dets: Detections) -> list[int]:
@@ -194,7 +207,7 @@ def read_header(path: Path) -> Header:
         return parse_header(f.readline(), path)
 
 
-def iter_frames(path: Path) -> Iterator[Frame]:
+def iter_frames(path: Path) -> Generator[Frame, None, None]:
     """The document's frames in order, one line at a time (bounded memory)."""
     with gzip.open(Path(path), "rt", encoding="utf-8") as f:
         parse_header(f.readline(), path)
@@ -221,15 +234,19 @@ def parse_header(line: str, path: Path | str) -> Header:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{Path(path).name}: not a Veil detections document")
     if data.get("version") not in READS:
-        raise ValueError(f"{Path(path).name}: detections document version {data.get('version')} (this Veil "
-                         f"reads versions {READS[0]} to {READS[-1]})")
-    return Header(data["media"], data["width"], data["height"], data["floor"], data["config"], data.get("video"),
-                  data["version"])
+        raise ValueError(
+            f"{Path(path).name}: detections document version {data.get('version')} (this Veil "
+            f"reads versions {READS[0]} to {READS[-1]})"
+        )
+    return Header(
+        data["media"], data["width"], data["height"], data["floor"], data["config"], data.get("video"), data["version"]
+    )
 
 
 @dataclass
 class Arrays:
     """A document's frames and candidates as arrays (`read_arrays`), candidates in id order."""
+
     header: Header
     pts: np.ndarray  # a frame's time in seconds (NaN: none)
     ran: np.ndarray  # whether a detector ran on the frame
@@ -267,13 +284,22 @@ def _read(f, block: int = 1 << 24) -> tuple:
     if not parts:
         parts.append(_scan(""))
     pts, ran, counts, rows, track, edits = zip(*parts)
-    return (np.concatenate(pts), np.concatenate(ran), np.concatenate(counts), np.concatenate(rows),
-            np.concatenate(track), [e for some in edits for e in some])
+    return (
+        np.concatenate(pts),
+        np.concatenate(ran),
+        np.concatenate(counts),
+        np.concatenate(rows),
+        np.concatenate(track),
+        [e for some in edits for e in some],
+    )
 
 
 # a frame line as `DocumentWriter` writes it: index, pts, ran, candidates, landmarks (skipped), tracks
-_LINE = re.compile(r'^\{"i":(\d+),"pts":([^,]*),"ran":(true|false),"c":\[((?:\[[^\]]*\],?)*)\]'
-                   r'(?:,"lm":\{[^}]*\})?(?:,"t":\[([^\]]*)\])?\}$', re.MULTILINE)
+_LINE = re.compile(
+    r'^\{"i":(\d+),"pts":([^,]*),"ran":(true|false),"c":\[((?:\[[^\]]*\],?)*)\]'
+    r'(?:,"lm":\{[^}]*\})?(?:,"t":\[([^\]]*)\])?\}$',
+    re.MULTILINE,
+)
 
 
 def _scan(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
@@ -283,16 +309,31 @@ def _scan(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np
     for an hour of video); a document with lines of another shape is parsed as JSON. No `t` (version 1):
     tracks 0."""
     found = _LINE.findall(text)
-    edits = [json.loads(line)["edit"] for line in re.findall(r'^\{"edit".*$', text, re.MULTILINE)] \
-        if '{"edit"' in text else []
+    edits = (
+        [json.loads(line)["edit"] for line in re.findall(r'^\{"edit".*$', text, re.MULTILINE)]
+        if '{"edit"' in text
+        else []
+    )
     lines = text.count("\n") + (not text.endswith("\n")) - len(edits)
     if len(found) != lines:  # another writer's lines
-        found = [(str(d["i"]), json.dumps(d["pts"]), json.dumps(d["ran"]), json.dumps(d["c"])[1:-1],
-                  ",".join(map(str, d.get("t") or []))) for d in map(json.loads, text.splitlines()) if "i" in d]
+        found = [
+            (
+                str(d["i"]),
+                json.dumps(d["pts"]),
+                json.dumps(d["ran"]),
+                json.dumps(d["c"])[1:-1],
+                ",".join(map(str, d.get("t") or [])),
+            )
+            for d in map(json.loads, text.splitlines())
+            if "i" in d
+        ]
     _, when, did, cands, those = zip(*found) if found else ((),) * 5
     counts = np.array([c.count("[") for c in cands], np.int64)
-    values = np.fromstring(",".join(c for c in cands if c).translate({91: 32, 93: 32}), sep=",") \
-        if counts.any() else np.zeros(0)
+    values = (
+        np.fromstring(",".join(c for c in cands if c).translate({91: 32, 93: 32}), sep=",")
+        if counts.any()
+        else np.zeros(0)
+    )
     track = np.zeros(int(counts.sum()), np.int32)
     with_tracks = [n for n, t in enumerate(those) if t]
     if with_tracks:  # the rows of the frames with tracks, in order
@@ -337,6 +378,7 @@ def _detections(rows: list, marks: dict[str, list[float]]) -> Detections:
 @dataclass
 class Review:
     """A document's edits, resolved for rendering frame by frame."""
+
     removed: set[str]
     kept: set[str]
     added: list[AddBox]
@@ -375,7 +417,7 @@ class Review:
             if box is not None:
                 boxes.append(box)
                 kinds.append(KIND_OF[edit.kind])
-        return Detections(boxes, np.ones(len(boxes)), kinds, np.full(len(boxes), -1, np.int64))
+        return Detections(np.array(boxes), np.ones(len(boxes)), np.array(kinds), np.full(len(boxes), -1, np.int64))
 
 
 def _span_box(frames: dict[int, Box], index: int) -> Box | None:
@@ -387,5 +429,5 @@ def _span_box(frames: dict[int, Box], index: int) -> Box | None:
     after = next(k for k in keys if k > index)
     before = max(k for k in keys if k < index)
     t = (index - before) / (after - before)
-    return tuple((1 - t) * a + t * b for a, b in zip(frames[before], frames[after]))
-
+    (a0, a1, a2, a3), (b0, b1, b2, b3) = frames[before], frames[after]
+    return ((1 - t) * a0 + t * b0, (1 - t) * a1 + t * b1, (1 - t) * a2 + t * b2, (1 - t) * a3 + t * b3)

@@ -40,8 +40,11 @@ def summarize(report: Report, frames: Iterable[Frame] | None, config: ModelConfi
     drawn = {f.index: f.detections for f in report.frames}
     out: dict[str, Any] = {"media": report.media, "frames": len(report.frames), "edits": edits}
     kinds = {kind: _Kind(thresholds[kind]) for kind in (FACE, PLATE)}
-    pairs = (((index, boxes, None) for index, boxes in drawn.items()) if frames is None else
-             ((f.index, drawn.get(f.index, Detections()), f.candidates) for f in frames))
+    pairs = (
+        ((index, boxes, None) for index, boxes in drawn.items())
+        if frames is None
+        else ((f.index, drawn.get(f.index, Detections()), f.candidates) for f in frames)
+    )
     for index, boxes, candidates in pairs:
         for kind, tally in kinds.items():
             tally.add(index, boxes.kind(kind), None if candidates is None else candidates.kind(kind))
@@ -50,9 +53,14 @@ def summarize(report: Report, frames: Iterable[Frame] | None, config: ModelConfi
     return out
 
 
-def anonymize_with_summary(src: Path, dst: Path, config: ModelConfig, progress: Progress | None = None,
-                           limits: MediaLimits = MediaLimits(), image_floor: float = IMAGE_FLOOR
-                           ) -> tuple[Report, dict[str, Any]]:
+def anonymize_with_summary(
+    src: Path,
+    dst: Path,
+    config: ModelConfig,
+    progress: Progress | None = None,
+    limits: MediaLimits = MediaLimits(),
+    image_floor: float = IMAGE_FLOOR,
+) -> tuple[Report, dict[str, Any]]:
     """`anonymize`, and the per-file summary of what it drew (from a throw-away detections document)."""
     with tempfile.TemporaryDirectory(prefix="veil-") as tmp:
         doc = Path(tmp) / "detections.gz"
@@ -95,6 +103,5 @@ class _Kind:
         out: dict[str, Any] = {"regions": self.regions, "frames": self.frames, "tracks": len(self.tracks)}
         if with_candidates:
             out["longest_bridge"] = self.longest_bridge
-            out["below_threshold"] = {"candidates": self.below, "frames": self.below_frames,
-                                      "from": round(self.low, 3)}
+            out["below_threshold"] = {"candidates": self.below, "frames": self.below_frames, "from": round(self.low, 3)}
         return out

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import update
 
 from ..db.models import Job, Task, utcnow
+from ..db.session import changed
 from ..engine.config import ModelConfig
 from ..engine.document import (
     EDITS,
@@ -62,9 +63,11 @@ def request_render(svc: JobService, key_id: str, job_id: str, overrides: dict, e
     config = _checked_config(job, overrides)
     tasks = {str(t.index): t for t in job.tasks if t.detections_blob}
     if not tasks:
-        raise JobConflict("the job kept no detections document (a video run in segments, or a job from before "
-                          "documents were kept)")
+        raise JobConflict(
+            "the job kept no detections document (a video run in segments, or a job from before documents were kept)"
+        )
     for task in tasks.values():
+        assert task.detections_blob is not None  # `tasks` holds only the files with a document
         try:
             render_config(_header(svc, task.detections_blob), overrides)
         except ValueError as exc:  # a threshold below what the document kept, a kind it does not hold
@@ -74,17 +77,28 @@ def request_render(svc: JobService, key_id: str, job_id: str, overrides: dict, e
     cost = 0 if included else render_cost(svc, job)
     request = {"config": overrides, "edits": checked, "cost": cost}
     with svc.db.begin() as session:
-        moved = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == job.status, Job.render_request.is_(None))
-            .values(status="queued", render_request=request, progress=0.0, renders=Job.renders + int(not included),
-                    reserved_credits=Job.reserved_credits + cost, finished_at=None, dispatched_at=None,
-                    description="render queued"))
-        if moved.rowcount != 1:
+        moved = changed(
+            session,
+            update(Job)
+            .where(Job.id == job_id, Job.status == job.status, Job.render_request.is_(None))
+            .values(
+                status="queued",
+                render_request=request,
+                progress=0.0,
+                renders=Job.renders + int(not included),
+                reserved_credits=Job.reserved_credits + cost,
+                finished_at=None,
+                dispatched_at=None,
+                description="render queued",
+            ),
+        )
+        if moved != 1:
             raise JobConflict("a render of this job was just queued")
         if cost:
             credits.reserve(session, key_id, job_id, cost)  # raises → the whole transaction rolls back
-        session.execute(update(Task).where(Task.job_id == job_id, Task.detections_blob.is_not(None))
-                        .values(render_pending=True))
+        session.execute(
+            update(Task).where(Task.job_id == job_id, Task.detections_blob.is_not(None)).values(render_pending=True)
+        )
     svc.send(job_id)
     return svc.get_job(job_id, key_id)
 
@@ -127,8 +141,9 @@ def _checked_config(job: Job, overrides: dict) -> ModelConfig:
             raise InvalidRender(["model_config", key], f"{key} decides what was detected; a render cannot change it")
     for key in ("blur_face", "enable_lp"):
         if overrides.get(key) and not job.model_config_json.get(key, True):
-            raise InvalidRender(["model_config", key], f"{key}: the job detected none of these; a render cannot "
-                                "turn it on")
+            raise InvalidRender(
+                ["model_config", key], f"{key}: the job detected none of these; a render cannot turn it on"
+            )
     try:
         return ModelConfig(**{**job.model_config_json, **overrides})
     except ValidationError as exc:
@@ -175,8 +190,9 @@ def _check_edit(edit, loc: list, header: Header, counts, tracks: set[int] | None
                 raise InvalidRender([*loc, "frames", frame], f"frame {frame}: the file has {frames} frames")
             x1, y1, x2, y2 = box
             if not (0 <= x1 < x2 <= header.width and 0 <= y1 < y2 <= header.height):
-                raise InvalidRender([*loc, "frames", frame], f"the box must lie inside the {header.width}x"
-                                    f"{header.height} picture")
+                raise InvalidRender(
+                    [*loc, "frames", frame], f"the box must lie inside the {header.width}x{header.height} picture"
+                )
     elif isinstance(edit, (RemoveCandidates, KeepCandidates)):
         unknown = sorted(c for c in set(edit.ids) if not _exists(c, counts))
         if unknown:

@@ -19,8 +19,11 @@ STATIC_URL = "/admin/static"
 def install(app: FastAPI) -> None:
     app.add_middleware(PanelHeaders)
     settings = app.state.settings
-    app.state.signin_gate = SignInGate(settings.admin_signin_concurrency, per_source=settings.admin_signin_rate,
-                                       overall=settings.admin_signin_rate_overall)
+    app.state.signin_gate = SignInGate(
+        settings.admin_signin_concurrency,
+        per_source=settings.admin_signin_rate,
+        overall=settings.admin_signin_rate_overall,
+    )
     app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name="admin-static")
     for module in (auth, keys, jobs, review, reports, accounts):
         app.include_router(module.router, prefix="/admin", include_in_schema=False)
@@ -29,8 +32,13 @@ def install(app: FastAPI) -> None:
     def _no_such_page(request: Request, rest: str):
         if rest.startswith("api/"):  # the JSON admin API answers in JSON
             raise HTTPException(404, "Not Found")
-        return render(request, "message.html", status_code=404, title="No such page",
-                      message="There is no panel page at this address.")
+        return render(
+            request,
+            "message.html",
+            status_code=404,
+            title="No such page",
+            message="There is no panel page at this address.",
+        )
 
     @app.exception_handler(SignInRequired)
     async def _sign_in(request: Request, exc: SignInRequired):
@@ -38,12 +46,22 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(FormRefused)
     async def _refused(request: Request, exc: FormRefused):
-        return render(request, "message.html", status_code=403, title="Form refused",
-                      message="This form was not sent from an open panel page (its security token is missing or "
-                              "out of date). Go back, reload the page and try again.")
+        return render(
+            request,
+            "message.html",
+            status_code=403,
+            title="Form refused",
+            message="This form was not sent from an open panel page (its security token is missing or "
+            "out of date). Go back, reload the page and try again.",
+        )
 
     @app.exception_handler(RoleRefused)
     async def _role_refused(request: Request, exc: RoleRefused):
-        return render(request, "message.html", status_code=403, title="Not for your role",
-                      message="Your account's role does not allow this page or action. An admin can change "
-                              "roles on the Accounts page.")
+        return render(
+            request,
+            "message.html",
+            status_code=403,
+            title="Not for your role",
+            message="Your account's role does not allow this page or action. An admin can change "
+            "roles on the Accounts page.",
+        )

@@ -12,14 +12,24 @@ from . import security
 from .render import render
 
 router = APIRouter()
-ROLE_HELP = {"admin": "everything: keys, credits, usage, deliveries, system, accounts, jobs and review",
-             "reviewer": "review queue, jobs, review and render; no keys, credits, usage, deliveries or system",
-             "viewer": "jobs and review pages, read only"}
+ROLE_HELP = {
+    "admin": "everything: keys, credits, usage, deliveries, system, accounts, jobs and review",
+    "reviewer": "review queue, jobs, review and render; no keys, credits, usage, deliveries or system",
+    "viewer": "jobs and review pages, read only",
+}
 
 
 def _page(request: Request, status_code: int = 200, error: str = "", done: str = ""):
-    return render(request, "accounts.html", status_code=status_code, active="accounts", error=error, done=done,
-                  accounts=admins.list_admins(request.app.state.service.db), roles=ROLE_HELP)
+    return render(
+        request,
+        "accounts.html",
+        status_code=status_code,
+        active="accounts",
+        error=error,
+        done=done,
+        accounts=admins.list_admins(request.app.state.service.db),
+        roles=ROLE_HELP,
+    )
 
 
 @router.get("/accounts")

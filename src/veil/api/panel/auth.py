@@ -32,12 +32,20 @@ def home(admin: AdminUser = Depends(security.current_admin)) -> RedirectResponse
     return RedirectResponse(start_page(admin), status_code=303)
 
 
-def _signin_page(request: Request, error: str = "", status_code: int = 200, email: str = "",
-                 next_page: str | None = None):
+def _signin_page(
+    request: Request, error: str = "", status_code: int = 200, email: str = "", next_page: str | None = None
+):
     binding, new = security.signin_binding(request)
     csrf = security.csrf_token(security.form_secret(request), binding)
-    response = render(request, "login.html", status_code=status_code, csrf=csrf, error=error, email=email,
-                      next_page=_next_page(next_page or request.query_params.get("next"), ""))
+    response = render(
+        request,
+        "login.html",
+        status_code=status_code,
+        csrf=csrf,
+        error=error,
+        email=email,
+        next_page=_next_page(next_page or request.query_params.get("next"), ""),
+    )
     if new:
         security.set_cookie(request, response, security.SIGNIN_COOKIE, binding, max_age=3600)
     return response
@@ -56,20 +64,32 @@ async def login(request: Request):
     svc, source = request.app.state.service, admins.source_key(request.client.host if request.client else None)
     try:
         signed_in = await request.app.state.signin_gate.run(
-            source, admins.sign_in, svc.db, email, password, svc.settings.admin_session_hours, source)
+            source, admins.sign_in, svc.db, email, password, svc.settings.admin_session_hours, source
+        )
     except SignInBusy:
-        response = _signin_page(request, "Too many sign-ins at once: try again in a moment.", 429, email,
-                                form.get("next"))
+        response = _signin_page(
+            request, "Too many sign-ins at once: try again in a moment.", 429, email, form.get("next")
+        )
         response.headers["Retry-After"] = "1"
         return response
     except admins.SignInLocked as exc:
-        return _signin_page(request, f"Too many failed sign-ins: wait {exc.seconds} s before trying again.",
-                            429, email, form.get("next"))
+        return _signin_page(
+            request,
+            f"Too many failed sign-ins: wait {exc.seconds} s before trying again.",
+            429,
+            email,
+            form.get("next"),
+        )
     if signed_in is None:
         return _signin_page(request, "Wrong email or password.", 401, email, form.get("next"))
     response = RedirectResponse(_next_page(form.get("next"), start_page(signed_in.admin)), status_code=303)
-    security.set_cookie(request, response, security.SESSION_COOKIE, signed_in.token,
-                        max_age=int(svc.settings.admin_session_hours * 3600))
+    security.set_cookie(
+        request,
+        response,
+        security.SESSION_COOKIE,
+        signed_in.token,
+        max_age=int(svc.settings.admin_session_hours * 3600),
+    )
     response.delete_cookie(security.SIGNIN_COOKIE, path=security.COOKIE_PATH)
     return response
 

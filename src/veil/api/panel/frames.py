@@ -85,8 +85,12 @@ class _Decoder:
 
     def _seek(self, index: int, skip: bool) -> None:
         target = self.time_of(index)
-        self.container.seek(max(0, int(target / self.stream.time_base)) if target > 0 else 0,
-                            stream=self.stream, backward=True, any_frame=False)
+        self.container.seek(
+            max(0, int(target / self.stream.time_base)) if target > 0 else 0,
+            stream=self.stream,
+            backward=True,
+            any_frame=False,
+        )
         self._frames, self.position = self.container.decode(self.stream), -1
         # fast-forward from the keyframe skipping the frames nothing refers to: 1.4 times faster on x264's
         self.stream.codec_context.skip_frame = "NONREF" if skip and index > SKIP_UNTIL else "DEFAULT"
@@ -201,6 +205,7 @@ class FrameServer:
     def jpeg(self, path: Path, pts: np.ndarray, index: int, side: int = REVIEW_SIDE, copy: bool = True) -> bytes:
         """Frame `index` of the video at `path` (`pts`: its frames' times), its long side at most `side`; from
         the video's review copy once it holds the frame (`copy`: make one, if there is none yet)."""
+
         def make() -> bytes:
             frame = self._frame(path, pts, index, copy)
             image = frame.to_image()
@@ -217,6 +222,7 @@ class FrameServer:
     def _far_keys(self, path: Path, frames: int) -> bool:
         """Whether the video's keyframes lie more than COPY_ABOVE frames apart (or its container does not say
         where they are): only then is a review copy worth making."""
+
         def measure() -> bool:
             import av
 

@@ -39,10 +39,13 @@ def _lower_priority() -> None:
 
 
 class SignInGate:
-    def __init__(self, slots: int, wait_s: float = 10, per_source: str = "10/minute", overall: str = "60/minute"
-                 ) -> None:
+    def __init__(
+        self, slots: int, wait_s: float = 10, per_source: str = "10/minute", overall: str = "60/minute"
+    ) -> None:
         self.slots, self.wait_s = slots, wait_s
-        self._rates = [(item, True) for item in parse_many(per_source)] + [(item, False) for item in parse_many(overall)]
+        self._rates = [(item, True) for item in parse_many(per_source)] + [
+            (item, False) for item in parse_many(overall)
+        ]
         self._windows = RateWindows()
         self._threads = ThreadPoolExecutor(slots, thread_name_prefix="veil-signin", initializer=_lower_priority)
         self._busy: set[str] = set()  # sources with a sign-in in flight (touched on the event loop only)
@@ -74,5 +77,9 @@ class SignInGate:
 
     def _within_rates(self, source: str) -> bool:
         """Counts a password check against the rates; False (not counted) when one is used up."""
-        return self._windows.take([(item, ("source", source) if per_source else ("all",))
-                                   for item, per_source in self._rates]) is None
+        return (
+            self._windows.take(
+                [(item, ("source", source) if per_source else ("all",)) for item, per_source in self._rates]
+            )
+            is None
+        )

@@ -33,22 +33,47 @@ def jobs_page(request: Request, q: Annotated[JobsQuery, Query()], admin: AdminUs
     if queue:
         jobs, total = admins.review_queue(db, PAGE_SIZE, (q.page - 1) * PAGE_SIZE)
     else:
-        where = reports.JobFilter(key_id=q.key or None, status=q.status if q.status in reports.STATES else None,
-                                  kind=q.kind if q.kind in reports.KINDS else None, since=q.since, until=q.until)
+        where = reports.JobFilter(
+            key_id=q.key or None,
+            status=q.status if q.status in reports.STATES else None,
+            kind=q.kind if q.kind in reports.KINDS else None,
+            since=q.since,
+            until=q.until,
+        )
         jobs, total = reports.find_jobs(db, where, PAGE_SIZE, (q.page - 1) * PAGE_SIZE)
     key_names = {k.id: k.name for k in keys.list_keys(db)}
-    query = {"queue": "review" if queue else "", "key": q.key, "status": q.status, "kind": q.kind,
-             "since": q.since.isoformat() if q.since else "", "until": q.until.isoformat() if q.until else ""}
-    return render(request, "jobs.html", active="review" if queue else "jobs", queue=queue,
-                  claims=admins.claims(db, [j.id for j in jobs]), jobs=jobs, total=total, page=q.page,
-                  pages=max(1, -(-total // PAGE_SIZE)), key_names=key_names, query=query,
-                  filters=urlencode({k: v for k, v in query.items() if v}),
-                  states=reports.STATES, kinds=reports.KINDS, kind_of=reports.kind_of, progress=_progress)
+    query = {
+        "queue": "review" if queue else "",
+        "key": q.key,
+        "status": q.status,
+        "kind": q.kind,
+        "since": q.since.isoformat() if q.since else "",
+        "until": q.until.isoformat() if q.until else "",
+    }
+    return render(
+        request,
+        "jobs.html",
+        active="review" if queue else "jobs",
+        queue=queue,
+        claims=admins.claims(db, [j.id for j in jobs]),
+        jobs=jobs,
+        total=total,
+        page=q.page,
+        pages=max(1, -(-total // PAGE_SIZE)),
+        key_names=key_names,
+        query=query,
+        filters=urlencode({k: v for k, v in query.items() if v}),
+        states=reports.STATES,
+        kinds=reports.KINDS,
+        kind_of=reports.kind_of,
+        progress=_progress,
+    )
 
 
 @router.get("/jobs/progress")
-def jobs_progress(request: Request, id: list[str] = Query([], max_length=100),
-                  admin: AdminUser = Depends(security.current_admin)) -> JSONResponse:
+def jobs_progress(
+    request: Request, id: list[str] = Query([], max_length=100), admin: AdminUser = Depends(security.current_admin)
+) -> JSONResponse:
     """{job id: {state, percent, final}} for the table's live progress."""
     svc = request.app.state.service
     found = {}
@@ -65,15 +90,33 @@ def _job_page(request: Request, job_id: str, status_code: int = 200, error: str 
     try:
         job = svc.get_job(job_id)
     except JobNotFound:
-        return render(request, "message.html", status_code=404, title="No such job",
-                      message="There is no job with this id.", active="jobs")
+        return render(
+            request,
+            "message.html",
+            status_code=404,
+            title="No such job",
+            message="There is no job with this id.",
+            active="jobs",
+        )
     report = svc.report(job)
     key = keys.get_key(svc.db, job.key_id)
-    return render(request, "job.html", status_code=status_code, active="jobs", job=job, report=report, key=key,
-                  kind=reports.kind_of(job.file_name), progress=_progress(job), error=error,
-                  ledger=credits.ledger(svc.db, job_id=job.id), final=job.status in FINAL,
-                  done=request.query_params.get("done"), review_log=admins.review_log(svc.db, job.id),
-                  reviewable=not job.files_deleted and any(t.detections_blob and t.media for t in job.tasks))
+    return render(
+        request,
+        "job.html",
+        status_code=status_code,
+        active="jobs",
+        job=job,
+        report=report,
+        key=key,
+        kind=reports.kind_of(job.file_name),
+        progress=_progress(job),
+        error=error,
+        ledger=credits.ledger(svc.db, job_id=job.id),
+        final=job.status in FINAL,
+        done=request.query_params.get("done"),
+        review_log=admins.review_log(svc.db, job.id),
+        reviewable=not job.files_deleted and any(t.detections_blob and t.media for t in job.tasks),
+    )
 
 
 @router.get("/jobs/{job_id}")
@@ -104,8 +147,9 @@ def delete_files(request: Request, job_id: str, form: dict = Depends(security.ad
 
 
 @router.get("/jobs/{job_id}/preview/{which}/{index}.jpg")
-def preview(request: Request, job_id: str, which: str, index: int,
-            admin: AdminUser = Depends(security.current_admin)) -> Response:
+def preview(
+    request: Request, job_id: str, which: str, index: int, admin: AdminUser = Depends(security.current_admin)
+) -> Response:
     """A JPEG of the job's input (image/video jobs) or of one task's output; 404 when there is none."""
     svc = request.app.state.service
     try:

@@ -11,8 +11,11 @@ from . import security
 from .render import render
 
 router = APIRouter()
-_DONE = {"renamed": "Name saved.", "revoked": "Key revoked: requests with it now get 401.",
-         "credits": "Credits booked; the ledger line is below."}
+_DONE = {
+    "renamed": "Name saved.",
+    "revoked": "Key revoked: requests with it now get 401.",
+    "credits": "Credits booked; the ledger line is below.",
+}
 
 
 def _actor(admin: AdminUser) -> str:
@@ -30,13 +33,27 @@ def create_key(request: Request, form: dict = Depends(security.admin_form)):
     name = form.get("name", "").strip()[:200]
     opening = _whole_number(form.get("credits", "0") or "0")
     if opening is None or opening < 0:
-        return render(request, "keys.html", status_code=422, active="keys", rows=reports.key_rows(db),
-                      error="Opening credits must be a whole number, 0 or more.", name=name)
+        return render(
+            request,
+            "keys.html",
+            status_code=422,
+            active="keys",
+            rows=reports.key_rows(db),
+            error="Opening credits must be a whole number, 0 or more.",
+            name=name,
+        )
     try:
         key, row = keys.create_key(db, opening, name, actor=_actor(request.state.admin))
     except ValueError as exc:  # above the largest balance
-        return render(request, "keys.html", status_code=422, active="keys", rows=reports.key_rows(db),
-                      error=f"Opening credits: {exc}.", name=name)
+        return render(
+            request,
+            "keys.html",
+            status_code=422,
+            active="keys",
+            rows=reports.key_rows(db),
+            error=f"Opening credits: {exc}.",
+            name=name,
+        )
     return render(request, "keys.html", active="keys", rows=reports.key_rows(db), new_key=key, new_row=row)
 
 
@@ -44,11 +61,24 @@ def _key_page(request: Request, key_id: str, status_code: int = 200, **extra):
     db = request.app.state.service.db
     rows = reports.key_rows(db, key_id)
     if not rows:
-        return render(request, "message.html", status_code=404, title="No such key",
-                      message="There is no API key with this id.", active="keys")
-    return render(request, "key.html", status_code=status_code, active="keys", row=rows[0],
-                  ledger=list(reversed(credits.ledger(db, key_id))),
-                  done=_DONE.get(request.query_params.get("done", "")), **extra)
+        return render(
+            request,
+            "message.html",
+            status_code=404,
+            title="No such key",
+            message="There is no API key with this id.",
+            active="keys",
+        )
+    return render(
+        request,
+        "key.html",
+        status_code=status_code,
+        active="keys",
+        row=rows[0],
+        ledger=list(reversed(credits.ledger(db, key_id))),
+        done=_DONE.get(request.query_params.get("done", "")),
+        **extra,
+    )
 
 
 @router.get("/keys/{key_id}")
@@ -78,11 +108,15 @@ def revoke(request: Request, key_id: str, form: dict = Depends(security.admin_fo
 def change_credits(request: Request, key_id: str, form: dict = Depends(security.admin_form)):
     amount, reason = _whole_number(form.get("amount", "")), form.get("reason", "").strip()[:500]
     if amount is None or amount == 0:
-        return _key_page(request, key_id, 422, error="Amount must be a whole number other than 0 "
-                                                     "(negative to take credits away).", reason=reason)
+        return _key_page(
+            request,
+            key_id,
+            422,
+            error="Amount must be a whole number other than 0 (negative to take credits away).",
+            reason=reason,
+        )
     if not reason:
-        return _key_page(request, key_id, 422, error="Give a reason: it goes into the ledger.",
-                         amount=amount)
+        return _key_page(request, key_id, 422, error="Give a reason: it goes into the ledger.", amount=amount)
     try:
         credits.add_credits(request.app.state.service.db, key_id, amount, reason, actor=_actor(request.state.admin))
     except ValueError as exc:  # below zero or above the largest balance

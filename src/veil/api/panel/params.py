@@ -26,8 +26,9 @@ def _blank_is_none(value):
 
 KeyId = Annotated[str, Field(max_length=36, pattern=r"^[0-9A-Za-z-]*$", description="An API key's id")]
 Choice = Annotated[str, Field(max_length=40, description="One of the listed values; others show everything")]
-Day = Annotated[Annotated[date, Field(le=LAST_DAY)] | None, BeforeValidator(_blank_is_none),
-                Field(description="YYYY-MM-DD (UTC)")]
+Day = Annotated[
+    Annotated[date, Field(le=LAST_DAY)] | None, BeforeValidator(_blank_is_none), Field(description="YYYY-MM-DD (UTC)")
+]
 
 
 def _page(size: int):
@@ -71,5 +72,10 @@ def is_panel_page(request: Request) -> bool:
 def invalid_page(request: Request, exc: RequestValidationError):
     """The 422 page for a panel address with a parameter out of bounds (the JSON API answers JSON)."""
     problems = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in validation_detail(exc.errors()))
-    return render(request, "message.html", status_code=422, title="Invalid address",
-                  message=f"This page cannot be shown with these parameters ({problems}).")
+    return render(
+        request,
+        "message.html",
+        status_code=422,
+        title="Invalid address",
+        message=f"This page cannot be shown with these parameters ({problems}).",
+    )

@@ -51,14 +51,21 @@ def _reviewable(request: Request, job_id: str, index: int | None = None) -> tupl
 
 def _index(request: Request, task: Task) -> DocIndex:
     svc = request.app.state.service
-    return _indexes.get_or_make(task.detections_blob, lambda: DocIndex.load(
-        _files.path(svc.store, OUTPUT_CONTAINER, task.detections_blob)))
+    return _indexes.get_or_make(
+        task.detections_blob, lambda: DocIndex.load(_files.path(svc.store, OUTPUT_CONTAINER, task.detections_blob))
+    )
 
 
 def _not_found(request: Request):
-    return render(request, "message.html", status_code=404, title="Nothing to review",
-                  message="This job has no file with a detections document to review (its files were deleted, "
-                          "its video ran in segments, or it ran before documents were kept).", active="review")
+    return render(
+        request,
+        "message.html",
+        status_code=404,
+        title="Nothing to review",
+        message="This job has no file with a detections document to review (its files were deleted, "
+        "its video ran in segments, or it ran before documents were kept).",
+        active="review",
+    )
 
 
 @router.get("/jobs/{job_id}/review")
@@ -86,23 +93,53 @@ def review_page(request: Request, job_id: str, index: int, admin: AdminUser = De
     floor = {"face": doc.header.floor["faces"], "plate": doc.header.floor["plates"]}
     if doc.header.media == "video":
         floor = {k: round(v + NEAR, 4) for k, v in floor.items()}  # the tracker's low-score stage
-    setup = {"job": job.id, "task": task.index, "media": doc.header.media, "width": doc.header.width,
-             "height": doc.header.height, "frames": doc.frames, "fps": (doc.header.video or {}).get("fps"),
-             "thresholds": {"face": config.get("blur_threshold", 0.5), "plate": config.get("lp_threshold", 0.5)},
-             "kinds": {"face": config.get("blur_face", True), "plate": config.get("enable_lp", True)},
-             "floor": floor, "canEdit": can_edit, "me": admin.email, "near": NEAR,
-             "rendered": task.status == "completed", "state": job.status}
+    setup = {
+        "job": job.id,
+        "task": task.index,
+        "media": doc.header.media,
+        "width": doc.header.width,
+        "height": doc.header.height,
+        "frames": doc.frames,
+        "fps": (doc.header.video or {}).get("fps"),
+        "thresholds": {"face": config.get("blur_threshold", 0.5), "plate": config.get("lp_threshold", 0.5)},
+        "kinds": {"face": config.get("blur_face", True), "plate": config.get("enable_lp", True)},
+        "floor": floor,
+        "canEdit": can_edit,
+        "me": admin.email,
+        "near": NEAR,
+        "rendered": task.status == "completed",
+        "state": job.status,
+    }
     price = 0 if job.status == "awaiting_review" else render_cost(svc, job)
-    return render(request, "review.html", active="review", job=job, task=task, setup=setup, holder=holder,
-                  me=admin.email, price=price, balance=keys.get_key(svc.db, job.key_id).credits, can_edit=can_edit,
-                  prev_file=files[position - 1] if position else None, next_file=files[position + 1]
-                  if position + 1 < len(files) else None, position=position + 1, file_count=len(files),
-                  summary=task.summary or {})
+    return render(
+        request,
+        "review.html",
+        active="review",
+        job=job,
+        task=task,
+        setup=setup,
+        holder=holder,
+        me=admin.email,
+        price=price,
+        balance=keys.get_key(svc.db, job.key_id).credits,
+        can_edit=can_edit,
+        prev_file=files[position - 1] if position else None,
+        next_file=files[position + 1] if position + 1 < len(files) else None,
+        position=position + 1,
+        file_count=len(files),
+        summary=task.summary or {},
+    )
 
 
 @router.get("/jobs/{job_id}/review/{index}/candidates.json")
-def candidates(request: Request, job_id: str, index: int, start: int = Query(0, ge=0),
-               count: int = Query(1, ge=1, le=2000), admin: AdminUser = Depends(security.current_admin)):
+def candidates(
+    request: Request,
+    job_id: str,
+    index: int,
+    start: int = Query(0, ge=0),
+    count: int = Query(1, ge=1, le=2000),
+    admin: AdminUser = Depends(security.current_admin),
+):
     """{"frames": {index: [[id, kind, x1, y1, x2, y2, score, track], ...]}, "edits": [recorded edits]}."""
     try:
         _, task = _reviewable(request, job_id, index)
@@ -116,8 +153,14 @@ def candidates(request: Request, job_id: str, index: int, start: int = Query(0, 
 
 
 @router.get("/jobs/{job_id}/review/{index}/timeline.json")
-def timeline(request: Request, job_id: str, index: int, face: float = Query(0.5, ge=0, le=1),
-             plate: float = Query(0.5, ge=0, le=1), admin: AdminUser = Depends(security.current_admin)):
+def timeline(
+    request: Request,
+    job_id: str,
+    index: int,
+    face: float = Query(0.5, ge=0, le=1),
+    plate: float = Query(0.5, ge=0, le=1),
+    admin: AdminUser = Depends(security.current_admin),
+):
     """A video's lanes (one per track) and places to look at these thresholds."""
     try:
         _, task = _reviewable(request, job_id, index)
@@ -127,9 +170,15 @@ def timeline(request: Request, job_id: str, index: int, face: float = Query(0.5,
 
 
 @router.get("/jobs/{job_id}/review/{index}/{which}.jpg")
-def picture(request: Request, job_id: str, index: int, which: str, frame: int = Query(0, ge=0),
-            side: int = Query(REVIEW_SIDE, ge=160, le=REVIEW_SIDE),
-            admin: AdminUser = Depends(security.current_admin)) -> Response:
+def picture(
+    request: Request,
+    job_id: str,
+    index: int,
+    which: str,
+    frame: int = Query(0, ge=0),
+    side: int = Query(REVIEW_SIDE, ge=160, le=REVIEW_SIDE),
+    admin: AdminUser = Depends(security.current_admin),
+) -> Response:
     """The input ("before") or the output ("after") at review resolution: a photo, or one frame of a video
     (`side`: its long side, smaller while playing)."""
     try:
@@ -196,7 +245,7 @@ async def render_job(request: Request, job_id: str, admin: AdminUser = Depends(s
 
 
 def _summary(config: dict, edits: dict[str, list]) -> str:
-    """"2 edits (file 0: remove 0.3; add face on frames 5-30); blur_threshold 0.35" for the review log."""
+    """ "2 edits (file 0: remove 0.3; add face on frames 5-30); blur_threshold 0.35" for the review log."""
     count = sum(len(v) for v in edits.values())
     parts = []
     for index, value in sorted(edits.items()):
@@ -204,8 +253,12 @@ def _summary(config: dict, edits: dict[str, list]) -> str:
         for e in value:
             if e.get("op") == "add":
                 frames = sorted(int(f) for f in e.get("frames", {}))
-                shown.append(f"add {e.get('kind')} on frame{'s' if len(frames) > 1 else ''} "
-                             f"{frames[0]}{f'-{frames[-1]}' if len(frames) > 1 else ''}" if frames else "add")
+                shown.append(
+                    f"add {e.get('kind')} on frame{'s' if len(frames) > 1 else ''} "
+                    f"{frames[0]}{f'-{frames[-1]}' if len(frames) > 1 else ''}"
+                    if frames
+                    else "add"
+                )
             elif e.get("op") == "remove_track":
                 shown.append(f"remove track {e.get('track')}")
             else:
@@ -223,8 +276,7 @@ def claim(request: Request, job_id: str, admin: AdminUser = Depends(security.che
         _reviewable(request, job_id)
     except _Missing:
         return JSONResponse({"detail": "Not Found"}, 404)
-    return JSONResponse({"holder": admins.claim(request.app.state.service.db, job_id, admin.email)},
-                        headers=_NO_STORE)
+    return JSONResponse({"holder": admins.claim(request.app.state.service.db, job_id, admin.email)}, headers=_NO_STORE)
 
 
 @router.post("/jobs/{job_id}/release")

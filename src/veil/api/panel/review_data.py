@@ -63,6 +63,7 @@ class LocalFiles:
 
     def member(self, store, container: str, blob: str, name: str) -> Path:
         """One file of an archive blob, extracted (with the archive checks of `veil.jobs.archive`)."""
+
         def extract() -> Path:
             from ...jobs.archive import iter_member_files
 
@@ -96,6 +97,7 @@ class DocIndex:
     ready as soon as its lines are read (well under a second for an hour of 1080p30). A version 1 document
     has none: the tracker runs over it once, in a thread of its own (minutes for an hour of video), and the
     timeline gets its lanes once they are ready (`tracks_ready`); the pages keep the index for later requests."""
+
     header: Header
     frames: int
     pts: np.ndarray
@@ -114,8 +116,17 @@ class DocIndex:
         header, counts, rows, track = read.header, read.counts, read.table, read.tracks
         frame = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
         n = (np.arange(len(frame)) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int16)
-        index = cls(header, len(counts), read.pts, read.ran, frame, n, rows, track,
-                    [e.model_dump() for e in EDITS.validate_python(read.edits)])
+        index = cls(
+            header,
+            len(counts),
+            read.pts,
+            read.ran,
+            frame,
+            n,
+            rows,
+            track,
+            [e.model_dump() for e in EDITS.validate_python(read.edits)],
+        )
         if header.media != "video" or not len(rows):
             return index
         if header.version >= 2:
@@ -141,20 +152,35 @@ class DocIndex:
     def candidates(self, start: int = 0, stop: int | None = None) -> list[list]:
         """[id, kind, x1, y1, x2, y2, score, track] of the frames start..stop-1."""
         lo, hi = np.searchsorted(self.frame, [start, self.frames if stop is None else stop])
-        return [[f"{self.frame[m]}.{self.n[m]}", int(self.table[m, 0]),
-                 *(round(float(v), 1) for v in self.table[m, 1:5]), round(float(self.table[m, 5]), 3),
-                 int(self.track[m])] for m in range(lo, hi)]
+        return [
+            [
+                f"{self.frame[m]}.{self.n[m]}",
+                int(self.table[m, 0]),
+                *(round(float(v), 1) for v in self.table[m, 1:5]),
+                round(float(self.table[m, 5]), 3),
+                int(self.track[m]),
+            ]
+            for m in range(lo, hi)
+        ]
 
     def timeline(self, thresholds: dict[int, float]) -> dict:
         """A video's lanes (one per track, the MAX_LANES longest: kind, the runs of frames with a candidate of
         its own; the gaps between them are bridged) and the places to look: frames with a candidate within
         NEAR below the threshold of its kind that no track draws."""
-        limit = np.array([thresholds.get(int(k), 1.0) for k in (0, 1)], np.float32)[self.table[:, 0].astype(np.intp)] \
-            if len(self.table) else np.zeros(0, np.float32)
+        limit = (
+            np.array([thresholds.get(int(k), 1.0) for k in (0, 1)], np.float32)[self.table[:, 0].astype(np.intp)]
+            if len(self.table)
+            else np.zeros(0, np.float32)
+        )
         scores = self.table[:, 5]
         near = (scores < limit) & (scores >= limit - NEAR) & (self.track == 0)
-        return {"frames": self.frames, "fps": (self.header.video or {}).get("fps"), "lanes": self.lanes,
-                "tracks_ready": self.tracks_ready, "marks": np.unique(self.frame[near]).tolist()}
+        return {
+            "frames": self.frames,
+            "fps": (self.header.video or {}).get("fps"),
+            "lanes": self.lanes,
+            "tracks_ready": self.tracks_ready,
+            "marks": np.unique(self.frame[near]).tolist(),
+        }
 
 
 def _lanes(frame: np.ndarray, track: np.ndarray, kind: np.ndarray) -> list[dict]:
@@ -173,6 +199,11 @@ def _lanes(frame: np.ndarray, track: np.ndarray, kind: np.ndarray) -> list[dict]
     lanes = []
     for t in sorted(longest.tolist(), key=lambda t: frames[starts[t]]):
         a, b = np.searchsorted(runs, [starts[t], ends[t] + 1])
-        lanes.append({"track": int(tracks[starts[t]]), "kind": int(kind[order[starts[t]]]),
-                      "runs": np.c_[frames[runs[a:b]], frames[run_ends[a:b]]].tolist()})
+        lanes.append(
+            {
+                "track": int(tracks[starts[t]]),
+                "kind": int(kind[order[starts[t]]]),
+                "runs": np.c_[frames[runs[a:b]], frames[run_ends[a:b]]].tolist(),
+            }
+        )
     return lanes

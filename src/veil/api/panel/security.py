@@ -59,8 +59,9 @@ def is_https(request: Request) -> bool:
 
 
 def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int | None = None) -> None:
-    response.set_cookie(name, value, max_age=max_age, path=COOKIE_PATH, httponly=True, samesite="lax",
-                        secure=is_https(request))
+    response.set_cookie(
+        name, value, max_age=max_age, path=COOKIE_PATH, httponly=True, samesite="lax", secure=is_https(request)
+    )
 
 
 def signin_binding(request: Request) -> tuple[str, bool]:
