@@ -24,6 +24,7 @@ medians and the ratios against deface.
 Measured (AMD EPYC, 2 CPUs, AVX2/AVX-512, ONNX Runtime float32 ``VEIL_EXECUTION_PROVIDER=cpu``, medians of 3,
 ``--tree 2e08148 --baseline 7bbeefa``): facemask_faces Veil 2.65 images/s (before 1.88), deface 4.36:
 0.61x deface (before 0.43x); openalpr_plates Veil 4.50 (before 1.81), deface 7.85: 0.57x (before 0.23x).
+"""
 
 
 from __future__ import annotations
