@@ -17,16 +17,28 @@ import pytest
 from veil.engine.config import ModelConfig
 from veil.engine.detections import FACE, PLATE, Detections
 from veil.engine.errors import MediaError
-from veil.engine.video import _Job, anonymize_video, detect_video
+from veil.engine.video import Pipeline, anonymize_video, detect_video
 
 NO_MODELS = ModelConfig(blur_face=False)  # I/O tests need no detector
 
 
 # ----------------------------------------------------------------------------- clip makers
-def make_clip(path: Path, *, frames: int = 45, size: tuple[int, int] = (160, 120), vfr: bool = False,
-              rotation: int = 0, audio: bool = False, subtitle: bool = False, gps: bool = False,
-              codec: str = "libx264", pix_fmt: str = "yuv420p", rate: int = 30, faststart: bool = False,
-              audio_codec: str = "aac") -> Path:
+def make_clip(
+    path: Path,
+    *,
+    frames: int = 45,
+    size: tuple[int, int] = (160, 120),
+    vfr: bool = False,
+    rotation: int = 0,
+    audio: bool = False,
+    subtitle: bool = False,
+    gps: bool = False,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    rate: int = 30,
+    faststart: bool = False,
+    audio_codec: str = "aac",
+) -> Path:
     """A small synthetic clip: a moving gradient, optionally VFR, rotated, with audio/subtitles/GPS."""
     w, h = size
     options = {"movflags": "+faststart"} if faststart else {}
@@ -62,9 +74,11 @@ def make_clip(path: Path, *, frames: int = 45, size: tuple[int, int] = (160, 120
         out.mux(vs.encode(f))
         while a is not None and apts < pts * 8:
             noise = rng.standard_normal((1, 1024)) * 0.1
-            af = av.AudioFrame.from_ndarray(noise.astype(np.float32), format="fltp", layout="mono") \
-                if audio_codec == "aac" else \
-                av.AudioFrame.from_ndarray((noise * 32767).astype(np.int16), format="s16", layout="mono")
+            af = (
+                av.AudioFrame.from_ndarray(noise.astype(np.float32), format="fltp", layout="mono")
+                if audio_codec == "aac"
+                else av.AudioFrame.from_ndarray((noise * 32767).astype(np.int16), format="s16", layout="mono")
+            )
             af.sample_rate, af.pts = 8000, apts
             apts += 1024
             out.mux(a.encode(af))
@@ -250,7 +264,7 @@ def test_missed_detections_are_still_blurred(shared_data, detection_models, tmp_
         dets = real(image, kinds)
         return Detections() if len(calls) - 1 in dropped else dets
 
-    job = _Job(src, config, None, detect=flaky)
+    job = Pipeline(src, config, None, detect=flaky)
     report = job.run(tmp_path / "out.mp4")
     stride = report.figures["detect_stride"]
     missing = {i for i in range(len(report.frames)) if i // stride in dropped}
@@ -285,20 +299,21 @@ import resource, sys
 from pathlib import Path
 from veil.engine.config import ModelConfig
 from veil.engine.detections import FACE, PLATE, Detections
-from veil.engine.video import _Job
+from veil.engine.video import Pipeline
 
 def stub(image, kinds):  # a face in every frame: exercises tracking, redaction and the report
     h, w = image.shape[:2]
     return Detections.of_kind([[w * 0.3, h * 0.3, w * 0.5, h * 0.6]], [0.9], FACE)
 
-_Job(Path(sys.argv[1]), ModelConfig(), None, detect=stub).run(Path(sys.argv[2]))
+Pipeline(Path(sys.argv[1]), ModelConfig(), None, detect=stub).run(Path(sys.argv[2]))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
 def _peak_rss_kb(src: Path, dst: Path) -> int:
-    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(src), str(dst)],
-                         capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(src), str(dst)], capture_output=True, text=True, timeout=300, check=True
+    )
     return int(out.stdout.strip().splitlines()[-1])
 
 
@@ -310,8 +325,9 @@ def test_memory_stays_flat_on_a_long_clip(tmp_path):
     """
     clips = {}
     for name, minutes in (("short", 1), ("long", 10)):
-        clips[name] = make_clip(tmp_path / f"{name}.mkv", frames=60 * minutes, size=(320, 180), rate=1,
-                                audio=True, audio_codec="pcm_s16le")
+        clips[name] = make_clip(
+            tmp_path / f"{name}.mkv", frames=60 * minutes, size=(320, 180), rate=1, audio=True, audio_codec="pcm_s16le"
+        )
     rss_short = _peak_rss_kb(clips["short"], tmp_path / "o1.mkv")
     rss_long = _peak_rss_kb(clips["long"], tmp_path / "o2.mkv")
     assert len(video_frames(tmp_path / "o2.mkv")) == 600
@@ -348,7 +364,7 @@ def test_injected_detections_are_blurred_in_the_output(tmp_path):
     def stub(image, kinds):
         return Detections.of_kind([[v * image.shape[1] / 161 for v in box]], [0.9], FACE)
 
-    report = _Job(src, ModelConfig(enable_lp=False), None, detect=stub).run(tmp_path / "out.mkv")
+    report = Pipeline(src, ModelConfig(enable_lp=False), None, detect=stub).run(tmp_path / "out.mkv")
     assert all(len(f.detections) == 1 for f in report.frames)
     with av.open(str(src)) as a, av.open(str(tmp_path / "out.mkv")) as b:
         fa = next(a.decode(video=0)).to_ndarray(format="rgb24").astype(float)
@@ -372,7 +388,7 @@ def test_detector_input_grows_with_the_resolution(tmp_path):
     config = ModelConfig(enable_lp=True)
     for clip, size in (("qhd", (2560, 1440)), ("small", (320, 180))):
         src = make_clip(tmp_path / f"{clip}.mp4", frames=2, size=size)
-        _Job(src, config, None, detect=recorder).run(None)
+        Pipeline(src, config, None, detect=recorder).run(None)
     assert sides["qhd"] == {(854, FACE), (1708, PLATE)}  # 2560 / 3 and 2560 * 2 / 3, even (4:2:0)
     assert sides["small"] == {(640, FACE), (960, PLATE)}
 
@@ -381,9 +397,11 @@ def test_the_documented_x264_preset_setting_takes_effect(tmp_path):
     """VEIL_X264_PRESET (the README's name; the code once read VEIL_X264X264_PRESET) reaches the encoder: x264
     writes its options into the stream, and ultrafast turns CABAC off where the default veryfast has it on."""
     src = make_clip(tmp_path / "in.mp4", frames=10)
-    script = ("import sys; from pathlib import Path; from veil.engine.config import ModelConfig; "
-              "from veil.engine.video import anonymize_video; "
-              "anonymize_video(Path(sys.argv[1]), Path(sys.argv[2]), ModelConfig(blur_face=False, enable_lp=False))")
+    script = (
+        "import sys; from pathlib import Path; from veil.engine.config import ModelConfig; "
+        "from veil.engine.video import anonymize_video; "
+        "anonymize_video(Path(sys.argv[1]), Path(sys.argv[2]), ModelConfig(blur_face=False, enable_lp=False))"
+    )
     for preset, cabac in ((None, b"cabac=1"), ("ultrafast", b"cabac=0")):
         env = {k: v for k, v in os.environ.items() if k != "VEIL_X264_PRESET"}
         if preset:
