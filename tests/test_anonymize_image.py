@@ -58,7 +58,7 @@ def _detail(rgb: np.ndarray, box) -> float:
     Laplacian of the box's central half, resized to 32x32 (so a 300 px face and a 75 px one compare)."""
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
-    gray = cv2.cvtColor(rgb[y0 + h // 4:y1 - h // 4, x0 + w // 4:x1 - w // 4], cv2.COLOR_RGB2GRAY)
+    gray = cv2.cvtColor(rgb[y0 + h // 4 : y1 - h // 4, x0 + w // 4 : x1 - w // 4], cv2.COLOR_RGB2GRAY)
     return cv2.Laplacian(cv2.resize(gray, (32, 32), interpolation=cv2.INTER_AREA), cv2.CV_64F).var()
 
 
@@ -141,11 +141,14 @@ def test_media_kind_sniffs_content_not_extension(shared_data, tmp_path):
     assert media_kind(renamed) == "video"
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "empty file"),
-    (b"just some text, neither image nor video\n" * 20, "not an image or a video"),
-    (b"\xff\xd8\xff\xe0" + b"\0" * 40, "corrupt or truncated"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "empty file"),
+        (b"just some text, neither image nor video\n" * 20, "not an image or a video"),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 40, "corrupt or truncated"),
+    ],
+)
 def test_bad_input_is_a_clear_error_and_leaves_no_file(tmp_path, content, message):
     src, dst = tmp_path / "bad.jpg", tmp_path / "out" / "bad.jpg"
     dst.parent.mkdir()

@@ -19,7 +19,9 @@ def test_monotone_and_bounded(detector):
     assert np.all(np.diff(cal[inside]) > 0)
 
 
-@pytest.mark.parametrize("detector, raw_half", [("faces", 0.35), ("faces_fused", 0.23), ("plates", 0.20), ("plates_lowlight", 0.10)])
+@pytest.mark.parametrize(
+    "detector, raw_half", [("faces", 0.35), ("faces_fused", 0.23), ("plates", 0.20), ("plates_lowlight", 0.10)]
+)
 def test_half_is_the_documented_raw_point(detector, raw_half):
     assert raw_threshold(detector, 0.5) == pytest.approx(raw_half)
     assert calibrate(detector, raw_half) == pytest.approx(0.5)
@@ -54,6 +56,7 @@ def test_out_of_range_threshold_is_rejected():
 def test_low_light_plate_scores_merge_on_the_plate_scale():
     # a dark frame's plate at raw 0.10 on the corrected copy counts as a daylight raw 0.20 (the default)
     raw = np.array([0.025, 0.10, 0.45, 0.80])
-    assert np.allclose(calibrate("plates", as_raw("plates", raw, "plates_lowlight")), calibrate("plates_lowlight", raw),
-                       atol=1e-6)
+    assert np.allclose(
+        calibrate("plates", as_raw("plates", raw, "plates_lowlight")), calibrate("plates_lowlight", raw), atol=1e-6
+    )
     assert as_raw("plates", 0.10, "plates_lowlight") == pytest.approx(0.20)

@@ -103,24 +103,34 @@ def test_a_read_only_output_folder_is_one_line_per_file_and_the_batch_goes_on(de
     probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"no user namespace for a read-only mount: {probe.stderr.decode().strip()}")
-    command = (f"mount --bind ro ro && mount -o remount,bind,ro ro && exec {VEIL} anonymize faces.jpg tall.jpg "
-               f"{' '.join(NO_PLATES)} -o ro")
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", command], cwd=photos, capture_output=True, text=True,
-                            timeout=300)
+    command = (
+        f"mount --bind ro ro && mount -o remount,bind,ro ro && exec {VEIL} anonymize faces.jpg tall.jpg "
+        f"{' '.join(NO_PLATES)} -o ro"
+    )
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", command], cwd=photos, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
-    assert lines == ["error: faces.jpg: cannot write into ro: Read-only file system",
-                     "error: tall.jpg: cannot write into ro: Read-only file system"]
+    assert lines == [
+        "error: faces.jpg: cannot write into ro: Read-only file system",
+        "error: tall.jpg: cannot write into ro: Read-only file system",
+    ]
 
 
 # ----------------------------------------------------------------------------- 4. signals, stdout, bar, options
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_leaves_no_part_file_and_exits_128_plus_its_number(detection_models, shared_data, tmp_path,
-                                                                      sig, status):
+def test_a_signal_leaves_no_part_file_and_exits_128_plus_its_number(
+    detection_models, shared_data, tmp_path, sig, status
+):
     out = tmp_path / "out"
-    process = subprocess.Popen([str(VEIL), "anonymize", str(shared_data / VIDEO), "-o", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [str(VEIL), "anonymize", str(shared_data / VIDEO), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         while not list(out.glob(".*.part")) and process.poll() is None:
             time.sleep(0.02)  # until the video's output is being written
@@ -176,7 +186,13 @@ def test_option_errors_name_what_the_user_typed(tmp_path):
 
 # ----------------------------------------------------------------------------- 6. python -m veil
 def test_python_dash_m_veil_is_the_veil_command(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "veil", "anonymize", "--help"], capture_output=True, text=True,
-                            timeout=60, cwd=tmp_path, env={**os.environ, "COLUMNS": "100"})
+    result = subprocess.run(
+        [sys.executable, "-m", "veil", "anonymize", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "100"},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Usage: veil anonymize")

@@ -29,12 +29,15 @@ def _recalled(found: np.ndarray, truth: list) -> float:
     return float((iou_matrix(found, truth).max(axis=0) >= 0.5).mean())
 
 
-@pytest.mark.parametrize("set_name, kind, key", [
-    ("dlib_faces", FACE, "faces"),
-    ("facemask_faces", FACE, "faces"),
-    ("openalpr_plates", PLATE, "plates"),
-    ("ro_dashcam_plates", PLATE, "plates"),
-])
+@pytest.mark.parametrize(
+    "set_name, kind, key",
+    [
+        ("dlib_faces", FACE, "faces"),
+        ("facemask_faces", FACE, "faces"),
+        ("openalpr_plates", PLATE, "plates"),
+        ("ro_dashcam_plates", PLATE, "plates"),
+    ],
+)
 def test_labelled_objects_are_found(shared_data, set_name, kind, key):
     from veil.engine.detect import get_detector
 
@@ -176,7 +179,9 @@ def test_photo_face_box_is_pulled_toward_its_landmarks():
     cx, cy = 150, 160 + detect.FACE_LM_CENTRE * 40
     w, h = (s * 40 for s in detect.FACE_LM_SIZE)
     placed = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float32)
-    np.testing.assert_allclose(pulled[0], (1 - detect.FACE_LM_BLEND) * plain[0] + detect.FACE_LM_BLEND * placed, atol=1e-3)
+    np.testing.assert_allclose(
+        pulled[0], (1 - detect.FACE_LM_BLEND) * plain[0] + detect.FACE_LM_BLEND * placed, atol=1e-3
+    )
     assert pulled[0, 1] > plain[0, 1] + 1  # moved down, toward the landmarks
     np.testing.assert_array_equal(detect._face_box(box, 1000, 1000, np.full_like(marks, np.nan)), plain)
     squeezed = marks.copy()
@@ -241,8 +246,14 @@ def test_costly_views_look_only_around_the_cheap_views_faces(shared_data, monkey
     image, item = _item(shared_data, "facemask_faces", 5)
     seen = []
     real = detect._look_around
-    monkeypatch.setattr(detect, "_look_around", lambda net, img, look, scale, plain: (
-        seen.append(sum((t.x1 - t.x0) * (t.y1 - t.y0) for t, _ in look)), real(net, img, look, scale, plain))[1])
+    monkeypatch.setattr(
+        detect,
+        "_look_around",
+        lambda net, img, look, scale, plain: (
+            seen.append(sum((t.x1 - t.x0) * (t.y1 - t.y0) for t, _ in look)),
+            real(net, img, look, scale, plain),
+        )[1],
+    )
     found = detect.Detector(ModelConfig()).detect_faces(image)
     assert len(seen) == 2 and 0 < max(seen) < 0.5 * image.shape[0] * image.shape[1], seen
     assert _recalled(found.xyxy, item["faces"]) >= 0.9

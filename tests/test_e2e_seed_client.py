@@ -29,13 +29,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 # The seed's sample model_config, verbatim (the image job); the video and zip jobs turn off slicing,
 # which the seed recommends for high resolutions only, to keep the test fast on CPU.
-SEED_CONFIG = {"blur_face": True, "blur_threshold": 0.5, "lp_threshold": 0.5, "enable_lp": True,
-               "mask_blur": True, "slicing": True, "lp_track": True}
+SEED_CONFIG = {
+    "blur_face": True,
+    "blur_threshold": 0.5,
+    "lp_threshold": 0.5,
+    "enable_lp": True,
+    "mask_blur": True,
+    "slicing": True,
+    "lp_track": True,
+}
 FAST_CONFIG = {**SEED_CONFIG, "slicing": False}
 FACE_IMAGE = ("dlib_faces", "images/dlib_2008_001322.jpg")
-ZIP_IMAGES = [("facemask_faces", "images/test_shutterstock_289132226.jpg"),
-              ("dlib_faces", "images/dlib_2008_001009.jpg"),
-              ("openalpr_plates", "images/eu_eu1.jpg")]
+ZIP_IMAGES = [
+    ("facemask_faces", "images/test_shutterstock_289132226.jpg"),
+    ("dlib_faces", "images/dlib_2008_001009.jpg"),
+    ("openalpr_plates", "images/eu_eu1.jpg"),
+]
 VIDEO = "videos/egoblur_gen1_test_video.mp4"
 CLIP_FRAMES = (30, 54)  # 0.8 s where the face is steady
 # Hand-made label for the clip (frames 30-53 of the source, 608x1080): the core of the face (eyes to
@@ -49,8 +58,12 @@ CLIP_CLEAR_LEFT_X = 120  # background left of the person
 def server(tmp_path_factory, detection_models, shared_data) -> Iterator[tuple[str, str]]:
     """(API_URL, key) of a fresh `veil serve` on 127.0.0.1."""
     data = tmp_path_factory.mktemp("veil-data")
-    created = subprocess.run([*veil_command(), "keys", "create", "--credits", "1000", "--data-dir", str(data)],
-                             capture_output=True, text=True, timeout=120)
+    created = subprocess.run(
+        [*veil_command(), "keys", "create", "--credits", "1000", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1].strip()
     assert len(key) == 36, f"the key must be alone on the last line: {created.stdout!r}"
@@ -99,8 +112,7 @@ def test_video(server, client: Path, shared_data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["zip", "7z", "rar"])
-def test_archive_of_three_images_and_a_video(server, client: Path, shared_data: Path, tmp_path: Path,
-                                             fmt: str) -> None:
+def test_archive_of_three_images_and_a_video(server, client: Path, shared_data: Path, tmp_path: Path, fmt: str) -> None:
     clip = _cut_clip(shared_data / VIDEO, tmp_path / "clip.mp4")
     members = [(Path(rel).name, (shared_data / data_set / rel).read_bytes()) for data_set, rel in ZIP_IMAGES]
     bundle = write_archive(tmp_path / f"bundle.{fmt}", fmt, [*members, (clip.name, clip.read_bytes())])
@@ -150,8 +162,9 @@ def _sharpness(gray: np.ndarray) -> float:
     return float(cv2.Laplacian(gray, cv2.CV_32F).var())
 
 
-def _assert_blurred(before: np.ndarray, after: np.ndarray, cores: list[tuple[int, int, int, int]],
-                    clear: np.ndarray, what: str) -> None:
+def _assert_blurred(
+    before: np.ndarray, after: np.ndarray, cores: list[tuple[int, int, int, int]], clear: np.ndarray, what: str
+) -> None:
     """Each core box lost most of its detail; the `clear` pixels (far from every label) barely changed."""
     b, a = _gray(before), _gray(after)
     for x1, y1, x2, y2 in cores:
@@ -159,8 +172,9 @@ def _assert_blurred(before: np.ndarray, after: np.ndarray, cores: list[tuple[int
         assert ratio < 0.35, f"{what}: region {(x1, y1, x2, y2)} not blurred (detail kept: {ratio:.2f})"
     diff = np.abs(a - b)[clear]
     changed = float((diff > 40).mean())
-    assert changed < 0.03 and float(diff.mean()) < 4, \
+    assert changed < 0.03 and float(diff.mean()) < 4, (
         f"{what}: too much change away from the labels ({changed:.1%} of pixels, mean {diff.mean():.1f})"
+    )
 
 
 def _check_image(src: Path, out: Path, boxes: list[list[float]]) -> None:
@@ -175,7 +189,7 @@ def _check_image(src: Path, out: Path, boxes: list[list[float]]) -> None:
     for x1, y1, x2, y2 in boxes:
         bw, bh = x2 - x1, y2 - y1
         cores.append((int(x1 + bw / 4), int(y1 + bh / 4), int(x2 - bw / 4), int(y2 - bh / 4)))
-        clear[max(0, int(y1 - bh)):int(y2 + bh), max(0, int(x1 - bw)):int(x2 + bw)] = False
+        clear[max(0, int(y1 - bh)) : int(y2 + bh), max(0, int(x1 - bw)) : int(x2 + bw)] = False
     _assert_blurred(before, after, cores, clear, out.name)
 
 
@@ -194,4 +208,3 @@ def _check_video(src: Path, out: Path) -> None:
     clear[:, :CLIP_CLEAR_LEFT_X] = True
     for i in range(0, len(before), 5):
         _assert_blurred(before[i], after[i], [CLIP_FACE_CORE], clear, f"{out.name} frame {i}")
-

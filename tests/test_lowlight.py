@@ -28,7 +28,9 @@ def test_a_dark_red_cast_frame_gets_a_balanced_brighter_view():
     assert view is not None and view.shape == dark.shape and view.dtype == np.uint8
     means = view.reshape(-1, 3).mean(axis=0)
     assert means.max() / means.min() < 1.15  # the red cast is balanced out
-    assert view.mean() > 1.2 * dark.mean()  # brighter (less than CLAHE alone: the blur first takes out the noise it would lift)
+    assert (
+        view.mean() > 1.2 * dark.mean()
+    )  # brighter (less than CLAHE alone: the blur first takes out the noise it would lift)
     plate = (slice(200, 230), slice(300, 400))
     assert view[plate].astype(int).std() > dark[plate].astype(int).std()  # the characters stand out more
 
@@ -43,7 +45,9 @@ def test_a_plate_in_a_darkened_dash_cam_frame_is_found(shared_data, detection_mo
     from veil.engine.detect import Detector
     from veil.engine.slicing import iou_matrix
 
-    spec = importlib.util.spec_from_file_location("make_lowlight", Path(__file__).parents[1] / "bench" / "make_lowlight.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_lowlight", Path(__file__).parents[1] / "bench" / "make_lowlight.py"
+    )
     make_lowlight = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_lowlight)
     item = json.loads((shared_data / "ro_dashcam_plates" / "labels.json").read_text())["items"][6]

@@ -17,7 +17,7 @@ def test_tile_grid_covers_the_image_with_overlap():
     covered = np.zeros((2400, 3200), bool)
     for t in tiles:
         assert t.x1 - t.x0 == 1280 and t.y1 - t.y0 == 1280
-        covered[t.y0:t.y1, t.x0:t.x1] = True
+        covered[t.y0 : t.y1, t.x0 : t.x1] = True
     assert covered.all()
     xs = sorted({t.x0 for t in tiles})
     assert all(b - a <= 1280 * 0.75 for a, b in zip(xs, xs[1:]))  # neighbours overlap >= 25 %
@@ -25,13 +25,16 @@ def test_tile_grid_covers_the_image_with_overlap():
 
 
 def test_merge_removes_duplicates_and_absorbs_cut_boxes():
-    boxes = np.array([
-        [100, 100, 150, 160],   # a face seen by the whole-image pass
-        [102, 101, 151, 158],   # the same face seen again by a tile
-        [96, 98, 124, 160],     # its left part, cut by a tile edge (x=124), reaching a bit further out
-        [400, 400, 440, 450],   # another face
-        [300, 100, 324, 150],   # a cut box with no whole counterpart: kept as it is
-    ], np.float32)
+    boxes = np.array(
+        [
+            [100, 100, 150, 160],  # a face seen by the whole-image pass
+            [102, 101, 151, 158],  # the same face seen again by a tile
+            [96, 98, 124, 160],  # its left part, cut by a tile edge (x=124), reaching a bit further out
+            [400, 400, 440, 450],  # another face
+            [300, 100, 324, 150],  # a cut box with no whole counterpart: kept as it is
+        ],
+        np.float32,
+    )
     scores = np.array([0.9, 0.8, 0.95, 0.7, 0.6], np.float32)
     cut = np.array([False, False, True, False, True])
     out, out_scores = merge(boxes, scores, cut)
@@ -52,11 +55,14 @@ def test_merge_can_say_which_input_each_kept_box_is():
 
 
 def test_fuse_averages_views_of_one_face_and_discounts_lone_boxes():
-    boxes = np.array([
-        [100, 100, 140, 150],  # view A
-        [104, 104, 144, 154],  # view B, the same face slightly shifted
-        [300, 300, 320, 325],  # a box only one view reported
-    ], np.float32)
+    boxes = np.array(
+        [
+            [100, 100, 140, 150],  # view A
+            [104, 104, 144, 154],  # view B, the same face slightly shifted
+            [300, 300, 320, 325],  # a box only one view reported
+        ],
+        np.float32,
+    )
     scores = np.array([0.6, 0.2, 0.6], np.float32)
     marks = np.array([np.arange(10), np.arange(10) + 8, np.full(10, np.nan)], np.float32)
     out, out_scores, out_marks = fuse(boxes, scores, marks, views=2)
@@ -73,7 +79,7 @@ def _face_crop(shared_data) -> np.ndarray:
     image = cv2.cvtColor(cv2.imread(str(shared_data / "dlib_faces" / item["file"])), cv2.COLOR_BGR2RGB)
     x1, y1, x2, y2 = item["faces"][0]
     cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * 1.8  # the face with its head around it
-    return image[int(cy - side / 2):int(cy + side / 2), int(cx - side / 2):int(cx + side / 2)]
+    return image[int(cy - side / 2) : int(cy + side / 2), int(cx - side / 2) : int(cx + side / 2)]
 
 
 def test_slicing_finds_a_small_face_the_whole_image_pass_misses(shared_data, detection_models):
@@ -84,7 +90,7 @@ def test_slicing_finds_a_small_face_the_whole_image_pass_misses(shared_data, det
     canvas = np.full((2400, 3200, 3), 120, np.uint8)
     placed = [(1900, 1500), (1268, 600)]  # the second straddles the edge x=1280 of the first tile column
     for x, y in placed:
-        canvas[y:y + 24, x:x + 24] = face
+        canvas[y : y + 24, x : x + 24] = face
     truth = np.array([[x, y, x + 24, y + 24] for x, y in placed], np.float32)
 
     whole = Detector(ModelConfig(slicing=False)).detect_faces(canvas)
@@ -92,8 +98,10 @@ def test_slicing_finds_a_small_face_the_whole_image_pass_misses(shared_data, det
 
     sliced = Detector(ModelConfig(slicing=True)).detect_faces(canvas)
     assert len(sliced) == 2, sliced.xyxy  # both faces, once each
-    inside = intersections(sliced.xyxy, truth) / np.maximum(
-        (sliced.xyxy[:, 2] - sliced.xyxy[:, 0]) * (sliced.xyxy[:, 3] - sliced.xyxy[:, 1]), 1e-6)[:, None]
+    inside = (
+        intersections(sliced.xyxy, truth)
+        / np.maximum((sliced.xyxy[:, 2] - sliced.xyxy[:, 0]) * (sliced.xyxy[:, 3] - sliced.xyxy[:, 1]), 1e-6)[:, None]
+    )
     assert (inside.max(axis=0) > 0.8).all(), sliced.xyxy  # each placed face has a box on it
     assert ((sliced.scores >= 0.5) & (sliced.scores <= 1)).all()
 

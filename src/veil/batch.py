@@ -96,8 +96,14 @@ class Batch:
                 self._error(str(src), "the archive holds no files")
                 return
             for n, member in enumerate(members):
-                self._file(member, f"{src}/{member.name}", folder / member.name, unit + n / len(members),
-                           1 / len(members), False)
+                self._file(
+                    member,
+                    f"{src}/{member.name}",
+                    folder / member.name,
+                    unit + n / len(members),
+                    1 / len(members),
+                    False,
+                )
 
     def _file(self, src: Path, label: str, dst: Path, start: float, share: float, walked: bool) -> None:
         self._bar.start(label, start, share)
@@ -177,8 +183,9 @@ def detect_all(inputs: tuple[Path, ...], json_out: Path, config: ModelConfig, li
     return failures
 
 
-def find_inputs(paths: tuple[Path, ...], include: tuple[str, ...], exclude: tuple[str, ...],
-                output_dir: Path) -> list[tuple[Path, str, bool]]:
+def find_inputs(
+    paths: tuple[Path, ...], include: tuple[str, ...], exclude: tuple[str, ...], output_dir: Path
+) -> list[tuple[Path, str, bool]]:
     """(file, its path under the output folder, found in a folder) for the files and folders given; the
     output folder itself is never walked."""
     from veil_client.batch import walk
@@ -205,6 +212,7 @@ class _Terminated(BaseException):
 @contextmanager
 def exit_on_signals() -> Iterator[None]:
     """Run a command so that SIGINT exits 130 and SIGTERM 143, after the temporary files are gone."""
+
     def terminate(signum, frame):
         raise _Terminated()
 
@@ -238,8 +246,9 @@ class _Bar:
 
     def start(self, label: str, begin: float, share: float) -> None:
         self.begin, self.share, self.shown = begin, share, -1
-        self.bar.set_description_str(label if self.count == 1 else f"{int(begin) + 1}/{self.count} {label}",
-                                     refresh=False)
+        self.bar.set_description_str(
+            label if self.count == 1 else f"{int(begin) + 1}/{self.count} {label}", refresh=False
+        )
         self.progress(0.0)
 
     def progress(self, fraction: float) -> None:

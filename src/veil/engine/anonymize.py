@@ -18,16 +18,29 @@ from .config import MediaLimits, ModelConfig
 from .document import Review, normalized
 from .probe import media_kind
 from .redact import redact
-from .render import (IMAGE_FLOOR, VideoDocument, atomic_output, image_candidates, image_report, select,
-                     write_image_document)
+from .render import (
+    IMAGE_FLOOR,
+    VideoDocument,
+    atomic_output,
+    image_candidates,
+    image_report,
+    select,
+    write_image_document,
+)
 from .report import Report
 
 Progress = Callable[[float], None]
 
 
-def anonymize(src: Path, dst: Path, config: ModelConfig, progress: Progress | None = None,
-              limits: MediaLimits = MediaLimits(), document: Path | None = None,
-              image_floor: float = IMAGE_FLOOR) -> Report:
+def anonymize(
+    src: Path,
+    dst: Path,
+    config: ModelConfig,
+    progress: Progress | None = None,
+    limits: MediaLimits = MediaLimits(),
+    document: Path | None = None,
+    image_floor: float = IMAGE_FLOOR,
+) -> Report:
     """Write an anonymized copy of `src` to `dst` (same format) and report what was redacted; with `document`,
     also the detections document a later `render` can draw from (`veil.engine.render`)."""
     src, dst = Path(src), Path(dst)
@@ -54,8 +67,9 @@ def anonymize(src: Path, dst: Path, config: ModelConfig, progress: Progress | No
     return image_report(image, detections, time.perf_counter() - started)
 
 
-def detect_file(src: Path, config: ModelConfig, progress: Progress | None = None,
-                limits: MediaLimits = MediaLimits()) -> Report:
+def detect_file(
+    src: Path, config: ModelConfig, progress: Progress | None = None, limits: MediaLimits = MediaLimits()
+) -> Report:
     """Detections for `src` (image or video) after the same thresholds and merging `anonymize` uses."""
     src = Path(src)
     if media_kind(src) == "video":

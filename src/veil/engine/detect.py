@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
 
 from .bounds import plausible
+from .calibration import Detector as ScoreScale
 from .calibration import as_raw, calibrate, raw_threshold
 from .config import ModelConfig
 from .detections import FACE, PLATE, Detections, face_axis
@@ -76,14 +77,14 @@ _lock = threading.Lock()
 TilePick = Callable[[list[Tile]], list[Tile]] | None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _centerface(provider: str | None):
     from .faces import CenterFace
 
     return CenterFace(provider)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _plate_yolo(provider: str | None):
     from .plates import PlateYolo
 
@@ -104,8 +105,9 @@ class Detector:
         self.provider = provider
 
     # ------------------------------------------------------------------ public
-    def detect(self, image_rgb: np.ndarray, *, face_side: int | None = None,
-               plate_side: int | None = None) -> Detections:
+    def detect(
+        self, image_rgb: np.ndarray, *, face_side: int | None = None, plate_side: int | None = None
+    ) -> Detections:
         """All wanted kinds, merged and thresholded, without boxes that cannot be their kind
         (`veil.engine.bounds`). ``face_side`` / ``plate_side``: see module doc."""
         parts = []
@@ -115,8 +117,9 @@ class Detector:
             parts.append(self.detect_plates(image_rgb, side=plate_side))
         return plausible(Detections.concat(parts), image_rgb.shape[1], image_rgb.shape[0])
 
-    def detect_faces(self, image_rgb: np.ndarray, *, side: int | None = None,
-                     threshold: float | None = None, tiles: TilePick = None) -> Detections:
+    def detect_faces(
+        self, image_rgb: np.ndarray, *, side: int | None = None, threshold: float | None = None, tiles: TilePick = None
+    ) -> Detections:
         """Faces above ``threshold`` (calibrated; default ``config.blur_threshold``). ``tiles`` picks
         which of the slicing tiles to run (default: all; video runs one per scan, in turn)."""
         image = _ensure_rgb(image_rgb)
@@ -125,8 +128,9 @@ class Detector:
         h, w = image.shape[:2]
         long_side = max(h, w)
         if side:
-            boxes, scores, marks = net.detect(image, max_side=side, scale=side / long_side,
-                                              floor=raw_threshold("faces", t))
+            boxes, scores, marks = net.detect(
+                image, max_side=side, scale=side / long_side, floor=raw_threshold("faces", t)
+            )
             scores = calibrate("faces", scores)
         else:
             boxes, scores, marks = self._face_views(net, image, upscale=not self.config.slicing)
@@ -134,13 +138,18 @@ class Detector:
             tile, scale = _tile_plan(long_side, FACE_TILE, FACE_MAX_SIDE)
             floor = raw_threshold("faces", t)
             tile_boxes, tile_scores, tile_cut = detect_tiles(
-                image, lambda crop: net(crop, scale=scale, floor=floor),
-                _pick(tiles, tile_grid(h, w, tile, TILE_OVERLAP)))
+                image,
+                lambda crop: net(crop, scale=scale, floor=floor),
+                _pick(tiles, tile_grid(h, w, tile, TILE_OVERLAP)),
+            )
             # Face tiles compete with the whole-image views on (calibrated) score alone: their 2x view
             # gave tighter boxes on the dev sets (recall and coverage fell when whole-image boxes won).
             boxes, scores, index = merge(
-                np.concatenate([boxes, tile_boxes]), np.concatenate([scores, calibrate("faces", tile_scores)]),
-                np.concatenate([np.zeros(len(boxes), bool), tile_cut]), return_index=True)
+                np.concatenate([boxes, tile_boxes]),
+                np.concatenate([scores, calibrate("faces", tile_scores)]),
+                np.concatenate([np.zeros(len(boxes), bool), tile_cut]),
+                return_index=True,
+            )
             marks = np.concatenate([marks, np.full((len(tile_boxes), 10), np.nan, np.float32)])[index]
         keep = scores >= t - 1e-6
         boxes = boxes[keep] if side else _face_box(boxes[keep], w, h, marks[keep])
@@ -164,16 +173,24 @@ class Detector:
         views += [net.detect(image, scale=s, floor=FACE_VIEW_FLOOR, flip=True) for s in small]
         costly = [(native, False)] + ([(up, True)] if upscale and up >= FACE_UPSCALE_MIN else [])
         boxes, scores, _ = (np.concatenate(part) for part in zip(*views))
-        look = windows(boxes[scores >= FACE_LOOK_FLOOR], h, w, grow=FACE_LOOK_GROW, margin=FACE_LOOK_MARGIN,
-                       context=FACE_LOOK_CONTEXT)
+        look = windows(
+            boxes[scores >= FACE_LOOK_FLOOR],
+            h,
+            w,
+            grow=FACE_LOOK_GROW,
+            margin=FACE_LOOK_MARGIN,
+            context=FACE_LOOK_CONTEXT,
+        )
         for scale, plain in costly:
             views.append(_look_around(net, image, look, scale, plain))
         count = 1 + 2 * len(small) + sum(1 + plain for _, plain in costly)
         boxes, scores, marks = fuse(*(np.concatenate(part) for part in zip(*views)), views=count, iou=FUSE_IOU)
+        assert marks is not None  # fuse hands back the landmark columns it was given
         return boxes, calibrate("faces_fused", scores), marks
 
-    def detect_plates(self, image_rgb: np.ndarray, *, side: int | None = None,
-                      threshold: float | None = None, tiles: TilePick = None) -> Detections:
+    def detect_plates(
+        self, image_rgb: np.ndarray, *, side: int | None = None, threshold: float | None = None, tiles: TilePick = None
+    ) -> Detections:
         """Plates above ``threshold`` (calibrated; default ``config.lp_threshold``); ``tiles``: as for faces."""
         image = _ensure_rgb(image_rgb)
         t = self.config.lp_threshold if threshold is None else threshold
@@ -186,8 +203,9 @@ class Detector:
             # Dark or colour-cast photo: a second pass on a corrected copy, whose boxes count as
             # secondary (a box of the original pass wins a tie; measured: the corrected copy's
             # boxes are looser on plates both find). Its scores have their own calibration.
-            boxes, scores = net(dark, size=_mult32(min(LOW_LIGHT_SIDE, max(h, w))),
-                                floor=raw_threshold("plates_lowlight", t))
+            boxes, scores = net(
+                dark, size=_mult32(min(LOW_LIGHT_SIDE, max(h, w))), floor=raw_threshold("plates_lowlight", t)
+            )
             passes.append((boxes, as_raw("plates", scores, "plates_lowlight")))
             cut.append(np.zeros(len(passes[-1][0]), bool))
         if self.config.slicing and max(h, w) > PLATE_SIDE:
@@ -196,14 +214,15 @@ class Detector:
             # without finding more plates.
             tile = size = PLATE_SIDE
             boxes, scores, tile_cut = detect_tiles(
-                image, lambda crop: net(crop, size=size, floor=floor), _pick(tiles, tile_grid(h, w, tile, TILE_OVERLAP)))
+                image, lambda crop: net(crop, size=size, floor=floor), _pick(tiles, tile_grid(h, w, tile, TILE_OVERLAP))
+            )
             passes.append((boxes, scores))
             cut.append(tile_cut)
         return self._finish("plates", PLATE, passes, cut, floor, len(passes) - 1)
 
     # ------------------------------------------------------------------ private
     @staticmethod
-    def _finish(name: str, kind: int, passes, cut, floor: float, tiled_passes: int) -> Detections:
+    def _finish(name: ScoreScale, kind: int, passes, cut, floor: float, tiled_passes: int) -> Detections:
         """Merge the passes, map scores. The last ``tiled_passes`` passes count as tile passes,
         whose boxes never replace a whole-image box (see `veil.engine.slicing.merge`)."""
         boxes = np.concatenate([b for b, _ in passes]).reshape(-1, 4)
@@ -238,8 +257,9 @@ def _face_box(boxes: np.ndarray, width: int, height: int, marks: np.ndarray | No
     return out
 
 
-def _look_around(net, image: np.ndarray, look: list[tuple[Tile, np.ndarray]], scale: float,
-                 plain: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _look_around(
+    net, image: np.ndarray, look: list[tuple[Tile, np.ndarray]], scale: float, plain: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CenterFace at ``scale`` (mirrored; with ``plain`` also as is) in each window of ``look``: the faces
     whose centre lies in one of the window's cores (and in no earlier window's), in image pixels. The
     image is resized once and each window cut from it on the network's 32-pixel grid (its left and top
@@ -250,8 +270,11 @@ def _look_around(net, image: np.ndarray, look: list[tuple[Tile, np.ndarray]], sc
         return parts[0]
     h, w = image.shape[:2]
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    resized = image if (nh, nw) == (h, w) else cv2.resize(
-        image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    resized = (
+        image
+        if (nh, nw) == (h, w)
+        else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    )
     fx, fy = nw / w, nh / h
     earlier = [np.zeros((0, 4), np.float32)]  # a face counts in the first window whose cores hold it
     for t, cores in look:
@@ -264,7 +287,8 @@ def _look_around(net, image: np.ndarray, look: list[tuple[Tile, np.ndarray]], sc
         keep = centres_in(boxes, cores) & ~centres_in(boxes, np.concatenate(earlier))
         earlier.append(cores)
         parts.append((boxes[keep], scores[keep], marks[keep]))
-    return tuple(np.concatenate(part) for part in zip(*parts))
+    boxes, scores, marks = (np.concatenate(part) for part in zip(*parts))
+    return boxes, scores, marks
 
 
 def _pick(pick: TilePick, tiles: list[Tile]) -> list[Tile]:

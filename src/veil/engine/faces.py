@@ -71,16 +71,24 @@ class CenterFace:
         with _lock:
             self.session = create_session(_dynamic_model(model_path("centerface")), provider)
 
-    def __call__(self, image_rgb: np.ndarray, *, scale: float = 1.0, max_side: int | None = None,
-                 floor: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, image_rgb: np.ndarray, *, scale: float = 1.0, max_side: int | None = None, floor: float = 0.05
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Detect faces. The image is resized by ``scale`` (then capped so its longest side is at most
         ``max_side``); returns boxes in original pixels (float32 Nx4) and raw scores (N) >= ``floor``."""
         boxes, scores, _ = self.detect(image_rgb, scale=scale, max_side=max_side, floor=floor)
         return boxes, scores
 
-    def detect(self, image_rgb: np.ndarray, *, scale: float = 1.0, max_side: int | None = None,
-               floor: float = 0.05, flip: bool = False,
-               plain: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def detect(
+        self,
+        image_rgb: np.ndarray,
+        *,
+        scale: float = 1.0,
+        max_side: int | None = None,
+        floor: float = 0.05,
+        flip: bool = False,
+        plain: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As ``__call__``, plus the five landmarks (float32 Nx10: x, y of left eye, right eye, nose,
         left and right mouth corner, in original pixels). ``flip``: also run the mirrored image (one
         batch) and return both views' faces (each view deduplicated by NMS), mapped back to the original;
@@ -90,8 +98,11 @@ class CenterFace:
         if max_side:
             factor = min(factor, max_side / max(h, w))
         nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
-        resized = image_rgb if (nh, nw) == (h, w) else cv2.resize(
-            image_rgb, (nw, nh), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+        resized = (
+            image_rgb
+            if (nh, nw) == (h, w)
+            else cv2.resize(image_rgb, (nw, nh), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+        )
         ph, pw = -(-nh // 32) * 32, -(-nw // 32) * 32
         mirrored = [False] * plain + [True] * flip
         if not mirrored:
@@ -123,8 +134,9 @@ class CenterFace:
         return boxes.astype(np.float32), scores.astype(np.float32), lms.astype(np.float32)
 
 
-def _decode(heat: np.ndarray, size: np.ndarray, offset: np.ndarray, marks: np.ndarray,
-            floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _decode(
+    heat: np.ndarray, size: np.ndarray, offset: np.ndarray, marks: np.ndarray, floor: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows, cols = np.nonzero(heat > floor)
     if not len(rows):
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 10), np.float32)

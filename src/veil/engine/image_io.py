@@ -36,16 +36,24 @@ Image.MAX_IMAGE_PIXELS = None
 
 # Pillow format name of the input -> format written. MPO (camera JPEGs with a second picture) is
 # written as a plain JPEG: the second picture would carry the unredacted scene.
-FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "BMP": "BMP", "TIFF": "TIFF",
-           "HEIF": "HEIF"}
+FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "BMP": "BMP", "TIFF": "TIFF", "HEIF": "HEIF"}
 FORMAT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, HEIC"
 _WEBP_LOSSY_QUALITY = 90
 _HEIF_QUALITY = 90
 _TIFF_COMPRESSIONS = {"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits", "jpeg"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 # Errors Pillow and its plugins raise for corrupt, truncated or hostile input.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error,
-                  RuntimeError)
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    struct.error,
+    RuntimeError,
+)
 
 
 @dataclass
@@ -83,6 +91,7 @@ def read_image(path: Path, max_pixels: int = MediaLimits.max_image_pixels) -> Im
     `max_pixels` is refused from its header, before it is decoded)."""
     with _opened(path, max_pixels) as im:
         source_format = im.format
+        assert source_format is not None  # _opened refuses an image without a known format
         save_options, quality = _save_options(im, FORMATS[source_format], Path(path))
         icc = im.info.get("icc_profile") or None
         with _decoding():
@@ -90,8 +99,7 @@ def read_image(path: Path, max_pixels: int = MediaLimits.max_image_pixels) -> Im
             native = ImageOps.exif_transpose(im)
     native = _normalise_mode(native)
     rgb = _rgb_of(native)
-    return ImageFile(rgb, FORMATS[source_format], None if native.mode == "RGB" else native, icc, save_options,
-                     quality)
+    return ImageFile(rgb, FORMATS[source_format], None if native.mode == "RGB" else native, icc, save_options, quality)
 
 
 def check_image(path: Path, max_pixels: int = MediaLimits.max_image_pixels) -> tuple[int, int]:
@@ -123,11 +131,15 @@ def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
         with _decoding():
             frames = getattr(im, "n_frames", 1)
         if frames > 1 and source_format != "MPO":
-            raise MediaError(f"{source_format} with {frames} frames or pages: animated and multi-page images "
-                             "are not supported (convert an animation to MP4)")
+            raise MediaError(
+                f"{source_format} with {frames} frames or pages: animated and multi-page images "
+                "are not supported (convert an animation to MP4)"
+            )
         if im.width * im.height > max_pixels:
-            raise MediaError(f"image too large: {im.width} x {im.height} pixels "
-                             f"({im.width * im.height / 1e6:.3g} MP; at most {max_pixels / 1e6:.3g} MP)")
+            raise MediaError(
+                f"image too large: {im.width} x {im.height} pixels "
+                f"({im.width * im.height / 1e6:.3g} MP; at most {max_pixels / 1e6:.3g} MP)"
+            )
         yield im
 
 
@@ -162,12 +174,79 @@ def write_image(dst: Path | IO[bytes], image: ImageFile, rgb: np.ndarray) -> Non
 
 
 # ----------------------------------------------------------------------------- JPEG quality
-_IJG_LUMA = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float64)
-_IJG_CHROMA = np.array([17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4 + [24, 26, 56] + [99] * 5
-                       + [47, 66] + [99] * 38, np.float64)
+_IJG_LUMA = np.array(
+    [
+        16,
+        11,
+        10,
+        16,
+        24,
+        40,
+        51,
+        61,
+        12,
+        12,
+        14,
+        19,
+        26,
+        58,
+        60,
+        55,
+        14,
+        13,
+        16,
+        24,
+        40,
+        57,
+        69,
+        56,
+        14,
+        17,
+        22,
+        29,
+        51,
+        87,
+        80,
+        62,
+        18,
+        22,
+        37,
+        56,
+        68,
+        109,
+        103,
+        77,
+        24,
+        35,
+        55,
+        64,
+        81,
+        104,
+        113,
+        92,
+        49,
+        64,
+        78,
+        87,
+        103,
+        121,
+        120,
+        101,
+        72,
+        92,
+        95,
+        98,
+        112,
+        100,
+        103,
+        99,
+    ],
+    np.float64,
+)
+_IJG_CHROMA = np.array(
+    [17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4 + [24, 26, 56] + [99] * 5 + [47, 66] + [99] * 38,
+    np.float64,
+)
 
 
 def _ijg_table(base: np.ndarray, quality: int) -> np.ndarray:
@@ -183,7 +262,7 @@ def estimate_jpeg_quality(qtables: dict[int, Any] | list[Any]) -> int:
     """
     tables = list(qtables.values()) if isinstance(qtables, dict) else list(qtables)
     actual = [float(np.sum(tables[0]))] + ([float(np.sum(tables[1]))] if len(tables) > 1 else [])
-    bases = [_IJG_LUMA, _IJG_CHROMA][:len(actual)]
+    bases = [_IJG_LUMA, _IJG_CHROMA][: len(actual)]
 
     def error(q: int) -> float:
         return sum(abs(_ijg_table(b, q).sum() - a) for b, a in zip(bases, actual))

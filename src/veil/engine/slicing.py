@@ -55,9 +55,16 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def merge(boxes: np.ndarray, scores: np.ndarray, cut: np.ndarray | None = None,
-          tiled: np.ndarray | None = None, *, iou: float = 0.5, ios: float = 0.6,
-          return_index: bool = False):
+def merge(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    cut: np.ndarray | None = None,
+    tiled: np.ndarray | None = None,
+    *,
+    iou: float = 0.5,
+    ios: float = 0.6,
+    return_index: bool = False,
+):
     """Merge boxes from several passes into one set without duplicates (see the module docstring).
 
     ``cut[i]`` marks boxes clipped by a tile edge, ``tiled[i]`` boxes from tiles. Returns the kept
@@ -111,6 +118,7 @@ class Tile:
 def tile_grid(height: int, width: int, tile: int, overlap: float = 0.25) -> list[Tile]:
     """Square tiles of side ``tile`` (smaller when the image is) covering the image, neighbours
     overlapping by at least ``overlap`` of a tile; the last row/column is flush with the image edge."""
+
     def starts(length: int) -> list[int]:
         if length <= tile:
             return [0]
@@ -118,22 +126,26 @@ def tile_grid(height: int, width: int, tile: int, overlap: float = 0.25) -> list
         count = -(-(length - tile) // step) + 1
         return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
-    return [Tile(x, y, min(x + tile, width), min(y + tile, height))
-            for y in starts(height) for x in starts(width)]
+    return [Tile(x, y, min(x + tile, width), min(y + tile, height)) for y in starts(height) for x in starts(width)]
 
 
-def detect_tiles(image: np.ndarray, detect: BoxFn, tiles: list[Tile],
-                 edge: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def detect_tiles(
+    image: np.ndarray, detect: BoxFn, tiles: list[Tile], edge: float = 2.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run ``detect`` on every tile; boxes in image pixels, scores, and which boxes a tile edge cut."""
     height, width = image.shape[:2]
     all_boxes, all_scores, all_cut = [], [], []
     for t in tiles:
-        boxes, scores = detect(image[t.y0:t.y1, t.x0:t.x1])
+        boxes, scores = detect(image[t.y0 : t.y1, t.x0 : t.x1])
         if not len(boxes):
             continue
         boxes = boxes + np.array([t.x0, t.y0, t.x0, t.y0], np.float32)
-        cut = ((t.x0 > 0) & (boxes[:, 0] <= t.x0 + edge)) | ((t.y0 > 0) & (boxes[:, 1] <= t.y0 + edge)) \
-            | ((t.x1 < width) & (boxes[:, 2] >= t.x1 - edge)) | ((t.y1 < height) & (boxes[:, 3] >= t.y1 - edge))
+        cut = (
+            ((t.x0 > 0) & (boxes[:, 0] <= t.x0 + edge))
+            | ((t.y0 > 0) & (boxes[:, 1] <= t.y0 + edge))
+            | ((t.x1 < width) & (boxes[:, 2] >= t.x1 - edge))
+            | ((t.y1 < height) & (boxes[:, 3] >= t.y1 - edge))
+        )
         all_boxes.append(boxes)
         all_scores.append(scores)
         all_cut.append(cut)
@@ -142,8 +154,9 @@ def detect_tiles(image: np.ndarray, detect: BoxFn, tiles: list[Tile],
     return np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_cut)
 
 
-def fuse(boxes: np.ndarray, scores: np.ndarray, extra: np.ndarray | None = None, *, views: int = 1,
-         iou: float = 0.4) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def fuse(
+    boxes: np.ndarray, scores: np.ndarray, extra: np.ndarray | None = None, *, views: int = 1, iou: float = 0.4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Weighted boxes fusion of ``views`` views' boxes of the same image (test-time augmentation).
 
     Boxes are visited by descending score; each joins the cluster whose fused box it overlaps most
@@ -161,7 +174,7 @@ def fuse(boxes: np.ndarray, scores: np.ndarray, extra: np.ndarray | None = None,
     fused = np.zeros((0, 4), np.float32)
     for i in range(len(boxes)):
         if len(fused):
-            overlaps = iou_matrix(boxes[i:i + 1], fused)[0]
+            overlaps = iou_matrix(boxes[i : i + 1], fused)[0]
             j = int(np.argmax(overlaps))
             if overlaps[j] >= iou:
                 members[j].append(i)
@@ -169,7 +182,7 @@ def fuse(boxes: np.ndarray, scores: np.ndarray, extra: np.ndarray | None = None,
                 fused[j] = (boxes[members[j]] * w[:, None]).sum(axis=0) / w.sum()
                 continue
         members.append([i])
-        fused = np.concatenate([fused, boxes[i:i + 1]])
+        fused = np.concatenate([fused, boxes[i : i + 1]])
     fused_scores = np.array([scores[m].mean() * min(len(m), views) / views for m in members], np.float32)
     fused_extra = None
     if extra is not None:
@@ -183,8 +196,9 @@ def fuse(boxes: np.ndarray, scores: np.ndarray, extra: np.ndarray | None = None,
     return fused[rank], fused_scores[rank], None if fused_extra is None else fused_extra[rank]
 
 
-def windows(boxes: np.ndarray, height: int, width: int, *, grow: float, margin: float,
-            context: float) -> list[tuple[Tile, np.ndarray]]:
+def windows(
+    boxes: np.ndarray, height: int, width: int, *, grow: float, margin: float, context: float
+) -> list[tuple[Tile, np.ndarray]]:
     """Where to look again around ``boxes`` (e.g. a costlier view around a cheap view's candidates):
     each box grown ``grow`` times plus ``margin`` pixels a side is a *core*; each core plus ``context``
     pixels a side (the detector's view of the surroundings) is a window. Overlapping windows are merged
@@ -211,14 +225,17 @@ def windows(boxes: np.ndarray, height: int, width: int, *, grow: float, margin: 
         ids, label = np.unique(label, return_inverse=True)
         if len(ids) == len(wins):
             break
-        wins = np.stack([np.concatenate([wins[label == k, :2].min(axis=0), wins[label == k, 2:].max(axis=0)])
-                         for k in range(len(ids))])
+        wins = np.stack(
+            [
+                np.concatenate([wins[label == k, :2].min(axis=0), wins[label == k, 2:].max(axis=0)])
+                for k in range(len(ids))
+            ]
+        )
         owner = label[owner]
     out = []
     for k, w in enumerate(wins):
         x0, y0 = int(np.floor(w[0])), int(np.floor(w[1]))
-        out.append((Tile(x0, y0, max(x0 + 1, int(np.ceil(w[2]))), max(y0 + 1, int(np.ceil(w[3])))),
-                    cores[owner == k]))
+        out.append((Tile(x0, y0, max(x0 + 1, int(np.ceil(w[2]))), max(y0 + 1, int(np.ceil(w[3])))), cores[owner == k]))
     return out
 
 
@@ -228,5 +245,9 @@ def centres_in(boxes: np.ndarray, cores: np.ndarray) -> np.ndarray:
         return np.zeros(len(boxes), bool)
     cx = (boxes[:, 0] + boxes[:, 2]) / 2
     cy = (boxes[:, 1] + boxes[:, 3]) / 2
-    return ((cx[:, None] >= cores[None, :, 0]) & (cx[:, None] < cores[None, :, 2])
-            & (cy[:, None] >= cores[None, :, 1]) & (cy[:, None] < cores[None, :, 3])).any(axis=1)
+    return (
+        (cx[:, None] >= cores[None, :, 0])
+        & (cx[:, None] < cores[None, :, 2])
+        & (cy[:, None] >= cores[None, :, 1])
+        & (cy[:, None] < cores[None, :, 3])
+    ).any(axis=1)
