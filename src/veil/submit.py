@@ -65,6 +65,14 @@ def submit_options(func):
             show_default=True,
             help="Upload blocks (4 to 16 MiB each) in flight, all files together.",
         ),
+        click.option(
+            "--checksum",
+            type=click.Choice(["auto", "md5", "none"]),
+            default="auto",
+            show_default=True,
+            help="A Content-MD5 on every block: auto sends it over plain HTTP across a network (HTTPS already "
+            "checks every byte; nothing corrupts loopback).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -82,6 +90,7 @@ def run_submit(
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     concurrency: int,
+    checksum: str = "auto",
 ) -> None:
     from veil_client import Client, ClientError, run_batch, walk
 
@@ -95,7 +104,7 @@ def run_submit(
     bars = _Bars(len(files))
     try:
         result = run_batch(
-            Client(server, key, concurrency=concurrency),
+            Client(server, key, concurrency=concurrency, checksum={"auto": None, "md5": True, "none": False}[checksum]),
             files,
             output_dir,
             config,

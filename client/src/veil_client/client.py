@@ -30,7 +30,8 @@ class Client:
     """A server speaking the vendor's API. `url` is its API root, as the seed's `API_URL`
     (`https://host/v1`); a bare `http://host:port` gets `/v1` added. Safe to share between threads.
     `concurrency`: upload blocks in flight, all uploads together; `block_size`: None picks 4 to 16 MiB by the
-    file's size; `checksum`: a Content-MD5 on every block."""
+    file's size; `checksum`: a Content-MD5 on every block (None: over plain HTTP across a network only, see
+    `transfer.wants_checksum`)."""
 
     def __init__(
         self,
@@ -39,7 +40,7 @@ class Client:
         *,
         concurrency: int = transfer.CONCURRENCY,
         block_size: int | None = None,
-        checksum: bool = True,
+        checksum: bool | None = None,
         http: Http | None = None,
     ) -> None:
         url = url.rstrip("/")

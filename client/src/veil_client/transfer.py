@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import os
 import threading
@@ -23,7 +24,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -100,6 +101,22 @@ def session_uri_of(journal_path: Path) -> str | None:
         return None
 
 
+def wants_checksum(url: str) -> bool:
+    """Whether blocks sent to `url` carry a Content-MD5: yes over plain HTTP across a network, where nothing else
+    would notice a corrupted byte; no over HTTPS (TLS already checks every record, as the Azure SDK's default
+    assumes) or to this machine (no wire to corrupt it), where the checksum would only cost CPU at both ends."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return False
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may be anywhere
+        return True
+
+
 def upload(
     http: Http,
     session_uri: str,
@@ -108,13 +125,16 @@ def upload(
     *,
     concurrency: int = CONCURRENCY,
     block_size: int | None = None,
-    checksum: bool = True,
+    checksum: bool | None = None,
     progress: Progress | None = None,
     slots: threading.Semaphore | None = None,
 ) -> int:
     """Upload `path` to `session_uri` as a block blob; returns the bytes sent by this call. `block_size`
     None: `block_size_for` the file, or the one its journal records (a rerun resumes with the blocks it
-    began with). `slots`, shared by concurrent uploads, bounds the blocks in flight across all of them."""
+    began with). `slots`, shared by concurrent uploads, bounds the blocks in flight across all of them.
+    `checksum` None: `wants_checksum(session_uri)`."""
+    if checksum is None:
+        checksum = wants_checksum(session_uri)
     size = path.stat().st_size
     if block_size is None:
         block_size = _journal_block_size(journal_path, session_uri, size) or block_size_for(size)
