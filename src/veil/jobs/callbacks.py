@@ -225,7 +225,7 @@ class _Deadline:
         return self.sock.recv_into(buffer, nbytes)
 
     def makefile(self, mode: str = "rb", *args, **kwargs) -> io.BufferedReader:
-        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
+        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]  # the deadline wrapper stands in for a socket
 
     def fileno(self) -> int:
         return self.sock.fileno()
