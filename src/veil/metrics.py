@@ -32,12 +32,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from .db.models import CallbackDelivery, CreditEntry, Job, Task, VideoSegment, utcnow
+from .db.models import STATES, CallbackDelivery, CreditEntry, Job, Task, VideoSegment, utcnow
 
 log = logging.getLogger(__name__)
 disable_created_metrics()  # no `*_created` series beside each counter and histogram: noise for Prometheus
 
-JOB_STATES = ("created", "uploaded", "awaiting_approval", "queued", "running", "completed", "failed", "cancelled")
 DELIVERY_OUTCOMES = ("queued", "delivered", "refused", "failed", "dropped")
 
 FRAMES = Counter(
@@ -159,7 +158,7 @@ class DatabaseCollector(Collector):
                 session.execute(select(CallbackDelivery.status, func.count()).group_by(CallbackDelivery.status)).all()
             )
         jobs = GaugeMetricFamily("veil_jobs", "Jobs in the database by state.", labels=["state"])
-        for state in sorted(set(JOB_STATES) | set(by_state)):
+        for state in sorted(set(STATES) | set(by_state)):
             jobs.add_metric([state], by_state.get(state, 0))
         yield jobs
         depth = GaugeMetricFamily(

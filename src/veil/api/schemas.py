@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..db.models import JobState
 from ..engine.config import ModelConfig
 
 BIGINT_MAX = 2**63 - 1  # the database's BIGINT: every integer a request stores or compares stays inside it
@@ -153,17 +154,7 @@ class JobReport(_Body):
         None, description="Credits approval reserves; known once the upload is complete."
     )
     total_credit_cost: int | None = Field(None, description="The same, under the vendor reference's name.")
-    state: Literal[
-        "created",
-        "uploaded",
-        "awaiting_approval",
-        "queued",
-        "running",
-        "awaiting_review",
-        "completed",
-        "failed",
-        "cancelled",
-    ] = Field(..., description="Veil's state name behind job_status.")
+    state: JobState = Field(..., description="Veil's state name behind job_status.")
     file_name: str
     file_size: int | None
     model: str

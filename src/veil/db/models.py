@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Literal, get_args
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -21,7 +22,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# A job's states (the state machine is `veil.jobs.service`'s): waiting for the client or a worker, and final.
+# A job's states (the state machine is `veil.jobs.service`'s), in their order; those waiting for the client or a
+# worker, and the final ones.
+JobState = Literal[
+    "created",
+    "uploaded",
+    "awaiting_approval",
+    "queued",
+    "running",
+    "awaiting_review",
+    "completed",
+    "failed",
+    "cancelled",
+]
+STATES: tuple[str, ...] = get_args(JobState)
 WAITING = ("created", "uploaded", "awaiting_approval", "queued")
 FINAL = ("completed", "failed", "cancelled")
 

@@ -32,17 +32,6 @@ VIDEO_SUFFIXES = (
     ".mts",
 )
 KINDS = ("image", "video", "archive")
-STATES = (
-    "created",
-    "uploaded",
-    "awaiting_approval",
-    "queued",
-    "running",
-    "awaiting_review",
-    "completed",
-    "failed",
-    "cancelled",
-)
 _SPENDING = ("reserve", "refund")  # ledger kinds whose sum is what jobs cost (reservations less refunds)
 
 

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from ...db.models import FINAL, AdminUser, Job
+from ...db.models import FINAL, STATES, AdminUser, Job
 from ...jobs import admins, credits, keys, previews, reports
 from ...jobs.job_report import job_status_number
 from ...jobs.service import INPUT_CONTAINER, OUTPUT_CONTAINER, JobConflict, JobNotFound
@@ -35,7 +35,7 @@ def jobs_page(request: Request, q: Annotated[JobsQuery, Query()], admin: AdminUs
     else:
         where = reports.JobFilter(
             key_id=q.key or None,
-            status=q.status if q.status in reports.STATES else None,
+            status=q.status if q.status in STATES else None,
             kind=q.kind if q.kind in reports.KINDS else None,
             since=q.since,
             until=q.until,
@@ -63,7 +63,7 @@ def jobs_page(request: Request, q: Annotated[JobsQuery, Query()], admin: AdminUs
         key_names=key_names,
         query=query,
         filters=urlencode({k: v for k, v in query.items() if v}),
-        states=reports.STATES,
+        states=STATES,
         kinds=reports.KINDS,
         kind_of=reports.kind_of,
         progress=_progress,
