@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from sqlalchemy import case, select, update
+from sqlalchemy.orm import Session
 
 from ..db.models import Job, Task, utcnow
 from ..db.session import changed
@@ -72,6 +73,17 @@ class JobLease:
         if self.lost.is_set():
             raise LeaseLost()
 
+    def written(self, rows: int) -> None:
+        """After a write conditional on holding the lease: no row changed means another worker has the job."""
+        if rows != 1:
+            self.lost.set()
+            raise LeaseLost()
+
+    def lock(self, session: Session) -> None:
+        """Lock the job's row in `session` while this worker holds it (LeaseLost when it does not)."""
+        if session.scalar(select(Job.id).where(holds(self.job_id, self.owner)).with_for_update()) is None:
+            raise LeaseLost()
+
     def _beat(self) -> None:
         current_job.set(self.job_id)
         while not self._stop.wait(self.svc.settings.job_lease_seconds / 3):
@@ -120,9 +132,7 @@ class Progress:
                 .where(holds(self.job_id, self.lease.owner))
                 .values(progress=case((Job.progress < value, value), else_=Job.progress)),
             )
-        if rows != 1:
-            self.lease.lost.set()
-            raise LeaseLost()
+        self.lease.written(rows)
 
     def check_cancel(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -137,8 +147,7 @@ class Progress:
 def ensure_tasks(svc: JobService, job_id: str, files: list[Path], lease: JobLease) -> list[tuple[int, Path]]:
     """One Task per file, created on the first run and matched by name on a resumed run."""
     with svc.db.begin() as session:
-        if session.scalar(select(Job.id).where(holds(job_id, lease.owner)).with_for_update()) is None:
-            raise LeaseLost()
+        lease.lock(session)
         existing = {t.input_name: t for t in session.scalars(select(Task).where(Task.job_id == job_id))}
         taken = {t.output_file.casefold() for t in existing.values()}
         pairs = []
@@ -162,9 +171,7 @@ def set_task(svc: JobService, lease: JobLease, task_id: int, **values) -> None:
     with svc.db.begin() as session:
         held = select(Job.id).where(holds(lease.job_id, lease.owner)).scalar_subquery()
         rows = changed(session, update(Task).where(Task.id == task_id, Task.job_id == held).values(**values))
-    if rows != 1:
-        lease.lost.set()
-        raise LeaseLost()
+    lease.written(rows)
 
 
 def fail_task(svc: JobService, lease: JobLease, task_id: int, path: Path, dst: Path, exc: Exception) -> None:

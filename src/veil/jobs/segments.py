@@ -35,9 +35,8 @@ from ..engine.report import Report
 from ..engine.segments import Segment, SegmentPool, run_segment, stitch
 from .archive import expand_archive, is_archive
 from .drain import HandBack, process_drain
-from .leases import holds
 from .names import public_message
-from .running import LeaseLost, new_owner, run_tag
+from .running import new_owner, run_tag
 from .service import OUTPUT_CONTAINER, JobService
 
 log = logging.getLogger(__name__)
@@ -315,8 +314,7 @@ def _ensure_rows(svc: JobService, lease, task_id: int, plan: list[Segment]) -> d
     windows = [s.to_json() for s in plan]
     stale: list[str] = []
     with svc.db.begin() as session:
-        if session.scalar(select(Job.id).where(holds(lease.job_id, lease.owner)).with_for_update()) is None:
-            raise LeaseLost()
+        lease.lock(session)
         rows = list(
             session.scalars(select(VideoSegment).where(VideoSegment.task_id == task_id).order_by(VideoSegment.index))
         )
