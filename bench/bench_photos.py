@@ -33,7 +33,6 @@ import io
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -43,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_video import cpu_line, ensure_deface, timed  # noqa: E402
+from bench_video import cpu_line, ensure_deface, measure  # noqa: E402
 from eval_detection import load_sets  # noqa: E402
 
 DEFAULT_SETS = "facemask_faces,openalpr_plates"
@@ -74,24 +73,6 @@ def veil_command(src: Path, photos: list[str], out: Path, config: dict) -> list[
     # The tree goes first on sys.path, before the path the venv's editable install adds.
     launcher = f"import sys; sys.path.insert(0, {str(src)!r}); from veil.cli import main; sys.argv[0] = 'veil'; main()"
     return [sys.executable, "-c", launcher, "anonymize", *photos, "-o", str(out), "--config", json.dumps(config)]
-
-
-def run_set(name: str, tools: dict[str, list[str]], count: int, rounds: int) -> dict[str, tuple[float, float]]:
-    """{tool: (median images/s, median CPU ms per image)}; tools rotate their order every round."""
-    walls: dict[str, list[float]] = {t: [] for t in tools}
-    cpus: dict[str, list[float]] = {t: [] for t in tools}
-    order = list(tools)
-    for r in range(rounds):
-        for tool in order[r % len(order) :] + order[: r % len(order)]:
-            wall, cpu = timed(tools[tool])
-            walls[tool].append(wall)
-            cpus[tool].append(cpu)
-            print(
-                f"  {name} round {r + 1} {tool:<9} {count / wall:6.2f} images/s ({wall:.1f} s, "
-                f"{1000 * cpu / count:.0f} CPU ms/image, load {os.getloadavg()[0]:.1f})",
-                flush=True,
-            )
-    return {t: (count / statistics.median(walls[t]), 1000 * statistics.median(cpus[t]) / count) for t in tools}
 
 
 def main() -> None:
@@ -129,7 +110,10 @@ def main() -> None:
             tools = {name: veil_command(src, photos, work / doc["set"] / name, config) for name, src in trees.items()}
             if deface:
                 tools["deface"] = [deface, *photos]
-            results[doc["set"]] = (len(photos), run_set(doc["set"], tools, len(photos), args.rounds))
+            results[doc["set"]] = (
+                len(photos),
+                measure(tools, len(photos), args.rounds, "image", "images/s", f"{doc['set']} round", rotate=True),
+            )
     print(f"\nmedians of {args.rounds} runs (whole commands, start-up included):")
     for name, (_, rows) in results.items():
         for tool, (rate, cpu) in rows.items():

@@ -105,23 +105,33 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return elapsed, cpu
 
 
-def measure(tools: dict[str, list[str]], frames: int, runs: int) -> dict[str, tuple[float, float]]:
-    """{name: (frames per second, CPU ms per frame)}, medians; tools run round-robin so that a
-    change in the machine's other load does not favour one of them."""
+def measure(
+    tools: dict[str, list[str]],
+    count: int,
+    runs: int,
+    unit: str = "frame",
+    rate: str = "fps",
+    label: str = "run",
+    rotate: bool = False,
+) -> dict[str, tuple[float, float]]:
+    """{name: (`count` per second, CPU ms per `unit`)}, medians; tools run round-robin so that a change in the
+    machine's other load does not favour one of them (with `rotate`, each run also starts with the next tool)."""
     walls: dict[str, list[float]] = {name: [] for name in tools}
     cpus: dict[str, list[float]] = {name: [] for name in tools}
+    order = list(tools)
     for run in range(runs):
-        for name, cmd in tools.items():
-            wall, cpu = timed(cmd)
+        start = run % len(order) if rotate else 0
+        for name in order[start:] + order[:start]:
+            wall, cpu = timed(tools[name])
             walls[name].append(wall)
             cpus[name].append(cpu)
             print(
-                f"  run {run + 1} {name:<18} {frames / wall:6.2f} fps ({wall:.1f} s, "
-                f"{1000 * cpu / frames:.0f} CPU ms/frame, load {os.getloadavg()[0]:.1f})",
+                f"  {label} {run + 1} {name:<18} {count / wall:6.2f} {rate} ({wall:.1f} s, "
+                f"{1000 * cpu / count:.0f} CPU ms/{unit}, load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
     return {
-        name: (frames / statistics.median(walls[name]), 1000 * statistics.median(cpus[name]) / frames) for name in tools
+        name: (count / statistics.median(walls[name]), 1000 * statistics.median(cpus[name]) / count) for name in tools
     }
 
 
