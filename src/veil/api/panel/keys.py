@@ -24,37 +24,26 @@ def _actor(admin: AdminUser) -> str:
 
 @router.get("/keys")
 def keys_page(request: Request, admin: AdminUser = Depends(security.admin_only)):
-    return render(request, "keys.html", active="keys", rows=reports.key_rows(request.app.state.service.db))
+    return _keys(request)
 
 
 @router.post("/keys")
 def create_key(request: Request, form: dict = Depends(security.admin_form)):
-    db = request.app.state.service.db
     name = form.get("name", "").strip()[:200]
     opening = _whole_number(form.get("credits", "0") or "0")
     if opening is None or opening < 0:
-        return render(
-            request,
-            "keys.html",
-            status_code=422,
-            active="keys",
-            rows=reports.key_rows(db),
-            error="Opening credits must be a whole number, 0 or more.",
-            name=name,
-        )
+        return _keys(request, 422, error="Opening credits must be a whole number, 0 or more.", name=name)
     try:
-        key, row = keys.create_key(db, opening, name, actor=_actor(request.state.admin))
+        key, row = keys.create_key(request.app.state.service.db, opening, name, actor=_actor(request.state.admin))
     except ValueError as exc:  # above the largest balance
-        return render(
-            request,
-            "keys.html",
-            status_code=422,
-            active="keys",
-            rows=reports.key_rows(db),
-            error=f"Opening credits: {exc}.",
-            name=name,
-        )
-    return render(request, "keys.html", active="keys", rows=reports.key_rows(db), new_key=key, new_row=row)
+        return _keys(request, 422, error=f"Opening credits: {exc}.", name=name)
+    return _keys(request, new_key=key, new_row=row)
+
+
+def _keys(request: Request, status_code: int = 200, **extra):
+    """The Keys page (every key's row), with what the form's answer adds."""
+    rows = reports.key_rows(request.app.state.service.db)
+    return render(request, "keys.html", status_code=status_code, active="keys", rows=rows, **extra)
 
 
 def _key_page(request: Request, key_id: str, status_code: int = 200, **extra):
