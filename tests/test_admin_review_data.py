@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from veil.api.panel import frames
 from veil.api.panel.frames import FrameServer
 from veil.api.panel.review_data import Bounded, DocIndex
+from veil.engine import review_copy
 from veil.engine.detections import Detections
 from veil.engine.document import DocumentWriter, Header, _read, iter_frames
 
@@ -49,7 +49,7 @@ def _bar(jpeg: bytes) -> int:
 @pytest.mark.parametrize("copy", [False, True], ids=["from the video", "from its review copy"])
 def test_frames_on_demand_are_the_frames_asked_for(clip, copy, monkeypatch):
     path, pts = clip
-    monkeypatch.setattr(frames, "PROXY_CHUNK", 50)  # the copy in three files: 0-49, 50-99, 100-119
+    monkeypatch.setattr(review_copy, "COPY_CHUNK", 50)  # the copy in three files: 0-49, 50-99, 100-119
     server = FrameServer(videos=1, frames=8, review_copies=copy)
     if copy:
         made = server.review_copy(path, len(pts))
@@ -63,11 +63,32 @@ def test_frames_on_demand_are_the_frames_asked_for(clip, copy, monkeypatch):
         server.jpeg(path, np.append(pts, pts[-1] + 0.04), 120)
 
 
+def test_frames_from_a_stored_review_copy(clip, monkeypatch, tmp_path):
+    """The copy a review-mode job stores (written as its frames are decoded) serves every frame; the video
+    itself is never opened and no copy is made again."""
+    import av
+
+    path, pts = clip
+    monkeypatch.setattr(review_copy, "COPY_CHUNK", 50)
+    told = []
+    writer = review_copy.ReviewCopyWriter(tmp_path, on_part=lambda n, p, frames: told.append((n, frames)))
+    with av.open(str(path)) as c:
+        for frame in c.decode(video=0):
+            writer.add(frame)
+    parts = writer.finish()
+    assert [p.name for p in parts] == ["0.mp4", "1.mp4", "2.mp4"] and told == [(0, 50), (1, 100), (2, 120)]
+    assert not list(tmp_path.glob("*.part.mp4"))
+    server = FrameServer(videos=1, frames=4)
+    for index in [0, 119, 60, 59, 5, 100, 49, 50]:
+        assert _bar(server.jpeg(path, pts, index, side=160, stored=parts.__getitem__)) == index
+    assert str(path) not in server._decoders and not server._proxies
+
+
 def test_frames_asked_for_at_once_from_more_files_than_open_decoders(clip, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
     path, pts = clip
-    monkeypatch.setattr(frames, "PROXY_CHUNK", 30)  # four files, two decoders open at most
+    monkeypatch.setattr(review_copy, "COPY_CHUNK", 30)  # four files, two decoders open at most
     server = FrameServer(videos=0, frames=1, copies=1)
     assert server.review_copy(path, len(pts)).done.wait(60)
     asked = [int(i) for i in np.random.default_rng(5).integers(0, 120, 48)]
@@ -81,7 +102,7 @@ def test_a_review_copy_only_where_keyframes_lie_far_apart(clip, monkeypatch):
     server = FrameServer()
     assert _bar(server.jpeg(path, pts, 5, side=160)) == 5
     assert not server._proxies  # a keyframe every 50 frames: quick enough from the video itself
-    monkeypatch.setattr(frames, "COPY_ABOVE", 40)
+    monkeypatch.setattr(review_copy, "COPY_ABOVE", 40)
     other = FrameServer()
     assert _bar(other.jpeg(path, pts, 5, side=160)) == 5 and str(path) in other._proxies
     assert other._proxies[str(path)].done.wait(60)

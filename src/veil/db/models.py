@@ -138,9 +138,15 @@ class Task(Base):
     detections_blob: Mapped[str | None] = mapped_column(String(300))  # its detections document (output container)
     summary: Mapped[dict | None] = mapped_column(JSON)  # the per-file report (veil.engine.file_report)
     render_pending: Mapped[bool] = mapped_column(Boolean, default=False)  # a requested render has not drawn it yet
+    # a video's review copy, made while a review-mode job detects it (`veil.engine.review_copy`): its files' blobs
+    review_copy: Mapped[list | None] = mapped_column(JSON)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     job: Mapped[Job] = relationship(back_populates="tasks")
+
+    def stored(self) -> list[str]:
+        """Every blob of the output container this file's record names (output, document, review copy)."""
+        return [b for b in (self.output_blob, self.detections_blob, *(self.review_copy or ())) if b]
 
 
 class VideoSegment(Base):

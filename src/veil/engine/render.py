@@ -29,6 +29,7 @@ from .errors import MediaError
 from .probe import media_kind
 from .redact import redact
 from .report import FrameDetections, Report
+from .review_copy import ReviewCopyWriter
 from .tracking import Tracker, TrackingParams
 from .video import detect_video, render_video
 from .video_detect import LOW_SCORE_MARGIN
@@ -65,12 +66,15 @@ def detect_document(
     progress: Progress | None = None,
     limits: MediaLimits = MediaLimits(),
     image_floor: float = IMAGE_FLOOR,
+    review_copy: ReviewCopyWriter | None = None,
 ) -> Report:
-    """Run the detectors on `src` and write its detections document to `doc` (replaced only when complete)."""
+    """Run the detectors on `src` and write its detections document to `doc` (replaced only when complete);
+    a video's review copy too, where `review_copy` is given (the caller finishes or aborts it)."""
     src, doc = Path(src), Path(doc)
     if media_kind(src) == "video":
+        copy = review_copy.add if review_copy is not None else None
         with atomic_output(doc) as tmp, VideoDocument(tmp, config) as recorder:
-            return detect_video(src, config, progress, limits, record=recorder)
+            return detect_video(src, config, progress, limits, record=recorder, copy=copy)
     image = image_io.read_image(src, limits.max_image_pixels)
     candidates = normalized(image_candidates(image.rgb, config, image_floor))
     with atomic_output(doc) as tmp:

@@ -86,9 +86,11 @@ def detect_video(
     progress: Progress | None = None,
     limits: MediaLimits = MediaLimits(),
     record: Recorder | None = None,
+    copy: Callable[[av.VideoFrame], None] | None = None,
 ) -> Report:
-    """Detections of every frame of `src` (tracked, with track ids), without writing a video."""
-    return Pipeline(Path(src), config, progress, limits=limits, record=record).run(None)
+    """Detections of every frame of `src` (tracked, with track ids), without writing a video; `copy` is
+    handed every decoded frame in order (`veil.engine.review_copy`), on the thread that would encode."""
+    return Pipeline(Path(src), config, progress, limits=limits, record=record, copy=copy).run(None)
 
 
 def render_video(
@@ -123,6 +125,7 @@ class Pipeline:
         plan: PlanFn | None = None,
         record: Recorder | None = None,
         extra: Callable[[int], Detections] | None = None,
+        copy: Callable[[av.VideoFrame], None] | None = None,
     ) -> None:
         self.src, self.config, self.progress, self.limits = src, config, progress, limits
         self._detect = detect
@@ -133,7 +136,7 @@ class Pipeline:
         self._plan = plan or (
             lambda source: detect_plan(config, (source.width, source.height), source.fps, self._detect)
         )
-        self._record, self._extra = record, extra
+        self._record, self._extra, self._copy = record, extra, copy
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self.analysed = 0  # frames through the detect stage (progress is told from it)
@@ -323,6 +326,8 @@ class Pipeline:
             )
             if writer is not None:
                 writer.video(frame, dets)
+            if self._copy is not None:
+                self._copy(frame)
             tell()
         if segment is not None:
             if len(report.frames) != segment.frames:

@@ -14,13 +14,16 @@ taken up by another worker and redoes only the files not yet drawn.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from ..db.models import FINAL, Job, utcnow
 from ..engine.config import MediaLimits, ModelConfig
 from ..engine.document import EDITS, append_edits, iter_frames
 from ..engine.file_report import summarize
+from ..engine.probe import media_kind
 from ..engine.render import detect_document, render
+from ..engine.review_copy import ReviewCopyWriter, worth_copying
 from . import credits
 from .drain import HandBack
 from .names import safe_name
@@ -48,25 +51,10 @@ def run_review(
         dst = work / "out" / safe_name(path.name)
         doc = work / "out" / f"{task.index}.detections.gz"
         stored: list[str] = []
+        copy = work / "out" / f"{task.index}.review"
         try:
             if request is None:
-                report = detect_document(
-                    path,
-                    doc,
-                    config,
-                    progress.for_file(index),
-                    MediaLimits.from_settings(svc.settings),
-                    svc.settings.detections_floor,
-                )
-                blob = f"{job.id}/{task.index}.{tag}.detections.gz"
-                svc.store.write(OUTPUT_CONTAINER, blob, doc)
-                stored.append(blob)
-                values = {
-                    "detections_blob": blob,
-                    "render_pending": True,
-                    "media": report.media,
-                    "summary": summarize(report, iter_frames(doc), config),
-                }
+                values = _detect_file(svc, job, task, path, doc, copy, config, tag, progress.for_file(index), stored)
             else:
                 values = _render_file(svc, task, path, dst, doc, config, request, tag, progress.for_file(index), stored)
             lease.check()
@@ -86,8 +74,41 @@ def run_review(
         finally:
             dst.unlink(missing_ok=True)
             doc.unlink(missing_ok=True)
+            shutil.rmtree(copy, ignore_errors=True)
         progress.file_done(index)
     _close(svc, job, lease.owner, request)
+
+
+def _detect_file(
+    svc: JobService, job: Job, task, path: Path, doc: Path, copy: Path, config: ModelConfig, tag: str, progress, stored
+) -> dict:
+    """Detect one file into its stored document (and a video's review copy, where its keyframes lie far
+    apart: the review page's frames come from it); returns the task's new values."""
+    writer = ReviewCopyWriter(copy) if media_kind(path) == "video" and worth_copying(path) else None
+    if writer is not None:
+        copy.mkdir(parents=True, exist_ok=True)
+    limits = MediaLimits.from_settings(svc.settings)
+    try:
+        report = detect_document(path, doc, config, progress, limits, svc.settings.detections_floor, writer)
+        parts = writer.finish() if writer is not None else []
+    finally:
+        if writer is not None:
+            writer.abort()  # nothing left open when detection failed; a no-op after finish()
+    blob = f"{job.id}/{task.index}.{tag}.detections.gz"
+    svc.store.write(OUTPUT_CONTAINER, blob, doc)
+    stored.append(blob)
+    review_copy = []
+    for part in parts:
+        review_copy.append(f"{job.id}/{task.index}.{tag}.review/{part.name}")
+        svc.store.write(OUTPUT_CONTAINER, review_copy[-1], part)
+        stored.append(review_copy[-1])
+    return {
+        "detections_blob": blob,
+        "review_copy": review_copy or None,
+        "render_pending": True,
+        "media": report.media,
+        "summary": summarize(report, iter_frames(doc), config),
+    }
 
 
 def _render_file(

@@ -121,8 +121,8 @@ def expire_unreviewed(svc: JobService) -> int:
         job = svc.get_job(job_id)
         svc.store.delete(INPUT_CONTAINER, job.input_blob)
         for task in job.tasks:
-            if task.detections_blob:
-                svc.store.delete(OUTPUT_CONTAINER, task.detections_blob)
+            for blob in task.stored():
+                svc.store.delete(OUTPUT_CONTAINER, blob)
         with svc.db.begin() as session:
             session.execute(update(Job).where(Job.id == job_id).values(files_deleted=True))
         svc.notifier.notify(job_id)

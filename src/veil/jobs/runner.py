@@ -266,7 +266,7 @@ def _drop_stray_outputs(svc: JobService, job_id: str) -> None:
     """A run after an interrupted one deletes the outputs an earlier run stored but could not record (the
     database went away, or the worker died, between the two); recorded outputs and stored segments stay."""
     job = svc.get_job(job_id)
-    recorded = {blob for t in job.tasks for blob in (t.output_blob, t.detections_blob) if blob}
+    recorded = {blob for t in job.tasks for blob in t.stored()}
     for name in svc.store.list(OUTPUT_CONTAINER, f"{job_id}/"):
         if name not in recorded and not re.fullmatch(r"[^/]+/\d+\.segment\d+\..*", name):
             log.info("job %s: deleting %s, stored by an earlier run that could not record it", job_id, name)

@@ -310,9 +310,8 @@ class JobService(Intake):
             raise JobConflict(f"job is {job.status}; cancel it or wait until it finishes before deleting its files")
         self.store.delete(INPUT_CONTAINER, job.input_blob)
         for task in job.tasks:
-            for blob in (task.output_blob, task.detections_blob):
-                if blob:
-                    self.store.delete(OUTPUT_CONTAINER, blob)
+            for blob in task.stored():
+                self.store.delete(OUTPUT_CONTAINER, blob)
         with self.db.begin() as session:
             session.execute(update(Job).where(Job.id == job_id).values(files_deleted=True))
         return self.get_job(job_id, key_id)

@@ -1,14 +1,14 @@
 """A video's frames at review resolution, decoded on demand.
 
 A camera or encoder may put a keyframe only every few hundred frames, and a frame far from where a decoder
-stands is then up to that many decodes away (over a second for 1080p). So the first time the frames of such a
-video (keyframes more than COPY_ABOVE frames apart) are asked for, a thread makes a review copy of it once
-(`_Proxy`): the frames at review resolution, a keyframe every PROXY_KEY frames, in files of PROXY_CHUNK
-frames usable as each is written. A frame the copy holds is at most PROXY_KEY small decodes away; until then
-frames come from the video itself. Either way one open decoder per file steps forward to the next frames
-asked for (a reviewer's usual move) and seeks to the keyframe before a frame it cannot reach by stepping (the
-file's keyframe index says which). The JPEGs of the most recent frames are kept (bounded), and so are the
-decoders and review copies of the most recent videos."""
+stands is then up to that many decodes away (over a second for 1080p). So frames come from a review copy
+(`veil.engine.review_copy`: review resolution, a keyframe every few frames) where there is one: the one a
+review-mode job stored beside its document, else one made here in a thread (`_Proxy`) the first time the
+frames of such a video are asked for, usable file by file as it is written; until then frames come from the
+video itself. Either way one open decoder per file steps forward to the next frames asked for (a reviewer's
+usual move) and seeks to the keyframe before a frame it cannot reach by stepping (the file's keyframe index
+says which). The JPEGs of the most recent frames are kept (bounded), and so are the decoders and review
+copies of the most recent videos."""
 
 from __future__ import annotations
 
@@ -17,20 +17,17 @@ import logging
 import shutil
 import tempfile
 import threading
-from fractions import Fraction
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ...engine.review_copy import COPY_RATE, REVIEW_SIDE, ReviewCopyWriter, copy_index, locate, part_name, worth_copying
 from .review_data import Bounded
 
 log = logging.getLogger(__name__)
-REVIEW_SIDE = 960  # the long side of a frame at review resolution
 STEP_LIMIT = 48  # frames decoded forward before a seek is cheaper (a file without a keyframe index)
 SKIP_UNTIL = 16  # after a seek, frames nothing refers to are skipped up to this many frames before the target
-PROXY_KEY, PROXY_CHUNK, PROXY_RATE = 15, 600, 25  # the review copy: a keyframe every 15 frames, 600 to a file
-PROXY_X264 = {"preset": "veryfast", "crf": "21", "g": str(PROXY_KEY), "bf": "0"}
-COPY_ABOVE = 60  # keyframes at most this many frames apart: frames from the video itself are quick enough
 
 
 class _Decoder:
@@ -96,7 +93,7 @@ class _Decoder:
         self.stream.codec_context.skip_frame = "NONREF" if skip and index > SKIP_UNTIL else "DEFAULT"
 
     def time_of(self, index: int) -> float:
-        return index / PROXY_RATE
+        return index / COPY_RATE
 
     def close(self) -> None:  # dropped from the cache: once a frame in flight is decoded
         with self.lock:
@@ -126,8 +123,8 @@ class _Source(_Decoder):
 
 
 class _Proxy:
-    """The review copy of a video, made once in a thread: frame i is frame i % PROXY_CHUNK of file
-    i // PROXY_CHUNK (PROXY_RATE frames a second whatever the video's rate: only the numbers matter)."""
+    """The review copy of a video (`veil.engine.review_copy`), made once in a thread for a video whose job made
+    none; its files are usable as each is written."""
 
     def __init__(self, path: Path, frames: int, workdir: Path) -> None:
         self.path, self.frames, self.ready = path, frames, 0  # frames of the finished files
@@ -137,56 +134,33 @@ class _Proxy:
 
     def locate(self, index: int) -> tuple[Path, int] | None:
         """(file, frame in it) of frame `index` once its file is written, else None."""
-        return (self.dir / f"{index // PROXY_CHUNK}.mp4", index % PROXY_CHUNK) if index < self.ready else None
+        number, at = locate(index)
+        return (self.dir / part_name(number), at) if index < self.ready else None
 
     def _make(self) -> None:
         import av
 
+        writer = ReviewCopyWriter(self.dir, on_part=self._ready)
         try:
             with av.open(str(self.path)) as src:
                 stream = src.streams.video[0]
                 stream.thread_type = "AUTO"
-                out, n = None, 0
                 for frame in src.decode(stream):
-                    if self._stop or n >= self.frames:
+                    if self._stop or writer.frames >= self.frames:
                         break
-                    if n % PROXY_CHUNK == 0:
-                        self._finish(out, n)
-                        out, video = self._open(n // PROXY_CHUNK, frame)
-                    small = frame.reformat(width=video.width, height=video.height, format="yuv420p")
-                    small.pts, small.time_base = n % PROXY_CHUNK, Fraction(1, PROXY_RATE)
-                    out[0].mux(video.encode(small))
-                    n += 1
-                if self._stop and out:
-                    out[0].close()
-                elif not self._stop:
-                    self._finish(out, n)
+                    writer.add(frame)
+            if not self._stop:
+                writer.finish()
         except Exception as exc:  # noqa: BLE001 - frames keep coming from the video itself
             log.warning("review copy of %s stopped: %s", self.path.name, exc)
         finally:
+            writer.abort()
             self.done.set()
             if self._stop:
                 shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _open(self, number: int, frame):
-        import av
-
-        scale = min(1.0, REVIEW_SIDE / max(frame.width, frame.height))
-        tmp = self.dir / f"{number}.part.mp4"
-        out = av.open(str(tmp), "w")
-        video = out.add_stream("libx264", rate=PROXY_RATE)
-        video.width, video.height = (max(2, round(side * scale / 2) * 2) for side in (frame.width, frame.height))
-        video.pix_fmt, video.codec_context.options = "yuv420p", dict(PROXY_X264)
-        return (out, tmp, number), video
-
-    def _finish(self, out, ready: int) -> None:
-        if out is None:
-            return
-        container, tmp, number = out
-        container.mux(container.streams.video[0].encode(None))
-        container.close()
-        tmp.rename(self.dir / f"{number}.mp4")
-        self.ready = ready
+    def _ready(self, number: int, path: Path, frames: int) -> None:
+        self.ready = frames
 
     def close(self) -> None:
         self._stop = True
@@ -202,12 +176,21 @@ class FrameServer:
         self._jpegs, self._spacing = Bounded(frames), Bounded(64)
         self.review_copies = review_copies
 
-    def jpeg(self, path: Path, pts: np.ndarray, index: int, side: int = REVIEW_SIDE, copy: bool = True) -> bytes:
-        """Frame `index` of the video at `path` (`pts`: its frames' times), its long side at most `side`; from
-        the video's review copy once it holds the frame (`copy`: make one, if there is none yet)."""
+    def jpeg(
+        self,
+        path: Path,
+        pts: np.ndarray,
+        index: int,
+        side: int = REVIEW_SIDE,
+        copy: bool = True,
+        stored: Callable[[int], Path] | None = None,
+    ) -> bytes:
+        """Frame `index` of the video at `path` (`pts`: its frames' times), its long side at most `side`: from
+        the review copy the job stored (`stored(n)`: its file n, as a local path), else from the video's review
+        copy made here once it holds the frame (`copy`: make one, if there is none yet), else from the video."""
 
         def make() -> bytes:
-            frame = self._frame(path, pts, index, copy)
+            frame = self._frame(path, pts, index, copy, stored)
             image = frame.to_image()
             image.thumbnail((side, side))
             out = io.BytesIO()
@@ -219,28 +202,20 @@ class FrameServer:
     def review_copy(self, path: Path, frames: int) -> _Proxy:
         return self._proxies.get_or_make(str(path), lambda: _Proxy(path, frames, self._dir))
 
-    def _far_keys(self, path: Path, frames: int) -> bool:
-        """Whether the video's keyframes lie more than COPY_ABOVE frames apart (or its container does not say
-        where they are): only then is a review copy worth making."""
-
-        def measure() -> bool:
-            import av
-
-            with av.open(str(path)) as container:
-                keys = [i for i, e in enumerate(container.streams.video[0].index_entries) if e.is_keyframe]
-            return not keys or int(np.diff([*keys, frames]).max()) > COPY_ABOVE
-
-        return self._spacing.get_or_make(str(path), measure)
-
-    def _frame(self, path: Path, pts: np.ndarray, index: int, copy: bool):
+    def _frame(self, path: Path, pts: np.ndarray, index: int, copy: bool, stored: Callable[[int], Path] | None):
         if index >= len(pts):
             raise IndexError(f"frame {index}: past the end of the video")
-        wanted = copy and self.review_copies and self._far_keys(path, len(pts))
-        made = self.review_copy(path, len(pts)) if wanted else self._proxies.get(str(path))
-        found = made.locate(index) if made is not None else None
+        found: tuple[Path, int] | None = None
+        if stored is not None:
+            number, at = locate(index)
+            found = stored(number), at
+        else:
+            wanted = copy and self.review_copies and self._spacing.get_or_make(str(path), lambda: worth_copying(path))
+            made = self.review_copy(path, len(pts)) if wanted else self._proxies.get(str(path))
+            found = made.locate(index) if made is not None else None
         if found is not None:
             part, at = found
-            key, make = str(part), lambda: _Decoder(part, _proxy_index)
+            key, make = str(part), lambda: _Decoder(part, copy_index)
         else:
             key, at, make = str(path), index, lambda: _Source(path, pts)
         for _ in range(3):
@@ -249,7 +224,3 @@ class FrameServer:
             except _Closed:  # another request's decoder took its place: open it again
                 continue
         raise IndexError(f"frame {index}: the decoders are too busy")
-
-
-def _proxy_index(frame) -> int:
-    return round(frame.pts * frame.time_base * PROXY_RATE)

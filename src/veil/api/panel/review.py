@@ -200,7 +200,11 @@ def picture(
             doc = _index(request, task)
             if frame >= doc.frames:
                 return Response(status_code=404)
-            data = _frames.jpeg(path, doc.pts, frame, side, copy=which == "before")  # a copy of what is reviewed
+            stored = None
+            if which == "before" and task.review_copy:  # the copy the job made while it detected the video
+                parts = task.review_copy
+                stored = lambda n: _files.path(svc.store, OUTPUT_CONTAINER, parts[n])  # noqa: E731
+            data = _frames.jpeg(path, doc.pts, frame, side, copy=which == "before", stored=stored)
         else:
             data = _photo(path)
     except (OSError, ValueError, IndexError, UnidentifiedImageError, ArchiveError):
