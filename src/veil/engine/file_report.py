@@ -6,12 +6,14 @@ document's frames (`veil.engine.document.iter_frames`, or None when there is no 
     {"media": "video", "frames": 377, "edits": 2,
      "faces":  {"regions": 120, "frames": 60, "tracks": 2, "longest_bridge": 6,
                 "below_threshold": {"candidates": 14, "frames": 9, "from": 0.3}},
-     "plates": {...}}
+     "plates": {...},
+     "notes": ["broken timestamps (...): detection was scheduled by frame counts, ..."]}
 
 `regions` are the boxes drawn (over all frames), `frames` the frames with at least one, `tracks` the distinct
 tracks, `longest_bridge` the longest run of frames a track was drawn without a candidate of its own (the
 tracker bridged or led it), `below_threshold` the candidates that scored just under the threshold (within
-the tracker's low-score margin): the first place to look for a missed face or plate.
+the tracker's low-score margin): the first place to look for a missed face or plate. `notes` (only when there
+are any) are the engine's `Report.notes`: what the user should know about how the file was processed.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def summarize(report: Report, frames: Iterable[Frame] | None, config: ModelConfi
             tally.add(index, boxes.kind(kind), None if candidates is None else candidates.kind(kind))
     for kind, tally in kinds.items():
         out[KIND_NAMES[kind]] = tally.figures(with_candidates=frames is not None)
+    if report.notes:  # e.g. broken timestamps (detection scheduled by frame counts), a size change mid-stream
+        out["notes"] = list(report.notes)
     return out
 
 

@@ -35,6 +35,8 @@ class Report:
     def to_json(self, file: str) -> dict[str, Any]:
         """One `items[]` entry of `veil detect --json` output."""
         item: dict[str, Any] = {"file": file, "width": self.width, "height": self.height}
+        if self.notes:  # what the user should know about this file (broken timestamps, a size change)
+            item["notes"] = list(self.notes)
         if self.media == "image":
             dets = self.frames[0].detections if self.frames else Detections()
             item["faces"] = dets.rows(FACE)
