@@ -138,3 +138,44 @@ def test_veil_says_broken_timestamps_in_its_json_and_report_and_still_finds_trac
     assert summary["notes"] == item["notes"]
     assert summary["plates"]["frames"] == 38 and summary["plates"]["regions"] >= 3 * 38, summary
     assert summary["plates"]["tracks"] >= 2
+
+
+def test_the_service_processes_a_joined_recording_and_says_so(tmp_path, detection_models):
+    """The joined .ts through the service's own worker path (upload, approve, `process_job`): the job
+    completes (not "internal error: ValueError") with the size change noted in the task's report, in
+    job_result and on the admin panel's job page; the output has every frame at the first size."""
+    from fastapi.testclient import TestClient
+
+    from _service_helpers import new_key, seed_upload, settings_for
+    from test_admin_auth import PASSWORD, _sign_in
+    from veil.api.app import create_app
+    from veil.jobs.runner import process_job
+
+    (tmp_path / "clips").mkdir()
+    data = joined_clip(tmp_path / "clips").read_bytes()
+    app = create_app(settings_for(tmp_path / "service", admin_email="ops@example.com", admin_password=PASSWORD))
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        key = new_key(app.state.service, credits=100)
+        r = http.post(
+            "/v1/create_upload_session",
+            headers={"access_token": key},
+            json={"file_name": "joined.ts", "file_size": len(data), "model_config": {"enable_lp": False}},
+        )
+        assert r.status_code == 200, r.text
+        job_id = r.json()["job_id"]
+        seed_upload(http, r.json()["session_uri"], data)
+        assert http.post(f"/v1/approve_job/{job_id}", headers={"access_token": key}).status_code == 200
+        process_job(job_id, app.state.service)
+        result = http.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()
+        assert result["job_status"] == 100, result["job_status_description"]
+        [task] = result["tasks"]
+        assert task["status"] == "completed" and not task["error"], task
+        note = "the picture size changes at frame 20 (192 x 144, first 160 x 120)"
+        assert any(note in n for n in task["report"]["notes"]), task["report"]
+        output = tmp_path / "output.ts"
+        output.write_bytes(http.get(task["download_link"]).content)
+        with av.open(str(output)) as out:
+            assert [(f.width, f.height) for f in out.decode(video=0)] == [(160, 120)] * 40
+        assert _sign_in(http, next_page=f"/admin/jobs/{job_id}").status_code == 303
+        page = http.get(f"/admin/jobs/{job_id}").text
+        assert f"note: {note}" in page
