@@ -6,7 +6,9 @@ review resolution served on demand.
 Frames of CLIP (the 1080p bench clip: `bench/make_clip.py`) at review resolution, what GET
 .../before.jpg?frame=N runs (`veil.api.panel.frames.FrameServer`), two ways in turn, the same frames each:
 from the video itself (before: a seek to the keyframe before, then decoding up to the frame) and from its
-review copy (now: made once in a thread, a keyframe every 15 frames; its making is timed too). For each: the
+review copy (now: made once in a thread, a keyframe every 15 frames; its making is timed too). Before
+that, what a review-mode job's detection pass pays for writing the copy it stores (with and without, in
+turn) and the frames then served from that stored copy on a fresh server (`--only worker`). For each: the
 first frame, the next frames in order (the arrow key), 10 frames on, the frames before (stepping back) and
 random far frames.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import os
 import random
 import re
@@ -96,6 +99,44 @@ def frames(clip: Path, runs: int) -> None:
     print(f"  random frame, copy / video: {ratio:.2f}x")
 
 
+def worker_copy(clip: Path, runs: int, config: dict) -> None:
+    """What a review-mode job's detection pass pays for writing the review copy (`detect_document` with and
+    without it, in turn), and the frames the page then serves from the stored copy."""
+    from veil.api.panel.frames import FrameServer
+    from veil.engine.config import ModelConfig
+    from veil.engine.render import detect_document
+    from veil.engine.review_copy import ReviewCopyWriter
+
+    with av.open(str(clip)) as c:
+        pts = np.array([f.time for f in c.decode(video=0)], np.float64)
+    n, settings = len(pts), ModelConfig(**config)
+    seconds: dict[str, list[float]] = {"without": [], "with": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work, parts = Path(tmp), []
+        for run in range(runs):
+            for name in ("without", "with") if run % 2 == 0 else ("with", "without"):
+                folder = work / f"copy{run}-{name}"
+                folder.mkdir()
+                writer = ReviewCopyWriter(folder) if name == "with" else None
+                start = time.perf_counter()
+                detect_document(clip, work / "doc.gz", settings, review_copy=writer)
+                parts = writer.finish() if writer is not None else parts
+                seconds[name].append(time.perf_counter() - start)
+        size = sum(p.stat().st_size for p in parts)
+        rng = random.Random(2)
+        asked = rng.sample(range(n), 24)
+        server = FrameServer()
+        first = _timed(lambda: server.jpeg(clip, pts, asked[0], stored=parts.__getitem__))
+        far = [_timed(lambda i=i: server.jpeg(clip, pts, i, stored=parts.__getitem__)) for i in asked[1:]]
+    without, with_copy = (statistics.median(seconds[k]) for k in ("without", "with"))
+    print(
+        f"review-mode detection of {clip.name} ({n} frames, {config}): {n / without:.1f} frames/s without the "
+        f"review copy, {n / with_copy:.1f} with it ({with_copy / without:.2f}x the time; medians of {runs}); "
+        f"the copy {size / 1e6:.1f} MB ({size * 8 / (n / 30) / 1e6:.2f} Mbit/s at 30 fps)"
+    )
+    print(f"  frames from the stored copy on a fresh server: first {first * 1000:.0f} ms; random frames {_ms(far)}")
+
+
 def _as_version_one(doc: Path, old: Path) -> None:
     """`doc` as Veil wrote it before documents held their tracks: version 1, no "t" in the frame lines."""
     with gzip.open(doc, "rt", encoding="utf-8") as src, gzip.open(old, "wt", encoding="utf-8") as dst:
@@ -150,9 +191,19 @@ def main() -> None:
     ap.add_argument("clip", type=Path)
     ap.add_argument("--hour-candidates", type=int, default=3)
     ap.add_argument("--runs", type=int, default=5, help="rounds of frames, loads of the hour's document")
+    ap.add_argument("--detect-runs", type=int, default=2, help="review-mode detection passes with/without the copy")
+    ap.add_argument("--config", default='{"enable_lp": true}', help="model_config of the review-mode detection")
+    ap.add_argument("--only", choices=("frames", "worker", "timeline"), help="one part of the bench")
     args = ap.parse_args()
     print(cpu_line(), f"(load average {os.getloadavg()[0]:.1f}: wall times grow with it, CPU times less)")
-    frames(args.clip, args.runs)
+    if args.only in (None, "worker"):
+        worker_copy(args.clip, args.detect_runs, json.loads(args.config))
+    if args.only == "worker":
+        return
+    if args.only in (None, "frames"):
+        frames(args.clip, args.runs)
+    if args.only == "frames":
+        return
     with tempfile.TemporaryDirectory() as tmp:
         timeline(Path(tmp), args.hour_candidates, args.runs)
 
