@@ -7,7 +7,10 @@ Failed sign-ins are throttled three ways, so that guessing stays slow but an out
 out from another address (issue 18): per email *and source address* (the owner's own address keeps its own
 count), per source address over all emails (one address trying many accounts), and per email over all
 addresses in a sliding window (a distributed guess; more failures than one address can make under its
-back-off). The counts live in the API server's memory (the newest 10 000 of each kind)."""
+back-off). An address the account has signed in from before (its last `KNOWN_SOURCES`) is exempt from the
+window, so outsiders guessing from elsewhere cannot lock the owner out of their usual address; its own two
+counts still apply. The counts and known addresses live in the API server's memory (the newest 10 000 of
+each kind)."""
 
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ MIN_PASSWORD_LENGTH = 10
 FREE_FAILURES = 2  # wrong passwords for one email from one address before the back-off starts
 SOURCE_FREE_FAILURES = 10  # wrong passwords from one address, any emails, before the address backs off
 ACCOUNT_WINDOW, ACCOUNT_WINDOW_FAILURES = timedelta(minutes=15), 30  # one email, all addresses
+KNOWN_SOURCES = 5  # addresses per email remembered after a successful sign-in: exempt from the window above
 MAX_LOCK = timedelta(minutes=15)
 ROLES = ("admin", "reviewer", "viewer")  # everything; jobs, review and render; read only
 CLAIM_TTL = timedelta(minutes=2)  # a review page renews its claim every 30 s while it stays open
@@ -59,19 +63,27 @@ class _Recent(OrderedDict):
 
 
 class _Throttle:
-    """Failed sign-ins by (email, address), by address and by email, and the locks they lead to."""
+    """Failed sign-ins by (email, address), by address and by email, and the locks they lead to; and the
+    addresses each email has signed in from (the newest `KNOWN_SOURCES`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pairs, self._sources, self._accounts = _Recent(), _Recent(), _Recent()
+        self._known = _Recent()  # email -> the addresses of its last successful sign-ins, newest last
+
+    def known(self, email: str, source: str) -> bool:
+        """Whether `email` has signed in successfully from `source` (one of its last `KNOWN_SOURCES`)."""
+        with self._lock:
+            return source in self._known.get(email, ())
 
     def locked_until(self, email: str, source: str) -> datetime | None:
         with self._lock:
             window = self._accounts.get(email, ())
+            exempt = source in self._known.get(email, ())  # an address this email signed in from before
             until = [
                 self._pairs.get((email, source), (0, None))[1],
                 self._sources.get(source, (0, None))[1],
-                window[0] + ACCOUNT_WINDOW if len(window) >= ACCOUNT_WINDOW_FAILURES else None,
+                window[0] + ACCOUNT_WINDOW if len(window) >= ACCOUNT_WINDOW_FAILURES and not exempt else None,
             ]
         return max((u for u in until if u is not None), default=None)
 
@@ -85,7 +97,8 @@ class _Throttle:
             window = self._accounts.get(email) or deque(maxlen=ACCOUNT_WINDOW_FAILURES)
             window.append(now)
             self._accounts.put(email, window)
-            if len(window) >= ACCOUNT_WINDOW_FAILURES and now - window[0] < ACCOUNT_WINDOW:
+            full = len(window) >= ACCOUNT_WINDOW_FAILURES and now - window[0] < ACCOUNT_WINDOW
+            if full and source not in self._known.get(email, ()):
                 locks.append(window[0] + ACCOUNT_WINDOW - now)
         return max(locks)
 
@@ -100,9 +113,17 @@ class _Throttle:
         with self._lock:
             self._pairs.pop((email, source), None)
             self._sources.pop(source, None)
+            known = [s for s in self._known.get(email, ()) if s != source] + [source]
+            self._known.put(email, tuple(known[-KNOWN_SOURCES:]))
 
 
 _throttle = _Throttle()
+
+
+def known_source(email: str, source: str | None) -> bool:
+    """Whether `email` has signed in successfully from `source` in this process (see the module's docstring):
+    such a sign-in is exempt from the account's window here and has a reserved share of the sign-in gate."""
+    return _throttle.known(_normal_email(email), source_key(source))
 
 
 def source_key(address: str | None) -> str:

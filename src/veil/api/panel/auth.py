@@ -64,7 +64,14 @@ async def login(request: Request):
     svc, source = request.app.state.service, admins.source_key(request.client.host if request.client else None)
     try:
         signed_in = await request.app.state.signin_gate.run(
-            source, admins.sign_in, svc.db, email, password, svc.settings.admin_session_hours, source
+            source,
+            admins.sign_in,
+            svc.db,
+            email,
+            password,
+            svc.settings.admin_session_hours,
+            source,
+            known=admins.known_source(email, source),  # the owner's usual address: a reserved share
         )
     except SignInBusy:
         response = _signin_page(

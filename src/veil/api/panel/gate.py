@@ -6,7 +6,10 @@ threads run at a lower CPU priority (nice +10 on Linux), so on a small machine t
 Password checks are also rate-limited, per source address and for the whole server (moving windows of the
 `limits` library): argon2id is memory-hard, and a stream of checks slows every other request on a small
 machine through its CPU and memory traffic, whatever its priority; beyond the rates a sign-in is refused at
-once (429), before any check."""
+once (429), before any check. A quarter of the server's rate (rounded down) is kept for sign-ins from
+an address the account has signed in from before (`known=True`, see `veil.jobs.admins`): other sign-ins
+count against the whole rate *and* the rest of it, so outsiders from many addresses can use up no more than
+three quarters and the owner's usual address still gets its turn (its own per-address rate still applies)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import anyio
-from limits import parse_many
+from limits import RateLimitItem, parse_many
 
 from ..ratelimit import RateWindows
 
@@ -43,18 +46,20 @@ class SignInGate:
         self, slots: int, wait_s: float = 10, per_source: str = "10/minute", overall: str = "60/minute"
     ) -> None:
         self.slots, self.wait_s = slots, wait_s
-        self._rates = [(item, True) for item in parse_many(per_source)] + [
-            (item, False) for item in parse_many(overall)
-        ]
+        overall_items = parse_many(overall)
+        self._rates = [(item, "source") for item in parse_many(per_source)]
+        self._rates += [(item, "all") for item in overall_items]
+        self._unknown = [(_less_reserve(item), "unknown") for item in overall_items]
         self._windows = RateWindows()
         self._threads = ThreadPoolExecutor(slots, thread_name_prefix="veil-signin", initializer=_lower_priority)
         self._busy: set[str] = set()  # sources with a sign-in in flight (touched on the event loop only)
         self._limiters: dict[int, anyio.CapacityLimiter] = {}  # one per event loop (tests start several)
 
-    async def run(self, source: str, check: Callable[..., T], *args) -> T:
+    async def run(self, source: str, check: Callable[..., T], *args, known: bool = False) -> T:
         """`check(*args)` in a sign-in thread once a slot is free; SignInBusy when `source` has a sign-in in
-        flight already or no slot frees up within `wait_s`."""
-        if source in self._busy or not self._within_rates(source):
+        flight already, a rate is used up or no slot frees up within `wait_s`. `known`: the account has signed
+        in from `source` before, so the reserved share of the server's rate is open to it."""
+        if source in self._busy or not self._within_rates(source, known):
             raise SignInBusy()
         self._busy.add(source)
         try:
@@ -75,11 +80,15 @@ class SignInGate:
         finally:
             self._busy.discard(source)
 
-    def _within_rates(self, source: str) -> bool:
+    def _within_rates(self, source: str, known: bool) -> bool:
         """Counts a password check against the rates; False (not counted) when one is used up."""
+        rates = self._rates if known else self._rates + self._unknown
         return (
-            self._windows.take(
-                [(item, ("source", source) if per_source else ("all",)) for item, per_source in self._rates]
-            )
+            self._windows.take([(item, (kind, source) if kind == "source" else (kind,)) for item, kind in rates])
             is None
         )
+
+
+def _less_reserve(item: RateLimitItem) -> RateLimitItem:
+    """`item` less the share kept for known addresses: a quarter, rounded down (none of a rate under 4)."""
+    return type(item)(item.amount - item.amount // 4, item.multiples)
