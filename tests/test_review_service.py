@@ -16,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from _service_helpers import app_client, new_key, seed_upload
+from _service_helpers import app_client, database_url_for, new_key, seed_upload
 from veil.jobs.credits import ledger
 from veil.jobs.runner import process_job
 
@@ -137,6 +137,7 @@ def test_render_requests_are_validated(client, shared_data):
 
 
 @pytest.mark.slow
+@pytest.mark.both_databases
 def test_concurrent_render_calls_on_a_balance_that_covers_one(tmp_path, shared_data, detection_models):
     """Twenty render calls at once over three completed jobs, the balance covering one render: exactly one
     is accepted, the others answered 402 or 409, the balance never below zero."""
@@ -145,8 +146,10 @@ def test_concurrent_render_calls_on_a_balance_that_covers_one(tmp_path, shared_d
     from veil.jobs.keys import create_key
 
     data_dir = tmp_path / "data"
-    with veil_server(data_dir, env={"VEIL_RENDER_PRICE_FRACTION": "1", "VEIL_API_RATE_LIMIT": "1000/second"}) as base:
-        engine, db = open_database(f"sqlite:///{data_dir / 'veil.db'}")
+    url = database_url_for(data_dir) or f"sqlite:///{data_dir / 'veil.db'}"  # PostgreSQL in the second run
+    env = {"VEIL_RENDER_PRICE_FRACTION": "1", "VEIL_API_RATE_LIMIT": "1000/second", "VEIL_DATABASE_URL": url}
+    with veil_server(data_dir, env=env) as base:
+        engine, db = open_database(url)
         key, row = create_key(db, 3)
         jobs = []
         for _ in range(3):
@@ -200,6 +203,7 @@ def test_concurrent_render_calls_on_a_balance_that_covers_one(tmp_path, shared_d
 
 
 @pytest.mark.slow
+@pytest.mark.both_databases
 def test_the_seed_client_unchanged_sits_through_review(tmp_path, shared_data, detection_models, monkeypatch):
     """`review: true` with the seed's sample client running in a thread: it keeps polling (job_status 0) while
     the job awaits review, and downloads the rendered output once a reviewer's render call went through."""
@@ -209,8 +213,9 @@ def test_the_seed_client_unchanged_sits_through_review(tmp_path, shared_data, de
     from veil.jobs.keys import create_key
 
     data_dir = tmp_path / "data"
-    with veil_server(data_dir) as base:
-        engine, db = open_database(f"sqlite:///{data_dir / 'veil.db'}")
+    url = database_url_for(data_dir) or f"sqlite:///{data_dir / 'veil.db'}"  # PostgreSQL in the second run
+    with veil_server(data_dir, env={"VEIL_DATABASE_URL": url}) as base:
+        engine, db = open_database(url)
         key, _ = create_key(db, 10)
         engine.dispose()
         monkeypatch.setattr(seed_client, "API_URL", f"{base}/v1")
