@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Test-only infrastructure: Azurite (npm, pinned in package.json), Chromium for browser tests,
 # and the local PostgreSQL/Redis the scaled-out tests use (started if this machine has them stopped).
-# Under CI (the CI variable set) it fails when any of them is still missing afterwards: the tests that need
-# them would only be skipped (and tests/conftest.py turns such skips into failures too).
+# Under CI (CI set, not to "", 0 or false) it fails when any of them is still missing afterwards: the tests
+# that need them would only be skipped (and tests/conftest.py turns such skips into failures too).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# CI set to anything but "", "0" or "false" (any case); the same test as under_ci() in tests/conftest.py
+under_ci() { local ci="${CI:-}"; case "${ci,,}" in "" | 0 | false) return 1 ;; esac; }
 if [ -f package.json ] && [ ! -x node_modules/.bin/azurite-blob ]; then
   npm install --no-audit --no-fund --loglevel=error || echo "test-services: npm install failed" >&2
 fi
@@ -20,7 +22,7 @@ if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/nul
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
     --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
 fi
-if [ -n "${CI:-}" ]; then
+if under_ci; then
   missing=""
   { command -v node >/dev/null && [ -x node_modules/.bin/azurite-blob ]; } || missing+=" Node.js+Azurite"
   [ -x /usr/bin/chromium ] || missing+=" Chromium"

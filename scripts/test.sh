@@ -3,6 +3,8 @@
 # (CI: .ci/run), the service tests then run a second time on PostgreSQL (migrations included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# CI set to anything but "", "0" or "false" (any case); the same test as under_ci() in tests/conftest.py
+under_ci() { local ci="${CI:-}"; case "${ci,,}" in "" | 0 | false) return 1 ;; esac; }
 bash scripts/setup.sh test
 bash scripts/test-services.sh
 subset=""
@@ -17,7 +19,7 @@ SERVICE_TESTS=(tests/test_api_public.py tests/test_keys_credits.py tests/test_wo
                tests/test_review_service.py)
 if ! pg_isready -q -h 127.0.0.1 2>/dev/null; then
   echo "PostgreSQL is not running on 127.0.0.1: the service tests ran on SQLite only" >&2
-  [ -z "${CI:-}" ] || exit 1
+  ! under_ci || exit 1
   exit 0
 fi
 echo "--- the service tests again, on PostgreSQL"

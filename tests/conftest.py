@@ -1,7 +1,7 @@
 """Shared test fixtures.
 
 Real evaluation data lives in ../shared/data (never copied into the repository). Tests that need it, or a
-service, package or tool that is missing, skip with a reason; under CI (the CI variable set) every skip
+service, package or tool that is missing, skip with a reason; under CI (CI set, not to "", 0 or false) every skip
 fails the run but the reviewed ones in CI_ALLOWED_SKIPS (pytest_runtest_makereport below).
 """
 
@@ -27,10 +27,16 @@ CI_ALLOWED_SKIPS = {
 }
 
 
+def under_ci() -> bool:
+    """The CI variable set to anything but "", "0" or "false" (any case): CI=false is not CI (the same test as
+    under_ci in scripts/test.sh and scripts/test-services.sh)."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
 def _no_skip_under_ci(report, nodeid: str) -> None:
     """Under CI a skip that is not in CI_ALLOWED_SKIPS becomes a failure: a missing service, package or data
     set must not leave the run green with the tests that need it unrun."""
-    if report.skipped and os.environ.get("CI") and nodeid not in CI_ALLOWED_SKIPS and not hasattr(report, "wasxfail"):
+    if report.skipped and under_ci() and nodeid not in CI_ALLOWED_SKIPS and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CI (only CI_ALLOWED_SKIPS in tests/conftest.py may be): {reason}"
