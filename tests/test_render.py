@@ -5,6 +5,7 @@ thresholds, removed and kept candidates, added boxes and spans and removed track
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 CROWD = "facemask_faces/images/test_shutterstock_289132226.jpg"
 CAR_CLIP = "videos/intel_car-detection.mp4"
+VAN = "openalpr_plates/images/eu_test_084.jpg"  # a plate, and a driver's face behind the windscreen
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,60 @@ def test_anonymize_and_detect_then_render_give_the_same_video(clip, tmp_path):
     assert len(one) == len(two) == len(report.frames)
     assert all(np.array_equal(a, b) for a, b in zip(one, two))
     assert any(len(f.detections.kind(PLATE)) for f in report.frames)  # the clip has something to blur
+
+
+def _veil(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """The real `veil` command of this environment, with `env` on top of ours."""
+    veil = Path(sys.executable).with_name("veil")
+    return subprocess.run([str(veil), *args], capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+
+
+def _detect_render_anonymize(src: Path, tmp_path: Path) -> tuple[Path, Path, dict]:
+    """`veil detect SRC --candidates --json DOC` then `veil render SRC DOC -o rendered/`, and `veil anonymize
+    SRC -o anonymized/ --report`: the two outputs and the per-file report."""
+    doc = tmp_path / "src.doc"
+    for args in (
+        ("detect", str(src), "--candidates", "--json", str(doc)),
+        ("render", str(src), str(doc), "-o", str(tmp_path / "rendered")),
+        ("anonymize", str(src), "-o", str(tmp_path / "anonymized"), "--report", str(tmp_path / "report.json")),
+    ):
+        out = _veil(*args)
+        assert out.returncode == 0, (args, out.stderr)
+        assert "Traceback" not in out.stderr
+    [summary] = json.loads((tmp_path / "report.json").read_text())["files"]
+    return tmp_path / "rendered" / src.name, tmp_path / "anonymized" / src.name, summary
+
+
+def test_the_cli_detect_then_render_gives_anonymize_s_photo_byte_for_byte(shared_data, detection_models, tmp_path):
+    """A real photo with a face (the van's driver, behind the windscreen) and a plate, through the real
+    command: `detect --candidates` + `render` writes the same bytes as `anonymize`, which drew both kinds."""
+    src = tmp_path / "van.jpg"
+    src.write_bytes((shared_data / VAN).read_bytes())
+    rendered, anonymized, summary = _detect_render_anonymize(src, tmp_path)
+    assert summary["faces"]["regions"] >= 1 and summary["plates"]["regions"] >= 1, summary
+    assert rendered.read_bytes() == anonymized.read_bytes()
+    assert not np.array_equal(_pixels(anonymized), _pixels(src))
+
+
+def test_the_cli_detect_then_render_gives_anonymize_s_video_frame_for_frame(shared_data, detection_models, tmp_path):
+    """2 s of the dev car clip (parked cars with readable plates) through the real command: `detect
+    --candidates` + `render` decodes to the same frames as `anonymize`, which blurred plates; and the same
+    render with VEIL_MODEL_DIR an empty folder gives the same frames again."""
+    src = cut_clip(shared_data / CAR_CLIP, tmp_path / "cars.mp4", 2.0, start=15.5)
+    rendered, anonymized, summary = _detect_render_anonymize(src, tmp_path)
+    one, two, source = _frames(anonymized), _frames(rendered), _frames(src)
+    assert len(one) == len(two) == len(source) == summary["frames"] > 0
+    assert all(np.array_equal(a, b) for a, b in zip(one, two))
+    assert summary["plates"]["regions"] >= len(source), summary  # plates were drawn ...
+    assert sum(np.abs(a - s).max() > 64 for a, s in zip(one, source)) >= len(source) // 2  # ... on the pixels
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    out = _veil("render", str(src), str(tmp_path / "src.doc"), "-o", str(tmp_path / "bare"), VEIL_MODEL_DIR=str(empty))
+    assert out.returncode == 0, out.stderr
+    assert all(np.array_equal(a, b) for a, b in zip(_frames(tmp_path / "bare" / src.name), one))
+    assert len(_frames(tmp_path / "bare" / src.name)) == len(one)
+    refused = _veil("detect", str(src), "--json", str(tmp_path / "x.json"), VEIL_MODEL_DIR=str(empty))
+    assert refused.returncode != 0  # the folder really holds no model
 
 
 def test_render_runs_with_the_model_directory_empty(crowd, tmp_path):
@@ -241,8 +297,6 @@ def _noisiest_tile(diff: np.ndarray, untouched: np.ndarray, height: int, width: 
 def test_the_per_file_report_says_where_to_look(crowd, clip, tmp_path):
     """`veil anonymize --report`: drawn regions, and the candidates just under the threshold counted from the
     document; a video's tracks and the longest span its tracker bridged."""
-    import json
-
     from click.testing import CliRunner
 
     from veil.cli import main
