@@ -106,7 +106,10 @@ def test_size_different_from_declared_fails_the_job_before_approval(client):
     r = _create(client, key, file_size=len(data) + 10)  # more than declared is refused by the blob endpoint
     seed_upload(client, r.json()["session_uri"], data)
     job_id = r.json()["job_id"]
-    assert client.post(f"/v1/approve_job/{job_id}", headers={"access_token": key}).status_code == 202
+    approve = client.post(f"/v1/approve_job/{job_id}", headers={"access_token": key})
+    assert approve.status_code == 202  # not a 4xx: the seed's client retries those forever
+    assert approve.json()["detail"].startswith("job not approved (failed): ")  # the reason, in the answer itself
+    assert f"declared {len(data) + 10}" in approve.json()["detail"]
     report = client.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()
     assert report["job_status"] == 200 and f"declared {len(data) + 10}" in report["job_status_description"]
     assert report["credits_charged"] == 0 and report["files_deleted"] is True

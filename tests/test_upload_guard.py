@@ -162,7 +162,10 @@ def test_uploads_never_approved_expire_and_their_files_are_deleted(client):
     report = client.get(f"/v1/job_result/{job_id}", headers={"access_token": key}).json()
     assert report["state"] == "failed" and "not approved within 7 days" in report["job_status_description"]
     assert report["files_deleted"] is True and not client.svc.store.exists(INPUT_CONTAINER, job_id)
-    assert client.post(f"/v1/approve_job/{job_id}", headers={"access_token": key}).status_code == 202
+    approve = client.post(f"/v1/approve_job/{job_id}", headers={"access_token": key})
+    assert approve.status_code == 202  # not a 4xx: the seed's client retries those forever
+    assert approve.json()["detail"].startswith("job not approved (failed): ")  # the reason, in the answer itself
+    assert "not approved within 7 days" in approve.json()["detail"]
     assert _balance(client.svc, key) == 10
     assert client.put(uri, content=data, headers={"x-ms-blob-type": "BlockBlob"}).status_code == 412
 

@@ -137,15 +137,16 @@ def test_direct_upload_of_a_zip_honours_options_that_turn_things_off(api, shared
 
 
 @pytest.mark.parametrize(
-    ("params", "named"),
+    ("params", "loc", "says"),
     [
-        ({"enable_lpp": "True"}, "enable_lpp"),
-        ({"blur_threshold": "2"}, "blur_threshold"),
-        ({"enable_lp": "perhaps"}, "enable_lp"),
-        ({"model": "syn"}, "blur"),
+        ({"enable_lpp": "True"}, "enable_lpp", "unknown parameter"),
+        ({"blur_threshold": "2"}, "blur_threshold", "less than or equal to 1"),
+        ({"enable_lp": "perhaps"}, "enable_lp", "valid boolean"),
+        ({"model": "syn"}, "model", "offers: blur"),
     ],
+    ids=["misspelt option", "value out of range", "not a boolean", "model=syn"],
 )
-def test_a_wrong_option_or_model_is_a_422_naming_it(api, tmp_path, params, named):
+def test_a_wrong_option_or_model_is_a_422_naming_it(api, tmp_path, params, loc, says):
     api_url, key = api
     response = requests.put(
         f"{api_url}/direct_upload/a.jpg",
@@ -156,7 +157,8 @@ def test_a_wrong_option_or_model_is_a_422_naming_it(api, tmp_path, params, named
         timeout=60,
     )
     assert response.status_code == 422, response.text
-    assert named in response.text
+    [error] = response.json()["detail"]  # the shape of every validation error: its loc names the parameter
+    assert error["loc"][-1] == loc and says in error["msg"], error
     assert "job_id" not in response.headers
 
 
