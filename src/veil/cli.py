@@ -73,6 +73,13 @@ def models_install(model_dir: Path | None) -> None:
     "(VEIL_VIDEO_SEGMENT_SECONDS) are split at keyframes and their segments run in parallel.",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Processes anonymizing photos side by side when there are several, each on one core "
+    "(default 0: one per physical core; 1: one photo at a time).",
+)
+@click.option(
     "--report",
     "report_out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -86,11 +93,13 @@ def anonymize(
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     jobs: int,
+    workers: int,
     report_out: Path | None,
     **kwargs,
 ) -> None:
     """Anonymize images, videos, folders of them and archives (zip, tar, 7z, rar) into OUTPUT_DIR."""
     from .batch import Batch, Options, exit_on_signals, find_inputs
+    from .engine.runtime import physical_cores
 
     config, _ = split_config(kwargs)
     settings = _settings()
@@ -101,6 +110,7 @@ def anonymize(
         settings.video_segment_seconds,
         report_out is not None,
         settings.detections_floor,
+        workers or physical_cores(),
     )
     batch = Batch(output_dir, options)
     with exit_on_signals():

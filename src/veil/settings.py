@@ -112,9 +112,19 @@ def load(cls: type[_S] = None, **values) -> _S:  # type: ignore[assignment]
         raise SettingsError("; ".join(lines)) from None
 
 
+_ENGINE_OVERRIDES: dict[str, object] = {}
+
+
 def engine_settings() -> EngineSettings:
-    """The engine's settings as the environment gives them now; a bad value raises naming the setting."""
-    return load(EngineSettings)
+    """The engine's settings as the environment gives them now (under this process's overrides); a bad value
+    raises naming the setting."""
+    return load(EngineSettings, **_ENGINE_OVERRIDES)
+
+
+def override_engine_settings(**values: object) -> None:
+    """Engine settings for this process only, over the environment's (a photo worker process of `veil
+    anonymize` runs ONNX Runtime on one thread)."""
+    _ENGINE_OVERRIDES.update(values)
 
 
 class Settings(EngineSettings):
