@@ -233,18 +233,26 @@ def _wait(dep: Deployment, key: str, job_id: str, until, seconds: float) -> dict
     return report
 
 
-def _runner(dep: Deployment, job_id: str) -> str:
-    """The worker whose log says it started the job most recently (the line may reach the file a moment after
-    the job's progress reaches the database)."""
+def _runner(dep: Deployment, job_id: str, since: dict[str, int] | None = None) -> str:
+    """The worker whose log says it started the job most recently, by the time the line carries (offsets in
+    two logs say nothing about which came first); only lines after `since` (log lengths) count. The line may
+    reach the file a moment after the job's progress reaches the database."""
     deadline = time.monotonic() + 15
     while True:
-        starts = {name: dep.log(name).rfind(f"job {job_id}: started by") for name in ("worker-1", "worker-2")}
-        name, at = max(starts.items(), key=lambda item: item[1])
-        if at >= 0 or time.monotonic() > deadline:
+        starts = {}
+        for name in ("worker-1", "worker-2"):
+            lines = [
+                line
+                for line in dep.log(name)[(since or {}).get(name, 0) :].splitlines()
+                if f"job {job_id}: started by" in line
+            ]
+            if lines:
+                starts[name] = lines[-1][:23]  # "2026-12-07 17:33:46,364"
+        if starts or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert at >= 0, f"no worker started {job_id}"
-    return name
+    assert starts, f"no worker started {job_id}"
+    return max(starts, key=lambda name: starts[name])
 
 
 def _both_workers(dep: Deployment) -> None:
@@ -379,6 +387,7 @@ def test_kill_9_of_a_worker_mid_render(deployment, shared_data, tmp_path):
     done = _wait(deployment, key, job_id, lambda r: r["job_status"] in (100, 200), 300)
     assert done["job_status"] == 100 and done["tasks"][0]["detections_link"], done
     first_link = done["tasks"][0]["download_link"]
+    before_render = {name: len(deployment.log(name)) for name in ("worker-1", "worker-2")}
     r = requests.post(
         f"{deployment.api_url}/render_job/{job_id}",
         headers={"access_token": key},
@@ -389,10 +398,15 @@ def test_kill_9_of_a_worker_mid_render(deployment, shared_data, tmp_path):
     _wait(deployment, key, job_id, lambda r: 0 < r["job_status"] < 100, 120)
     with requests.get(first_link, timeout=60) as old:
         assert old.status_code == 200  # the previous output while the render runs
-    victim = _runner(deployment, job_id)
+    victim = _runner(deployment, job_id, since=before_render)  # the render's worker, not the first run's
+    survivor = "worker-2" if victim == "worker-1" else "worker-1"
+    seen = len(deployment.log(survivor))
     deployment.kill(victim)
     report = _wait(deployment, key, job_id, lambda r: r["job_status"] in (100, 200), 180)
     assert report["job_status"] == 100, report
+    # the render was cut off by the kill: the survivor took it up afterwards (a render finished before the kill
+    # would not be started again)
+    assert f"job {job_id}: started by" in deployment.log(survivor)[seen:], deployment.log(survivor)[seen:][-2000:]
     assert report["tasks"][0]["download_link"] != first_link and len(_outputs(deployment, job_id)) == 1
     engine, db = open_database(deployment.env["VEIL_DATABASE_URL"])
     try:
