@@ -24,4 +24,4 @@ if ! pg_isready -q -h 127.0.0.1 2>/dev/null; then
 fi
 echo "--- the service tests again, on PostgreSQL"
 VEIL_TEST_DATABASE_URL="${VEIL_TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/test}" \
-  exec .venv/bin/python -m pytest "$@" -m "not slow" "${SERVICE_TESTS[@]}"
+  exec .venv/bin/python -m pytest "$@" -m "not slow or both_databases" "${SERVICE_TESTS[@]}"
