@@ -15,12 +15,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from _archives import write_archive
 from test_video import make_clip
-from veil.cli import main
 
 VEIL = Path(sys.executable).parent / "veil"
 FACES = "dlib_faces/images/dlib_2008_001322.jpg"  # 500 x 375, three faces
@@ -50,15 +48,27 @@ def test_archives_give_one_output_per_member_and_are_never_read_as_media(detecti
     with zipfile.ZipFile(photos / "stored.zip", "w", zipfile.ZIP_STORED) as z:  # what FFmpeg read as a slideshow
         for name, data in _members(photos):
             z.writestr(name, data)
+    with zipfile.ZipFile(photos / "deflated.zip", "w", zipfile.ZIP_DEFLATED) as z:  # was "not an image"
+        for name, data in _members(photos):
+            z.writestr(name, data)
     write_archive(photos / "pics.tar.gz", "tar.gz", _members(photos))
     write_archive(photos / "bad.zip", "zip", [("a/faces.jpg", (photos / "faces.jpg").read_bytes())])
-    result = _veil("anonymize", "stored.zip", "pics.tar.gz", "bad.zip", *NO_PLATES, "-o", "out", cwd=photos)
+    result = _veil(
+        "anonymize", "stored.zip", "deflated.zip", "pics.tar.gz", "bad.zip", *NO_PLATES, "-o", "out", cwd=photos
+    )
     assert result.returncode == 1
     assert "error: bad.zip: 'a/faces.jpg': is inside a folder" in result.stderr  # the service's archive rules
     assert "Traceback" not in result.stderr
     outputs = sorted(p.relative_to(photos / "out").as_posix() for p in (photos / "out").rglob("*") if p.is_file())
-    assert outputs == ["pics/faces.jpg", "pics/tall.jpg", "stored/faces.jpg", "stored/tall.jpg"]
-    for folder in ("pics", "stored"):
+    assert outputs == [
+        "deflated/faces.jpg",
+        "deflated/tall.jpg",
+        "pics/faces.jpg",
+        "pics/tall.jpg",
+        "stored/faces.jpg",
+        "stored/tall.jpg",
+    ]
+    for folder in ("deflated", "pics", "stored"):
         for name, size in (("faces.jpg", (500, 375)), ("tall.jpg", (360, 480))):
             with Image.open(photos / "out" / folder / name) as image:
                 assert (image.format, image.size) == ("JPEG", size)
@@ -166,22 +176,24 @@ def test_the_bar_moves_through_each_file_and_counts_regions_in_words(detection_m
     assert "/s" not in single.stderr and "/s" not in result.stderr  # no "1895%/s"
 
 
-def test_option_errors_name_what_the_user_typed(tmp_path):
-    runner = CliRunner()
-    detect_help = runner.invoke(main, ["detect", "--help"]).output
+def test_option_errors_name_what_the_user_typed(photos):
+    """Through the real command, on a real photo: help shows only the options that do something there, and a
+    misspelt --config key, an out-of-range flag and a missing --config file each get a one-line usage error."""
+    detect_help = _veil("detect", "--help", cwd=photos).stdout
     assert "--blur-threshold" in detect_help
     assert "--style" not in detect_help and "--video-crf" not in detect_help
-    assert "--style" in runner.invoke(main, ["anonymize", "--help"]).output
-    photo, out = str(tmp_path / "a.jpg"), str(tmp_path / "out")
-    Path(photo).write_bytes(b"\xff\xd8\xff")
-    typo = runner.invoke(main, ["anonymize", photo, "-o", out, "--config", '{"blur_treshold": 0.3}'])
-    assert typo.exit_code == 2
-    assert "unknown key 'blur_treshold', did you mean 'blur_threshold'?" in typo.output
-    flag = runner.invoke(main, ["anonymize", photo, "-o", out, "--blur-threshold", "1.5"])
-    assert flag.exit_code == 2 and "'--blur-threshold'" in flag.output and "--config" not in flag.output
-    missing = runner.invoke(main, ["anonymize", photo, "-o", out, "--config", str(tmp_path / "missing.json")])
-    assert missing.exit_code == 2
-    assert "missing.json' does not exist" in missing.output and "not valid JSON" not in missing.output
+    assert "--style" in _veil("anonymize", "--help", cwd=photos).stdout
+    typo = _veil("anonymize", "faces.jpg", "-o", "out", "--config", '{"blur_treshold": 0.3}', cwd=photos)
+    assert typo.returncode == 2
+    assert "unknown key 'blur_treshold', did you mean 'blur_threshold'?" in typo.stderr
+    flag = _veil("anonymize", "faces.jpg", "-o", "out", "--blur-threshold", "1.5", cwd=photos)
+    assert flag.returncode == 2 and "'--blur-threshold'" in flag.stderr and "--config" not in flag.stderr
+    missing = _veil("anonymize", "faces.jpg", "-o", "out", "--config", "missing.json", cwd=photos)
+    assert missing.returncode == 2
+    assert "missing.json' does not exist" in missing.stderr and "not valid JSON" not in missing.stderr
+    for result in (typo, flag, missing):
+        assert "Traceback" not in result.stderr
+    assert not (photos / "out").exists()  # nothing was written
 
 
 # ----------------------------------------------------------------------------- 6. python -m veil
