@@ -70,6 +70,7 @@ class Batch:
     summaries: list[dict] = field(default_factory=list)
     _written: set[Path] = field(default_factory=set)
     _several: bool = False  # more than one file in this run: photos go to the workers
+    _ordered: list[tuple[float, dict]] = field(default_factory=list)  # summaries by the file's place in the run
 
     def run(self, inputs: list[tuple[Path, str, bool]]) -> None:
         """`inputs` from `find_inputs`: (file, its path under the output folder, found in a folder)."""
@@ -88,6 +89,7 @@ class Batch:
                 else:
                     self._file(src, str(src), self.output_dir / rel, unit, 1.0, walked)
             self._collect(everything=True)
+        self.summaries = [summary for _, summary in sorted(self._ordered, key=lambda item: item[0])]
 
     def _archive(self, src: Path, dst: Path, unit: int) -> None:
         from .jobs.archive import ArchiveError, expand_archive
@@ -130,7 +132,7 @@ class Batch:
             return
         self._written.add(dst)  # claimed now (a photo in a worker), given back if it fails
         if self._several and self._photos.workers > 1 and not _is_video(src):
-            self._photos.submit(anonymize_one, (src, dst, self.options), (label, dst, walked, start + share))
+            self._photos.submit(anonymize_one, (src, dst, self.options), (label, dst, walked, start, share))
             self._collect()
             return
         try:
@@ -138,22 +140,22 @@ class Batch:
         except Exception as exc:  # noqa: BLE001 - said in one line; the other files still run
             self._failed(label, walked, exc, dst)
             return
-        self._succeeded(label, dst, outcome)
+        self._succeeded(label, dst, outcome, start)
 
     def _collect(self, everything: bool = False) -> None:
-        for (label, dst, walked, end), future in self._photos.finished(everything):
+        for (label, dst, walked, start, share), future in self._photos.finished(everything):
             try:
                 outcome = future.result()
             except Exception as exc:  # noqa: BLE001 - as above, from a worker process
                 self._failed(label, walked, exc, dst)
                 continue
-            self._bar.reach(end)
-            self._succeeded(label, dst, outcome)
+            self._bar.reach(start + share)
+            self._succeeded(label, dst, outcome, start)
 
-    def _succeeded(self, label: str, dst: Path, outcome: tuple[int, list[str], dict | None]) -> None:
+    def _succeeded(self, label: str, dst: Path, outcome: tuple[int, list[str], dict | None], order: float) -> None:
         count, notes, summary = outcome
-        if summary is not None:
-            self.summaries.append({"file": label, "output": str(dst), **summary})
+        if summary is not None:  # in the order of the inputs, whichever worker finished first
+            self._ordered.append((order, {"file": label, "output": str(dst), **summary}))
         tqdm.write(f"{label} -> {dst} ({regions(count)} redacted)")
         for note in notes:
             tqdm.write(f"  note: {note}")
