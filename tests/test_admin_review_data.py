@@ -198,7 +198,7 @@ def _walkers(path, frames: int = 160, version_one: bool = False, sort_keys: bool
 
 
 def test_a_document_holds_the_tracks_a_render_finds(tmp_path):
-    from veil.engine.render import track_candidates
+    from veil.engine.render import run_tracker, track_candidates
 
     doc = tmp_path / "doc.gz"
     _walkers(doc)
@@ -208,8 +208,9 @@ def test_a_document_holds_the_tracks_a_render_finds(tmp_path):
     for f, n, t in zip(index.frame, index.n, index.track):
         if t:
             written.setdefault(int(t), set()).add(f"{f}.{n}")
-    found = track_candidates(doc)
+    found = run_tracker(doc)
     assert len(found) > 6 and written == found  # the tracker's own numbers, candidate for candidate
+    assert track_candidates(doc) == found  # what remove_track takes, read from the document
     assert len(index.lanes) == len(found) and any(len(lane["runs"]) > 1 for lane in index.lanes)
 
 

@@ -11,7 +11,7 @@ The format (version 2, `docs/detections.md`) is gzip-compressed JSON lines, writ
   detector skipped the frame (the tracker bridges it); candidate `n` of frame `i` has the id `"i.n"`; `lm`
   holds face landmarks; `t` (a video, version 2) the track of each candidate as a render at the document's own
   config numbers them (0: none; absent: none on this frame), an index for the review pages. Version 1 has
-  no `t`: its tracks are found by running the tracker over the document (`veil.engine.render.track_candidates`).
+  no `t`: its tracks are found by running the tracker over the document (`veil.engine.render.run_tracker`).
 * edit lines, appended later as gzip members of their own (the candidates are never rewritten):
   `{"edit": {"op": ..., "by": who, "at": ISO time, ...}}`, see `Edit`.
 """
@@ -157,7 +157,7 @@ class DocumentWriter:
 
 class TrackNumbers:
     """The track of each candidate of a video, as a render at the document's own config numbers them
-    (`veil.engine.render.track_candidates` runs the same tracker over a whole document): fed frame by frame,
+    (`veil.engine.render.run_tracker` runs the same tracker over a whole document): fed frame by frame,
     as the document is written. A candidate's track is decided in its own frame, so each frame's numbers are
     final at once."""
 

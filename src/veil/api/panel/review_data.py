@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ...engine.document import EDITS, Header, read_arrays
-from ...engine.render import track_candidates
+from ...engine.render import run_tracker
 
 NEAR = 0.2  # "just below the threshold": within this of it (the per-file report's below_threshold)
 MAX_LANES = 300  # the timeline's lanes: the longest tracks (a synthetic worst case has tens of thousands)
@@ -140,10 +140,10 @@ class DocIndex:
         return index
 
     def _find_tracks(self, doc: Path) -> None:
-        """A version 1 document's tracks: the tracker run over it (`track_candidates`)."""
+        """A version 1 document's tracks: the tracker run over it (`run_tracker`)."""
         first = np.r_[0, np.cumsum(np.bincount(self.frame, minlength=self.frames))]  # row of "i.0"
         track = np.zeros(len(self.frame), np.int32)
-        for track_id, ids in track_candidates(doc).items():
+        for track_id, ids in run_tracker(doc).items():
             rows = [first[int(i)] + int(k) for i, k in (c.split(".") for c in ids)]
             track[rows] = track_id
         self.track, self.lanes = track, _lanes(self.frame, track, self.table[:, 0])
