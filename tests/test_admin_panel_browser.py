@@ -7,7 +7,6 @@ the one before (the key it created, the job it ran).
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -21,12 +20,13 @@ import seed_client
 from _browser import browser  # noqa: F401  (a fixture)
 from _live_server import CHROMIUM, veil_command, veil_server
 from _service_helpers import jpeg_bytes
+from conftest import under_ci
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
 pytestmark = [
     pytest.mark.timeout(600),
     pytest.mark.skipif(
-        not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+        not Path(CHROMIUM).exists() and not under_ci(),
         reason="Debian's chromium is not installed (scripts/test-services.sh does it)",
     ),
 ]

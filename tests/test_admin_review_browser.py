@@ -25,13 +25,14 @@ from PIL import Image
 import seed_client
 from _browser import browser  # noqa: F401  (a fixture)
 from _live_server import CHROMIUM, veil_command, veil_server
+from conftest import under_ci
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
 expect = playwright_api.expect
 pytestmark = [
     pytest.mark.timeout(600),
     pytest.mark.skipif(
-        not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+        not Path(CHROMIUM).exists() and not under_ci(),
         reason="Debian's chromium is not installed (scripts/test-services.sh does it)",
     ),
 ]

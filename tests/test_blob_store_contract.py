@@ -18,6 +18,7 @@ import pytest
 import requests
 from fastapi import FastAPI
 
+from conftest import under_ci
 from veil.api.blob import create_blob_router
 from veil.storage.base import BlobNotFoundError, BlobStore
 from veil.storage.local import LocalBlobStore
@@ -43,7 +44,7 @@ def azurite_store() -> Iterator[BlobStore]:
     pytest.importorskip("azure.storage.blob")
     binary = azurite_binary()
     if binary is None:
-        if os.environ.get("CI"):
+        if under_ci():
             pytest.fail("node is required under CI to run Azurite")
         pytest.skip("node is not installed: cannot run Azurite for the AzureBlobStore contract")
     from veil.storage.azure import AzureBlobStore

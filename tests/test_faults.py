@@ -39,6 +39,7 @@ from sqlalchemy import select
 
 import seed_client
 from _service_helpers import padded_jpeg, settings_for
+from conftest import under_ci
 from test_scaleout import PG_SERVER, Deployment, _blobs, _clip, _report, _session, _submit, _wait
 from test_segments import _TINY_SEGMENTS, _video_job
 from test_video import make_clip
@@ -179,7 +180,7 @@ class _Local(Deployment):
 @pytest.fixture(scope="module")
 def local(tmp_path_factory, detection_models) -> Iterator[tuple[_Local, _Books]]:
     if os.geteuid() != 0:
-        if os.environ.get("CI"):
+        if under_ci():
             pytest.fail("the full-disk tests mount a tmpfs and must run as root under CI")
         pytest.skip("mounting a small tmpfs as the data dir needs root")
     root = tmp_path_factory.mktemp("faults-local")
