@@ -113,3 +113,37 @@ def test_a_signal_mid_batch_ends_it_cleanly(detection_models, folder, tmp_path, 
     for path in outputs:  # every output written whole
         with Image.open(path) as image:
             image.load()
+
+
+def test_a_worker_killed_mid_batch_costs_only_a_retry(detection_models, folder, tmp_path):
+    """kill -9 of a photo worker (the out-of-memory killer's way): the pool breaks, the photos then in hand are
+    tried once more in a new one, and every photo is written, byte for byte as one at a time writes it."""
+    for n in range(3):
+        for photo in list(folder.glob("*.jpg")):
+            shutil.copy(photo, folder / f"{photo.stem}-{n}.jpg")
+    for broken in folder.glob("broken*.jpg"):
+        broken.unlink()
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [str(VEIL), "anonymize", str(folder), "-o", str(out), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while not list(out.rglob("*.jpg")) and process.poll() is None:
+            time.sleep(0.02)
+        written_before = len(list(out.rglob("*.jpg")))
+        victim = next(c for c in psutil.Process(process.pid).children() if "spawn_main" in " ".join(c.cmdline()))
+        victim.kill()
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    photos = sorted(p.relative_to(folder) for p in folder.rglob("*.jpg"))
+    assert process.returncode == 0 and "Traceback" not in stderr and "error:" not in stderr, stderr
+    assert written_before < len(photos)  # the kill came mid-batch
+    assert sorted(p.relative_to(out) for p in out.rglob("*.jpg")) == photos
+    again = _run(folder, tmp_path / "one", "1")[0]
+    assert again.returncode == 0, again.stderr
+    for rel in photos:
+        assert (out / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes(), rel

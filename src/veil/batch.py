@@ -13,7 +13,8 @@
 - **Photos side by side**: with more than one input, photos are anonymized in `workers` processes (default:
   one per physical core), each running ONNX Runtime on one thread: two single-threaded processes do about
   1.6 times the photos a second of one process on two threads (`bench/bench_photos.py`). Videos run one at a
-  time in this process (their pipeline keeps the cores busy itself).
+  time in this process (their pipeline keeps the cores busy itself). A worker that dies (killed, out of memory)
+  breaks the pool: a new one takes the photos then in hand once more, and the rest.
 - **Signals**: SIGTERM unwinds like Ctrl-C, so no temporary `.NAME.<hex>.part` file is left behind; the
   exit status is 130 after SIGINT, 143 after SIGTERM. Photo workers ignore both and finish the photo in hand
   (an output is written whole or not at all); the photos not yet started are not.
@@ -28,6 +29,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +134,7 @@ class Batch:
             return
         self._written.add(dst)  # claimed now (a photo in a worker), given back if it fails
         if self._several and self._photos.workers > 1 and not _is_video(src):
-            self._photos.submit(anonymize_one, (src, dst, self.options), (label, dst, walked, start, share))
+            self._photos.submit(anonymize_one, (src, dst, self.options), (label, src, dst, walked, start, share, 0))
             self._collect()
             return
         try:
@@ -143,14 +145,25 @@ class Batch:
         self._succeeded(label, dst, outcome, start)
 
     def _collect(self, everything: bool = False) -> None:
-        for (label, dst, walked, start, share), future in self._photos.finished(everything):
-            try:
-                outcome = future.result()
-            except Exception as exc:  # noqa: BLE001 - as above, from a worker process
-                self._failed(label, walked, exc, dst)
-                continue
-            self._bar.reach(start + share)
-            self._succeeded(label, dst, outcome, start)
+        """Report the photos the workers finished (`everything`: wait for all, retries included)."""
+        while finished := self._photos.finished(everything):
+            for (label, src, dst, walked, start, share, tries), future in finished:
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:  # a worker died (killed, out of memory): the photos then in hand, again
+                    if tries:
+                        self._failed(label, walked, RuntimeError("its worker process died twice (out of memory?)"), dst)
+                    else:
+                        retry = (label, src, dst, walked, start, share, 1)
+                        self._photos.submit(anonymize_one, (src, dst, self.options), retry)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - as above, from a worker process
+                    self._failed(label, walked, exc, dst)
+                    continue
+                self._bar.reach(start + share)
+                self._succeeded(label, dst, outcome, start)
+            if not everything:
+                return
 
     def _succeeded(self, label: str, dst: Path, outcome: tuple[int, list[str], dict | None], order: float) -> None:
         count, notes, summary = outcome
@@ -221,9 +234,14 @@ class _Photos:
         self._pending: dict[Future, tuple] = {}
 
     def submit(self, fn, args: tuple, context: tuple) -> None:
-        if self._pool is None:
-            spawn = multiprocessing.get_context("spawn")  # not fork: this process may hold threads already
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=spawn, initializer=_photo_worker)
+        if self._pool is not None:
+            try:
+                self._pending[self._pool.submit(fn, *args)] = context
+                return
+            except BrokenProcessPool:  # a worker died: a new pool takes this photo and those after it
+                self._pool.shutdown(wait=False)
+        spawn = multiprocessing.get_context("spawn")  # not fork: this process may hold threads already
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=spawn, initializer=_photo_worker)
         self._pending[self._pool.submit(fn, *args)] = context
 
     def finished(self, everything: bool = False) -> list[tuple[tuple, Future]]:
