@@ -83,12 +83,17 @@ def test_photos_side_by_side_give_what_one_at_a_time_gives(detection_models, fol
         assert (tmp_path / "two" / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes(), rel
 
 
-@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["Ctrl-C", "SIGTERM"])
-def test_a_signal_mid_batch_ends_it_cleanly(detection_models, folder, tmp_path, sig, status):
-    for n in range(3):  # enough photos that the batch is still running when the signal comes
+def _more_photos(folder: Path) -> None:
+    """The good photos copied until there are 40 in the top folder: a batch long enough to act on mid-way."""
+    (folder / "broken.jpg").unlink()
+    for n in range(3):
         for photo in list(folder.glob("*.jpg")):
             shutil.copy(photo, folder / f"{photo.stem}-{n}.jpg")
-    (folder / "broken.jpg").unlink()
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["Ctrl-C", "SIGTERM"])
+def test_a_signal_mid_batch_ends_it_cleanly(detection_models, folder, tmp_path, sig, status):
+    _more_photos(folder)
     out = tmp_path / "out"
     process = subprocess.Popen(
         [str(VEIL), "anonymize", str(folder), "-o", str(out), "--workers", "2"],
@@ -118,11 +123,7 @@ def test_a_signal_mid_batch_ends_it_cleanly(detection_models, folder, tmp_path, 
 def test_a_worker_killed_mid_batch_costs_only_a_retry(detection_models, folder, tmp_path):
     """kill -9 of a photo worker (the out-of-memory killer's way): the pool breaks, the photos then in hand are
     tried once more in a new one, and every photo is written, byte for byte as one at a time writes it."""
-    for n in range(3):
-        for photo in list(folder.glob("*.jpg")):
-            shutil.copy(photo, folder / f"{photo.stem}-{n}.jpg")
-    for broken in folder.glob("broken*.jpg"):
-        broken.unlink()
+    _more_photos(folder)
     out = tmp_path / "out"
     process = subprocess.Popen(
         [str(VEIL), "anonymize", str(folder), "-o", str(out), "--workers", "2"],

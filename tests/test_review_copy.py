@@ -13,8 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from _service_helpers import new_key, seed_upload, settings_for
+from _service_helpers import new_key, settings_for
 from test_admin_auth import PASSWORD, _sign_in
+from test_review_service import _job
 from veil.api.app import create_app
 from veil.api.panel import review
 from veil.engine import review_copy
@@ -55,16 +56,9 @@ def panel(tmp_path, detection_models):
 
 
 def _video_job(http, key: str, data: bytes, config: dict) -> str:
-    r = http.post(
-        "/v1/create_upload_session",
-        headers={"access_token": key},
-        json={"file_name": "clip.mp4", "file_size": len(data), "model_config": config},
-    )
-    assert r.status_code == 200, r.text
-    seed_upload(http, r.json()["session_uri"], data)
-    assert http.post(f"/v1/approve_job/{r.json()['job_id']}", headers={"access_token": key}).status_code == 200
-    process_job(r.json()["job_id"], http.svc)
-    return r.json()["job_id"]
+    job_id = _job(http, key, data, config, file_name="clip.mp4")
+    process_job(job_id, http.svc)
+    return job_id
 
 
 def test_a_review_job_stores_its_videos_review_copy_and_the_page_serves_frames_from_it(panel, tmp_path, monkeypatch):

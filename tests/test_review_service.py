@@ -30,11 +30,12 @@ def client(tmp_path, detection_models):
         yield http
 
 
-def _job(http, key: str, data: bytes, config: dict) -> str:
+def _job(http, key: str, data: bytes, config: dict, file_name: str = "photo.jpg") -> str:
+    """An approved job of `data` (not yet processed)."""
     r = http.post(
         "/v1/create_upload_session",
         headers={"access_token": key},
-        json={"file_name": "photo.jpg", "file_size": len(data), "model_config": config},
+        json={"file_name": file_name, "file_size": len(data), "model_config": config},
     )
     assert r.status_code == 200, r.text
     seed_upload(http, r.json()["session_uri"], data)
