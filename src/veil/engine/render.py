@@ -244,8 +244,7 @@ def track_candidates(doc: Path) -> dict[int, set[str]]:
     arrays = read_arrays(doc)
     if arrays.header.version < 2:
         return run_tracker(doc)
-    frame = np.repeat(np.arange(len(arrays.counts)), arrays.counts)
-    n = np.arange(len(frame)) - np.repeat(np.cumsum(arrays.counts) - arrays.counts, arrays.counts)
+    frame, n = arrays.positions()
     found: dict[int, set[str]] = {}
     for i in np.flatnonzero(arrays.tracks):
         found.setdefault(int(arrays.tracks[i]), set()).add(f"{frame[i]}.{n[i]}")

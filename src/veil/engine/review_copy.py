@@ -42,6 +42,7 @@ class ReviewCopyWriter:
 
     def __init__(self, folder: Path, on_part: Callable[[int, Path, int], None] | None = None) -> None:
         self.folder, self.on_part = Path(folder), on_part
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.frames = 0
         self._out: av.container.OutputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None

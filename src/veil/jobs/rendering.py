@@ -85,8 +85,6 @@ def _detect_file(
     """Detect one file into its stored document (and a video's review copy, where its keyframes lie far
     apart: the review page's frames come from it); returns the task's new values."""
     writer = ReviewCopyWriter(copy) if media_kind(path) == "video" and worth_copying(path) else None
-    if writer is not None:
-        copy.mkdir(parents=True, exist_ok=True)
     limits = MediaLimits.from_settings(svc.settings)
     try:
         report = detect_document(path, doc, config, progress, limits, svc.settings.detections_floor, writer)

@@ -114,8 +114,8 @@ class DocIndex:
     def load(cls, doc: Path, tracks_in_background: bool = True) -> DocIndex:
         read = read_arrays(doc)
         header, counts, rows, track = read.header, read.counts, read.table, read.tracks
-        frame = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
-        n = (np.arange(len(frame)) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int16)
+        frame, n = read.positions()
+        n = n.astype(np.int16)
         index = cls(
             header,
             len(counts),
