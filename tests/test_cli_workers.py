@@ -40,27 +40,39 @@ def folder(shared_data, tmp_path) -> Path:
     return root
 
 
+def _start(folder: Path, out: Path, workers: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(VEIL), "anonymize", str(folder), "-o", str(out), "--workers", workers],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def _photo_workers(process: subprocess.Popen) -> list[psutil.Process]:
+    return [c for c in psutil.Process(process.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+
+
+def _until_first_output(process: subprocess.Popen, out: Path) -> None:
+    while not list(out.rglob("*.jpg")) and process.poll() is None:
+        time.sleep(0.02)
+
+
 def _workers_seen(process: subprocess.Popen) -> int:
     """Polls the command until it ends: the most photo worker processes it had at once."""
     most = 0
-    parent = psutil.Process(process.pid)
     while process.poll() is None:
         try:
-            workers = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
+            most = max(most, len(_photo_workers(process)))
         except psutil.Error:
             continue
-        most = max(most, len(workers))
         time.sleep(0.05)
     return most
 
 
 def _run(folder: Path, out: Path, workers: str) -> tuple[subprocess.CompletedProcess, int]:
-    process = subprocess.Popen(
-        [str(VEIL), "anonymize", str(folder), "-o", str(out), "--workers", workers],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _start(folder, out, workers)
     most = _workers_seen(process)
     stdout, stderr = process.communicate(timeout=300)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), most
@@ -95,16 +107,9 @@ def _more_photos(folder: Path) -> None:
 def test_a_signal_mid_batch_ends_it_cleanly(detection_models, folder, tmp_path, sig, status):
     _more_photos(folder)
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [str(VEIL), "anonymize", str(folder), "-o", str(out), "--workers", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal gives it
-    )
+    process = _start(folder, out, "2", start_new_session=True)  # its own process group, as a terminal gives it
     try:
-        while not list(out.rglob("*.jpg")) and process.poll() is None:
-            time.sleep(0.02)  # until the first photo is written
+        _until_first_output(process, out)
         # Ctrl-C reaches the whole group (the workers too); SIGTERM only the command
         os.killpg(process.pid, sig) if sig == signal.SIGINT else process.send_signal(sig)
         _, err = process.communicate(timeout=120)
@@ -125,18 +130,11 @@ def test_a_worker_killed_mid_batch_costs_only_a_retry(detection_models, folder, 
     tried once more in a new one, and every photo is written, byte for byte as one at a time writes it."""
     _more_photos(folder)
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [str(VEIL), "anonymize", str(folder), "-o", str(out), "--workers", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _start(folder, out, "2")
     try:
-        while not list(out.rglob("*.jpg")) and process.poll() is None:
-            time.sleep(0.02)
+        _until_first_output(process, out)
         written_before = len(list(out.rglob("*.jpg")))
-        victim = next(c for c in psutil.Process(process.pid).children() if "spawn_main" in " ".join(c.cmdline()))
-        victim.kill()
+        _photo_workers(process)[0].kill()
         _, stderr = process.communicate(timeout=300)
     finally:
         process.kill()
