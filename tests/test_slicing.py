@@ -74,6 +74,14 @@ def test_fuse_averages_views_of_one_face_and_discounts_lone_boxes():
     assert out_scores[1] == pytest.approx(0.3) and np.isnan(out_marks[1]).all()  # one of two views: halved
 
 
+def test_fuse_counts_per_box_how_many_views_looked():
+    # Two views looked at the first face and found it; four looked at the second, where only two found it.
+    boxes = np.array([[0, 0, 40, 50], [2, 2, 42, 52], [200, 0, 240, 50], [202, 2, 242, 52]], np.float32)
+    scores = np.array([0.6, 0.4, 0.6, 0.4], np.float32)
+    _, out_scores, _ = fuse(boxes, scores, views=np.array([2, 2, 4, 4]))
+    assert out_scores == pytest.approx([0.5, 0.25])
+
+
 def _face_crop(shared_data) -> np.ndarray:
     item = json.loads((shared_data / "dlib_faces" / "labels.json").read_text())["items"][0]
     image = cv2.cvtColor(cv2.imread(str(shared_data / "dlib_faces" / item["file"])), cv2.COLOR_BGR2RGB)

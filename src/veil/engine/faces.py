@@ -12,8 +12,6 @@ Scores returned here are the model's raw heatmap values; `veil.engine.calibratio
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import cv2
 import numpy as np
 
 from .slicing import nms
+from .weights import derived_model
 
 _INPUT = "input.1"
 _OUTPUTS = ["537", "538", "539", "540"]  # heatmap, log-scale, offset, landmarks
@@ -31,34 +30,21 @@ _lock = threading.Lock()
 
 
 def _dynamic_model(src: Path) -> Path:
-    """The stock model has a fixed 10x3x32x32 input; write (once) a copy whose H/W are symbolic."""
-    import onnx
-    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+    """The stock model has a fixed 10x3x32x32 input; a copy (written once) whose H/W are symbolic."""
 
-    stamp = f"{src.stat().st_size}-{int(src.stat().st_mtime)}"
-    for folder in (src.parent, Path(tempfile.gettempdir()) / "veil-models"):
-        target = folder / f"centerface.dynamic-{stamp}.onnx"
-        if target.is_file():
-            return target
-    model = onnx.load(str(src))
-    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
-    outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
-    inputs[_INPUT] = ["B", 3, "H", "W"]
-    for name, channels in zip(_OUTPUTS, (1, 2, 2, 10)):
-        outputs[name] = ["B", channels, "h", "w"]
-    data = update_inputs_outputs_dims(model, inputs, outputs).SerializeToString()
-    for folder in (src.parent, Path(tempfile.gettempdir()) / "veil-models"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"centerface.dynamic-{stamp}.onnx"
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-            return target
-        except OSError:
-            continue
-    raise OSError(f"cannot write a working copy of {src} (model directory and temp directory not writable)")
+    def make() -> bytes:
+        import onnx  # slow to import (~0.6 s): only when the copy is first written
+        from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+        model = onnx.load(str(src))
+        inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+        outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+        inputs[_INPUT] = ["B", 3, "H", "W"]
+        for name, channels in zip(_OUTPUTS, (1, 2, 2, 10)):
+            outputs[name] = ["B", channels, "h", "w"]
+        return update_inputs_outputs_dims(model, inputs, outputs).SerializeToString()
+
+    return derived_model(src, "dynamic", make)
 
 
 class CenterFace:

@@ -155,7 +155,12 @@ def detect_tiles(
 
 
 def fuse(
-    boxes: np.ndarray, scores: np.ndarray, extra: np.ndarray | None = None, *, views: int = 1, iou: float = 0.4
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    extra: np.ndarray | None = None,
+    *,
+    views: int | np.ndarray = 1,
+    iou: float = 0.4,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Weighted boxes fusion of ``views`` views' boxes of the same image (test-time augmentation).
 
@@ -163,12 +168,14 @@ def fuse(
     (IoU >= ``iou``) or starts a new one. A cluster's box (and ``extra`` row, e.g. landmarks; NaN
     rows left out) is the score-weighted mean of its members'. Its score is the members' mean times
     min(members, views) / views: what most views agree on keeps its score, what one view alone
-    reports (most false positives) is discounted. Returns fused boxes, scores and extra, best first.
+    reports (most false positives) is discounted. ``views`` may be given per box (how many views looked
+    where it lies); a cluster then counts its members' largest. Returns fused boxes, scores and extra, best first.
     """
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     scores = np.asarray(scores, np.float32).reshape(-1)
     order = np.argsort(-scores, kind="stable")
     boxes, scores = boxes[order], scores[order]
+    looked = np.broadcast_to(np.asarray(views), scores.shape)[order]
     extra = None if extra is None else np.asarray(extra, np.float32)[order]
     members: list[list[int]] = []
     fused = np.zeros((0, 4), np.float32)
@@ -183,7 +190,8 @@ def fuse(
                 continue
         members.append([i])
         fused = np.concatenate([fused, boxes[i : i + 1]])
-    fused_scores = np.array([scores[m].mean() * min(len(m), views) / views for m in members], np.float32)
+    counts = [int(looked[m].max()) for m in members]
+    fused_scores = np.array([scores[m].mean() * min(len(m), n) / n for m, n in zip(members, counts)], np.float32)
     fused_extra = None
     if extra is not None:
         fused_extra = np.full((len(members), extra.shape[1]), np.nan, np.float32)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -91,6 +92,29 @@ def model_path(name: ModelName, directory: Path | None = None) -> Path:
     if not path.is_file():
         raise ModelsMissing(f"model {name!r} not found at {path}; {_INSTALL_HINT}")
     return path
+
+
+def derived_model(src: Path, tag: str, make: Callable[[], bytes]) -> Path:
+    """A working copy of model ``src`` that ``make`` computes, written once (beside ``src``, else in the temp
+    directory) under a name holding ``tag`` and ``src``'s size and time, so a changed model is derived again."""
+    stamp = f"{src.stat().st_size}-{int(src.stat().st_mtime)}"
+    name = f"{src.name.removesuffix('.onnx')}.{tag}-{stamp}.onnx"
+    folders = (src.parent, Path(tempfile.gettempdir()) / "veil-models")
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    data = make()
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, folder / name)
+            return folder / name
+        except OSError:
+            continue
+    raise OSError(f"cannot write a working copy of {src} (model directory and temp directory not writable)")
 
 
 def describe_models(directory: Path | None = None) -> list[dict[str, str | bool]]:
