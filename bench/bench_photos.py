@@ -21,11 +21,10 @@ CPU ms/image (the command's user + system time) is less sensitive to other load.
 runtime (`VEIL_EXECUTION_PROVIDER`; deface picks ONNX Runtime's CPU provider itself), each run, the
 medians and the ratios against deface.
 
-Measured (ONNX Runtime float32 ``VEIL_EXECUTION_PROVIDER=cpu``, 2 CPUs, medians of 3): AMD EPYC, ``--tree 2e08148
---baseline 7bbeefa``: facemask_faces Veil 2.65 images/s (before 1.88), deface 4.36: 0.61x deface (before 0.43x);
-openalpr_plates Veil 4.50 (before 1.81), deface 7.85: 0.57x (before 0.23x). Intel Xeon (AVX-512), photos in
-worker processes, ``--baseline 02c2eb2``: facemask 2.40 (before 2.12), deface 3.81: 0.63x; openalpr 4.00
-(before 3.33), deface 6.84: 0.58x.
+Measured (ONNX Runtime float32 ``VEIL_EXECUTION_PROVIDER=cpu``, 2 CPUs, medians of 3): AMD EPYC, ``--baseline
+407bed8`` (before the face views were sized from the native view and the 2x view kept to smaller faces):
+facemask_faces Veil 2.45 images/s (before 1.80), deface 3.60: 0.68x deface (before 0.50x); openalpr_plates Veil
+3.13 (before 3.05), deface 7.12: 0.44x (before 0.43x). docs/benchmarks.md has the history and what is left.
 """
 
 from __future__ import annotations
