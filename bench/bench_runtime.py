@@ -47,7 +47,7 @@ def main() -> None:
     import openvino as ov
 
     precisions = ["f32"] + (["bf16"] if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else [])
-    print(f"threads {runtime._thread_count()}, load {os.getloadavg()[0]:.1f}, median of {args.runs}")
+    print(f"threads {runtime.thread_count()}, load {os.getloadavg()[0]:.1f}, median of {args.runs}")
     print(f"{'model':<11} {'input':>10}  {'runtime':<14} {'ms':>7} {'speed-up':>9} {'max |diff|':>11}")
     for name, input_name, scale, shapes in _CASES:
         path = _dynamic_model(model_path(name)) if name == "centerface" else model_path(name)

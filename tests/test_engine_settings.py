@@ -23,7 +23,7 @@ fd = video_detect.FrameDetector(lambda *a, **k: None, ModelConfig(slicing=True),
 print(json.dumps({
     "execution_provider": runtime.resolve_provider(),
     "openvino_precision": runtime._openvino_precision(),
-    "ort_threads": runtime._thread_count(),
+    "ort_threads": runtime.thread_count(),
     "model_dir": str(weights.model_dir()),
     "x264_preset": engine_settings().x264_preset,
     "video_face_side": video_detect.detect_side(FACE, 100),

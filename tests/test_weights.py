@@ -182,9 +182,9 @@ def test_runtime_provider_selection(monkeypatch):
     assert runtime._session_options().intra_op_num_threads == 3
     monkeypatch.setenv("VEIL_ORT_THREADS", "many")
     with pytest.raises(ValueError, match="VEIL_ORT_THREADS"):
-        runtime._thread_count()
+        runtime.thread_count()
     monkeypatch.delenv("VEIL_ORT_THREADS")
-    assert 1 <= runtime._thread_count() <= (os.cpu_count() or 1)
+    assert 1 <= runtime.thread_count() <= (os.cpu_count() or 1)
 
 
 def test_installed_plate_model_has_dynamic_input(tmp_path):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from functools import cache
+from typing import Any
 
 import cv2
 import numpy as np
@@ -79,18 +79,30 @@ _lock = threading.Lock()
 TilePick = Callable[[list[Tile]], list[Tile]] | None
 
 
-@cache
+_nets: dict[tuple[str, str | None, int], Any] = {}
+
+
 def _centerface(provider: str | None):
     from .faces import CenterFace
 
-    return CenterFace(provider)
+    return _net("centerface", provider, CenterFace)
 
 
-@cache
 def _plate_yolo(provider: str | None):
     from .plates import PlateYolo
 
-    return PlateYolo(provider)
+    return _net("plates", provider, PlateYolo)
+
+
+def _net(name: str, provider: str | None, make: Callable[[str | None], Any]) -> Any:
+    """One model session per process, provider and thread count (`runtime.session_threads`)."""
+    from .runtime import thread_count
+
+    key = (name, provider, thread_count())
+    with _lock:
+        if key not in _nets:
+            _nets[key] = make(provider)
+        return _nets[key]
 
 
 def _ensure_rgb(image: np.ndarray) -> np.ndarray:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 
@@ -113,7 +116,7 @@ class OpenVinoSession:
             "CPU",
             {
                 "INFERENCE_PRECISION_HINT": _openvino_precision(),
-                "INFERENCE_NUM_THREADS": _thread_count(),
+                "INFERENCE_NUM_THREADS": thread_count(),
                 "PERFORMANCE_HINT": "LATENCY",
             },
         )
@@ -166,13 +169,31 @@ def _model_bytes(path: Path) -> bytes:
 def _session_options() -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = _thread_count()
+    opts.intra_op_num_threads = thread_count()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only: stock models trigger harmless per-initializer warnings
     return opts
 
 
-def _thread_count() -> int:
+_threads_here: ContextVar[int | None] = ContextVar("veil_session_threads", default=None)
+
+
+@contextmanager
+def session_threads(count: int) -> Iterator[None]:
+    """Sessions opened in this context run on ``count`` threads (photos run side by side, one core each)."""
+    token = _threads_here.set(count)
+    try:
+        yield
+    finally:
+        _threads_here.reset(token)
+
+
+def thread_count() -> int:
+    """Threads a session opened here runs on: `session_threads`, else the ``ort_threads`` setting, else one per
+    physical core."""
+    here = _threads_here.get()
+    if here is not None:
+        return here
     threads = engine_settings().ort_threads
     if threads is not None:
         return threads  # 0 lets ONNX Runtime decide
