@@ -146,7 +146,8 @@ def test_cancel_during_an_archive_keeps_only_what_the_processed_files_cost(svc, 
     monkeypatch.setattr("veil.engine.anonymize.anonymize", cancel_during_the_first_file)
     process_job(job_id, svc)
     report = svc.report(svc.get_job(job_id))
-    assert report["state"] == "cancelled" and seen == ["a.jpg"]
+    # b may have run beside a (photos side by side): it is neither kept nor charged; c is never started
+    assert report["state"] == "cancelled" and "a.jpg" in seen and "c.jpg" not in seen
     assert report["job_status_description"] == "cancelled by the client after 1 of 3 files"
     assert [t["status"] for t in report["tasks"]] == ["completed", "pending", "pending"]
     assert report["tasks"][0]["download_link"]  # paid for: still downloadable
@@ -197,11 +198,9 @@ def test_restart_requeues_running_jobs_and_keeps_finished_files(svc, monkeypatch
 
     original = runner._finish
     monkeypatch.setattr(runner, "_finish", lambda s, j: None)
-    calls = {"n": 0}
 
     def crash_on_second(src, dst, config, progress=None, **_):
-        calls["n"] += 1
-        if calls["n"] == 2:
+        if Path(src).name == "b.jpg":
             raise KeyboardInterrupt  # the process dies mid-file
         engine(src, dst, config, progress)
 
