@@ -79,7 +79,7 @@ _lock = threading.Lock()
 TilePick = Callable[[list[Tile]], list[Tile]] | None
 
 
-_nets: dict[tuple[str, str | None, int], Any] = {}
+_nets: dict[tuple[str, str | None, int | None], Any] = {}
 
 
 def _centerface(provider: str | None):
@@ -95,10 +95,11 @@ def _plate_yolo(provider: str | None):
 
 
 def _net(name: str, provider: str | None, make: Callable[[str | None], Any]) -> Any:
-    """One model session per process, provider and thread count (`runtime.session_threads`)."""
-    from .runtime import thread_count
+    """One model session per process, provider and `runtime.session_threads` count (None: the settings' count,
+    read once, when the session opens; looking the settings up on every call cost ~0.5 ms a detection)."""
+    from .runtime import threads_here
 
-    key = (name, provider, thread_count())
+    key = (name, provider, threads_here())
     with _lock:
         if key not in _nets:
             _nets[key] = make(provider)

@@ -188,10 +188,15 @@ def session_threads(count: int) -> Iterator[None]:
         _threads_here.reset(token)
 
 
+def threads_here() -> int | None:
+    """The thread count `session_threads` set in this context, else None (the settings decide, `thread_count`)."""
+    return _threads_here.get()
+
+
 def thread_count() -> int:
     """Threads a session opened here runs on: `session_threads`, else the ``ort_threads`` setting, else one per
     physical core."""
-    here = _threads_here.get()
+    here = threads_here()
     if here is not None:
         return here
     threads = engine_settings().ort_threads
